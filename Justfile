@@ -1,0 +1,24 @@
+# durable-emitter tasks. `just --list` shows them all.
+
+python := env_var_or_default("PYTHON", "python")
+
+# Start Postgres (embedded unless DATABASE_URL) and chipmock (unless CHIP_INGRESS_ENDPOINT), then cron workflows emitting
+run-local *ARGS:
+    {{python}} scripts/run_local.py {{ARGS}}
+
+# Run the Chip Ingress stand-in, e.g. `just chipmock --latency 50ms`
+chipmock *ARGS:
+    {{python}} -m chipmock {{ARGS}}
+
+# Lint, then the whole test suite (real Postgres, real gRPC)
+test *ARGS:
+    {{python}} -m ruff check .
+    {{python}} -m pytest {{ARGS}}
+
+# Regenerate chippb/ from proto/ (the generated stubs are committed)
+proto:
+    {{python}} scripts/gen_proto.py
+
+# 100,000 events of 1 KiB from 10 emitters against embedded Postgres and in-process chipmock
+bench *ARGS:
+    {{python}} scripts/bench.py {{ARGS}}

@@ -1,0 +1,1 @@
+"""durable-emitter: emit() commits to Postgres, then actors publish to Chip Ingress."""

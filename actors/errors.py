@@ -1,0 +1,64 @@
+"""The error types callers can catch, each naming its cause.
+
+Everything the library raises on purpose is an :class:`EmitterError`; a caller
+that only wants "did my event become durable?" catches that one class.
+"""
+
+from __future__ import annotations
+
+
+class EmitterError(Exception):
+    """Base class of every error durable-emitter raises on purpose."""
+
+
+class ConfigError(EmitterError, ValueError):
+    """A configuration value (keyword or environment variable) is invalid.
+
+    Raised at construction, before anything starts; the message names the
+    setting (and the environment variable, where it came from one).
+    """
+
+
+class InvalidEvent(EmitterError, ValueError):
+    """``emit`` was given something that cannot become a CloudEvent.
+
+    Nothing was written.
+    """
+
+
+class EventTooLarge(InvalidEvent):
+    """The serialized event is larger than ``max_event_bytes``. Nothing was written."""
+
+
+class BacklogFull(EmitterError):
+    """Pending rows stayed at ``max_pending`` for ``backlog_timeout`` seconds.
+
+    Nothing was written; Chip is down or slower than the emit rate. Retry later
+    or raise ``max_pending``.
+    """
+
+
+class StoreUnavailable(EmitterError):
+    """Postgres could not be reached, or the write failed.
+
+    When raised by ``emit``, the event was NOT committed (the transaction was
+    rolled back), so retrying is safe.
+    """
+
+
+class ChipRejected(EmitterError):
+    """Chip refused our configuration: bad credentials, TLS mismatch, no such service.
+
+    Not retried in a loop: fix the endpoint or credentials.
+    """
+
+
+class FlushTimeout(EmitterError, TimeoutError):
+    """``flush`` gave up: events were still pending when its timeout passed.
+
+    They stay in the table and are delivered later; nothing is lost.
+    """
+
+
+class EmitterClosed(EmitterError):
+    """``emit`` was called on an emitter that is shutting down or has failed."""

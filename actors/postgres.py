@@ -1,0 +1,71 @@
+"""Finding the database: ``DATABASE_URL``, or an embedded PostgreSQL from pgserver.
+
+With no URL, a real PostgreSQL server (binaries shipped in the ``pgserver``
+wheel) is started in ``data_dir``, which survives restarts, so pending events
+survive a restart of the process too. Connection failures become one
+:class:`StoreUnavailable` line naming the host, never the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from .errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
+    """Start (or reuse) the embedded server in ``data_dir``; return its URL.
+
+    The server is shared by every process using the same ``data_dir``; with
+    ``stop_at_exit`` it stops when the last such process exits.
+    """
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pgserver.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
+    except Exception as exc:  # pgserver raises plain subprocess / OS errors
+        raise StoreUnavailable(
+            f"could not start the embedded PostgreSQL in {data_dir}: {exc} "
+            f"(its log is {data_dir / 'log'})"
+        ) from exc
+    return server.get_uri()
+
+
+def describe(url: str) -> str:
+    """``host:port/dbname`` of a connection URL, with no user or password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "(unparseable DATABASE_URL)"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    where = host if str(host).startswith("/") else f"{host}:{port}"
+    return f"{where}/{params.get('dbname') or params.get('user') or ''}"
+
+
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5) -> psycopg.Connection:
+    """Open a connection, or raise one clear :class:`StoreUnavailable` line."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout)
+    except psycopg.ProgrammingError as exc:
+        raise StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}") from None
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"cannot reach Postgres at {describe(url)}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__

@@ -1,0 +1,151 @@
+"""The chipmock's behaviour as pure decisions: latency, failures, outages, counters.
+
+No sockets here, so every rule is unit-tested directly; ``server.py`` asks
+these functions what to do and does it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from actors.config import parse_duration
+
+UNAVAILABLE = "UNAVAILABLE"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+
+
+@dataclass(frozen=True)
+class Outage:
+    """Every call between ``start`` and ``start + duration`` seconds after server start fails."""
+
+    start: float
+    duration: float
+
+    @classmethod
+    def parse(cls, text: str) -> Outage:
+        """``"10s:15s"``: from 10 s after start, for 15 s."""
+        start, sep, duration = text.partition(":")
+        if not sep:
+            raise ValueError(f"{text!r} is not START:DURATION (example: 10s:15s)")
+        return cls(parse_duration(start), parse_duration(duration))
+
+    def covers(self, elapsed: float) -> bool:
+        return self.start <= elapsed < self.start + self.duration
+
+
+@dataclass(frozen=True)
+class ChipModel:
+    """How the mock behaves. Rates are fractions in [0, 1]."""
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    failure_rate: float = 0.0  # whole call fails with UNAVAILABLE
+    resource_exhausted_rate: float = 0.0  # whole call fails with RESOURCE_EXHAUSTED
+    event_failure_rate: float = 0.0  # per event: permanent error in its result
+    outages: tuple[Outage, ...] = ()
+    max_batch: int | None = None  # larger batches fail with INVALID_ARGUMENT
+    # Answer only the first N results of a batch (a short response), for tests.
+    short_response: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("failure_rate", "resource_exhausted_rate", "event_failure_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value}")
+        if self.failure_rate + self.resource_exhausted_rate > 1.0:
+            raise ValueError("failure_rate + resource_exhausted_rate must not exceed 1")
+        if self.latency < 0 or self.jitter < 0:
+            raise ValueError("latency and jitter must not be negative")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+
+
+@dataclass(frozen=True)
+class CallDecision:
+    delay: float
+    status: str | None  # None: the call succeeds
+    detail: str = ""
+
+
+def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_size: int = 1) -> CallDecision:
+    """What one RPC does: how long it takes and whether it fails as a whole."""
+    delay = model.latency + (rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0)
+    delay = max(0.0, delay)
+    if any(outage.covers(elapsed) for outage in model.outages):
+        return CallDecision(0.0, UNAVAILABLE, "chipmock: outage window")
+    if model.max_batch is not None and batch_size > model.max_batch:
+        return CallDecision(delay, INVALID_ARGUMENT, f"batch of {batch_size} exceeds max {model.max_batch}")
+    roll = rng.random()
+    if roll < model.failure_rate:
+        return CallDecision(delay, UNAVAILABLE, "chipmock: injected failure")
+    if roll < model.failure_rate + model.resource_exhausted_rate:
+        return CallDecision(delay, RESOURCE_EXHAUSTED, "chipmock: injected overload")
+    return CallDecision(delay, None)
+
+
+def decide_event_failures(model: ChipModel, rng: random.Random, count: int) -> list[bool]:
+    """For each event of a batch: True if it is answered with a permanent error."""
+    if not model.event_failure_rate:
+        return [False] * count
+    return [rng.random() < model.event_failure_rate for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    calls: int
+    failed_calls: int
+    received: int
+    unique: int
+    duplicates: int
+    rejected: int
+    bytes: int
+
+
+@dataclass
+class Counters:
+    """What the mock received. Thread-safe: gRPC handlers run on a thread pool."""
+
+    keep_payloads: bool = False
+    calls: int = 0
+    failed_calls: int = 0
+    received: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    bytes: int = 0
+    ids: set[str] = field(default_factory=set)
+    payloads: dict[str, bytes] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_call(self, *, failed: bool) -> None:
+        with self._lock:
+            self.calls += 1
+            self.failed_calls += failed
+
+    def record_events(self, events: Iterable[tuple[str, bytes]], *, rejected: int = 0) -> None:
+        """Count produced events (id, serialized bytes); ``rejected`` ones were refused."""
+        with self._lock:
+            self.rejected += rejected
+            for event_id, payload in events:
+                self.received += 1
+                self.bytes += len(payload)
+                if event_id in self.ids:
+                    self.duplicates += 1
+                else:
+                    self.ids.add(event_id)
+                if self.keep_payloads:
+                    self.payloads[event_id] = payload
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(self.calls, self.failed_calls, self.received, len(self.ids),
+                            self.duplicates, self.rejected, self.bytes)
+
+    def seen(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of ``event_ids`` were produced."""
+        with self._lock:
+            return {i for i in event_ids if i in self.ids}

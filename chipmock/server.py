@@ -1,0 +1,201 @@
+"""A real gRPC server implementing ``chipingress.pb.ChipIngress`` for tests and local runs.
+
+Start one in-process with :func:`start` (tests do, on a free port) or from the
+command line (``python -m chipmock``). What it does with each call is decided
+by :mod:`chipmock.model`; what it received is in ``server.counters``.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from chippb import chipingress_pb2 as pb
+from chippb import chipingress_pb2_grpc as pb_grpc
+from chippb import cloudevent_pb2 as ce
+
+from .model import ChipModel, Counters, decide_call, decide_event_failures
+
+_STATUS = {name: getattr(grpc.StatusCode, name) for name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")}
+_REJECT_CODE = pb.SCHEMA_MISSING
+
+
+def _missing_fields(event: ce.CloudEvent) -> list[str]:
+    return [name for name in ("id", "source", "spec_version", "type") if not getattr(event, name)]
+
+
+class ChipIngressMock(pb_grpc.ChipIngressServicer):
+    def __init__(self, model: ChipModel, counters: Counters) -> None:
+        self.model = model
+        self.counters = counters
+        self._rng = random.Random(model.seed)
+        self._rng_lock = threading.Lock()
+        self._started = time.monotonic()
+
+    def _enter_call(self, context: grpc.ServicerContext, batch_size: int) -> None:
+        """Apply latency and whole-call failures; aborts the RPC if it fails."""
+        with self._rng_lock:
+            decision = decide_call(self.model, self._rng, elapsed=time.monotonic() - self._started,
+                                   batch_size=batch_size)
+        if decision.delay:
+            time.sleep(decision.delay)
+        self.counters.record_call(failed=decision.status is not None)
+        if decision.status is not None:
+            context.abort(_STATUS[decision.status], decision.detail)
+
+    def _produce(self, events: list[ce.CloudEvent]) -> pb.PublishResponse:
+        with self._rng_lock:
+            failures = decide_event_failures(self.model, self._rng, len(events))
+        results, produced = [], []
+        for event, injected in zip(events, failures, strict=True):
+            missing = _missing_fields(event)
+            if missing:
+                error = pb.PublishError(error_code=pb.VALIDATION_FAILED, reason=f"missing {', '.join(missing)}")
+            elif injected:
+                error = pb.PublishError(error_code=_REJECT_CODE, reason="chipmock: injected permanent error")
+            else:
+                error = None
+                produced.append((event.id, event.SerializeToString()))
+            results.append(pb.PublishResult(event_id=event.id, error=error))
+        self.counters.record_events(produced, rejected=len(events) - len(produced))
+        if self.model.short_response is not None:
+            del results[self.model.short_response:]
+        return pb.PublishResponse(results=results)
+
+    def Publish(self, request: ce.CloudEvent, context: grpc.ServicerContext) -> pb.PublishResponse:
+        self._enter_call(context, 1)
+        return self._produce([request])
+
+    def PublishBatch(self, request: pb.CloudEventBatch, context: grpc.ServicerContext) -> pb.PublishResponse:
+        self._enter_call(context, len(request.events))
+        return self._produce(list(request.events))
+
+    def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        return pb.PingResponse(message="pong")
+
+    def StreamEvents(self, request_iterator, context: grpc.ServicerContext):
+        for request in request_iterator:
+            self._enter_call(context, 1)
+            response = self._produce([request.event])
+            ok = not response.results or not response.results[0].HasField("error")
+            yield pb.StreamEventsResponse(eventId=request.event.id, status="success" if ok else "error")
+
+    def RegisterSchema(self, request, context: grpc.ServicerContext):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "chipmock has no schema registry")
+
+
+class _BasicAuth(grpc.ServerInterceptor):
+    """Rejects calls without the expected ``authorization: Basic ...`` metadata."""
+
+    def __init__(self, username: str, password: str) -> None:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._expected = f"Basic {token}"
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "chipmock: bad or missing credentials")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if metadata.get("authorization") != self._expected:
+            return self._deny
+        return continuation(handler_call_details)
+
+
+class _CountersCollector:
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+
+    def collect(self):
+        snap = self._counters.snapshot()
+        for name, value, doc in [
+            ("chipmock_calls", snap.calls, "RPCs received"),
+            ("chipmock_failed_calls", snap.failed_calls, "RPCs failed on purpose"),
+            ("chipmock_events_received", snap.received, "events produced, duplicates included"),
+            ("chipmock_events_duplicate", snap.duplicates, "events whose id was already produced"),
+            ("chipmock_events_rejected", snap.rejected, "events answered with a permanent error"),
+            ("chipmock_received_bytes", snap.bytes, "bytes of produced events"),
+        ]:
+            yield CounterMetricFamily(name, doc, value=value)
+        yield GaugeMetricFamily("chipmock_events_unique", "distinct event ids produced", value=snap.unique)
+
+
+@dataclass
+class ChipMockServer:
+    """A running chipmock: its address, counters, and ``stop``."""
+
+    server: grpc.Server
+    port: int
+    counters: Counters
+    model: ChipModel
+    host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    _metrics_server: object | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.server.stop(grace).wait()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]  # WSGIServer
+            self._metrics_server = None
+
+    def __enter__(self) -> ChipMockServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(grace=0)
+
+
+def start(
+    model: ChipModel | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int | None = None,
+    keep_payloads: bool = False,
+    credentials: tuple[str, str] | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+    max_workers: int = 64,
+) -> ChipMockServer:
+    """Start a chipmock; ``port=0`` picks a free one (read it from ``.port``).
+
+    ``credentials`` (user, password) makes it require basic auth; ``tls``
+    (certificate chain PEM, private key PEM) makes it serve TLS.
+    """
+    model = model or ChipModel()
+    counters = Counters(keep_payloads=keep_payloads)
+    interceptors = [_BasicAuth(*credentials)] if credentials else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chipmock"),
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+    )
+    pb_grpc.add_ChipIngressServicer_to_server(ChipIngressMock(model, counters), server)
+    address = f"{host}:{port}"
+    if tls:
+        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        raise OSError(f"chipmock could not bind {address}")
+    server.start()
+    running = ChipMockServer(server, bound, counters, model, host)
+    if metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(_CountersCollector(counters))
+        metrics_server, _thread = start_http_server(metrics_port, addr=host, registry=registry)
+        running._metrics_server = metrics_server
+        running.metrics_port = metrics_server.server_port
+    return running

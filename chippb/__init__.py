@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for Chip Ingress. Do not edit: run `just proto`."""

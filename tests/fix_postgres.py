@@ -1,0 +1,47 @@
+"""Real PostgreSQL for the tests: ``DATABASE_URL`` if set, else an embedded pgserver.
+
+Each test that asks for ``database_url`` gets a database of its own, created
+fresh and dropped afterwards, so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from actors.postgres import start_embedded
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The server every test database lives on."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return url
+    return start_embedded(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    return make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture
+def database_url(pg_server_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_dbname(pg_server_url, name)
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def server_dbname(url: str) -> str:
+    return conninfo_to_dict(url).get("dbname", "")

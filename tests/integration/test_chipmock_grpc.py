@@ -1,0 +1,141 @@
+"""A grpcio client built from our proto/ against a real chipmock server."""
+
+import time
+
+import grpc
+import pytest
+
+from chipmock import ChipModel
+from chippb import chipingress_pb2 as pb
+from chippb import chipingress_pb2_grpc as pb_grpc
+from chippb import cloudevent_pb2 as ce
+
+
+def _event(i: int | str) -> ce.CloudEvent:
+    return ce.CloudEvent(id=f"id-{i}", source="test", spec_version="1.0", type="t", binary_data=b"x")
+
+
+def _stub(server):
+    channel = grpc.insecure_channel(server.endpoint)
+    return channel, pb_grpc.ChipIngressStub(channel)
+
+
+def test_ping_publish_and_batch(start_chipmock) -> None:
+    server = start_chipmock()
+    channel, stub = _stub(server)
+    with channel:
+        assert stub.Ping(pb.EmptyRequest()).message == "pong"
+        single = stub.Publish(_event("one"))
+        assert [r.event_id for r in single.results] == ["id-one"]
+        batch = stub.PublishBatch(pb.CloudEventBatch(events=[_event(i) for i in range(5)]))
+    assert [r.event_id for r in batch.results] == [f"id-{i}" for i in range(5)]
+    assert not any(r.HasField("error") for r in batch.results)
+    snap = server.counters.snapshot()
+    assert (snap.calls, snap.received, snap.unique) == (2, 6, 6)
+
+
+def test_batch_results_are_positional_with_per_event_errors(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(event_failure_rate=0.5, seed=11))
+    channel, stub = _stub(server)
+    with channel:
+        events = [_event(i) for i in range(400)]
+        events[3] = ce.CloudEvent(id="no-source", spec_version="1.0", type="t")
+        response = stub.PublishBatch(pb.CloudEventBatch(events=events))
+    assert [r.event_id for r in response.results] == [e.id for e in events]
+    assert response.results[3].error.error_code == pb.VALIDATION_FAILED
+    failed = sum(r.HasField("error") for r in response.results)
+    assert 140 <= failed <= 260  # 0.5 of 400, about 5 standard deviations either side
+    assert all(r.error.error_code in (pb.SCHEMA_MISSING, pb.VALIDATION_FAILED)
+               for r in response.results if r.HasField("error"))
+    snap = server.counters.snapshot()
+    assert snap.received == 400 - failed and snap.rejected == failed
+
+
+def test_short_response_answers_only_a_prefix(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(short_response=2))
+    channel, stub = _stub(server)
+    with channel:
+        response = stub.PublishBatch(pb.CloudEventBatch(events=[_event(i) for i in range(5)]))
+    assert [r.event_id for r in response.results] == ["id-0", "id-1"]
+
+
+def test_stream_events_answers_each_event(start_chipmock) -> None:
+    server = start_chipmock()
+    channel, stub = _stub(server)
+    with channel:
+        replies = list(stub.StreamEvents(pb.StreamEventsRequest(event=_event(i)) for i in range(3)))
+    assert [(r.eventId, r.status) for r in replies] == [(f"id-{i}", "success") for i in range(3)]
+    assert server.counters.snapshot().unique == 3
+
+
+def test_configured_latency_is_observed(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(latency=0.2))
+    channel, stub = _stub(server)
+    with channel:
+        stub.Ping(pb.EmptyRequest())  # connect first; Ping has no latency
+        started = time.monotonic()
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(1)]))
+        took = time.monotonic() - started
+    assert 0.2 <= took < 2.0
+
+
+def test_failure_rate_over_2000_calls_lands_in_band(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(failure_rate=0.3))
+    channel, stub = _stub(server)
+    failures = 0
+    with channel:
+        for i in range(2000):
+            try:
+                stub.Publish(_event(i))
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                failures += 1
+    # Binomial(2000, 0.3): mean 600, sd 20.5; five sd either side.
+    assert 497 <= failures <= 703
+    assert server.counters.snapshot().failed_calls == failures
+
+
+def test_outage_and_max_batch_fail_whole_calls(start_chipmock) -> None:
+    from chipmock import Outage
+
+    server = start_chipmock(ChipModel(outages=(Outage(0, 60),), max_batch=2))
+    channel, stub = _stub(server)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(1)]))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.counters.snapshot().received == 0
+
+
+def test_duplicates_are_counted(start_chipmock) -> None:
+    server = start_chipmock()
+    channel, stub = _stub(server)
+    with channel:
+        for _ in range(3):
+            stub.PublishBatch(pb.CloudEventBatch(events=[_event("same"), _event("other")]))
+    snap = server.counters.snapshot()
+    assert (snap.received, snap.unique, snap.duplicates) == (6, 2, 4)
+
+
+def test_basic_auth_is_required_when_configured(start_chipmock) -> None:
+    import base64
+
+    server = start_chipmock(credentials=("user", "secret"))
+    channel, stub = _stub(server)
+    good = [("authorization", "Basic " + base64.b64encode(b"user:secret").decode())]
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Publish(_event(1))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert stub.Publish(_event(1), metadata=good).results[0].event_id == "id-1"
+
+
+def test_metrics_endpoint_serves_the_counters(start_chipmock) -> None:
+    import urllib.request
+
+    server = start_chipmock(metrics_port=0)
+    channel, stub = _stub(server)
+    with channel:
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(1), _event(1)]))
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert "chipmock_events_received_total 2.0" in body
+    assert "chipmock_events_duplicate_total 1.0" in body
