@@ -1,1 +1,18 @@
-"""durable-emitter: emit() commits to Postgres, then actors publish to Chip Ingress."""
+"""durable-emitter: ``emit()`` commits to Postgres; supervised Trio actors deliver to Chip Ingress.
+
+The public face. Everything else in this package is private and may move.
+"""
+
+from .config import EmitterConfig as EmitterConfig
+from .emitter import Emitter as Emitter
+from .emitter import open_emitter as open_emitter
+from .errors import BacklogFull as BacklogFull
+from .errors import ChipRejected as ChipRejected
+from .errors import ConfigError as ConfigError
+from .errors import EmitterClosed as EmitterClosed
+from .errors import EmitterError as EmitterError
+from .errors import EventTooLarge as EventTooLarge
+from .errors import FlushTimeout as FlushTimeout
+from .errors import InvalidEvent as InvalidEvent
+from .errors import StoreUnavailable as StoreUnavailable
+from .supervisor import SupervisorGaveUp as SupervisorGaveUp

@@ -87,6 +87,7 @@ class EmitterConfig:
     # In-memory hand-off from persister to dispatcher; beyond it, events are
     # read back from the table (memory stays bounded whatever the backlog).
     dispatch_buffer: int = 20_000
+    dispatch_buffer_bytes: int = 64 * 1024 * 1024
 
     # Publishing: PublishBatch calls of up to publish_batch_size events (and
     # max_request_bytes), several in flight, each with a deadline.
@@ -132,7 +133,8 @@ class EmitterConfig:
             if f.type in ("int", "float") and not isinstance(value, (int, float)):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
         positive = [
-            "lease_duration", "persist_batch_size", "dispatch_buffer", "publish_batch_size",
+            "lease_duration", "persist_batch_size", "dispatch_buffer", "dispatch_buffer_bytes",
+            "publish_batch_size",
             "publishes_in_flight", "publish_timeout", "max_request_bytes", "publish_attempts",
             "retry_initial", "retry_max", "delete_batch_size", "max_pending", "event_ttl",
             "max_event_bytes", "scan_interval", "max_restarts", "restart_period",

@@ -30,11 +30,12 @@ FROM unnest(%(ids)s::text[], %(payloads)s::bytea[]) AS t(id, payload)
 """
 
 # Rows nobody holds: lease expired (dead instance, spilled, released for retry),
-# or, at startup, rows this instance id held before it restarted.
+# or rows this instance id held before it (re)started.
 CLAIM_EVENTS = """
 WITH claimable AS (
     SELECT id FROM chip_durable_events
-    WHERE (lease_expires_at < now() OR lease_owner = %(own)s)
+    WHERE (lease_expires_at < now()
+           OR (lease_owner = %(owner)s AND created_at < %(reclaim_before)s))
       AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
@@ -164,10 +165,12 @@ class Store:
             "lease": lease, "spilled": spilled,
         })
 
-    def claim(self, *, owner: str, lease: float, limit: int, reclaim_own: bool, writer_only: bool) -> list[StoredEvent]:
-        own = owner if reclaim_own else None
+    def claim(self, *, owner: str, lease: float, limit: int, reclaim_before: datetime | None,
+              writer_only: bool) -> list[StoredEvent]:
+        """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
         rows = self._run(CLAIM_EVENTS, {
-            "owner": owner, "own": own, "lease": lease, "limit": limit, "writer_only": writer_only,
+            "owner": owner, "reclaim_before": reclaim_before, "lease": lease, "limit": limit,
+            "writer_only": writer_only,
         }).fetchall()
         return [StoredEvent(*row) for row in rows]
 

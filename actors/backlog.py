@@ -1,0 +1,70 @@
+"""Shared counts on the Trio thread: pending rows (emit backpressure) and buffered bytes.
+
+Backlog: the pending-row count emit() consults for backpressure.
+
+Approximate by design: the persister adds what it commits, the acker
+subtracts what it deletes, and the metrics actor resets it from the table
+every sample, which also counts rows other instances own.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from .errors import BacklogFull
+
+
+class Backlog:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._room = trio.Event()
+
+    def add(self, count: int) -> None:
+        self.pending += count
+
+    def remove(self, count: int) -> None:
+        self.set(max(0, self.pending - count))
+
+    def set(self, count: int) -> None:
+        self.pending = count
+        if count < self.limit:
+            self._room.set()
+
+    async def wait_for_room(self, timeout: float) -> None:
+        """Return at once below the limit; else wait up to ``timeout``, then raise BacklogFull."""
+        if self.pending < self.limit:
+            return
+        with trio.move_on_after(timeout):
+            while self.pending >= self.limit:
+                if self._room.is_set():
+                    self._room = trio.Event()
+                await self._room.wait()
+            return
+        raise BacklogFull(
+            f"{self.pending} events are pending (max_pending={self.limit}) and none drained "
+            f"for {timeout:g}s: Chip is down or slower than the emit rate; nothing was written"
+        )
+
+
+class BufferBudget:
+    """Payload bytes held in the persister -> dispatcher memory buffer.
+
+    The persister takes bytes when it hands events over in memory, the
+    dispatcher gives them back when it takes events out; past ``limit`` the
+    persister spills to the table instead, so large events cannot pile up in
+    memory however many fit the channel.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def has_room(self, size: int) -> bool:
+        return self.used + size <= self.limit
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used = max(0, self.used - size)

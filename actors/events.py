@@ -1,0 +1,183 @@
+"""Our event <-> the CloudEvent protobuf, and Chip's answers -> outcomes. Pure, no I/O.
+
+``build_event`` validates input and produces the id and serialized bytes that
+are stored and later sent unchanged, so a retried event carries the same
+``id`` and ``idempotencykey``. ``encode_batch`` frames stored bytes into a
+``CloudEventBatch`` without parsing them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+
+from chippb import chipingress_pb2 as pb
+from chippb import cloudevent_pb2 as ce
+
+from .errors import InvalidEvent
+
+SPEC_VERSION = "1.0"
+EMITTER_NAME = "durable-emitter"
+_NAME_PART = re.compile(r"^[a-zA-Z0-9._-]+$")  # Chip's rule for source (domain) and type (entity)
+_ATTRIBUTE_NAME = re.compile(r"^[a-z0-9]{1,64}$")  # CloudEvents extension attribute names
+_RESERVED = {"id", "source", "specversion", "type", "data", "data_base64",
+             "idempotencykey", "recordedtime", "emitter"}
+_BEHOLDER = {"beholder_domain", "beholder_entity", "beholder_data_schema"}
+_INT32 = (-(2**31), 2**31 - 1)
+PERMANENT_ERRORS = {pb.VALIDATION_FAILED, pb.SCHEMA_MISSING, pb.ENCODE_ERROR, pb.DOMAIN_MISCONFIGURATION}
+
+Body = bytes | str | Message
+AttributeValue = str | bool | int | bytes | datetime
+
+
+def idempotency_key(source: str, type_: str, body: bytes) -> str:
+    """Hex SHA-256 over the length-prefixed source, type and body, as upstream derives it."""
+    digest = hashlib.sha256()
+    for part in (source.encode(), type_.encode(), body):
+        digest.update(struct.pack(">Q", len(part)))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def _attribute(name: str, value: AttributeValue) -> ce.CloudEvent.CloudEventAttributeValue:
+    cls = ce.CloudEvent.CloudEventAttributeValue
+    if isinstance(value, bool):
+        return cls(ce_boolean=value)
+    if isinstance(value, int):
+        if not _INT32[0] <= value <= _INT32[1]:
+            raise InvalidEvent(f"attribute {name!r}: integer {value} does not fit in 32 bits")
+        return cls(ce_integer=value)
+    if isinstance(value, str):
+        return cls(ce_string=value)
+    if isinstance(value, bytes):
+        return cls(ce_bytes=value)
+    if isinstance(value, datetime):
+        attr = cls()
+        attr.ce_timestamp.FromDatetime(value.astimezone(UTC) if value.tzinfo else value)
+        return attr
+    raise InvalidEvent(f"attribute {name!r}: {type(value).__name__} values are not supported "
+                       "(use str, bool, int, bytes or datetime)")
+
+
+def _check_name_part(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"{what} is required (pass {what}=..., or beholder_{'domain' if what == 'source' else 'entity'} in attributes)")
+    if not _NAME_PART.match(value):
+        raise InvalidEvent(f"{what} {value!r} must match {_NAME_PART.pattern}")
+    return value
+
+
+def build_event(
+    body: Body,
+    *,
+    source: str | None = None,
+    type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+    attributes: Mapping[str, AttributeValue] | None = None,
+    data_schema: str | None = None,
+    now: datetime | None = None,
+) -> tuple[str, bytes]:
+    """Validate and build one CloudEvent; return ``(id, serialized bytes)``.
+
+    ``source``/``type`` default to the ``beholder_domain``/``beholder_entity``
+    attributes, and ``data_schema`` to ``beholder_data_schema``. Raises
+    :class:`InvalidEvent` (nothing is written) for anything Chip would refuse.
+    """
+    attributes = dict(attributes or {})
+    source = _check_name_part("source", source if source is not None else attributes.get("beholder_domain"))
+    type_ = _check_name_part("type", type if type is not None else attributes.get("beholder_entity"))
+    data_schema = data_schema if data_schema is not None else attributes.get("beholder_data_schema")
+
+    event = ce.CloudEvent(id=str(uuid.uuid4()), source=source, spec_version=SPEC_VERSION, type=type_)
+    if isinstance(body, bytes):
+        event.binary_data = body
+        raw = body
+    elif isinstance(body, str):
+        event.text_data = body
+        raw = body.encode()
+    elif isinstance(body, Message):
+        if not data_schema:
+            raise InvalidEvent("a protobuf body needs data_schema (or beholder_data_schema)")
+        raw = body.SerializeToString(deterministic=True)
+        event.proto_data.type_url = data_schema
+        event.proto_data.value = raw
+    else:
+        raise InvalidEvent(f"body must be bytes, str or a protobuf message, not {type(body).__name__}")
+
+    extensions = event.attributes
+    for name, value in attributes.items():
+        if name in _BEHOLDER:
+            continue
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.match(name):
+            raise InvalidEvent(f"attribute name {name!r} must be 1-64 lower-case letters or digits")
+        if name in _RESERVED:
+            raise InvalidEvent(f"attribute {name!r} is set by the emitter and cannot be given")
+        extensions[name].CopyFrom(_attribute(name, value))
+    if data_schema:
+        extensions["dataschema"].ce_uri = data_schema
+    extensions["idempotencykey"].ce_string = idempotency_key(source, type_, raw)
+    now = now or datetime.now(UTC)
+    extensions["recordedtime"].ce_timestamp.FromDatetime(now.replace(microsecond=now.microsecond // 1000 * 1000))
+    extensions["emitter"].ce_string = EMITTER_NAME
+    return event.id, event.SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_batch(payloads: Sequence[bytes]) -> bytes:
+    """A serialized ``CloudEventBatch`` of already-serialized events (field 1, repeated)."""
+    return b"".join(b"\n" + _varint(len(p)) + p for p in payloads)
+
+
+def framed_size(payload: bytes) -> int:
+    """Bytes one event adds to an encoded batch."""
+    return 1 + len(_varint(len(payload))) + len(payload)
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """What one PublishBatch answer means for each event we sent."""
+
+    delivered: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (id, code name, reason)
+    retry: list[int] = field(default_factory=list)  # indexes into what was sent
+
+
+def interpret_response(event_ids: Sequence[str], response: pb.PublishResponse) -> PublishOutcome:
+    """Positional results: no error = delivered; permanent code = rejected; else retry.
+
+    An event with no result (a short response), or a result naming another id,
+    is not delivered and is retried.
+    """
+    outcome = PublishOutcome()
+    results = response.results
+    for index, event_id in enumerate(event_ids):
+        if index >= len(results):
+            outcome.retry.append(index)
+            continue
+        result = results[index]
+        if result.event_id and result.event_id != event_id:
+            outcome.retry.append(index)
+        elif not result.HasField("error"):
+            outcome.delivered.append(event_id)
+        elif result.error.error_code in PERMANENT_ERRORS:
+            code = pb.PublishErrorCode.Name(result.error.error_code)
+            outcome.rejected.append((event_id, code, result.error.reason))
+        else:
+            outcome.retry.append(index)
+    return outcome

@@ -1,0 +1,61 @@
+"""The closed vocabulary passed between actors over memory channels.
+
+Each message names the events it concerns by id. Only :class:`EmitRequest`
+is mutable: the persister resolves it once, and the caller waits on ``done``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+
+class EmitRequest:
+    """emit() -> persister: commit this event, then set ``done`` (``error`` if it failed)."""
+
+    __slots__ = ("event_id", "payload", "done", "error")
+
+    def __init__(self, event_id: str, payload: bytes) -> None:
+        self.event_id = event_id
+        self.payload = payload
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    def resolve(self, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """persister/claims -> dispatcher: a committed event to publish while our lease holds.
+
+    ``publish_by`` is on the Trio clock; after it, the row is left to the table
+    (its lease lapses and it is claimed again), never published from memory.
+    """
+
+    event_id: str
+    payload: bytes
+    publish_by: float
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """dispatcher -> acker: Chip acknowledged these ids; delete their rows."""
+
+    event_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """dispatcher -> acker: Chip refused these for good; move them to the dead-letter table."""
+
+    event_ids: tuple[str, ...]
+    codes: tuple[str, ...]
+    reasons: tuple[str, ...]
+
+
+Outcome = Delivered | Rejected
