@@ -90,41 +90,45 @@ class _Dispatcher:
         self.budget.give_back(len(item.payload))
         return trio.current_time() <= item.publish_by  # else its lease is lapsing: the table has it
 
-    async def gather(self, inbox: trio.MemoryReceiveChannel[Outgoing]) -> list[Outgoing]:
-        """Wait for one event, then take more for up to ``publish_linger``; [] when the inbox ends."""
+    async def gather(self, first: Outgoing, inbox: trio.MemoryReceiveChannel[Outgoing]) -> list[Outgoing]:
+        """``first`` plus whatever arrives within ``publish_linger``, up to the batch limits."""
         config = self.config
-        batch: list[Outgoing] = []
-        size = 0
-        if self.carry is not None:
-            batch, size, self.carry = [self.carry], framed_size(self.carry.payload), None
-        deadline = trio.current_time() + config.publish_linger if batch else None
+        batch = [first]
+        size = framed_size(first.payload)
+        deadline = trio.current_time() + config.publish_linger
         while len(batch) < config.publish_batch_size:
             item = await _receive_until(inbox, deadline)
             if item is None:
                 break
             if not self._fresh(item):
                 continue
-            if deadline is None:
-                deadline = trio.current_time() + config.publish_linger
             item_size = framed_size(item.payload)
-            if batch and size + item_size > config.max_request_bytes:
+            if size + item_size > config.max_request_bytes:
                 self.carry = item
                 break
             batch.append(item)
             size += item_size
         return batch
 
+    async def next_fresh(self, inbox: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
+        """The next event still within its lease; None when the inbox has ended."""
+        if self.carry is not None:
+            item, self.carry = self.carry, None
+            return item
+        while (item := await _receive_until(inbox, None)) is not None:
+            if self._fresh(item):
+                return item
+        return None
+
     async def dispatch_fresh(self, nursery: trio.Nursery, inbox: trio.MemoryReceiveChannel[Outgoing]) -> None:
-        while True:
+        # Wait for work before taking a slot, so an idle inbox never starves recovery.
+        while (first := await self.next_fresh(inbox)) is not None:
             await self.slots.acquire()
             try:
-                batch = await self.gather(inbox)
+                batch = await self.gather(first, inbox)
             except BaseException:
                 self.slots.release()
                 raise
-            if not batch:
-                self.slots.release()
-                return
             nursery.start_soon(self.publish_holding_slot, batch, "batch")
 
     # -- rows claimed back from the table ------------------------------------------------

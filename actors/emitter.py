@@ -46,6 +46,7 @@ class Emitter:
         self._store = store
         self._store_limiter = trio.CapacityLimiter(1)
         self._closing = False
+        self.metrics_port: int | None = None  # where /metrics is served, if it is
 
     async def emit(
         self,
@@ -92,7 +93,7 @@ class Emitter:
         await request.done.wait()
         if request.error is not None:
             # One error object is shared by the whole failed batch: raise a copy of it.
-            raise type(request.error)(*request.error.args) from request.error
+            raise request.error.__class__(*request.error.args) from request.error
         self.metrics.emit_duration.observe(trio.current_time() - started)
         return event_id
 
@@ -180,9 +181,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             sampling = trio.CancelScope()
             tree_done = trio.Event()
 
-            async def sample() -> None:
+            async def sample(task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED) -> None:
                 with sampling:
-                    await metrics_actor.run(config, metrics, stores["metrics"], backlog)
+                    await metrics_actor.run(config, metrics, stores["metrics"], backlog, task_status=task_status)
 
             async def tree(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 try:
@@ -191,7 +192,7 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                 finally:
                     tree_done.set()
 
-            nursery.start_soon(sample)
+            emitter.metrics_port = await nursery.start(sample)
             await nursery.start(tree)
             try:
                 yield emitter

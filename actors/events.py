@@ -108,7 +108,7 @@ def build_event(
         event.proto_data.type_url = data_schema
         event.proto_data.value = raw
     else:
-        raise InvalidEvent(f"body must be bytes, str or a protobuf message, not {type(body).__name__}")
+        raise InvalidEvent(f"body must be bytes, str or a protobuf message, not {body.__class__.__name__}")
 
     extensions = event.attributes
     for name, value in attributes.items():

@@ -30,12 +30,14 @@ FROM unnest(%(ids)s::text[], %(payloads)s::bytea[]) AS t(id, payload)
 """
 
 # Rows nobody holds: lease expired (dead instance, spilled, released for retry),
-# or rows this instance id held before it (re)started.
+# or rows this instance id leased before it (re)started (such a lease ends before
+# reclaim_before + lease; every lease granted since ends after).
 CLAIM_EVENTS = """
 WITH claimable AS (
     SELECT id FROM chip_durable_events
     WHERE (lease_expires_at < now()
-           OR (lease_owner = %(owner)s AND created_at < %(reclaim_before)s))
+           OR (lease_owner = %(owner)s
+               AND lease_expires_at < %(reclaim_before)s + make_interval(secs => %(lease)s)))
       AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s

@@ -136,10 +136,18 @@ class ChipMockServer:
     server: grpc.Server
     port: int
     counters: Counters
-    model: ChipModel
+    servicer: ChipIngressMock
     host: str = "127.0.0.1"
     metrics_port: int | None = None
     _metrics_server: object | None = None
+
+    @property
+    def model(self) -> ChipModel:
+        return self.servicer.model
+
+    def set_model(self, model: ChipModel) -> None:
+        """Change behaviour from the next call on (end an outage, add latency...)."""
+        self.servicer.model = model
 
     @property
     def endpoint(self) -> str:
@@ -182,7 +190,8 @@ def start(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
-    pb_grpc.add_ChipIngressServicer_to_server(ChipIngressMock(model, counters), server)
+    servicer = ChipIngressMock(model, counters)
+    pb_grpc.add_ChipIngressServicer_to_server(servicer, server)
     address = f"{host}:{port}"
     if tls:
         bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
@@ -191,7 +200,7 @@ def start(
     if not bound:
         raise OSError(f"chipmock could not bind {address}")
     server.start()
-    running = ChipMockServer(server, bound, counters, model, host)
+    running = ChipMockServer(server, bound, counters, servicer, host)
     if metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(_CountersCollector(counters))

@@ -45,3 +45,18 @@ def database_url(pg_server_url: str) -> Iterator[str]:
 
 def server_dbname(url: str) -> str:
     return conninfo_to_dict(url).get("dbname", "")
+
+
+def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def pending_ids(url: str) -> set[str]:
+    return {row[0] for row in query(url, "SELECT id FROM chip_durable_events")}
+
+
+def dead_letters(url: str) -> dict[str, tuple[str, str]]:
+    rows = query(url, "SELECT id, reason_code, reason FROM chip_durable_events_dead_letter")
+    return {row[0]: (row[1], row[2]) for row in rows}

@@ -1,0 +1,37 @@
+"""Emitter configurations for tests: real Postgres database, real chipmock endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from actors import EmitterConfig
+
+
+@pytest.fixture
+def make_config(database_url: str) -> Callable[..., EmitterConfig]:
+    """``make_config(chip, **knobs)``: a config on this test's database, quick to react."""
+    instance = f"test-{uuid.uuid4().hex[:8]}"
+
+    def _make(chip, **knobs) -> EmitterConfig:
+        defaults = dict(
+            database_url=database_url, chip_endpoint=chip.endpoint, instance_id=instance,
+            scan_interval=0.1, sample_interval=0.1, retry_initial=0.02, retry_max=0.2,
+            publish_timeout=2.0, lease_duration=30.0, shutdown_timeout=2.0,
+        )
+        return EmitterConfig(**{**defaults, **knobs})
+
+    return _make
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` (run in a thread: it may do I/O) until true, or fail after ``timeout``."""
+    with trio.move_on_after(timeout):
+        # Polls state outside Trio (the database, a gRPC server), which no Event can signal.
+        while not await trio.to_thread.run_sync(predicate):  # noqa: ASYNC110
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

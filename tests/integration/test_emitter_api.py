@@ -1,0 +1,186 @@
+"""The emitter's edges: backpressure, bad input, bad configuration, flush, shutdown, give-up."""
+
+import pytest
+import trio
+
+from actors import (
+    BacklogFull,
+    ConfigError,
+    EmitterClosed,
+    EmitterConfig,
+    EventTooLarge,
+    FlushTimeout,
+    InvalidEvent,
+    StoreUnavailable,
+    SupervisorGaveUp,
+    open_emitter,
+)
+from chipmock import ChipModel, Outage
+from chippb import cloudevent_pb2 as ce
+from tests.fix_postgres import pending_ids
+
+
+async def test_backpressure_at_max_pending_raises_backlog_full_and_writes_nothing(start_chipmock, make_config, database_url) -> None:
+    down_chip = start_chipmock(ChipModel(failure_rate=1.0))
+    config = make_config(down_chip, max_pending=20, backlog_timeout=0.3)
+    async with open_emitter(config) as emitter:
+        ids = {await emitter.emit(b"x", source="wf", type="tick") for _ in range(20)}
+        with pytest.raises(BacklogFull, match="max_pending=20"):
+            await emitter.emit(b"one too many", source="wf", type="tick")
+        assert pending_ids(database_url) == ids
+        down_chip.set_model(ChipModel())
+        # Once Chip drains the backlog, emit works again.
+        await emitter.flush(timeout=30)
+        await emitter.emit(b"after", source="wf", type="tick")
+
+
+async def test_oversize_event_is_refused_before_anything_is_written(chip, make_config, database_url) -> None:
+    async with open_emitter(make_config(chip, max_event_bytes=2000)) as emitter:
+        with pytest.raises(EventTooLarge, match="max_event_bytes is 2000"):
+            await emitter.emit(b"x" * 5000, source="wf", type="tick")
+        await emitter.emit(b"x" * 1000, source="wf", type="tick")
+    assert len(chip.counters.ids) == 1
+
+
+async def test_invalid_events_are_refused_with_the_reason(chip, make_config, database_url) -> None:
+    async with open_emitter(make_config(chip)) as emitter:
+        with pytest.raises(InvalidEvent, match="source"):
+            await emitter.emit(b"x", type="tick")
+        with pytest.raises(InvalidEvent, match="must match"):
+            await emitter.emit(b"x", source="has space", type="tick")
+        with pytest.raises(InvalidEvent, match="not supported"):
+            await emitter.emit(b"x", source="wf", type="t", attributes={"extra": 1.5})
+        assert pending_ids(database_url) == set()
+
+
+async def test_beholder_attributes_and_protobuf_bodies(chip, make_config) -> None:
+    body = ce.CloudEvent(id="inner")
+    async with open_emitter(make_config(chip)) as emitter:
+        event_id = await emitter.emit(body, attributes={
+            "beholder_domain": "workflows", "beholder_entity": "cron.Tick",
+            "beholder_data_schema": "/workflows/v1", "node": "n1",
+        })
+        await emitter.flush(timeout=30)
+    event = ce.CloudEvent.FromString(chip.counters.payloads[event_id])
+    assert (event.source, event.type) == ("workflows", "cron.Tick")
+    assert event.proto_data.type_url == "/workflows/v1"
+    assert ce.CloudEvent.FromString(event.proto_data.value).id == "inner"
+    assert event.attributes["node"].ce_string == "n1"
+    assert event.attributes["recordedtime"].ce_timestamp.nanos % 1_000_000 == 0
+
+
+async def test_no_chip_endpoint_refuses_to_start_unless_the_mock_is_asked_for(database_url) -> None:
+    with pytest.raises(ConfigError, match="CHIP_INGRESS_ENDPOINT"):
+        async with open_emitter(EmitterConfig(database_url=database_url)):
+            pass
+    async with open_emitter(EmitterConfig(database_url=database_url, use_chipmock=True)) as emitter:
+        await emitter.emit(b"x", source="wf", type="tick")
+        await emitter.flush(timeout=30)
+
+
+async def test_unreachable_database_fails_at_start_with_one_clear_line(chip) -> None:
+    config = EmitterConfig(database_url="postgresql://u:topsecret@127.0.0.1:1/db", chip_endpoint=chip.endpoint)
+    with pytest.raises(StoreUnavailable) as info:
+        async with open_emitter(config):
+            pass
+    assert "127.0.0.1:1/db" in str(info.value) and "topsecret" not in str(info.value)
+
+
+async def test_flush_times_out_while_chip_is_down_and_nothing_is_lost(start_chipmock, make_config, database_url) -> None:
+    down_chip = start_chipmock(ChipModel(failure_rate=1.0))
+    async with open_emitter(make_config(down_chip)) as emitter:
+        event_id = await emitter.emit(b"x", source="wf", type="tick")
+        with pytest.raises(FlushTimeout):
+            await emitter.flush(timeout=0.3)
+    assert pending_ids(database_url) == {event_id}
+
+
+async def test_emit_after_shutdown_began_raises_emitter_closed(chip, make_config) -> None:
+    async with open_emitter(make_config(chip)) as emitter:
+        pass
+    with pytest.raises(EmitterClosed):
+        await emitter.emit(b"x", source="wf", type="tick")
+
+
+async def test_outage_backlog_drains_when_chip_returns(start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock(ChipModel(outages=(Outage(0, 1.0),)))
+    async with open_emitter(make_config(chip, dispatch_buffer=10)) as emitter:
+        ids = {await emitter.emit(b"x", source="wf", type="tick") for _ in range(100)}
+        await emitter.flush(timeout=30)
+    snap = chip.counters.snapshot()
+    assert snap.failed_calls > 0, "the outage was never hit"
+    assert chip.counters.seen(ids) == ids
+    assert pending_ids(database_url) == set()
+
+
+async def test_batches_split_to_stay_under_the_request_size(start_chipmock, make_config) -> None:
+    chip = start_chipmock(ChipModel(max_batch=3))
+    config = make_config(chip, max_request_bytes=10_000, max_event_bytes=4000)
+    async with open_emitter(config) as emitter:
+        ids = set()
+
+        async def emit_some() -> None:
+            for _ in range(5):
+                ids.add(await emitter.emit(b"x" * 3000, source="wf", type="tick"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(emit_some)
+        await emitter.flush(timeout=30)
+    assert chip.counters.seen(ids) == ids
+    assert chip.counters.snapshot().failed_calls == 0  # never more than 3 events (9 KB) per call
+
+
+async def test_rejected_credentials_fail_the_tree_loudly_without_hanging_emits(start_chipmock, make_config) -> None:
+    guarded_chip = start_chipmock(credentials=("user", "pw"))
+    config = make_config(guarded_chip, max_restarts=2, restart_period=60)
+    with pytest.raises(BaseExceptionGroup) as info, trio.fail_after(30):
+        async with open_emitter(config) as emitter:
+            while True:  # emits keep succeeding (the commit works) until the tree gives up
+                await emitter.emit(b"x", source="wf", type="tick")
+                await trio.sleep(0.01)
+    assert info.group_contains(SupervisorGaveUp, match="UNAUTHENTICATED")
+    assert emitter.metrics.restarts.labels("dispatcher")._value.get() == 2
+
+
+async def test_wrong_password_is_never_logged(start_chipmock, make_config, capsys) -> None:
+    guarded_chip = start_chipmock(credentials=("user", "right"))
+    config = make_config(guarded_chip, chip_username="user", chip_password="wrong-s3cret", max_restarts=1)
+    with pytest.raises(BaseExceptionGroup), trio.fail_after(30):
+        async with open_emitter(config) as emitter:
+            while True:
+                await emitter.emit(b"x", source="wf", type="tick")
+                await trio.sleep(0.01)
+    assert "wrong-s3cret" not in capsys.readouterr().out
+
+
+async def test_metrics_endpoint_serves_upstream_names(chip, make_config) -> None:
+    import urllib.request
+
+    async with open_emitter(make_config(chip, metrics_port=0)) as emitter:
+        await emitter.emit(b"x", source="wf", type="tick")
+        await emitter.flush(timeout=30)
+        port = emitter.metrics_port
+        body = await trio.to_thread.run_sync(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+    for name in ["durable_emitter_emit_success_total 1.0", "durable_emitter_delivery_completed_total 1.0",
+                 "durable_emitter_queue_depth", "durable_emitter_publish_duration_seconds_bucket",
+                 "durable_emitter_emit_duration_seconds_count 1.0"]:
+        assert name in body
+
+
+async def test_a_failed_commit_fails_its_emits_with_the_database_reason(chip, make_config, database_url) -> None:
+    from tests.fix_postgres import query
+
+    async with open_emitter(make_config(chip)) as emitter:
+        query(database_url, """CREATE FUNCTION refuse_insert() RETURNS trigger LANGUAGE plpgsql AS
+                               $$ BEGIN RAISE EXCEPTION 'disk is full (simulated)'; END $$""")
+        query(database_url, "CREATE TRIGGER refuse BEFORE INSERT ON chip_durable_events "
+                            "FOR EACH STATEMENT EXECUTE FUNCTION refuse_insert()")
+        with pytest.raises(StoreUnavailable, match="disk is full"):
+            await emitter.emit(b"x", source="wf", type="tick")
+        assert pending_ids(database_url) == set()
+        query(database_url, "DROP TRIGGER refuse ON chip_durable_events")
+        event_id = await emitter.emit(b"x", source="wf", type="tick")  # same tree, no restart needed
+        await emitter.flush(timeout=30)
+    assert chip.counters.seen([event_id]) == {event_id}

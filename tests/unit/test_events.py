@@ -1,0 +1,109 @@
+"""CloudEvent building, batch framing and result interpretation: pure functions."""
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.errors import InvalidEvent
+from actors.events import (
+    build_event,
+    encode_batch,
+    framed_size,
+    idempotency_key,
+    interpret_response,
+)
+from chippb import chipingress_pb2 as pb
+from chippb import cloudevent_pb2 as ce
+
+
+def _parse(payload: bytes) -> ce.CloudEvent:
+    return ce.CloudEvent.FromString(payload)
+
+
+def test_builds_a_complete_cloud_event() -> None:
+    now = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    event_id, payload = build_event(b"\x00body", source="wf", type="tick", attributes={"n": 3}, now=now)
+    event = _parse(payload)
+    assert event.id == event_id and event.spec_version == "1.0"
+    assert (event.source, event.type, event.binary_data) == ("wf", "tick", b"\x00body")
+    assert event.attributes["n"].ce_integer == 3
+    assert event.attributes["emitter"].ce_string == "durable-emitter"
+    assert event.attributes["recordedtime"].ce_timestamp.ToDatetime(UTC) == now.replace(microsecond=678000)
+    assert event.attributes["idempotencykey"].ce_string == idempotency_key("wf", "tick", b"\x00body")
+
+
+def test_each_event_gets_a_fresh_id_but_the_same_key_for_the_same_content() -> None:
+    first_id, first = build_event(b"same", source="wf", type="tick")
+    second_id, second = build_event(b"same", source="wf", type="tick")
+    assert first_id != second_id
+    key = lambda p: _parse(p).attributes["idempotencykey"].ce_string  # noqa: E731
+    assert key(first) == key(second)
+
+
+def test_idempotency_key_is_length_prefixed() -> None:
+    # Without prefixes, ("ab", "c") and ("a", "bc") would collide.
+    assert idempotency_key("ab", "c", b"") != idempotency_key("a", "bc", b"")
+
+
+def test_text_body_and_attribute_kinds() -> None:
+    stamp = datetime(2026, 1, 1, tzinfo=UTC)
+    _, payload = build_event("héllo", source="wf", type="t",
+                             attributes={"flag": True, "raw": b"\x01", "at": stamp, "name": "x"})
+    event = _parse(payload)
+    assert event.text_data == "héllo"
+    assert event.attributes["flag"].ce_boolean is True
+    assert event.attributes["raw"].ce_bytes == b"\x01"
+    assert event.attributes["at"].ce_timestamp.ToDatetime(UTC) == stamp
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"source": None, "type": "t"}, "source is required"),
+    ({"source": "wf", "type": ""}, "type is required"),
+    ({"source": "a/b", "type": "t"}, "must match"),
+    ({"source": "wf", "type": "t", "attributes": {"Bad_Name": "x"}}, "lower-case"),
+    ({"source": "wf", "type": "t", "attributes": {"id": "x"}}, "set by the emitter"),
+    ({"source": "wf", "type": "t", "attributes": {"big": 2**40}}, "32 bits"),
+    ({"source": "wf", "type": "t", "attributes": {"f": 1.5}}, "not supported"),
+])
+def test_invalid_input_is_refused_with_the_reason(kwargs, message) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        build_event(b"x", **kwargs)
+
+
+def test_protobuf_body_needs_a_data_schema() -> None:
+    with pytest.raises(InvalidEvent, match="data_schema"):
+        build_event(ce.CloudEvent(id="x"), source="wf", type="t")
+    with pytest.raises(InvalidEvent, match="body must be"):
+        build_event(12, source="wf", type="t")  # type: ignore[arg-type]  # testing bad input
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20))
+def test_encode_batch_equals_the_protobuf_encoding(bodies: list[bytes]) -> None:
+    payloads = [build_event(body, source="wf", type="t")[1] for body in bodies]
+    expected = pb.CloudEventBatch(events=[_parse(p) for p in payloads]).SerializeToString()
+    assert encode_batch(payloads) == expected
+    assert sum(framed_size(p) for p in payloads) == len(expected)
+
+
+def _result(event_id: str, code: int | None = None) -> pb.PublishResult:
+    if code is None:
+        return pb.PublishResult(event_id=event_id)
+    return pb.PublishResult(event_id=event_id, error=pb.PublishError(error_code=code, reason="why"))
+
+
+def test_interpret_response_is_positional() -> None:
+    response = pb.PublishResponse(results=[
+        _result("a"), _result("b", pb.SCHEMA_MISSING), _result("c", pb.PUBLISH_ERROR_CODE_UNKNOWN),
+        _result("zzz"),  # names another id: not trusted
+    ])
+    outcome = interpret_response(["a", "b", "c", "d", "e"], response)
+    assert outcome.delivered == ["a"]
+    assert outcome.rejected == [("b", "SCHEMA_MISSING", "why")]
+    assert outcome.retry == [2, 3, 4]  # unknown error, wrong id, and no result at all
+
+
+def test_interpret_response_accepts_results_without_ids() -> None:
+    response = pb.PublishResponse(results=[pb.PublishResult(), pb.PublishResult()])
+    assert interpret_response(["a", "b"], response).delivered == ["a", "b"]
