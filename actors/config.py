@@ -84,6 +84,8 @@ class EmitterConfig:
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000
+    # Connections committing in parallel: overlaps WAL flushes when few callers emit at once.
+    persist_writers: int = 1
     # In-memory hand-off from persister to dispatcher; beyond it, events are
     # read back from the table (memory stays bounded whatever the backlog).
     dispatch_buffer: int = 20_000
@@ -133,7 +135,7 @@ class EmitterConfig:
             if f.type in ("int", "float") and not isinstance(value, (int, float)):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
         positive = [
-            "lease_duration", "persist_batch_size", "dispatch_buffer", "dispatch_buffer_bytes",
+            "lease_duration", "persist_batch_size", "persist_writers", "dispatch_buffer", "dispatch_buffer_bytes",
             "publish_batch_size",
             "publishes_in_flight", "publish_timeout", "max_request_bytes", "publish_attempts",
             "retry_initial", "retry_max", "delete_batch_size", "max_pending", "event_ttl",

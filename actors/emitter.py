@@ -87,7 +87,10 @@ class Emitter:
             raise
         request = EmitRequest(event_id, payload)
         try:
-            await self._inbox.send(request)
+            try:
+                self._inbox.send_nowait(request)  # no extra trip through the scheduler
+            except trio.WouldBlock:
+                await self._inbox.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise EmitterClosed("the emitter is shutting down; the event was not written") from None
         await request.done.wait()
@@ -148,8 +151,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
         stores = {name: Store(url, synchronous_commit=name != "acker")
-                  for name in ("persister", "dispatcher", "acker", "metrics", "emitter")}
-        for store in stores.values():
+                  for name in ("dispatcher", "acker", "metrics", "emitter")}
+        writers = [Store(url) for _ in range(config.persist_writers)]
+        for store in [*stores.values(), *writers]:
             stack.callback(store.close)
         setup = stores["emitter"]
         await trio.to_thread.run_sync(setup.apply_schema)
@@ -171,7 +175,7 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                                             stores["dispatcher"], metrics, started_at),
                       on_exit=ack_send.close),
             ChildSpec("persister", partial(persister.run, config, emit_recv, out_send, bell_send, budget,
-                                           stores["persister"], backlog, metrics),
+                                           writers, backlog, metrics),
                       on_exit=out_send.close),
         ]
         intensity = RestartIntensity(config.max_restarts, config.restart_period)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ def build_event(
     attributes, and ``data_schema`` to ``beholder_data_schema``. Raises
     :class:`InvalidEvent` (nothing is written) for anything Chip would refuse.
     """
-    attributes = dict(attributes or {})
+    attributes = attributes or {}
     source = _check_name_part("source", source if source is not None else attributes.get("beholder_domain"))
     type_ = _check_name_part("type", type if type is not None else attributes.get("beholder_entity"))
     data_schema = data_schema if data_schema is not None else attributes.get("beholder_data_schema")
@@ -122,8 +123,9 @@ def build_event(
     if data_schema:
         extensions["dataschema"].ce_uri = data_schema
     extensions["idempotencykey"].ce_string = idempotency_key(source, type_, raw)
-    now = now or datetime.now(UTC)
-    extensions["recordedtime"].ce_timestamp.FromDatetime(now.replace(microsecond=now.microsecond // 1000 * 1000))
+    millis = time.time_ns() // 1_000_000 if now is None else int(now.timestamp() * 1000)
+    recorded = extensions["recordedtime"].ce_timestamp  # UTC, millisecond precision, as upstream
+    recorded.seconds, recorded.nanos = millis // 1000, millis % 1000 * 1_000_000
     extensions["emitter"].ce_string = EMITTER_NAME
     return event.id, event.SerializeToString()
 

@@ -35,37 +35,61 @@ def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest
     return batch
 
 
-def _has_room(outbox: trio.MemorySendChannel[Outgoing], budget: BufferBudget, batch: list[EmitRequest]) -> bool:
-    stats = outbox.statistics()
-    if stats.current_buffer_used + len(batch) > stats.max_buffer_size:
-        return False
-    return budget.has_room(sum(len(r.payload) for r in batch))
+class _Handoff:
+    """Reserves room in the dispatcher's memory buffer before a commit, so that
+    the events can be handed over without waiting after it.
+
+    Only this actor sends to the outbox, and every writer reserves before it
+    commits, so the room seen at reservation is still there afterwards.
+    """
+
+    def __init__(self, outbox: trio.MemorySendChannel[Outgoing], budget: BufferBudget) -> None:
+        self.outbox = outbox
+        self.budget = budget
+        self.reserved = 0
+
+    def reserve(self, batch: list[EmitRequest]) -> bool:
+        stats = self.outbox.statistics()
+        size = sum(len(r.payload) for r in batch)
+        if stats.current_buffer_used + self.reserved + len(batch) > stats.max_buffer_size:
+            return False
+        if not self.budget.has_room(size):
+            return False
+        self.reserved += len(batch)
+        self.budget.take(size)
+        return True
+
+    def hand_over(self, batch: list[EmitRequest], publish_by: float) -> None:
+        self.reserved -= len(batch)
+        for request in batch:
+            self.outbox.send_nowait(Outgoing(request.event_id, request.payload, publish_by))
+
+    def cancel(self, batch: list[EmitRequest]) -> None:
+        self.reserved -= len(batch)
+        self.budget.give_back(sum(len(r.payload) for r in batch))
 
 
-async def run(
+async def _write(
     config: EmitterConfig,
     inbox: trio.MemoryReceiveChannel[EmitRequest],
-    outbox: trio.MemorySendChannel[Outgoing],
+    handoff: _Handoff,
     doorbell: trio.MemorySendChannel[None],
-    budget: BufferBudget,
     store: Store,
     backlog: Backlog,
     metrics: Metrics,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Commit emits in groups until the inbox closes."""
+    """One writer: its own connection, one commit at a time."""
     limiter = trio.CapacityLimiter(1)
-    task_status.started()
     async for first in inbox:
         batch = _take_batch(first, inbox, config.persist_batch_size)
-        # Only this actor sends to the outbox, so room seen now is still there after the commit.
-        in_memory = _has_room(outbox, budget, batch)
+        in_memory = handoff.reserve(batch)
         try:
             insert = partial(store.insert_events, [r.event_id for r in batch], [r.payload for r in batch],
                              owner=config.instance_id, lease=config.lease_duration, spilled=not in_memory)
             await trio.to_thread.run_sync(insert, limiter=limiter)
         except StoreUnavailable as exc:
+            if in_memory:
+                handoff.cancel(batch)
             log.warning("commit failed", events=len(batch), error=str(exc))
             metrics.emit_failure.labels("store").inc(len(batch))
             for request in batch:
@@ -74,24 +98,47 @@ async def run(
         except BaseException as exc:
             # Crashing (or cancelled): nobody in this batch may hang. Their rows
             # may or may not be committed; the error says so.
+            if in_memory:
+                handoff.cancel(batch)
             error = EmitterError(f"persister stopped before confirming the commit: {exc!r}")
             for request in batch:
                 request.resolve(error)
             raise
-        committed_at = trio.current_time()
-        publish_by = committed_at + config.lease_duration - 2 * config.publish_timeout
         for request in batch:
             request.resolve()
         backlog.add(len(batch))
         metrics.emit_success.inc(len(batch))
         metrics.commit_batch_size.observe(len(batch))
         if in_memory:
-            for request in batch:
-                budget.take(len(request.payload))
-                outbox.send_nowait(Outgoing(request.event_id, request.payload, publish_by))
+            handoff.hand_over(batch, trio.current_time() + config.lease_duration - 2 * config.publish_timeout)
         else:
             metrics.buffer_full.inc(len(batch))
             try:
                 doorbell.send_nowait(None)
             except trio.WouldBlock:
                 pass  # already rung
+
+
+async def run(
+    config: EmitterConfig,
+    inbox: trio.MemoryReceiveChannel[EmitRequest],
+    outbox: trio.MemorySendChannel[Outgoing],
+    doorbell: trio.MemorySendChannel[None],
+    budget: BufferBudget,
+    stores: list[Store],
+    backlog: Backlog,
+    metrics: Metrics,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Commit emits in groups, one writer per store, until the inbox closes.
+
+    Several writers overlap their commits: while one waits for its WAL flush,
+    the next group is already on its way, which matters when only a few
+    callers emit at a time.
+    """
+    handoff = _Handoff(outbox, budget)
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(_write, config, inbox, handoff, doorbell, store, backlog, metrics)
+        task_status.started()
