@@ -50,13 +50,11 @@ async def run(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Apply outcomes until the inbox closes."""
-    limiter = trio.CapacityLimiter(1)
-
     async def persist(fn, *args) -> int:
         backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
         while True:
             try:
-                return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+                return await fn(*args)
             except StoreUnavailable as exc:
                 delay = backoff.next_delay()
                 log.warning("acker cannot reach Postgres; retrying", error=str(exc), retry_in_s=round(delay, 3))

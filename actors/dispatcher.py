@@ -77,12 +77,8 @@ class _Dispatcher:
         self.metrics = metrics
         self.reclaim_before = reclaim_before
         self.slots = trio.Semaphore(config.publishes_in_flight)
-        self.db_limiter = trio.CapacityLimiter(1)
         self.carry: Outgoing | None = None
         self.mean_payload = float(config.max_event_bytes)
-
-    async def db(self, fn, *args, **kwargs):
-        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self.db_limiter)
 
     # -- fresh events from the persister --------------------------------------------------
 
@@ -145,7 +141,7 @@ class _Dispatcher:
                 await doorbell.receive()
 
     async def expire(self) -> None:
-        expired = await self.db(self.store.expire, ttl=self.config.event_ttl)
+        expired = await self.store.expire(ttl=self.config.event_ttl)
         if expired:
             log.warning("events expired to the dead-letter table", count=expired)
             self.metrics.expired.inc(expired)
@@ -157,7 +153,7 @@ class _Dispatcher:
             await self.slots.acquire()
             try:
                 limit = claim_limit(config, self.mean_payload)
-                rows = await self.db(self.store.claim, owner=config.instance_id, lease=config.lease_duration,
+                rows = await self.store.claim(owner=config.instance_id, lease=config.lease_duration,
                                      limit=limit, reclaim_before=self.reclaim_before,
                                      writer_only=config.writer_only)
             except BaseException:
@@ -240,7 +236,7 @@ class _Dispatcher:
         log.info("publish attempts exhausted; left in the table for a later claim",
                  events=len(items), error=error, retry_after_s=round(retry_after, 3))
         try:
-            await self.db(self.store.release, [i.event_id for i in items], owner=self.config.instance_id,
+            await self.store.release([i.event_id for i in items], owner=self.config.instance_id,
                           error=error, attempts=attempts, retry_after=retry_after)
         except Exception as exc:  # the lease lapses on its own; the rows are claimed again then
             log.warning("could not release rows; they return when their lease lapses", error=str(exc))

@@ -44,7 +44,6 @@ class Emitter:
         self._inbox = inbox
         self._backlog = backlog
         self._store = store
-        self._store_limiter = trio.CapacityLimiter(1)
         self._closing = False
         self.metrics_port: int | None = None  # where /metrics is served, if it is
 
@@ -107,11 +106,10 @@ class Emitter:
         Raises :class:`FlushTimeout` after ``timeout`` seconds; the events
         stay in the table and keep being delivered.
         """
-        store_call = partial(trio.to_thread.run_sync, limiter=self._store_limiter)
         with trio.move_on_after(timeout):
-            before = await store_call(self._store.now)
+            before = await self._store.now()
             delay = 0.005
-            while await store_call(lambda: self._store.has_pending_before(before, owner=self.config.instance_id)):
+            while await self._store.has_pending_before(before, owner=self.config.instance_id):
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.1)
             return
@@ -156,8 +154,8 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
         for store in [*stores.values(), *writers]:
             stack.callback(store.close)
         setup = stores["emitter"]
-        await trio.to_thread.run_sync(setup.apply_schema)
-        started_at = await trio.to_thread.run_sync(setup.now)
+        await setup.apply_schema()
+        started_at = await setup.now()
         log.info("emitter starting", database=describe(url), chip=chip_endpoint, instance=config.instance_id)
 
         chip = ChipClient(config, chip_endpoint)

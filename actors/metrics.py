@@ -78,12 +78,11 @@ async def run(
         server, _thread = start_http_server(config.metrics_port, addr=config.metrics_host,
                                             registry=metrics.registry)
         log.info("metrics serving", url=f"http://{config.metrics_host}:{server.server_port}/metrics")
-    limiter = trio.CapacityLimiter(1)
     task_status.started(server.server_port if server else None)
     next_log = time.monotonic() + config.log_interval
     try:
         while True:
-            stats = await trio.to_thread.run_sync(store.pending_stats, limiter=limiter)
+            stats = await store.pending_stats()
             metrics.queue_depth.set(stats.rows)
             metrics.queue_bytes.set(stats.payload_bytes)
             metrics.oldest_age.set(stats.oldest_age_seconds)

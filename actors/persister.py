@@ -10,8 +10,6 @@ at once) and the dispatcher reads them back from the table.
 
 from __future__ import annotations
 
-from functools import partial
-
 import structlog
 import trio
 
@@ -79,14 +77,13 @@ async def _write(
     metrics: Metrics,
 ) -> None:
     """One writer: its own connection, one commit at a time."""
-    limiter = trio.CapacityLimiter(1)
     async for first in inbox:
         batch = _take_batch(first, inbox, config.persist_batch_size)
         in_memory = handoff.reserve(batch)
         try:
-            insert = partial(store.insert_events, [r.event_id for r in batch], [r.payload for r in batch],
-                             owner=config.instance_id, lease=config.lease_duration, spilled=not in_memory)
-            await trio.to_thread.run_sync(insert, limiter=limiter)
+            await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
+                                      owner=config.instance_id, lease=config.lease_duration,
+                                      spilled=not in_memory)
         except StoreUnavailable as exc:
             if in_memory:
                 handoff.cancel(batch)

@@ -1,10 +1,14 @@
 """All SQL, in one place: schema, insert, claim, release, delete, dead-letter, stats.
 
-Each actor owns one :class:`Store` (one connection) and calls it from a worker
-thread with ``trio.to_thread.run_sync``; the methods are plain blocking
-functions, easy to test without Trio. A broken connection is reopened on the
-next call, so a Postgres restart costs the calls made while it was down, not
-the actor.
+Each actor owns one :class:`Store` (one connection). Statements run on Trio
+itself: psycopg builds every operation as a sans-I/O generator that says when
+it needs the socket readable or writable, and :func:`_wait` answers it with
+``trio.lowlevel.wait_readable``/``wait_writable``. No worker thread, no
+hand-off through the GIL per statement (measured: a thread hop cost about
+80 us, as much as the 10-row INSERT it wrapped). Only connecting, which
+resolves names, runs in a thread. A broken or cancelled connection is closed
+and reopened on the next call, so a Postgres restart costs the calls made while
+it was down, not the actor.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
+import trio
+from psycopg.waiting import Ready, Wait
 
 from .errors import StoreUnavailable
 from .postgres import connect
@@ -125,86 +131,132 @@ def schema_sql() -> str:
     return Path(__file__).with_name("schema.sql").read_text()
 
 
+async def _wait(gen, fileno: int):
+    """Drive a psycopg generator on Trio's I/O; return what it returns."""
+    try:
+        state = next(gen)
+        while True:
+            if state == Wait.R:
+                await trio.lowlevel.wait_readable(fileno)
+                state = gen.send(Ready.R)
+            elif state == Wait.W:
+                await trio.lowlevel.wait_writable(fileno)
+                state = gen.send(Ready.W)
+            else:  # RW: a large send the server may answer while it is under way
+                ready = await _wait_either(fileno)
+                state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
+async def _wait_either(fileno: int) -> Ready:
+    result: list[Ready] = []
+    async with trio.open_nursery() as nursery:
+        async def wait(waiter, ready: Ready) -> None:
+            await waiter(fileno)
+            result.append(ready)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, trio.lowlevel.wait_readable, Ready.R)
+        nursery.start_soon(wait, trio.lowlevel.wait_writable, Ready.W)
+    return result[0]
+
+
 class Store:
     """One connection and the statements an actor runs on it.
 
-    Not thread-safe: each actor owns its own and calls it from one worker
-    thread at a time.
+    A connection runs one statement at a time; tasks sharing a Store take turns.
     """
 
     def __init__(self, url: str, *, synchronous_commit: bool = True) -> None:
         self._url = url
         self._synchronous_commit = synchronous_commit
         self._conn: psycopg.Connection | None = None
+        self._turn = trio.Lock()
 
-    @property
-    def conn(self) -> psycopg.Connection:
+    async def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = connect(self._url)
-            if not self._synchronous_commit:
-                # Lost deletes after a crash only mean re-sends (at least once).
-                self._conn.execute("SET synchronous_commit = off")
+            self._conn = await trio.to_thread.run_sync(self._open)
         return self._conn
+
+    def _open(self) -> psycopg.Connection:
+        conn = connect(self._url)
+        if not self._synchronous_commit:
+            # Lost deletes after a crash only mean re-sends (at least once).
+            conn.execute("SET synchronous_commit = off")
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _run(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
+    async def _run(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
         try:
-            return self.conn.execute(sql, params)
-        except psycopg.Error as exc:
-            raise _unavailable(exc) from exc
+            self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        try:
+            conn = await self._connection()
+            cursor = conn.cursor()
+            try:
+                await _wait(cursor._execute_gen(sql, params), conn.pgconn.socket)
+            except psycopg.Error as exc:
+                raise _unavailable(exc) from exc
+            except BaseException:
+                self.close()  # cancelled mid-statement: the protocol state is unknown
+                raise
+            return cursor
+        finally:
+            self._turn.release()
 
-    def apply_schema(self) -> None:
+    async def apply_schema(self) -> None:
         """Create the tables and indexes if missing; safe to run concurrently and repeatedly."""
-        with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            self.conn.execute(schema_sql())
+        await self._run(f"BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {schema_sql()}; COMMIT;")
 
-    def insert_events(
+    async def insert_events(
         self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool
     ) -> None:
         """Commit the rows in one statement. ``spilled`` rows are claimable at once."""
-        self._run(INSERT_EVENTS, {
+        await self._run(INSERT_EVENTS, {
             "ids": list(ids), "payloads": list(payloads), "owner": owner,
             "lease": float(lease), "spilled": spilled,
         })
 
-    def claim(self, *, owner: str, lease: float, limit: int, reclaim_before: datetime | None,
-              writer_only: bool) -> list[StoredEvent]:
+    async def claim(self, *, owner: str, lease: float, limit: int, reclaim_before: datetime | None,
+                    writer_only: bool) -> list[StoredEvent]:
         """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
-        rows = self._run(CLAIM_EVENTS, {
+        cursor = await self._run(CLAIM_EVENTS, {
             "owner": owner, "reclaim_before": reclaim_before, "lease": lease, "limit": limit,
             "writer_only": writer_only,
-        }).fetchall()
-        return [StoredEvent(*row) for row in rows]
+        })
+        return [StoredEvent(*row) for row in cursor.fetchall()]
 
-    def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float) -> None:
+    async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float) -> None:
         """Hand rows back to the table to be claimed again after ``retry_after`` seconds."""
-        self._run(RELEASE_EVENTS, {
+        await self._run(RELEASE_EVENTS, {
             "ids": list(ids), "owner": owner, "error": error[:2000],
             "attempts": attempts, "retry_after": retry_after,
         })
 
-    def delete(self, ids: Sequence[str]) -> int:
-        return self._run(DELETE_EVENTS, {"ids": list(ids)}).rowcount
+    async def delete(self, ids: Sequence[str]) -> int:
+        return (await self._run(DELETE_EVENTS, {"ids": list(ids)})).rowcount
 
-    def dead_letter(self, ids: Sequence[str], codes: Sequence[str], reasons: Sequence[str]) -> int:
-        return self._run(DEAD_LETTER_EVENTS, {
+    async def dead_letter(self, ids: Sequence[str], codes: Sequence[str], reasons: Sequence[str]) -> int:
+        return (await self._run(DEAD_LETTER_EVENTS, {
             "ids": list(ids), "codes": list(codes), "reasons": [r[:2000] for r in reasons],
-        }).rowcount
+        })).rowcount
 
-    def expire(self, *, ttl: float, limit: int = 10_000) -> int:
-        return self._run(EXPIRE_EVENTS, {"ttl": ttl, "limit": limit}).rowcount
+    async def expire(self, *, ttl: float, limit: int = 10_000) -> int:
+        return (await self._run(EXPIRE_EVENTS, {"ttl": ttl, "limit": limit})).rowcount
 
-    def pending_stats(self) -> PendingStats:
-        return PendingStats(*self._run(PENDING_STATS).fetchone())
+    async def pending_stats(self) -> PendingStats:
+        return PendingStats(*(await self._run(PENDING_STATS)).fetchone())
 
-    def now(self) -> datetime:
-        return self._run("SELECT clock_timestamp()").fetchone()[0]
+    async def now(self) -> datetime:
+        return (await self._run("SELECT clock_timestamp()")).fetchone()[0]
 
-    def has_pending_before(self, before: datetime, *, owner: str) -> bool:
-        return self._run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}).fetchone()[0]
+    async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
+        cursor = await self._run(HAS_PENDING_BEFORE, {"before": before, "owner": owner})
+        return cursor.fetchone()[0]

@@ -20,20 +20,34 @@ def _names(url: str, kind: str) -> set[str]:
     return {r[0] for r in rows}
 
 
-def test_schema_applies_twice_and_creates_tables_and_indexes(database_url: str) -> None:
+async def test_schema_applies_twice_and_creates_tables_and_indexes(database_url: str) -> None:
     store = Store(database_url)
-    store.apply_schema()
-    store.insert_events(["a"], [b"x"], owner="me", lease=60, spilled=False)
-    store.apply_schema()  # no error, nothing lost
+    await store.apply_schema()
+    await store.insert_events(["a"], [b"x"], owner="me", lease=60, spilled=False)
+    await store.apply_schema()  # no error, nothing lost
     assert {"chip_durable_events", "chip_durable_events_dead_letter"} <= _names(database_url, "r")
     assert {"chip_durable_events_pkey", "chip_durable_events_lease_idx",
             "chip_durable_events_created_idx"} <= _names(database_url, "i")
-    assert store.pending_stats().rows == 1
+    assert (await store.pending_stats()).rows == 1
     store.close()
 
 
-def test_table_carries_its_autovacuum_settings(database_url: str) -> None:
-    Store(database_url).apply_schema()
+async def test_concurrent_schema_application_is_serialised(database_url: str) -> None:
+    import trio
+
+    stores = [Store(database_url) for _ in range(4)]
+    async with trio.open_nursery() as nursery:
+        for store in stores:
+            nursery.start_soon(store.apply_schema)
+    for store in stores:
+        store.close()
+    assert "chip_durable_events" in _names(database_url, "r")
+
+
+async def test_table_carries_its_autovacuum_settings(database_url: str) -> None:
+    store = Store(database_url)
+    await store.apply_schema()
+    store.close()
     with psycopg.connect(database_url) as conn:
         (options,) = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'chip_durable_events'").fetchone()
     assert "autovacuum_vacuum_scale_factor=0.01" in options and "fillfactor=80" in options
@@ -43,10 +57,12 @@ def test_embedded_postgres_keeps_rows_across_a_restart(tmp_path) -> None:
     # Each start is its own process, as a user's restarts would be.
     data_dir = tmp_path / "pgdata"
     script = (
-        "import sys; from actors.postgres import start_embedded; from actors.store import Store\n"
-        "s = Store(start_embedded(sys.argv[1])); s.apply_schema()\n"
-        "if sys.argv[2] == 'write': s.insert_events(['kept'], [b'x'], owner='o', lease=60, spilled=False)\n"
-        "print(s.pending_stats().rows); s.close()\n"
+        "import sys, trio; from actors.postgres import start_embedded; from actors.store import Store\n"
+        "async def main():\n"
+        "    s = Store(start_embedded(sys.argv[1])); await s.apply_schema()\n"
+        "    if sys.argv[2] == 'write': await s.insert_events(['kept'], [b'x'], owner='o', lease=60, spilled=False)\n"
+        "    print((await s.pending_stats()).rows); s.close()\n"
+        "trio.run(main)\n"
     )
     run = lambda step: subprocess.run([sys.executable, "-c", script, str(data_dir), step],  # noqa: E731
                                       capture_output=True, text=True, timeout=120)
