@@ -8,6 +8,7 @@ are stored and later sent unchanged, so a retried event carries the same
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import struct
@@ -40,11 +41,25 @@ AttributeValue = str | bool | int | bytes | datetime
 
 def idempotency_key(source: str, type_: str, body: bytes) -> str:
     """Hex SHA-256 over the length-prefixed source, type and body, as upstream derives it."""
-    digest = hashlib.sha256()
-    for part in (source.encode(), type_.encode(), body):
-        digest.update(struct.pack(">Q", len(part)))
-        digest.update(part)
+    source_bytes, type_bytes = source.encode(), type_.encode()
+    prefix = struct.pack(">Q", len(source_bytes)) + source_bytes + struct.pack(">Q", len(type_bytes)) + type_bytes
+    digest = hashlib.sha256(prefix)
+    digest.update(struct.pack(">Q", len(body)))
+    digest.update(body)
     return digest.hexdigest()
+
+
+def _attribute_entry(name: str, value: ce.CloudEvent.CloudEventAttributeValue) -> bytes:
+    """The serialized ``attributes`` map entry for one attribute (field 5 of CloudEvent)."""
+    return ce.CloudEvent(attributes={name: value}).SerializeToString()
+
+
+# Appending serialized fields to a serialized message merges them into it (the
+# protobuf wire format's rule), so the attributes every event carries are
+# framed once here instead of built through the message API per event.
+_EMITTER_ENTRY = _attribute_entry("emitter", ce.CloudEvent.CloudEventAttributeValue(ce_string=EMITTER_NAME))
+_KEY_ENTRY_PREFIX = _attribute_entry(
+    "idempotencykey", ce.CloudEvent.CloudEventAttributeValue(ce_string="0" * 64))[:-64]
 
 
 def _attribute(name: str, value: AttributeValue) -> ce.CloudEvent.CloudEventAttributeValue:
@@ -67,6 +82,7 @@ def _attribute(name: str, value: AttributeValue) -> ce.CloudEvent.CloudEventAttr
                        "(use str, bool, int, bytes or datetime)")
 
 
+@functools.lru_cache(maxsize=4096)
 def _check_name_part(what: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidEvent(f"{what} is required (pass {what}=..., or beholder_{'domain' if what == 'source' else 'entity'} in attributes)")
@@ -122,12 +138,11 @@ def build_event(
         extensions[name].CopyFrom(_attribute(name, value))
     if data_schema:
         extensions["dataschema"].ce_uri = data_schema
-    extensions["idempotencykey"].ce_string = idempotency_key(source, type_, raw)
     millis = time.time_ns() // 1_000_000 if now is None else int(now.timestamp() * 1000)
     recorded = extensions["recordedtime"].ce_timestamp  # UTC, millisecond precision, as upstream
     recorded.seconds, recorded.nanos = millis // 1000, millis % 1000 * 1_000_000
-    extensions["emitter"].ce_string = EMITTER_NAME
-    return event.id, event.SerializeToString()
+    key = idempotency_key(source, type_, raw).encode()
+    return event.id, event.SerializeToString() + _KEY_ENTRY_PREFIX + key + _EMITTER_ENTRY
 
 
 def _varint(n: int) -> bytes:

@@ -126,13 +126,16 @@ class Counters:
             self.calls += 1
             self.failed_calls += failed
 
-    def record_events(self, events: Iterable[tuple[str, bytes]], *, rejected: int = 0) -> None:
-        """Count produced events (id, serialized bytes); ``rejected`` ones were refused."""
+    def record_events(self, events: Iterable[tuple[str, bytes | int]], *, rejected: int = 0) -> None:
+        """Count produced events: (id, serialized bytes, or just their size when not kept).
+
+        ``rejected`` events were refused and are only counted.
+        """
         with self._lock:
             self.rejected += rejected
             for event_id, payload in events:
                 self.received += 1
-                self.bytes += len(payload)
+                self.bytes += payload if isinstance(payload, int) else len(payload)
                 if event_id in self.ids:
                     self.duplicates += 1
                 else:

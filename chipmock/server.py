@@ -55,6 +55,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         with self._rng_lock:
             failures = decide_event_failures(self.model, self._rng, len(events))
         results, produced = [], []
+        keep = self.counters.keep_payloads
         for event, injected in zip(events, failures, strict=True):
             missing = _missing_fields(event)
             if missing:
@@ -63,7 +64,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
                 error = pb.PublishError(error_code=_REJECT_CODE, reason="chipmock: injected permanent error")
             else:
                 error = None
-                produced.append((event.id, event.SerializeToString()))
+                produced.append((event.id, event.SerializeToString() if keep else event.ByteSize()))
             results.append(pb.PublishResult(event_id=event.id, error=error))
         self.counters.record_events(produced, rejected=len(events) - len(produced))
         if self.model.short_response is not None:
