@@ -8,7 +8,7 @@ def test_public_names_are_pinned() -> None:
     modules = {"acker", "backlog", "backoff", "chip", "config", "dispatcher", "emitter", "errors", "events",
                "messages", "metrics", "persister", "postgres", "store", "supervisor", "hosts"}
     assert public - modules == {
-        "open_emitter", "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
+        "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
         "EmitterClosed", "SupervisorGaveUp",
     }

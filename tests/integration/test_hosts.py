@@ -1,0 +1,84 @@
+"""asyncio and threaded hosts emit durably through the same Trio tree."""
+
+import asyncio
+import threading
+
+import pytest
+
+from actors.hosts import open_asyncio_emitter, open_blocking_emitter
+from tests.fix_postgres import pending_ids
+
+
+def test_asyncio_host_emits_and_flushes(chip, make_config, database_url) -> None:
+    async def host() -> set[str]:
+        async with open_asyncio_emitter(make_config(chip)) as emitter:
+            ids = set(await asyncio.gather(*(emitter.emit(f"e{i}", source="wf", type="t") for i in range(50))))
+            await emitter.flush(timeout=30)
+            return ids
+
+    ids = asyncio.run(host())
+    assert len(ids) == 50
+    assert chip.counters.seen(ids) == ids
+    assert pending_ids(database_url) == set()
+
+
+def test_asyncio_errors_reach_the_asyncio_caller(chip, make_config) -> None:
+    from actors import InvalidEvent
+
+    async def host() -> None:
+        async with open_asyncio_emitter(make_config(chip)) as emitter:
+            with pytest.raises(InvalidEvent):
+                await emitter.emit(b"x", source="bad source", type="t")
+
+    asyncio.run(host())
+
+
+def test_cancelling_an_asyncio_caller_cancels_the_trio_side(start_chipmock, make_config) -> None:
+    from chipmock import ChipModel
+
+    down = start_chipmock(ChipModel(failure_rate=1.0))
+
+    async def host() -> None:
+        async with open_asyncio_emitter(make_config(down)) as emitter:
+            await emitter.emit(b"x", source="wf", type="t")
+            flushing = asyncio.ensure_future(emitter.flush(timeout=60))  # cannot finish: Chip is down
+            await asyncio.sleep(0)
+            flushing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flushing
+            for _ in range(500):  # the cancellation crosses into Trio within a few loop turns
+                if emitter.calls_in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert emitter.calls_in_flight == 0, "the Trio-side flush kept running"
+
+    asyncio.run(asyncio.wait_for(host(), timeout=30))
+
+
+def test_blocking_host_emits_from_many_threads(chip, make_config, database_url) -> None:
+    ids: list[str] = []
+    lock = threading.Lock()
+    with open_blocking_emitter(make_config(chip)) as emitter:
+        def work() -> None:
+            for i in range(20):
+                event_id = emitter.emit(f"e{i}".encode(), source="wf", type="t")
+                with lock:
+                    ids.append(event_id)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        emitter.flush(timeout=30)
+    assert len(set(ids)) == 80
+    assert chip.counters.seen(ids) == set(ids)
+    assert pending_ids(database_url) == set()
+
+
+def test_blocking_host_start_failure_is_raised_in_the_caller(chip) -> None:
+    from actors import EmitterConfig, StoreUnavailable
+
+    config = EmitterConfig(database_url="postgresql://u:p@127.0.0.1:1/x", chip_endpoint=chip.endpoint)
+    with pytest.raises(StoreUnavailable), open_blocking_emitter(config):
+        pass
