@@ -64,6 +64,39 @@ class Metrics:
         self.in_flight = Gauge(p + "publish_in_flight", "PublishBatch calls in flight", registry=r)
 
 
+def histogram_quantile(histogram, q: float) -> float:
+    """Estimate a quantile from a (label-less or ``.labels()``) Histogram's buckets.
+
+    Linear within the bucket it falls in, as Prometheus' histogram_quantile does.
+    """
+    samples = [s for metric in histogram.collect() for s in metric.samples if s.name.endswith("_bucket")]
+    total = samples[-1].value if samples else 0
+    if not total:
+        return 0.0
+    rank, previous_bound, previous_count = q * total, 0.0, 0.0
+    for sample in samples:
+        bound = float(sample.labels["le"])
+        if sample.value >= rank:
+            if bound == float("inf"):
+                return previous_bound
+            share = (rank - previous_count) / max(sample.value - previous_count, 1e-9)
+            return previous_bound + (bound - previous_bound) * share
+        previous_bound, previous_count = bound, sample.value
+    return previous_bound
+
+
+def histogram_mean(histogram) -> float:
+    values = {s.name.rsplit("_", 1)[-1]: s.value for m in histogram.collect() for s in m.samples
+              if s.name.endswith(("_sum", "_count"))}
+    return values.get("sum", 0.0) / values["count"] if values.get("count") else 0.0
+
+
+def value(metric) -> float:
+    """Current value of a Counter or Gauge (summed over its label sets)."""
+    return sum(s.value for m in metric.collect() for s in m.samples
+               if not s.name.endswith(("_created", "_bucket", "_sum", "_count")))
+
+
 async def run(
     config: EmitterConfig,
     metrics: Metrics,
@@ -90,8 +123,8 @@ async def run(
             if time.monotonic() >= next_log:
                 next_log += config.log_interval
                 log.info("emitter status", pending=stats.rows, oldest_pending_s=round(stats.oldest_age_seconds, 3),
-                         emitted=int(metrics.emit_success._value.get()),
-                         delivered=int(metrics.delivery_completed._value.get()))
+                         emitted=int(value(metrics.emit_success)),
+                         delivered=int(value(metrics.delivery_completed)))
             await trio.sleep(config.sample_interval)
     finally:
         if server is not None:

@@ -102,6 +102,13 @@ SELECT count(*), coalesce(sum(octet_length(payload)), 0),
 FROM chip_durable_events
 """
 
+# Upstream's acceptance tests read these counters; so do run-local and `status`.
+TABLE_ACTIVITY = """
+SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
+       coalesce(sum(n_dead_tup), 0)::bigint, max(greatest(last_autovacuum, last_vacuum))
+FROM pg_stat_user_tables WHERE relname = 'chip_durable_events'
+"""
+
 HAS_PENDING_BEFORE = """
 SELECT EXISTS (SELECT 1 FROM chip_durable_events
                WHERE created_at <= %(before)s AND lease_owner = %(owner)s)
@@ -113,6 +120,14 @@ class StoredEvent:
     id: str
     payload: bytes
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TableActivity:
+    inserts: int
+    deletes: int
+    dead_tuples: int
+    last_vacuum: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +268,10 @@ class Store:
 
     async def pending_stats(self) -> PendingStats:
         return PendingStats(*(await self._run(PENDING_STATS)).fetchone())
+
+    async def table_activity(self) -> TableActivity:
+        """Cumulative inserts/deletes and dead tuples from ``pg_stat_user_tables`` (lags up to ~1 s)."""
+        return TableActivity(*(await self._run(TABLE_ACTIVITY)).fetchone())
 
     async def now(self) -> datetime:
         return (await self._run("SELECT clock_timestamp()")).fetchone()[0]

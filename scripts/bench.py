@@ -26,31 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import chipmock  # noqa: E402
 from actors import EmitterConfig, open_emitter  # noqa: E402
 from actors.config import default_state_dir  # noqa: E402
+from actors.metrics import histogram_mean, histogram_quantile  # noqa: E402
 from actors.postgres import start_embedded  # noqa: E402
-
-
-def histogram_quantile(histogram, q: float) -> float:
-    """Quantile from a prometheus_client Histogram's buckets (linear within a bucket)."""
-    samples = [s for metric in histogram.collect() for s in metric.samples if s.name.endswith("_bucket")]
-    total = samples[-1].value if samples else 0
-    if not total:
-        return 0.0
-    rank, previous_bound, previous_count = q * total, 0.0, 0.0
-    for sample in samples:
-        bound = float(sample.labels["le"])
-        if sample.value >= rank:
-            if bound == float("inf"):
-                return previous_bound
-            share = (rank - previous_count) / max(sample.value - previous_count, 1e-9)
-            return previous_bound + (bound - previous_bound) * share
-        previous_bound, previous_count = bound, sample.value
-    return previous_bound
-
-
-def histogram_mean(histogram) -> float:
-    values = {s.name.rsplit("_", 1)[-1]: s.value for m in histogram.collect() for s in m.samples
-              if s.name.endswith(("_sum", "_count"))}
-    return values.get("sum", 0.0) / values["count"] if values.get("count") else 0.0
 
 
 def fresh_database(server_url: str) -> str:

@@ -3,6 +3,7 @@
 import trio
 
 from actors import open_emitter
+from actors.metrics import value
 from chipmock import ChipModel
 from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids, query
@@ -44,7 +45,7 @@ async def test_during_publish(start_chipmock, make_config, database_url) -> None
     chip = start_chipmock(ChipModel(latency=1.0))
 
     async def publish_in_flight(emitter) -> None:
-        await wait_until(lambda: emitter.metrics.in_flight._value.get() >= 1, what="a publish in flight")
+        await wait_until(lambda: value(emitter.metrics.in_flight) >= 1, what="a publish in flight")
 
     ids = await _emit_then_cancel(make_config(chip), 30, publish_in_flight)
     chip.set_model(ChipModel())

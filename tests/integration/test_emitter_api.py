@@ -15,6 +15,7 @@ from actors import (
     SupervisorGaveUp,
     open_emitter,
 )
+from actors.metrics import value
 from chipmock import ChipModel, Outage
 from chippb import cloudevent_pb2 as ce
 from tests.fix_postgres import pending_ids
@@ -140,7 +141,7 @@ async def test_rejected_credentials_fail_the_tree_loudly_without_hanging_emits(s
                 await emitter.emit(b"x", source="wf", type="tick")
                 await trio.sleep(0.01)
     assert info.group_contains(SupervisorGaveUp, match="UNAUTHENTICATED")
-    assert emitter.metrics.restarts.labels("dispatcher")._value.get() == 2
+    assert value(emitter.metrics.restarts.labels("dispatcher")) == 2
 
 
 async def test_wrong_password_is_never_logged(start_chipmock, make_config, capsys) -> None:

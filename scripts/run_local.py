@@ -1,0 +1,236 @@
+"""``just run-local``: the local environment in one command.
+
+Starts (or reuses) the embedded PostgreSQL unless ``DATABASE_URL`` is set,
+starts chipmock unless ``CHIP_INGRESS_ENDPOINT`` is set (then it talks to that
+Chip, with TLS / basic auth from ``CHIP_INGRESS_*``), and runs a workflow host
+that embeds the emitter: N simulated cron workflows, each emitting one
+beholder-style event per interval. Shows a live view (or one JSON line per
+interval when stdout is not a terminal); Ctrl-C stops everything and prints a
+summary. Events still pending stay in the table and go out on the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import chipmock  # noqa: E402
+from actors import EmitterConfig, EmitterError, open_emitter  # noqa: E402
+from actors.config import parse_duration  # noqa: E402
+from actors.logs import configure_logging  # noqa: E402
+from actors.metrics import histogram_quantile, value  # noqa: E402
+from actors.store import Store  # noqa: E402
+
+EMITTER_METRICS_PORT = 9465
+CHIPMOCK_METRICS_PORT = 9464
+
+@dataclass
+class Sample:
+    """One refresh of the live view."""
+
+    elapsed_s: float
+    inserts: int
+    deletes: int
+    inserts_per_s: float
+    deletes_per_s: float
+    pending: int
+    oldest_pending_s: float
+    emitted: int
+    emit_per_s: float
+    publish_p50_ms: float
+    publish_p99_ms: float
+    retries: int
+    dead_lettered: int
+    chip_received: int | None
+    chip_unique: int | None
+    chip_duplicates: int | None
+
+
+def _duration(text: str) -> float:
+    return parse_duration(text)
+
+
+_duration.__name__ = "duration (e.g. 1s, 500ms, 5m)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run-local", description=__doc__.splitlines()[0])
+    parser.add_argument("--workflows", type=int, default=5, help="simulated cron workflows (default 5)")
+    parser.add_argument("--interval", type=_duration, default=1.0, help="cron interval per workflow (default 1s)")
+    parser.add_argument("--payload-size", type=int, default=256, help="event body bytes (default 256)")
+    parser.add_argument("--duration", type=_duration, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    parser.add_argument("--refresh", type=_duration, default=1.0, help="live view refresh interval (default 1s)")
+    parser.add_argument("--chip-latency", type=_duration, default=0.0, help="chipmock latency, e.g. 50ms")
+    parser.add_argument("--metrics-port", type=int, default=EMITTER_METRICS_PORT,
+                        help=f"emitter /metrics port on 127.0.0.1 (default {EMITTER_METRICS_PORT}; 0 picks one)")
+    parser.add_argument("--chipmock-metrics-port", type=int, default=CHIPMOCK_METRICS_PORT,
+                        help=f"chipmock /metrics port on 127.0.0.1 (default {CHIPMOCK_METRICS_PORT}; 0 picks one)")
+    parser.add_argument("--json", action="store_true", help="one JSON line per interval even on a terminal")
+    return parser
+
+
+async def workflow(emitter, index: int, interval: float, body: bytes) -> None:
+    """A cron workflow: one beholder-style event per tick, like a CRE trigger."""
+    attributes = {
+        "beholder_domain": "workflows", "beholder_entity": "cron.TriggerEvent",
+        "beholder_data_schema": "/cre/workflows/cron/v1", "workflowid": f"wf-{index:04d}",
+    }
+    next_tick = trio.current_time()
+    while True:
+        try:
+            await emitter.emit(body, attributes=attributes)
+        except EmitterError as exc:  # the host keeps running; the view shows the failures
+            print(f"workflow {index}: emit failed: {exc}", file=sys.stderr)
+        next_tick += interval
+        await trio.sleep_until(next_tick)
+
+
+def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> str:
+    chip = ("-" if sample.chip_received is None else
+            f"{sample.chip_received} received, {sample.chip_unique} unique, {sample.chip_duplicates} duplicates")
+    rows = [
+        ("elapsed", f"{sample.elapsed_s:,.0f} s    workflows {args.workflows} x every {args.interval:g}s"),
+        ("inserts", f"{sample.inserts:,} total, {sample.inserts_per_s:,.1f}/s"),
+        ("deletes", f"{sample.deletes:,} total, {sample.deletes_per_s:,.1f}/s"),
+        ("pending", f"{sample.pending:,} rows, oldest {sample.oldest_pending_s:.2f} s"),
+        ("emitted", f"{sample.emitted:,} total, {sample.emit_per_s:,.1f}/s"),
+        ("publish", f"p50 {sample.publish_p50_ms:.1f} ms, p99 {sample.publish_p99_ms:.1f} ms"),
+        ("retries", f"{sample.retries:,}    dead-lettered {sample.dead_lettered:,}"),
+        ("chip", chip),
+    ]
+    lines = ["durable-emitter run-local   (Ctrl-C to stop)", ""]
+    lines += [f"  {name:<8} {text}" for name, text in rows]
+    lines += ["", *(f"  {k}: {v}" for k, v in where.items())]
+    return "\x1b[H\x1b[J" + "\n".join(lines) + "\n"
+
+
+async def run(args: argparse.Namespace) -> int:
+    mock = None
+    overrides = {"metrics_port": args.metrics_port, "log_interval": 3600.0}
+    if not os.environ.get("CHIP_INGRESS_ENDPOINT"):
+        mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency),
+                              metrics_port=args.chipmock_metrics_port)
+        overrides["chip_endpoint"] = mock.endpoint
+    try:
+        config = EmitterConfig.from_env(**overrides)
+    except EmitterError as exc:
+        print(f"run-local: {exc}", file=sys.stderr)
+        return 2
+    interactive = sys.stdout.isatty() and not args.json
+    try:
+        async with open_emitter(config) as emitter:
+            where = {
+                "database": config.redacted_database_url() if config.database_url else f"embedded, data in {config.data_dir}",
+                "chip": f"chipmock at {mock.endpoint}" if mock else f"Chip at {emitter.chip_endpoint}",
+                "metrics": f"http://127.0.0.1:{emitter.metrics_port}/metrics"
+                + (f" and chipmock http://127.0.0.1:{mock.metrics_port}/metrics" if mock else ""),
+            }
+            if not interactive:
+                print(json.dumps({"event": "run-local started", **where}), flush=True)
+            stats_store = Store(emitter.database_url)
+            try:
+                summary = await watch(args, emitter, stats_store, mock, where, interactive)
+            finally:
+                stats_store.close()
+    except EmitterError as exc:
+        print(f"run-local: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if mock is not None:
+            mock.stop(grace=1)
+    store = Store(emitter.database_url)
+    try:
+        pending = (await store.pending_stats()).rows
+    finally:
+        store.close()
+    metrics = emitter.metrics
+    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {int(value(metrics.emit_success)):,} emitted, "
+          f"{int(value(metrics.delivery_completed)):,} delivered and deleted, "
+          f"{int(value(metrics.dead_lettered)):,} dead-lettered; "
+          f"{pending:,} pending rows stay in the table for the next run.", flush=True)
+    return 0
+
+
+async def watch(args, emitter, store: Store, mock, where, interactive: bool) -> Sample:
+    async def counters() -> tuple[int, int]:
+        activity = await store.table_activity()
+        return activity.inserts, activity.deletes
+
+    base_ins, base_del = await counters()
+    started = time.monotonic()
+    last: Sample | None = None
+    async with trio.open_nursery() as nursery:
+        for index in range(args.workflows):
+            nursery.start_soon(workflow, emitter, index, args.interval, os.urandom(args.payload_size))
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with trio.move_on_after(args.duration or float("inf")):
+                async with trio.open_nursery() as waiter:
+                    waiter.start_soon(_first_signal, signals, waiter.cancel_scope)
+                    while True:
+                        await trio.sleep(args.refresh)
+                        last = await sample(emitter, store, mock, counters, base_ins, base_del, started, last)
+                        if interactive:
+                            print(render(last, args, where), end="", flush=True)
+                        else:
+                            print(json.dumps({"event": "run-local interval", **asdict(last)}), flush=True)
+        nursery.cancel_scope.cancel()
+    return last or await sample(emitter, store, mock, counters, base_ins, base_del, started, None)
+
+
+async def _first_signal(signals, scope: trio.CancelScope) -> None:
+    async for _ in signals:
+        scope.cancel()
+        return
+
+
+async def sample(emitter, store, mock, counters, base_ins, base_del, started, last) -> Sample:
+    inserts, deletes = await counters()
+    stats = await store.pending_stats()
+    metrics = emitter.metrics
+    elapsed = time.monotonic() - started
+    span = elapsed - (last.elapsed_s if last else 0.0) or 1.0
+    emitted = int(value(metrics.emit_success))
+    snap = mock.counters.snapshot() if mock else None
+    publish = metrics.publish_duration.labels("batch")
+    current = Sample(
+        elapsed_s=round(elapsed, 3), inserts=inserts - base_ins, deletes=deletes - base_del,
+        inserts_per_s=0.0, deletes_per_s=0.0, pending=stats.rows,
+        oldest_pending_s=round(stats.oldest_age_seconds, 3), emitted=emitted, emit_per_s=0.0,
+        publish_p50_ms=round(histogram_quantile(publish, 0.5) * 1000, 2),
+        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
+        retries=int(value(metrics.publish_retries)), dead_lettered=int(value(metrics.dead_lettered)),
+        chip_received=snap.received if snap else None, chip_unique=snap.unique if snap else None,
+        chip_duplicates=snap.duplicates if snap else None,
+    )
+    previous = last or Sample(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, None, None, None)
+    current.inserts_per_s = round((current.inserts - previous.inserts) / span, 1)
+    current.deletes_per_s = round((current.deletes - previous.deletes) / span, 1)
+    current.emit_per_s = round((current.emitted - previous.emitted) / span, 1)
+    return current
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 1 <= args.workflows <= 10_000:
+        parser.error("--workflows must be between 1 and 10000")
+    if not 0 <= args.payload_size <= 4 * 1024 * 1024:
+        parser.error("--payload-size must be between 0 and 4194304")
+    if args.interval <= 0 or args.refresh <= 0:
+        parser.error("--interval and --refresh must be greater than 0")
+    configure_logging(json=not sys.stdout.isatty() or args.json)
+    return trio.run(run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
