@@ -4,11 +4,11 @@ python := env_var_or_default("PYTHON", "python")
 
 # Start Postgres (embedded unless DATABASE_URL) and chipmock (unless CHIP_INGRESS_ENDPOINT), then cron workflows emitting
 run-local *ARGS:
-    {{python}} scripts/run_local.py {{ARGS}}
+    exec {{python}} scripts/run_local.py {{ARGS}}
 
 # Run the Chip Ingress stand-in, e.g. `just chipmock --latency 50ms`
 chipmock *ARGS:
-    {{python}} -m chipmock {{ARGS}}
+    exec {{python}} -m chipmock {{ARGS}}
 
 # Lint, then the whole test suite (real Postgres, real gRPC)
 test *ARGS:

@@ -94,7 +94,7 @@ class EmitterConfig:
     # Publishing: PublishBatch calls of up to publish_batch_size events (and
     # max_request_bytes), several in flight, each with a deadline.
     publish_batch_size: int = 500
-    publish_linger: float = _seconds(default=0.005)
+    publish_linger: float = _seconds(default=0.02)
     publishes_in_flight: int = 8
     publish_timeout: float = _seconds(default=5.0)
     max_request_bytes: int = 9 * 1024 * 1024

@@ -54,22 +54,24 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
     def _produce(self, events: list[ce.CloudEvent]) -> pb.PublishResponse:
         with self._rng_lock:
             failures = decide_event_failures(self.model, self._rng, len(events))
-        results, produced = [], []
+        response = pb.PublishResponse()
+        produced = []
         keep = self.counters.keep_payloads
         for event, injected in zip(events, failures, strict=True):
+            result = response.results.add(event_id=event.id)
             missing = _missing_fields(event)
             if missing:
-                error = pb.PublishError(error_code=pb.VALIDATION_FAILED, reason=f"missing {', '.join(missing)}")
+                result.error.error_code = pb.VALIDATION_FAILED
+                result.error.reason = f"missing {', '.join(missing)}"
             elif injected:
-                error = pb.PublishError(error_code=_REJECT_CODE, reason="chipmock: injected permanent error")
+                result.error.error_code = _REJECT_CODE
+                result.error.reason = "chipmock: injected permanent error"
             else:
-                error = None
                 produced.append((event.id, event.SerializeToString() if keep else event.ByteSize()))
-            results.append(pb.PublishResult(event_id=event.id, error=error))
         self.counters.record_events(produced, rejected=len(events) - len(produced))
         if self.model.short_response is not None:
-            del results[self.model.short_response:]
-        return pb.PublishResponse(results=results)
+            del response.results[self.model.short_response:]
+        return response
 
     def Publish(self, request: ce.CloudEvent, context: grpc.ServicerContext) -> pb.PublishResponse:
         self._enter_call(context, 1)
