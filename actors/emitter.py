@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import ExitStack, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import structlog
@@ -24,7 +25,7 @@ from .config import EmitterConfig
 from .errors import ConfigError, EmitterClosed, EmitterError, EventTooLarge, FlushTimeout
 from .events import AttributeValue, Body, build_event
 from .messages import EmitRequest, Outcome, Outgoing
-from .metrics import Metrics
+from .metrics import Metrics, value
 from .postgres import describe, start_embedded
 from .store import Store
 from .supervisor import ChildSpec, RestartIntensity, supervise
@@ -32,10 +33,22 @@ from .supervisor import ChildSpec, RestartIntensity, supervise
 log = structlog.get_logger("durable_emitter")
 
 
+@dataclass(frozen=True)
+class EmitterStatistics:
+    """A snapshot of what the emitter holds in memory; everything else is in the table."""
+
+    pending_rows: int  # approximate: last sample of the table, plus commits, minus deletes since
+    queued_emits: int  # emit() calls waiting for the persister
+    buffered_events: int  # committed events waiting in memory for a publish slot
+    buffered_bytes: int
+    publishes_in_flight: int
+
+
 class Emitter:
     """Handle to a running emitter. Get one from :func:`open_emitter`."""
 
     def __init__(self, config: EmitterConfig, inbox: trio.MemorySendChannel[EmitRequest], backlog: Backlog,
+                 buffer: trio.MemorySendChannel[Outgoing], budget: BufferBudget,
                  store: Store, metrics: Metrics, database_url: str, chip_endpoint: str) -> None:
         self.config = config
         self.metrics = metrics
@@ -43,9 +56,20 @@ class Emitter:
         self.chip_endpoint = chip_endpoint
         self._inbox = inbox
         self._backlog = backlog
+        self._buffer = buffer
+        self._budget = budget
         self._store = store
         self._closing = False
         self.metrics_port: int | None = None  # where /metrics is served, if it is
+
+    def statistics(self) -> EmitterStatistics:
+        return EmitterStatistics(
+            pending_rows=self._backlog.pending,
+            queued_emits=self._inbox.statistics().current_buffer_used,
+            buffered_events=self._buffer.statistics().current_buffer_used,
+            buffered_bytes=self._budget.used,
+            publishes_in_flight=int(value(self.metrics.in_flight)),
+        )
 
     async def emit(
         self,
@@ -177,7 +201,7 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                       on_exit=out_send.close),
         ]
         intensity = RestartIntensity(config.max_restarts, config.restart_period)
-        emitter = Emitter(config, emit_send, backlog, setup, metrics, url, chip_endpoint)
+        emitter = Emitter(config, emit_send, backlog, out_send, budget, setup, metrics, url, chip_endpoint)
 
         async with trio.open_nursery() as nursery:
             sampling = trio.CancelScope()

@@ -111,3 +111,19 @@ async def test_expired_rows_are_dead_lettered_not_dropped(start_chipmock, make_c
         await wait_until(lambda: set(dead_letters(database_url)) == ids, what="expiry to dead-letter")
     assert {code for code, _ in dead_letters(database_url).values()} == {"EXPIRED"}
     assert pending_ids(database_url) == set()
+
+
+async def test_memory_stays_bounded_while_chip_is_down(start_chipmock, make_config, database_url) -> None:
+    down_chip = start_chipmock(ChipModel(failure_rate=1.0))
+    config = make_config(down_chip, dispatch_buffer=20, dispatch_buffer_bytes=50_000, publishes_in_flight=2,
+                         publish_batch_size=10)
+    async with open_emitter(config) as emitter:
+        most_buffered = most_bytes = 0
+        for _ in range(500):
+            await emitter.emit(b"x" * 1000, source="wf", type="tick")
+            stats = emitter.statistics()
+            most_buffered = max(most_buffered, stats.buffered_events)
+            most_bytes = max(most_bytes, stats.buffered_bytes)
+        assert len(pending_ids(database_url)) == 500  # the backlog is in the table...
+    assert most_buffered <= 20 and most_bytes <= 50_000  # ...not in memory
+    assert value(emitter.metrics.buffer_full) > 0  # the spill path carried the overflow
