@@ -109,6 +109,44 @@ SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
 FROM pg_stat_user_tables WHERE relname = 'chip_durable_events'
 """
 
+LEASE_OWNERS = """
+SELECT lease_owner, count(*), count(*) FILTER (WHERE lease_expires_at < now())
+FROM chip_durable_events GROUP BY lease_owner ORDER BY count(*) DESC
+"""
+
+DEAD_LETTERS_BY_REASON = """
+SELECT reason_code, count(*) FROM chip_durable_events_dead_letter GROUP BY reason_code ORDER BY count(*) DESC
+"""
+
+LIST_DEAD_LETTERS = """
+SELECT id, reason_code, reason, attempts, created_at, dead_lettered_at
+FROM chip_durable_events_dead_letter
+WHERE %(reason_code)s::text IS NULL OR reason_code = %(reason_code)s
+ORDER BY dead_lettered_at DESC LIMIT %(limit)s
+"""
+
+# Replayed rows are new pending rows (created now, so the TTL starts again),
+# claimable at once by any instance.
+REPLAY_DEAD_LETTERS = """
+WITH moved AS (
+    DELETE FROM chip_durable_events_dead_letter
+    WHERE %(all)s OR id = ANY(%(ids)s::text[])
+    RETURNING id, payload, attempts
+)
+INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, lease_expires_at)
+SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', '-infinity'
+FROM moved
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# How long the oldest open transaction has pinned the MVCC horizon: while it
+# does, vacuum cannot remove the dead tuples our deletes leave.
+OLDEST_TRANSACTION = """
+SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
+FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+"""
+
 HAS_PENDING_BEFORE = """
 SELECT EXISTS (SELECT 1 FROM chip_durable_events
                WHERE created_at <= %(before)s AND lease_owner = %(owner)s)
@@ -175,6 +213,19 @@ async def _wait_either(fileno: int) -> Ready:
         nursery.start_soon(wait, trio.lowlevel.wait_readable, Ready.R)
         nursery.start_soon(wait, trio.lowlevel.wait_writable, Ready.W)
     return result[0]
+
+
+class _transaction:
+    """BEGIN ... COMMIT (ROLLBACK on error) around statements run through the store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def __aenter__(self) -> None:
+        await self.store._run("BEGIN")
+
+    async def __aexit__(self, kind, error, traceback) -> None:
+        await self.store._run("ROLLBACK" if kind else "COMMIT")
 
 
 class Store:
@@ -272,6 +323,35 @@ class Store:
     async def table_activity(self) -> TableActivity:
         """Cumulative inserts/deletes and dead tuples from ``pg_stat_user_tables`` (lags up to ~1 s)."""
         return TableActivity(*(await self._run(TABLE_ACTIVITY)).fetchone())
+
+    async def lease_owners(self) -> list[tuple[str, int, int]]:
+        """(owner, rows, rows whose lease has lapsed), largest first."""
+        return (await self._run(LEASE_OWNERS)).fetchall()
+
+    async def dead_letters_by_reason(self) -> list[tuple[str, int]]:
+        return (await self._run(DEAD_LETTERS_BY_REASON)).fetchall()
+
+    async def list_dead_letters(self, *, limit: int, reason_code: str | None = None) -> list[tuple]:
+        return (await self._run(LIST_DEAD_LETTERS, {"limit": limit, "reason_code": reason_code})).fetchall()
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
+        """Move dead letters back to pending (``ids`` None: all of them); return the ids moved.
+
+        Unknown ids are an error and nothing is moved.
+        """
+        async with _transaction(self):
+            if ids is not None:
+                cursor = await self._run(
+                    "SELECT array_agg(i) FROM unnest(%(ids)s::text[]) i "
+                    "WHERE i NOT IN (SELECT id FROM chip_durable_events_dead_letter)", {"ids": list(ids)})
+                (unknown,) = cursor.fetchone()
+                if unknown:
+                    raise KeyError(", ".join(unknown))
+            cursor = await self._run(REPLAY_DEAD_LETTERS, {"all": ids is None, "ids": list(ids or [])})
+            return [row[0] for row in cursor.fetchall()]
+
+    async def oldest_transaction_seconds(self) -> float:
+        return (await self._run(OLDEST_TRANSACTION)).fetchone()[0]
 
     async def now(self) -> datetime:
         return (await self._run("SELECT clock_timestamp()")).fetchone()[0]
