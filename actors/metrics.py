@@ -62,6 +62,19 @@ class Metrics:
         self.oldest_age = Gauge(p + "queue_oldest_pending_age_seconds", "age of the oldest pending row",
                                 registry=r)
         self.in_flight = Gauge(p + "publish_in_flight", "PublishBatch calls in flight", registry=r)
+        # Export every known label set from the start (at 0), so dashboards and
+        # alerts see a series before the first failure rather than no data.
+        for reason in ("store", "too_large", "backlog_full"):
+            self.emit_failure.labels(reason)
+        for phase in ("batch", "retransmit"):
+            for metric in (self.publish_duration, self.publish_events_success, self.publish_events_failure):
+                metric.labels(phase)
+        for reason in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_ACKNOWLEDGED"):
+            self.publish_retries.labels(reason)
+        for reason in ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED"):
+            self.dead_lettered.labels(reason)
+        for actor in ("persister", "dispatcher", "acker"):
+            self.restarts.labels(actor)
 
 
 def histogram_quantile(histogram, q: float) -> float:

@@ -1,10 +1,17 @@
-"""`just run-local` end to end as a user runs it: start, watch, Ctrl-C, summary, no orphans."""
+"""`just run-local` as a user runs it, and upstream's acceptance tests run against it.
+
+Upstream's smoke and load tests watched ``pg_stat_user_tables`` inserts and
+deletes on ``chip_durable_events`` while a workflow host emitted; run-local
+prints exactly those counters, one JSON line per interval, so these tests read
+its output as an operator would.
+"""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,33 +29,74 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_run_local_reports_intervals_and_stops_cleanly_on_sigint(tmp_path) -> None:
-    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
-    env.pop("DATABASE_URL", None)
-    env.pop("CHIP_INGRESS_ENDPOINT", None)
+def run_local(args: list[str], env: dict[str, str], cwd: Path, until, timeout: float = 90.0):
+    """Start run-local, collect interval records until ``until(records)``; then SIGINT it.
+
+    Returns (records, the rest of stdout, stderr, exit code).
+    """
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "run_local.py"), "--workflows", "3", "--interval", "200ms",
-         "--refresh", "300ms", "--metrics-port", "0", "--chipmock-metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        [sys.executable, str(ROOT / "scripts" / "run_local.py"), "--metrics-port", "0",
+         "--chipmock-metrics-port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
     )
-    intervals = []
+    records: list[dict] = []
+    deadline = time.monotonic() + timeout
     try:
         for line in proc.stdout:
-            if line.startswith("{"):
-                record = json.loads(line)
-                if record["event"] == "run-local interval":
-                    intervals.append(record)
-                    if len(intervals) >= 5 and record["chip_unique"] > 0:
-                        break
+            if line.startswith("{") and json.loads(line)["event"] == "run-local interval":
+                records.append(json.loads(line))
+                if until(records) or time.monotonic() > deadline:
+                    break
         proc.send_signal(signal.SIGINT)
         rest, errors = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 0, errors
-    assert intervals[-1]["emitted"] > 0 and intervals[-1]["chip_unique"] > 0
+    return records, rest, errors, proc.returncode
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    if "DATABASE_URL" not in extra:
+        env.pop("DATABASE_URL", None)
+    env.pop("CHIP_INGRESS_ENDPOINT", None)
+    return env
+
+
+def test_run_local_reports_intervals_and_stops_cleanly_on_sigint(tmp_path) -> None:
+    state = tmp_path / "state"
+    records, rest, errors, code = run_local(
+        ["--workflows", "3", "--interval", "200ms", "--refresh", "300ms"], _env(XDG_STATE_HOME=str(state)),
+        tmp_path, until=lambda r: len(r) >= 5 and r[-1]["chip_unique"] > 0)
+    assert code == 0, errors
+    assert records[-1]["emitted"] > 0 and records[-1]["chip_unique"] > 0
     assert "run-local stopped after" in rest and "pending rows stay in the table" in rest
     assert "Traceback" not in errors
-    assert _processes_mentioning(str(tmp_path / "state")) == [], "the embedded Postgres was left running"
+    assert _processes_mentioning(str(state)) == [], "the embedded Postgres was left running"
+
+
+def test_smoke_inserts_and_deletes_rise_while_pending_stays_small(tmp_path, database_url) -> None:
+    # Upstream: one cron workflow every 5 s; within 4 minutes >= 30 inserts and deletes, pending <= 10.
+    # Scaled to CI time: every 50 ms, within 90 s.
+    records, _, errors, code = run_local(
+        ["--workflows", "1", "--interval", "50ms", "--refresh", "250ms"], _env(DATABASE_URL=database_url),
+        tmp_path, until=lambda r: r[-1]["inserts"] >= 30 and r[-1]["deletes"] >= 30)
+    assert code == 0, errors
+    assert records[-1]["inserts"] >= 30 and records[-1]["deletes"] >= 30
+    assert max(r["pending"] for r in records) <= 10
+
+
+def test_load_twenty_workflows_every_second(tmp_path, database_url) -> None:
+    # Upstream: 20 workflows every 1 s for 3 minutes, sampled every 15 s; inserts > 20 x 40,
+    # deletes > 0, max and final pending <= 20 x 16. Scaled: 10 s, sampled every second.
+    seconds = 10
+    records, _, errors, code = run_local(
+        ["--workflows", "20", "--interval", "1s", "--refresh", "1s"], _env(DATABASE_URL=database_url),
+        tmp_path, until=lambda r: r[-1]["elapsed_s"] >= seconds)
+    assert code == 0, errors
+    final = records[-1]
+    assert final["inserts"] > 20 * (seconds - 2)
+    assert final["deletes"] > 20 * (seconds - 3)  # keeps pace (the stats view lags up to a second)
+    assert max(r["pending"] for r in records) <= 20 * 16 and final["pending"] <= 20 * 16
 
 
 def test_run_local_rejects_bad_options() -> None:
