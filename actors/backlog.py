@@ -18,15 +18,26 @@ class Backlog:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.pending = 0
+        self.changes = 0  # net adds minus removes since the start: lets a sample be resynced
         self._room = trio.Event()
 
     def add(self, count: int) -> None:
         self.pending += count
+        self.changes += count
 
     def remove(self, count: int) -> None:
-        self.set(max(0, self.pending - count))
+        self.changes -= count
+        self._set(max(0, self.pending - count))
 
-    def set(self, count: int) -> None:
+    def resync(self, counted: int, changes_at_start: int) -> None:
+        """Take a count from the table, plus what changed here while it was being counted.
+
+        Without the correction a count that started before a commit would
+        overwrite it, and emit() could run past ``max_pending``.
+        """
+        self._set(max(0, counted + self.changes - changes_at_start))
+
+    def _set(self, count: int) -> None:
         self.pending = count
         if count < self.limit:
             self._room.set()

@@ -72,14 +72,29 @@ class ChipClient:
         self._publish_batch = self._channel.unary_unary(
             PUBLISH_BATCH, request_serializer=None, response_deserializer=pb.PublishResponse.FromString,
         )
+        self._ping = self._channel.unary_unary(
+            PING, request_serializer=pb.EmptyRequest.SerializeToString,
+            response_deserializer=pb.PingResponse.FromString,
+        )
         self._timeout = config.publish_timeout
         self.endpoint = endpoint
 
+    async def ping(self, timeout: float) -> str | None:
+        """None if Chip answers; else why not. Raises :class:`ChipRejected` for bad credentials."""
+        try:
+            await self._call(self._ping, pb.EmptyRequest(), timeout)
+        except CallFailed as exc:
+            return str(exc)
+        return None
+
     async def publish_batch(self, encoded_batch: bytes) -> pb.PublishResponse:
         """Send one pre-encoded ``CloudEventBatch``; raise :class:`CallFailed` or :class:`ChipRejected`."""
+        return await self._call(self._publish_batch, encoded_batch, self._timeout)
+
+    async def _call(self, method, request, timeout: float):
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
-        future = self._publish_batch.future(encoded_batch, timeout=self._timeout, metadata=self._metadata)
+        future = method.future(request, timeout=timeout, metadata=self._metadata)
         future.add_done_callback(lambda _f: _wake(token, done))
         try:
             await done.wait()

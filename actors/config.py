@@ -64,7 +64,7 @@ class EmitterConfig:
     """
 
     # Where events live. None: the embedded PostgreSQL in ``data_dir``.
-    database_url: str | None = None
+    database_url: str | None = field(default=None, repr=False)  # may hold a password
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
 
     # Chip Ingress, "host:port". None refuses to start unless use_chipmock is

@@ -22,7 +22,14 @@ from . import metrics as metrics_actor
 from .backlog import Backlog, BufferBudget
 from .chip import ChipClient
 from .config import EmitterConfig
-from .errors import ConfigError, EmitterClosed, EmitterError, EventTooLarge, FlushTimeout
+from .errors import (
+    ConfigError,
+    EmitterClosed,
+    EmitterError,
+    EventTooLarge,
+    FlushTimeout,
+    StoreUnavailable,
+)
 from .events import AttributeValue, Body, build_event
 from .messages import EmitRequest, Outcome, Outgoing
 from .metrics import Metrics, value
@@ -128,16 +135,23 @@ class Emitter:
 
         Settled means acknowledged by Chip and deleted, or dead-lettered.
         Raises :class:`FlushTimeout` after ``timeout`` seconds; the events
-        stay in the table and keep being delivered.
+        stay in the table and keep being delivered. Postgres being briefly
+        unreachable only delays the answer.
         """
+        last_error = ""
         with trio.move_on_after(timeout):
-            before = await self._store.now()
+            before = None
             delay = 0.005
-            while await self._store.has_pending_before(before, owner=self.config.instance_id):
+            while True:
+                try:
+                    before = before or await self._store.now()
+                    if not await self._store.has_pending_before(before, owner=self.config.instance_id):
+                        return
+                except StoreUnavailable as exc:
+                    last_error = f" (last error: {exc})"
                 await trio.sleep(delay)
                 delay = min(delay * 2, 0.1)
-            return
-        raise FlushTimeout(f"events emitted before flush() were still pending after {timeout:g}s; "
+        raise FlushTimeout(f"events emitted before flush() were still pending after {timeout:g}s{last_error}; "
                            "they remain in the table and will still be delivered")
 
 
@@ -184,6 +198,11 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
 
         chip = ChipClient(config, chip_endpoint)
         stack.callback(chip.close)
+        # Bad credentials fail the start; an unreachable Chip does not: emits
+        # are durable without it, and delivery starts when it answers.
+        problem = await chip.ping(timeout=min(2.0, config.publish_timeout))
+        if problem:
+            log.warning("Chip does not answer yet; events will wait in the table", chip=chip_endpoint, error=problem)
         metrics = Metrics()
         backlog = Backlog(config.max_pending)
         budget = BufferBudget(config.dispatch_buffer_bytes)

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from .backlog import Backlog
 from .config import EmitterConfig
+from .errors import StoreUnavailable
 from .store import Store
 
 log = structlog.get_logger("durable_emitter.metrics")
@@ -128,11 +129,17 @@ async def run(
     next_log = time.monotonic() + config.log_interval
     try:
         while True:
-            stats = await store.pending_stats()
+            try:
+                changes_at_start = backlog.changes
+                stats = await store.pending_stats()
+            except StoreUnavailable as exc:  # the gauges keep their last value until Postgres is back
+                log.warning("cannot sample the table", error=str(exc))
+                await trio.sleep(config.sample_interval)
+                continue
             metrics.queue_depth.set(stats.rows)
             metrics.queue_bytes.set(stats.payload_bytes)
             metrics.oldest_age.set(stats.oldest_age_seconds)
-            backlog.set(stats.rows)
+            backlog.resync(stats.rows, changes_at_start)
             if time.monotonic() >= next_log:
                 next_log += config.log_interval
                 log.info("emitter status", pending=stats.rows, oldest_pending_s=round(stats.oldest_age_seconds, 3),

@@ -96,21 +96,24 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
 
 
 class _BasicAuth(grpc.ServerInterceptor):
-    """Rejects calls without the expected ``authorization: Basic ...`` metadata."""
+    """Rejects calls without the expected ``authorization: Basic ...`` metadata (once required)."""
 
-    def __init__(self, username: str, password: str) -> None:
-        token = base64.b64encode(f"{username}:{password}".encode()).decode()
-        self._expected = f"Basic {token}"
+    def __init__(self) -> None:
+        self.expected: str | None = None
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "chipmock: bad or missing credentials")
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
+    def require(self, username: str, password: str) -> None:
+        self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
     def intercept_service(self, continuation, handler_call_details):
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") != self._expected:
-            return self._deny
+        if self.expected is not None:
+            metadata = dict(handler_call_details.invocation_metadata or ())
+            if metadata.get("authorization") != self.expected:
+                return self._deny
         return continuation(handler_call_details)
 
 
@@ -140,6 +143,7 @@ class ChipMockServer:
     port: int
     counters: Counters
     servicer: ChipIngressMock
+    auth: _BasicAuth
     host: str = "127.0.0.1"
     metrics_port: int | None = None
     _metrics_server: object | None = None
@@ -147,6 +151,10 @@ class ChipMockServer:
     @property
     def model(self) -> ChipModel:
         return self.servicer.model
+
+    def require_credentials(self, username: str, password: str) -> None:
+        """From the next call on, refuse calls without these basic-auth credentials."""
+        self.auth.require(username, password)
 
     def set_model(self, model: ChipModel) -> None:
         """Change behaviour from the next call on (end an outage, add latency...)."""
@@ -187,10 +195,12 @@ def start(
     """
     model = model or ChipModel()
     counters = Counters(keep_payloads=keep_payloads)
-    interceptors = [_BasicAuth(*credentials)] if credentials else []
+    auth = _BasicAuth()
+    if credentials:
+        auth.require(*credentials)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chipmock"),
-        interceptors=interceptors,
+        interceptors=[auth],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
     )
     servicer = ChipIngressMock(model, counters)
@@ -203,7 +213,7 @@ def start(
     if not bound:
         raise OSError(f"chipmock could not bind {address}")
     server.start()
-    running = ChipMockServer(server, bound, counters, servicer, host)
+    running = ChipMockServer(server, bound, counters, servicer, auth, host)
     if metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(_CountersCollector(counters))

@@ -60,3 +60,34 @@ def pending_ids(url: str) -> set[str]:
 def dead_letters(url: str) -> dict[str, tuple[str, str]]:
     rows = query(url, "SELECT id, reason_code, reason FROM chip_durable_events_dead_letter")
     return {row[0]: (row[1], row[2]) for row in rows}
+
+
+class OwnPostgres:
+    """A PostgreSQL server of a test's own, which the test may stop and start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.url = start_embedded(data_dir, stop_at_exit=False)
+        self.socket_dir = conninfo_to_dict(self.url)["host"]
+
+    def _pg_ctl(self, *args: str) -> None:
+        from pgserver import _commands
+
+        user = "pgserver" if os.geteuid() == 0 else None
+        _commands.pg_ctl(list(args), pgdata=self.data_dir, user=user, timeout=60)
+
+    def stop(self) -> None:
+        self._pg_ctl("-w", "stop", "-m", "fast")
+
+    def start(self) -> None:
+        self._pg_ctl("-w", "start", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.data_dir / "log"))
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
+    server = OwnPostgres(tmp_path / "own-pgdata")
+    yield server
+    try:
+        server.stop()
+    except Exception:  # already stopped by the test
+        pass

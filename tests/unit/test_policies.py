@@ -49,3 +49,15 @@ def test_split_by_bytes_never_exceeds_the_cap_except_for_one_large_item() -> Non
     for chunk in chunks:
         assert len(chunk) == 1 or sum(framed_size(i.payload) for i in chunk) <= 100
     assert split_by_bytes([], 100) == []
+
+
+def test_backlog_resync_keeps_commits_made_while_the_table_was_counted() -> None:
+    from actors.backlog import Backlog
+
+    backlog = Backlog(limit=20)
+    mark = backlog.changes
+    backlog.add(5)  # committed while the count ran: the count did not see these
+    backlog.resync(15, mark)
+    assert backlog.pending == 20
+    backlog.remove(3)
+    assert backlog.pending == 17

@@ -1,0 +1,84 @@
+"""Chip misbehaving: outages, flakiness, slowness. Everything is delivered or dead-lettered, counted."""
+
+import trio
+
+from actors import open_emitter
+from chipmock import ChipModel, Outage
+from tests.fix_postgres import dead_letters, pending_ids
+
+
+async def _emit_concurrently(emitter, count: int, emitters: int = 10) -> set[str]:
+    ids: set[str] = set()
+
+    async def emit_some(n: int) -> None:
+        for i in range(n):
+            ids.add(await emitter.emit(f"body {i}".encode(), source="wf", type="tick"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(emitters):
+            nursery.start_soon(emit_some, count // emitters)
+    return ids
+
+
+async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock()
+    config = make_config(chip, publishes_in_flight=4, retry_initial=0.05, retry_max=0.5, publish_attempts=3,
+                         scan_interval=0.2, dispatch_buffer=50)
+    async with open_emitter(config) as emitter:
+        chip.set_model(ChipModel(outages=(Outage(0, 3600),)))  # down from now on
+        calls_before = chip.counters.snapshot().calls
+        ids = await _emit_concurrently(emitter, 1000)
+        with trio.move_on_after(2.0):  # watch the outage for two seconds (bounded, by design)
+            while True:
+                assert emitter.statistics().buffered_events <= 50
+                await trio.sleep(0.05)
+        outage_calls = chip.counters.snapshot().calls - calls_before
+        assert len(pending_ids(database_url)) == 1000  # the backlog is in the table
+        chip.set_model(ChipModel())
+        await emitter.flush(timeout=60)
+    # 4 slots, backoff from 50 ms doubling to 500 ms: a few dozen calls in 2 s, not a hot loop.
+    assert 0 < outage_calls < 200, outage_calls
+    assert chip.counters.seen(ids) == ids
+
+
+async def test_flaky_chip_every_event_is_delivered_or_dead_lettered_exactly(start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock(ChipModel(failure_rate=0.30, resource_exhausted_rate=0.05, event_failure_rate=0.01,
+                                    latency=0.005, jitter=0.005))
+    config = make_config(chip, publish_batch_size=50, publish_attempts=4)
+    async with open_emitter(config) as emitter:
+        ids = await _emit_concurrently(emitter, 2000)
+        await emitter.flush(timeout=120)
+    letters = set(dead_letters(database_url))
+    delivered = chip.counters.seen(ids)
+    snap = chip.counters.snapshot()
+    assert snap.failed_calls > 0 and letters, "the model injected nothing: the test proves nothing"
+    assert delivered | letters == ids and not delivered & letters  # emitted = delivered + dead-lettered
+    assert len(ids) == snap.unique + len(letters)
+    assert {code for code, _ in dead_letters(database_url).values()} == {"SCHEMA_MISSING"}
+    assert pending_ids(database_url) == set()
+
+
+async def test_slow_chip_timeouts_are_retried_and_duplicates_counted(start_chipmock, make_config, database_url, capsys) -> None:
+    # Half the calls take longer than the publish timeout; Chip still produces them.
+    chip = start_chipmock(ChipModel(latency=0.3, jitter=0.3))
+    config = make_config(chip, publish_timeout=0.3, lease_duration=5.0, publish_attempts=10,
+                         publish_batch_size=10, publish_linger=0)
+    async with open_emitter(config) as emitter:
+        ids = await _emit_concurrently(emitter, 300)
+        await emitter.flush(timeout=120)
+    snap = chip.counters.snapshot()
+    assert chip.counters.seen(ids) == ids
+    assert pending_ids(database_url) == set()
+    assert snap.received == snap.unique + snap.duplicates
+    assert snap.duplicates > 0, "no call outlived its timeout: the test proves nothing"
+    with capsys.disabled():
+        print(f"\n  slow Chip: {len(ids)} events, {snap.calls} calls, {snap.duplicates} duplicates from timeouts")
+
+
+async def test_no_hot_loop_when_chip_refuses_everything_in_a_batch(start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock(ChipModel(max_batch=1))  # any batch of 2+ is INVALID_ARGUMENT
+    async with open_emitter(make_config(chip)) as emitter:
+        ids = await _emit_concurrently(emitter, 40)
+        await emitter.flush(timeout=60)
+    # Bisection found that single events go through: nothing was dead-lettered for the batch's sake.
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}

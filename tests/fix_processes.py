@@ -1,0 +1,54 @@
+"""Workload processes for tests where a crash must be a real process dying."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Workload:
+    def __init__(self, proc: subprocess.Popen, ids_file: Path) -> None:
+        self.proc = proc
+        self.ids_file = ids_file
+
+    def ids(self) -> list[str]:
+        if not self.ids_file.exists():
+            return []
+        return [line for line in self.ids_file.read_text().splitlines() if len(line) == 36]
+
+    def wait_for_ids(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ids()) < count:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"workload exited early: {self.proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workload emitted {len(self.ids())} < {count} in {timeout}s")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def start_workload(tmp_path: Path) -> Iterator:
+    procs: list[subprocess.Popen] = []
+
+    def _start(database_url: str, chip_endpoint: str, *args: str, name: str = "w", **env: str) -> Workload:
+        ids_file = tmp_path / f"{name}-ids.txt"
+        environment = {**os.environ, "DATABASE_URL": database_url, "CHIP_INGRESS_ENDPOINT": chip_endpoint, **env}
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "scripts" / "workload.py"), "--ids-file", str(ids_file), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        )
+        procs.append(proc)
+        return Workload(proc, ids_file)
+
+    yield _start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
