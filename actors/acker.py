@@ -54,7 +54,7 @@ async def run(
         backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
         while True:
             try:
-                return await fn(*args)
+                return await fn(*args, owner=config.instance_id)
             except StoreUnavailable as exc:
                 delay = backoff.next_delay()
                 log.warning("acker cannot reach Postgres; retrying", error=str(exc), retry_in_s=round(delay, 3))

@@ -64,14 +64,15 @@ SET attempts = attempts + %(attempts)s, last_error = %(error)s,
 WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s
 """
 
-DELETE_EVENTS = "DELETE FROM chip_durable_events WHERE id = ANY(%(ids)b)"
+# Only rows this instance holds: a row whose lease lapsed may be another's now.
+DELETE_EVENTS = "DELETE FROM chip_durable_events WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)b"
 
 DEAD_LETTER_EVENTS = """
 WITH reasons AS (
     SELECT * FROM unnest(%(ids)b::text[], %(codes)b::text[], %(reasons)b::text[])
         AS r(id, reason_code, reason)
 ), moved AS (
-    DELETE FROM chip_durable_events e USING reasons r WHERE e.id = r.id
+    DELETE FROM chip_durable_events e USING reasons r WHERE e.id = r.id AND e.lease_owner = %(owner)s
     RETURNING e.id, e.payload, e.created_at, e.attempts
 )
 INSERT INTO chip_durable_events_dead_letter (id, payload, created_at, attempts, reason_code, reason)
@@ -306,12 +307,15 @@ class Store:
             "attempts": attempts, "retry_after": retry_after,
         })
 
-    async def delete(self, ids: Sequence[str]) -> int:
-        return (await self._run(DELETE_EVENTS, {"ids": list(ids)})).rowcount
+    async def delete(self, ids: Sequence[str], *, owner: str) -> int:
+        """Delete acknowledged rows that ``owner`` holds; return how many."""
+        return (await self._run(DELETE_EVENTS, {"ids": list(ids), "owner": owner})).rowcount
 
-    async def dead_letter(self, ids: Sequence[str], codes: Sequence[str], reasons: Sequence[str]) -> int:
+    async def dead_letter(self, ids: Sequence[str], codes: Sequence[str], reasons: Sequence[str], *,
+                          owner: str) -> int:
+        """Move rows ``owner`` holds to the dead-letter table with their reasons."""
         return (await self._run(DEAD_LETTER_EVENTS, {
-            "ids": list(ids), "codes": list(codes), "reasons": [r[:2000] for r in reasons],
+            "ids": list(ids), "codes": list(codes), "reasons": [r[:2000] for r in reasons], "owner": owner,
         })).rowcount
 
     async def expire(self, *, ttl: float, limit: int = 10_000) -> int:

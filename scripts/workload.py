@@ -29,20 +29,22 @@ async def run(args: argparse.Namespace) -> int:
     config = EmitterConfig.from_env()
     # A plain file on purpose: each id is written the moment emit returns, with no await in between.
     ids_file = open(args.ids_file, "a", buffering=1)  # noqa: ASYNC230
-    emitted = failed = 0
+    emitted = failed = started = 0
     deadline = time.monotonic() + args.duration
     per_emitter_gap = args.concurrency / args.rate if args.rate else 0.0
     async with open_emitter(config) as emitter:
         print(f"workload ready instance={config.instance_id}", flush=True)
 
         async def emit_loop(index: int) -> None:
-            nonlocal emitted, failed
+            nonlocal emitted, failed, started
             body = b"w" * args.size
             next_at = trio.current_time()
-            while emitted < args.events and time.monotonic() < deadline:
+            while started < args.events and time.monotonic() < deadline:
+                started += 1  # counted before the await, so concurrent loops stop at exactly --events
                 try:
                     event_id = await emitter.emit(body, source="workload", type=f"w{index}")
                 except EmitterError as exc:
+                    started -= 1
                     failed += 1
                     print(f"emit failed: {exc}", file=sys.stderr, flush=True)
                     await trio.sleep(0.05)

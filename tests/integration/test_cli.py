@@ -25,7 +25,7 @@ async def _seed(database_url: str) -> None:
     await store.apply_schema()
     ids = ["p1", "p2", "d1", "d2"]
     await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
-    await store.dead_letter(["d1", "d2"], ["SCHEMA_MISSING", "EXPIRED"], ["no schema", "too old"])
+    await store.dead_letter(["d1", "d2"], ["SCHEMA_MISSING", "EXPIRED"], ["no schema", "too old"], owner="node-a")
     store.close()
 
 
