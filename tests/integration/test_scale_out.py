@@ -7,6 +7,7 @@ import trio
 
 from actors import open_emitter
 from chipmock import ChipModel
+from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids
 
 
@@ -72,9 +73,7 @@ async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock,
         async with trio.open_nursery() as nursery:
             for _ in range(10):
                 nursery.start_soon(emit_some)
-        with trio.fail_after(60):
-            while pending_ids(database_url):
-                await trio.sleep(0.1)
+        await wait_until(lambda: not pending_ids(database_url), timeout=60, what="the table drained")
     assert chip.counters.seen(ids) == ids
     # Nobody published a row someone else held. (Rows left to the table when their lease ran
     # short may go to either instance: that is recovery, not theft.)
