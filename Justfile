@@ -22,3 +22,7 @@ proto:
 # 100,000 events of 1 KiB from 10 emitters against embedded Postgres and in-process chipmock
 bench *ARGS:
     {{python}} scripts/bench.py {{ARGS}}
+
+# Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
+load SCENARIO *ARGS:
+    {{python}} scripts/load.py {{SCENARIO}} {{ARGS}}

@@ -1,0 +1,66 @@
+"""Short variants of every load scenario: the script runs and its report is right (speed is not asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(tmp_path: Path, pg_server_url: str, *args: str) -> tuple[dict, str]:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "load.py"), *args, "--out", str(tmp_path),
+                           "--quiet"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DATABASE_URL": pg_server_url})
+    assert done.returncode == 0, done.stderr
+    (folder,) = tmp_path.iterdir()
+    report = (folder / "report.md").read_text()
+    assert "Machine:" in report and "cores" in report and "PostgreSQL" in report
+    return json.loads((folder / "run.json").read_text()), report
+
+
+def test_ramp_reports_each_step_and_plots(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "ramp", "--steps", "50,200", "--step-seconds", "1",
+                       "--chip-latency", "10ms")
+    assert [row["offered_per_s"] for row in run["rows"]] == [50, 200]
+    for row in run["rows"]:
+        assert 0 < row["achieved_per_s"] and row["errors"] == 0 and row["q_max"] >= 0
+    assert any("saturation" in note for note in run["notes"])
+    assert "latency_per_step.png" in report and (next(tmp_path.iterdir()) / "latency_per_step.png").exists()
+
+
+def test_sustained_with_baselines_reports_ratios(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "sustained", "--events", "600", "--compare")
+    (ours,) = run["rows"]
+    assert ours["events"] == 600 and ours["delivered_unique"] == 600 and ours["emit_errors"] == 0
+    assert {b["implementation"].split()[0] for b in run["baselines"]} == {"naive", "limit"}
+    assert "vs naive:" in report and "vs limit" in report
+
+
+def test_sustained_across_instances(tmp_path, pg_server_url) -> None:
+    run, _ = load(tmp_path, pg_server_url, "sustained", "--events", "900", "--instances", "2")
+    (row,) = run["rows"]
+    assert row["instances"] == 2 and row["delivered_unique"] == 900
+
+
+def test_tps_with_an_outage_reports_the_drain(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "tps", "--rate", "200", "--duration", "4s", "--outage", "1s:1s")
+    (row,) = run["rows"]
+    assert row["q_max"] > 0 and row["drain_after_outage_s"] is not None and row["emit_errors"] == 0
+    assert "rate_and_pending.png" in report
+
+
+def test_payload_sizes(tmp_path, pg_server_url) -> None:
+    run, _ = load(tmp_path, pg_server_url, "payload", "--sizes", "64,65536", "--events", "50", "--rate", "0")
+    assert [row["size_bytes"] for row in run["rows"]] == [64, 65536]
+    assert all(row["events"] == 50 and row["peak_rss_mb"] > 0 for row in run["rows"])
+
+
+@pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"], ["nothing"]])
+def test_bad_arguments_get_a_usage_error(args) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "load.py"), *args], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "usage: load" in done.stderr
