@@ -26,3 +26,7 @@ bench *ARGS:
 # Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
 load SCENARIO *ARGS:
     {{python}} scripts/load.py {{SCENARIO}} {{ARGS}}
+
+# The fault suite, longer: more SIGKILL rounds and events (CHAOS_SCALE=N multiplies them)
+chaos *ARGS:
+    CHAOS_SCALE=${CHAOS_SCALE:-5} {{python}} -m pytest tests/faults -s -q {{ARGS}}

@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -182,6 +184,36 @@ class Sampler:
         return max((p for t, p, _, _ in self.points if t >= since), default=0)
 
 
+@dataclass
+class Measured:
+    mock: chipmock.ChipMockServer
+    emitter: object
+    store: Store
+    sampler: Sampler
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def measured(url: str, model: ChipModel) -> AsyncIterator[Measured]:
+    """A chipmock, an emitter publishing to it, and a sampler of the table beside them."""
+    mock = chipmock.start(model)
+    try:
+        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
+            store = Store(url)
+            sampler = Sampler(store, emitter)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sampler.run)
+                    yield Measured(mock, emitter, store, sampler, nursery)
+                    with trio.move_on_after(MAX_SECONDS_PER_PHASE):  # drain before the next phase
+                        await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+                    nursery.cancel_scope.cancel()
+            finally:
+                store.close()
+    finally:
+        mock.stop(0)
+
+
 def emitter_config(url: str, endpoint: str, **overrides) -> EmitterConfig:
     return EmitterConfig.from_env(database_url=url, chip_endpoint=endpoint, instance_id=f"load-{os.getpid()}",
                                   log_interval=3600.0, **overrides)
@@ -191,54 +223,40 @@ def emitter_config(url: str, endpoint: str, **overrides) -> EmitterConfig:
 
 
 async def scenario_ramp(args, url: str, run: Run, progress: Progress) -> None:
-    mock = chipmock.start(ChipModel(latency=args.chip_latency, jitter=args.chip_latency / 10))
     body = os.urandom(args.size)
-    try:
-        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
-            store = Store(url)
-            sampler = Sampler(store, emitter)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sampler.run)
-                saturated = None
-                for step in args.steps:
-                    latencies: list[float] = []
-                    errors: list[str] = []
-                    publish = emitter.metrics.publish_duration.labels("batch")
-                    publish_sum_before = _hist_totals(publish)
-                    t0 = time.monotonic() - sampler.started
-                    progress.show(f"ramp {step:,}/s", 0, 1, "running")
-                    done = await paced_emits(emitter, step, args.step_seconds, args.concurrency, body,
-                                             latencies, errors)
-                    t1 = time.monotonic() - sampler.started
-                    pending_end = await pending_rows(store)
-                    mid = [p for t, p, _, _ in sampler.points if t0 + (t1 - t0) / 2 <= t <= t1]
-                    achieved = done / (t1 - t0)
-                    growing = pending_end > max(1000, 2 * (min(mid) if mid else 0))
-                    mean_ms, p99_ms = _hist_window(publish, publish_sum_before)
-                    row = {
-                        "offered_per_s": step, "achieved_per_s": round(achieved, 1),
-                        "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
-                        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
-                        "publish_mean_ms": mean_ms, "publish_p99_ms": p99_ms,
-                        "q_max": sampler.q_max(since=t0), "pending_end": pending_end, "errors": len(errors),
-                    }
-                    run.rows.append(row)
-                    progress.show(f"ramp {step:,}/s", 1, 1, f"achieved {achieved:,.0f}/s, Q max {row['q_max']:,}")
-                    progress.done()
-                    if saturated is None and (achieved < 0.98 * step or growing):
-                        saturated = step
-                        if not args.keep_going:
-                            break
-                run.notes.append(f"saturation point: {saturated:,}/s offered" if saturated
-                                 else "no saturation within the steps offered")
-                # Drain what is left before the next scenario or baseline.
-                with trio.move_on_after(MAX_SECONDS_PER_PHASE):
-                    await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
-                nursery.cancel_scope.cancel()
-            store.close()
-            run.series["pending"] = sampler.points
-    finally:
-        mock.stop(0)
+    async with measured(url, ChipModel(latency=args.chip_latency, jitter=args.chip_latency / 10)) as m:
+        saturated = None
+        for step in args.steps:
+            latencies: list[float] = []
+            errors: list[str] = []
+            publish = m.emitter.metrics.publish_duration.labels("batch")
+            publish_before = _hist_totals(publish)
+            t0 = time.monotonic() - m.sampler.started
+            progress.show(f"ramp {step:,}/s", 0, 1, "running")
+            done = await paced_emits(m.emitter, step, args.step_seconds, args.concurrency, body, latencies, errors)
+            t1 = time.monotonic() - m.sampler.started
+            pending_end = await pending_rows(m.store)
+            mid = [p for t, p, _, _ in m.sampler.points if t0 + (t1 - t0) / 2 <= t <= t1]
+            achieved = done / (t1 - t0)
+            growing = pending_end > max(1000, 2 * (min(mid) if mid else 0))
+            mean_ms, p99_ms = _hist_window(publish, publish_before)
+            row = {
+                "offered_per_s": step, "achieved_per_s": round(achieved, 1),
+                "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+                "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+                "publish_mean_ms": mean_ms, "publish_p99_ms": p99_ms,
+                "q_max": m.sampler.q_max(since=t0), "pending_end": pending_end, "errors": len(errors),
+            }
+            run.rows.append(row)
+            progress.show(f"ramp {step:,}/s", 1, 1, f"achieved {achieved:,.0f}/s, Q max {row['q_max']:,}")
+            progress.done()
+            if saturated is None and (achieved < 0.98 * step or growing):
+                saturated = step
+                if not args.keep_going:
+                    break
+        run.notes.append(f"saturation point: {saturated:,}/s offered" if saturated
+                         else "no saturation within the steps offered")
+    run.series["pending"] = m.sampler.points
 
 
 def _hist_totals(histogram) -> dict[str, float]:
@@ -272,46 +290,34 @@ async def scenario_sustained(args, url: str, run: Run, progress: Progress) -> No
 
 
 async def _sustained_in_process(args, url: str, progress: Progress) -> dict:
-    mock = chipmock.start(ChipModel(latency=args.chip_latency))
-    body = os.urandom(args.size)
     latencies: list[float] = []
     errors: list[str] = []
-    try:
-        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
-            store = Store(url)
-            sampler = Sampler(store, emitter)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sampler.run)
+    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
+        async def show() -> None:
+            while True:
+                progress.show("sustained x1", len(latencies), args.events, f"{len(latencies):,} emitted")
+                await trio.sleep(0.5)
 
-                async def show() -> None:
-                    while True:
-                        progress.show("sustained x1", len(latencies), args.events, f"{len(latencies):,} emitted")
-                        await trio.sleep(0.5)
-
-                nursery.start_soon(show)
-                started = time.perf_counter()
-                emitted = await paced_emits(emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, body,
-                                            latencies, errors, limit=args.events)
-                emit_done = time.perf_counter()
-                await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
-                finished = time.perf_counter()
-                nursery.cancel_scope.cancel()
-            store.close()
-            publish = emitter.metrics.publish_duration.labels("batch")
-            progress.done()
-            return {
-                "implementation": "durable-emitter", "instances": 1, "events": emitted,
-                "emit_per_s": round(emitted / (emit_done - started), 1),
-                "end_to_end_per_s": round(emitted / (finished - started), 1), "emit_errors": len(errors),
-                "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
-                "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
-                "publish_mean_ms": round(histogram_mean(publish) * 1000, 2),
-                "publish_p99_ms": round(histogram_quantile(publish, 0.99) * 1000, 2),
-                "q_max": sampler.q_max(), "drain_s": round(finished - emit_done, 2),
-                "delivered_unique": mock.counters.snapshot().unique,
-            }
-    finally:
-        mock.stop(0)
+        m.nursery.start_soon(show)
+        started = time.perf_counter()
+        emitted = await paced_emits(m.emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, os.urandom(args.size),
+                                    latencies, errors, limit=args.events)
+        emit_done = time.perf_counter()
+        await m.emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+        finished = time.perf_counter()
+    progress.done()
+    publish = m.emitter.metrics.publish_duration.labels("batch")
+    return {
+        "implementation": "durable-emitter", "instances": 1, "events": emitted,
+        "emit_per_s": round(emitted / (emit_done - started), 1),
+        "end_to_end_per_s": round(emitted / (finished - started), 1), "emit_errors": len(errors),
+        "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+        "publish_mean_ms": round(histogram_mean(publish) * 1000, 2),
+        "publish_p99_ms": round(histogram_quantile(publish, 0.99) * 1000, 2),
+        "q_max": m.sampler.q_max(), "drain_s": round(finished - emit_done, 2),
+        "delivered_unique": m.mock.counters.snapshot().unique,
+    }
 
 
 async def _sustained_processes(args, url: str, instances: int, progress: Progress) -> dict:
@@ -369,58 +375,46 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
 
 async def scenario_tps(args, url: str, run: Run, progress: Progress) -> None:
     outage = Outage.parse(args.outage) if args.outage else None
-    mock = chipmock.start(ChipModel(latency=args.chip_latency))
-    body = os.urandom(args.size)
     latencies: list[float] = []
     errors: list[str] = []
-    try:
-        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
-            store = Store(url)
-            sampler = Sampler(store, emitter)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sampler.run)
-                if outage:
-                    async def chip_goes_down() -> None:
-                        await trio.sleep(outage.start)
-                        mock.set_model(ChipModel(latency=args.chip_latency, outages=(Outage(0, 3600),)))
-                        await trio.sleep(outage.duration)
-                        mock.set_model(ChipModel(latency=args.chip_latency))
-
-                    nursery.start_soon(chip_goes_down)
-
-                async def show() -> None:
-                    while True:
-                        elapsed = time.monotonic() - sampler.started
-                        pending = sampler.points[-1][1] if sampler.points else 0
-                        progress.show(f"tps {args.rate:,.0f}/s", elapsed, args.duration,
-                                      f"{elapsed:,.0f}/{args.duration:g} s, pending {pending:,}")
-                        await trio.sleep(0.5)
-
-                nursery.start_soon(show)
-                started = time.monotonic()
-                emitted = await paced_emits(emitter, args.rate, args.duration, args.concurrency, body,
-                                            latencies, errors)
-                elapsed = time.monotonic() - started
-                await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
-                nursery.cancel_scope.cancel()
-            store.close()
-            progress.done()
-        drain_s = None
+    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
         if outage:
-            back = outage.start + outage.duration
-            before = [p for t, p, _, _ in sampler.points if t < outage.start] or [0]
-            steady = max(100, 2 * max(before))
-            recovered = [t for t, p, _, _ in sampler.points if t >= back and p <= steady]
-            drain_s = round(recovered[0] - back, 2) if recovered else None
-        run.rows.append({
-            "target_per_s": args.rate, "achieved_per_s": round(emitted / elapsed, 1),
-            "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2), "emit_errors": len(errors),
-            "q_max": sampler.q_max(), "outage": args.outage or "none", "drain_after_outage_s": drain_s,
-            "duplicates": mock.counters.snapshot().duplicates,
-        })
-        run.series["pending"] = sampler.points
-    finally:
-        mock.stop(0)
+            async def chip_goes_down() -> None:
+                await trio.sleep(outage.start)
+                m.mock.set_model(ChipModel(latency=args.chip_latency, outages=(Outage(0, 3600),)))
+                await trio.sleep(outage.duration)
+                m.mock.set_model(ChipModel(latency=args.chip_latency))
+
+            m.nursery.start_soon(chip_goes_down)
+
+        async def show() -> None:
+            while True:
+                elapsed = time.monotonic() - m.sampler.started
+                pending = m.sampler.points[-1][1] if m.sampler.points else 0
+                progress.show(f"tps {args.rate:,.0f}/s", elapsed, args.duration,
+                              f"{elapsed:,.0f}/{args.duration:g} s, pending {pending:,}")
+                await trio.sleep(0.5)
+
+        m.nursery.start_soon(show)
+        started = time.monotonic()
+        emitted = await paced_emits(m.emitter, args.rate, args.duration, args.concurrency, os.urandom(args.size),
+                                    latencies, errors)
+        elapsed = time.monotonic() - started
+    progress.done()
+    drain_s = None
+    if outage:
+        back = outage.start + outage.duration
+        before = [p for t, p, _, _ in m.sampler.points if t < outage.start] or [0]
+        steady = max(100, 2 * max(before))
+        recovered = [t for t, p, _, _ in m.sampler.points if t >= back and p <= steady]
+        drain_s = round(recovered[0] - back, 2) if recovered else None
+    run.rows.append({
+        "target_per_s": args.rate, "achieved_per_s": round(emitted / elapsed, 1),
+        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2), "emit_errors": len(errors),
+        "q_max": m.sampler.q_max(), "outage": args.outage or "none", "drain_after_outage_s": drain_s,
+        "duplicates": m.mock.counters.snapshot().duplicates,
+    })
+    run.series["pending"] = m.sampler.points
 
 
 async def scenario_payload(args, url: str, run: Run, progress: Progress) -> None:
@@ -642,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--events", type=int, default=100_000, help="sustained/payload: events (bounded)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--instances", type=_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
-    parser.add_argument("--rate", type=float, default=1000.0, help="tps/payload: events/s (payload: 0 = max)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="tps: events/s (default 1000); payload: events/s (default 0: as fast as possible)")
     parser.add_argument("--duration", type=_duration, default=60.0, help="tps: how long")
     parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
     parser.add_argument("--sizes", type=_ints,
@@ -666,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.chip_latency is None:
         args.chip_latency = 0.05 if args.scenario == "ramp" else 0.0
+    if args.rate is None:
+        args.rate = 1000.0 if args.scenario == "tps" else 0.0
     if args.outage:
         try:
             Outage.parse(args.outage)

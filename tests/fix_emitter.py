@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 
@@ -9,6 +10,9 @@ import pytest
 import trio
 
 from actors import EmitterConfig
+
+# `just chaos` runs the fault suite with CHAOS_SCALE > 1: more rounds, more events.
+CHAOS_SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1") or 1))
 
 
 @pytest.fixture
@@ -35,3 +39,21 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 20.0, wha
             await trio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def emit_concurrently(emitter, count: int, *, emitters: int = 10, size: int | None = None) -> set[str]:
+    """``count`` events from ``emitters`` concurrent tasks; return the ids emit() returned.
+
+    Bodies are ``size`` bytes, or short distinct texts when ``size`` is None.
+    """
+    ids: set[str] = set()
+
+    async def emit_some(n: int) -> None:
+        for i in range(n):
+            body = f"body {i}".encode() if size is None else b"x" * size
+            ids.add(await emitter.emit(body, source="wf", type="tick"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(emitters):
+            nursery.start_soon(emit_some, count // emitters)
+    return ids

@@ -4,20 +4,8 @@ import trio
 
 from actors import open_emitter
 from chipmock import ChipModel, Outage
+from tests.fix_emitter import CHAOS_SCALE, emit_concurrently
 from tests.fix_postgres import dead_letters, pending_ids
-
-
-async def _emit_concurrently(emitter, count: int, emitters: int = 10) -> set[str]:
-    ids: set[str] = set()
-
-    async def emit_some(n: int) -> None:
-        for i in range(n):
-            ids.add(await emitter.emit(f"body {i}".encode(), source="wf", type="tick"))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(emitters):
-            nursery.start_soon(emit_some, count // emitters)
-    return ids
 
 
 async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chipmock, make_config, database_url) -> None:
@@ -27,7 +15,7 @@ async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chip
     async with open_emitter(config) as emitter:
         chip.set_model(ChipModel(outages=(Outage(0, 3600),)))  # down from now on
         calls_before = chip.counters.snapshot().calls
-        ids = await _emit_concurrently(emitter, 1000)
+        ids = await emit_concurrently(emitter, 1000)
         with trio.move_on_after(2.0):  # watch the outage for two seconds (bounded, by design)
             while True:
                 assert emitter.statistics().buffered_events <= 50
@@ -41,12 +29,13 @@ async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chip
     assert chip.counters.seen(ids) == ids
 
 
-async def test_flaky_chip_every_event_is_delivered_or_dead_lettered_exactly(start_chipmock, make_config, database_url) -> None:
+async def test_flaky_chip_every_event_is_delivered_or_dead_lettered_exactly(start_chipmock, make_config, database_url,
+                                                                           capsys) -> None:
     chip = start_chipmock(ChipModel(failure_rate=0.30, resource_exhausted_rate=0.05, event_failure_rate=0.01,
                                     latency=0.005, jitter=0.005))
     config = make_config(chip, publish_batch_size=50, publish_attempts=4)
     async with open_emitter(config) as emitter:
-        ids = await _emit_concurrently(emitter, 2000)
+        ids = await emit_concurrently(emitter, 2000 * CHAOS_SCALE)
         await emitter.flush(timeout=120)
     letters = set(dead_letters(database_url))
     delivered = chip.counters.seen(ids)
@@ -56,6 +45,9 @@ async def test_flaky_chip_every_event_is_delivered_or_dead_lettered_exactly(star
     assert len(ids) == snap.unique + len(letters)
     assert {code for code, _ in dead_letters(database_url).values()} == {"SCHEMA_MISSING"}
     assert pending_ids(database_url) == set()
+    with capsys.disabled():
+        print(f"\n  flaky Chip: {len(ids)} emitted = {snap.unique} delivered + {len(letters)} dead-lettered; "
+              f"{snap.failed_calls} of {snap.calls} calls failed on purpose")
 
 
 async def test_slow_chip_timeouts_are_retried_and_duplicates_counted(start_chipmock, make_config, database_url, capsys) -> None:
@@ -64,7 +56,7 @@ async def test_slow_chip_timeouts_are_retried_and_duplicates_counted(start_chipm
     config = make_config(chip, publish_timeout=0.3, lease_duration=5.0, publish_attempts=10,
                          publish_batch_size=10, publish_linger=0)
     async with open_emitter(config) as emitter:
-        ids = await _emit_concurrently(emitter, 300)
+        ids = await emit_concurrently(emitter, 300)
         await emitter.flush(timeout=120)
     snap = chip.counters.snapshot()
     assert chip.counters.seen(ids) == ids
@@ -78,7 +70,7 @@ async def test_slow_chip_timeouts_are_retried_and_duplicates_counted(start_chipm
 async def test_no_hot_loop_when_chip_refuses_everything_in_a_batch(start_chipmock, make_config, database_url) -> None:
     chip = start_chipmock(ChipModel(max_batch=1))  # any batch of 2+ is INVALID_ARGUMENT
     async with open_emitter(make_config(chip)) as emitter:
-        ids = await _emit_concurrently(emitter, 40)
+        ids = await emit_concurrently(emitter, 40)
         await emitter.flush(timeout=60)
     # Bisection found that single events go through: nothing was dead-lettered for the batch's sake.
     assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}

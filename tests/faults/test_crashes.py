@@ -11,7 +11,7 @@ import trio
 
 from actors import StoreUnavailable, open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import wait_until
+from tests.fix_emitter import CHAOS_SCALE, wait_until
 from tests.fix_postgres import pending_ids
 
 
@@ -20,7 +20,8 @@ def test_sigkill_at_random_points_loses_no_acknowledged_event(database_url, star
     env = {"DURABLE_EMITTER_INSTANCE_ID": "node-1", "DURABLE_EMITTER_SCAN_INTERVAL": "100ms"}
     rng = random.Random()
     acknowledged: list[str] = []
-    for round_ in range(3):
+    rounds = 3 * CHAOS_SCALE
+    for round_ in range(rounds):
         workload = start_workload(database_url, chip.endpoint, "--events", "1000000", name=f"round{round_}", **env)
         workload.wait_for_ids(rng.randint(100, 1500))
         workload.proc.send_signal(signal.SIGKILL)
@@ -38,7 +39,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_event(database_url, star
     assert pending_ids(database_url) == set()
     snap = chip.counters.snapshot()
     with capsys.disabled():
-        print(f"\n  SIGKILL x3: {len(acknowledged)} acknowledged, all delivered; {snap.duplicates} duplicates; "
+        print(f"\n  SIGKILL x{rounds}: {len(acknowledged)} acknowledged, all delivered; {snap.duplicates} duplicates; "
               f"drained in {drained_in:.1f} s (process start included)")
 
 

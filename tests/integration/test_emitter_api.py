@@ -18,6 +18,7 @@ from actors import (
 from actors.metrics import value
 from chipmock import ChipModel, Outage
 from chippb import cloudevent_pb2 as ce
+from tests.fix_emitter import emit_concurrently
 from tests.fix_postgres import pending_ids
 
 
@@ -118,15 +119,7 @@ async def test_batches_split_to_stay_under_the_request_size(start_chipmock, make
     chip = start_chipmock(ChipModel(max_batch=3))
     config = make_config(chip, max_request_bytes=10_000, max_event_bytes=4000)
     async with open_emitter(config) as emitter:
-        ids = set()
-
-        async def emit_some() -> None:
-            for _ in range(5):
-                ids.add(await emitter.emit(b"x" * 3000, source="wf", type="tick"))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(emit_some)
+        ids = await emit_concurrently(emitter, 20, emitters=4, size=3000)
         await emitter.flush(timeout=30)
     assert chip.counters.seen(ids) == ids
     assert chip.counters.snapshot().failed_calls == 0  # never more than 3 events (9 KB) per call

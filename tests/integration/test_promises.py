@@ -3,13 +3,11 @@
 import hashlib
 import struct
 
-import trio
-
 from actors import open_emitter
 from actors.metrics import value
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_emitter import wait_until
+from tests.fix_emitter import emit_concurrently, wait_until
 from tests.fix_postgres import dead_letters, pending_ids, query
 
 
@@ -25,15 +23,7 @@ async def test_emit_returns_only_after_commit(start_chipmock, make_config, datab
 
 async def test_every_committed_event_is_delivered_and_its_row_deleted(chip, make_config, database_url) -> None:
     async with open_emitter(make_config(chip)) as emitter:
-        ids = set()
-
-        async def emit_many(n: int) -> None:
-            for i in range(n):
-                ids.add(await emitter.emit(f"event {i}", source="wf", type="tick"))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(5):
-                nursery.start_soon(emit_many, 40)
+        ids = await emit_concurrently(emitter, 200, emitters=5)
         await emitter.flush(timeout=30)
     assert len(ids) == 200
     assert chip.counters.seen(ids) == ids
@@ -88,15 +78,7 @@ async def test_short_responses_are_retried_until_every_event_is_acknowledged(sta
 async def test_memory_buffer_spills_to_the_table_and_everything_still_arrives(chip, make_config, database_url) -> None:
     config = make_config(chip, dispatch_buffer=5, publishes_in_flight=1, publish_batch_size=5)
     async with open_emitter(config) as emitter:
-        ids = set()
-
-        async def emit_many() -> None:
-            for _ in range(50):
-                ids.add(await emitter.emit(b"x" * 100, source="wf", type="tick"))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(8):
-                nursery.start_soon(emit_many)
+        ids = await emit_concurrently(emitter, 400, emitters=8, size=100)
         await emitter.flush(timeout=30)
         spilled = value(emitter.metrics.buffer_full)
     assert spilled > 0, "the buffer never filled: the spill path was not exercised"

@@ -3,11 +3,9 @@
 import signal
 import time
 
-import trio
-
 from actors import open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import wait_until
+from tests.fix_emitter import emit_concurrently, wait_until
 from tests.fix_postgres import pending_ids
 
 
@@ -64,15 +62,7 @@ async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock,
     leases = dict(lease_duration=2.5, publish_timeout=1.0, publishes_in_flight=2, publish_batch_size=20)
     async with open_emitter(make_config(chip, instance_id="busy", **leases)) as busy, \
             open_emitter(make_config(chip, instance_id="idle", **leases)):
-        ids = set()
-
-        async def emit_some() -> None:
-            for _ in range(20):
-                ids.add(await busy.emit(b"x", source="wf", type="tick"))
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(10):
-                nursery.start_soon(emit_some)
+        ids = await emit_concurrently(busy, 200, size=1)
         await wait_until(lambda: not pending_ids(database_url), timeout=60, what="the table drained")
     assert chip.counters.seen(ids) == ids
     # Nobody published a row someone else held. (Rows left to the table when their lease ran
