@@ -21,11 +21,12 @@ from .errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 
-def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
+def start_embedded(data_dir: Path, *, stop_at_exit: bool = True, delete_at_exit: bool = False) -> str:
     """Start (or reuse) the embedded server in ``data_dir``; return its URL.
 
     The server is shared by every process using the same ``data_dir``; with
-    ``stop_at_exit`` it stops when the last such process exits.
+    ``stop_at_exit`` it stops when the last such process exits (and with
+    ``delete_at_exit`` its data directory is removed then, for scratch servers).
     """
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     with warnings.catch_warnings():
@@ -35,7 +36,8 @@ def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        server = pgserver.get_server(data_dir, cleanup_mode="stop" if stop_at_exit else None)
+        cleanup = "delete" if delete_at_exit else "stop" if stop_at_exit else None
+        server = pgserver.get_server(data_dir, cleanup_mode=cleanup)
     except Exception as exc:  # pgserver raises plain subprocess / OS errors
         raise StoreUnavailable(
             f"could not start the embedded PostgreSQL in {data_dir}: {exc} "

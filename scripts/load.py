@@ -560,6 +560,13 @@ def make_plots(run: Run, folder: Path) -> list[Path]:
         run.notes.append("plots skipped: matplotlib is not installed (pip install matplotlib)")
         return []
     made: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(folder / name)
+        plt.close(fig)
+        made.append(folder / name)
+
     points = run.series.get("pending")
     if points and len(points) > 1:
         t = [p[0] for p in points]
@@ -572,10 +579,7 @@ def make_plots(run: Run, folder: Path) -> list[Path]:
         right.plot(t, rates, label="delivered/s", color="tab:blue", alpha=0.6)
         right.set_ylabel("delivered per second")
         fig.legend(loc="upper left")
-        fig.tight_layout()
-        made.append(folder / "rate_and_pending.png")
-        fig.savefig(made[-1])
-        plt.close(fig)
+        save(fig, "rate_and_pending.png")
     if run.scenario == "ramp" and run.rows:
         fig, ax = plt.subplots(figsize=(8, 4))
         steps = [str(r["offered_per_s"]) for r in run.rows]
@@ -585,10 +589,7 @@ def make_plots(run: Run, folder: Path) -> list[Path]:
         ax.set_ylabel("ms")
         ax.set_yscale("log")
         ax.legend()
-        fig.tight_layout()
-        made.append(folder / "latency_per_step.png")
-        fig.savefig(made[-1])
-        plt.close(fig)
+        save(fig, "latency_per_step.png")
     if run.scenario == "payload" and run.rows:
         fig, ax = plt.subplots(figsize=(8, 4))
         ax.plot([r["size_bytes"] for r in run.rows], [r["mb_per_s"] for r in run.rows], marker="o", label="MB/s")
@@ -600,10 +601,7 @@ def make_plots(run: Run, folder: Path) -> list[Path]:
                  color="tab:orange", label="events/s")
         ax2.set_ylabel("events/s")
         fig.legend(loc="upper left")
-        fig.tight_layout()
-        made.append(folder / "throughput_vs_payload.png")
-        fig.savefig(made[-1])
-        plt.close(fig)
+        save(fig, "throughput_vs_payload.png")
     return made
 
 

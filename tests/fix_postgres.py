@@ -7,6 +7,7 @@ fresh and dropped afterwards, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,18 @@ from actors.postgres import start_embedded
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The server every test database lives on."""
+def pg_server_url() -> str:
+    """The server every test database lives on.
+
+    Its data directory is not under pytest's tmp_path: pytest deletes old
+    tmp_path folders when other pytest runs start, which would pull the data
+    out from under a running server. It is deleted when the session ends.
+    """
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    return start_embedded(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+    scratch = Path(tempfile.mkdtemp(prefix="durable-emitter-test-pg-"))
+    return start_embedded(scratch, delete_at_exit=True)
 
 
 def with_dbname(url: str, dbname: str) -> str:

@@ -6,15 +6,17 @@ import trio
 from actors.supervisor import ChildSpec, RestartIntensity, SupervisorGaveUp, supervise
 
 
-async def test_crashed_child_is_restarted_and_others_keep_running(autojump_clock) -> None:
+async def test_crashed_child_is_restarted_and_others_keep_running() -> None:
     runs = {"flaky": 0, "steady": 0}
     done = trio.Event()
+    third_run = trio.Event()
 
     async def flaky(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
         runs["flaky"] += 1
         task_status.started()
         if runs["flaky"] < 3:
             raise RuntimeError("boom")
+        third_run.set()
         await done.wait()
 
     async def steady(*, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -26,7 +28,7 @@ async def test_crashed_child_is_restarted_and_others_keep_running(autojump_clock
     async with trio.open_nursery() as nursery:
         await nursery.start(supervise, [ChildSpec("steady", steady), ChildSpec("flaky", flaky)],
                             RestartIntensity(5, 10), restarted.append)
-        await trio.sleep(1)
+        await third_run.wait()
         done.set()
     assert runs == {"flaky": 3, "steady": 1}  # one_for_one: steady never restarted
     assert restarted == ["flaky", "flaky"]
@@ -65,6 +67,5 @@ async def test_children_start_in_order_and_normal_exit_runs_on_exit() -> None:
         return ChildSpec(name, run, on_exit=lambda: order.append(f"exit {name}"))
 
     await supervise([child("acker"), child("dispatcher")], RestartIntensity(1, 1))
-    assert order[:2] == ["start acker", "exit acker"] or order[0] == "start acker"
     assert order.index("start acker") < order.index("start dispatcher")
     assert {"exit acker", "exit dispatcher"} <= set(order)
