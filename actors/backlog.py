@@ -59,23 +59,27 @@ class Backlog:
 
 
 class BufferBudget:
-    """Payload bytes held in the persister -> dispatcher memory buffer.
+    """Events and payload bytes held in the persister -> dispatcher memory buffer.
 
-    The persister takes bytes when it hands events over in memory, the
-    dispatcher gives them back when it takes events out; past ``limit`` the
-    persister spills to the table instead, so large events cannot pile up in
-    memory however many fit the channel.
+    The persister takes room when it hands a committed group over in memory,
+    the dispatcher gives it back as it takes events out; past either limit the
+    persister spills to the table instead, so neither many small events nor a
+    few large ones can pile up in memory.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.events = 0
+        self.bytes = 0
 
-    def has_room(self, size: int) -> bool:
-        return self.used + size <= self.limit
+    def has_room(self, events: int, size: int) -> bool:
+        return self.events + events <= self.max_events and self.bytes + size <= self.max_bytes
 
-    def take(self, size: int) -> None:
-        self.used += size
+    def take(self, events: int, size: int) -> None:
+        self.events += events
+        self.bytes += size
 
-    def give_back(self, size: int) -> None:
-        self.used = max(0, self.used - size)
+    def give_back(self, events: int, size: int) -> None:
+        self.events = max(0, self.events - events)
+        self.bytes = max(0, self.bytes - size)

@@ -15,6 +15,8 @@ to the table with the error recorded, to be claimed again later.
 
 from __future__ import annotations
 
+from collections import deque
+
 import structlog
 import trio
 
@@ -50,8 +52,9 @@ def split_by_bytes(items: list[Outgoing], max_bytes: int) -> list[list[Outgoing]
     return chunks if chunks[0] else []
 
 
-async def _receive_until(inbox: trio.MemoryReceiveChannel[Outgoing], deadline: float | None) -> Outgoing | None:
-    """The next item; None if the inbox ended or ``deadline`` (None: no deadline) passed."""
+async def _receive_until(inbox: trio.MemoryReceiveChannel[list[Outgoing]],
+                         deadline: float | None) -> list[Outgoing] | None:
+    """The next committed group; None if the inbox ended or ``deadline`` (None: no deadline) passed."""
     try:
         return inbox.receive_nowait()
     except trio.WouldBlock:
@@ -77,46 +80,53 @@ class _Dispatcher:
         self.metrics = metrics
         self.reclaim_before = reclaim_before
         self.slots = trio.Semaphore(config.publishes_in_flight)
-        self.carry: Outgoing | None = None
+        self.queued: deque[Outgoing] = deque()  # received from the persister, not yet in a batch
         self.mean_payload = float(config.max_event_bytes)
 
     # -- fresh events from the persister --------------------------------------------------
 
-    def _fresh(self, item: Outgoing) -> bool:
-        self.budget.give_back(len(item.payload))
-        return trio.current_time() <= item.publish_by  # else its lease is lapsing: the table has it
+    def _take_queued(self) -> Outgoing | None:
+        """The next queued event still within its lease (older ones are left to the table)."""
+        now = trio.current_time()
+        while self.queued:
+            item = self.queued.popleft()
+            self.budget.give_back(1, len(item.payload))
+            if now <= item.publish_by:
+                return item
+        return None
 
-    async def gather(self, first: Outgoing, inbox: trio.MemoryReceiveChannel[Outgoing]) -> list[Outgoing]:
+    async def next_fresh(self, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> Outgoing | None:
+        """The next event to publish; None when the inbox has ended."""
+        while (item := self._take_queued()) is None:
+            group = await _receive_until(inbox, None)
+            if group is None:
+                return None
+            self.queued.extend(group)
+        return item
+
+    async def gather(self, first: Outgoing, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> list[Outgoing]:
         """``first`` plus whatever arrives within ``publish_linger``, up to the batch limits."""
         config = self.config
         batch = [first]
         size = framed_size(first.payload)
         deadline = trio.current_time() + config.publish_linger
         while len(batch) < config.publish_batch_size:
-            item = await _receive_until(inbox, deadline)
-            if item is None:
-                break
-            if not self._fresh(item):
+            if not self.queued:
+                group = await _receive_until(inbox, deadline)
+                if group is None:
+                    break
+                self.queued.extend(group)
                 continue
-            item_size = framed_size(item.payload)
+            item_size = framed_size(self.queued[0].payload)
             if size + item_size > config.max_request_bytes:
-                self.carry = item
-                break
-            batch.append(item)
-            size += item_size
+                break  # it starts the next batch
+            item = self._take_queued()
+            if item is not None:
+                batch.append(item)
+                size += item_size
         return batch
 
-    async def next_fresh(self, inbox: trio.MemoryReceiveChannel[Outgoing]) -> Outgoing | None:
-        """The next event still within its lease; None when the inbox has ended."""
-        if self.carry is not None:
-            item, self.carry = self.carry, None
-            return item
-        while (item := await _receive_until(inbox, None)) is not None:
-            if self._fresh(item):
-                return item
-        return None
-
-    async def dispatch_fresh(self, nursery: trio.Nursery, inbox: trio.MemoryReceiveChannel[Outgoing]) -> None:
+    async def dispatch_fresh(self, nursery: trio.Nursery, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> None:
         # Wait for work before taking a slot, so an idle inbox never starves recovery.
         while (first := await self.next_fresh(inbox)) is not None:
             await self.slots.acquire()
@@ -244,7 +254,7 @@ class _Dispatcher:
 
 async def run(
     config: EmitterConfig,
-    inbox: trio.MemoryReceiveChannel[Outgoing],
+    inbox: trio.MemoryReceiveChannel[list[Outgoing]],
     outbox: trio.MemorySendChannel[Outcome],
     doorbell: trio.MemoryReceiveChannel[None],
     budget: BufferBudget,

@@ -55,7 +55,7 @@ class Emitter:
     """Handle to a running emitter. Get one from :func:`open_emitter`."""
 
     def __init__(self, config: EmitterConfig, inbox: trio.MemorySendChannel[EmitRequest], backlog: Backlog,
-                 buffer: trio.MemorySendChannel[Outgoing], budget: BufferBudget,
+                 budget: BufferBudget,
                  store: Store, metrics: Metrics, database_url: str, chip_endpoint: str) -> None:
         self.config = config
         self.metrics = metrics
@@ -63,7 +63,6 @@ class Emitter:
         self.chip_endpoint = chip_endpoint
         self._inbox = inbox
         self._backlog = backlog
-        self._buffer = buffer
         self._budget = budget
         self._store = store
         self._closing = False
@@ -73,8 +72,8 @@ class Emitter:
         return EmitterStatistics(
             pending_rows=self._backlog.pending,
             queued_emits=self._inbox.statistics().current_buffer_used,
-            buffered_events=self._buffer.statistics().current_buffer_used,
-            buffered_bytes=self._budget.used,
+            buffered_events=self._budget.events,
+            buffered_bytes=self._budget.bytes,
             publishes_in_flight=int(value(self.metrics.in_flight)),
         )
 
@@ -205,9 +204,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             log.warning("Chip does not answer yet; events will wait in the table", chip=chip_endpoint, error=problem)
         metrics = Metrics()
         backlog = Backlog(config.max_pending)
-        budget = BufferBudget(config.dispatch_buffer_bytes)
+        budget = BufferBudget(config.dispatch_buffer, config.dispatch_buffer_bytes)
         emit_send, emit_recv = trio.open_memory_channel[EmitRequest](config.persist_batch_size)
-        out_send, out_recv = trio.open_memory_channel[Outgoing](config.dispatch_buffer)
+        out_send, out_recv = trio.open_memory_channel[list[Outgoing]](config.dispatch_buffer)
         bell_send, bell_recv = trio.open_memory_channel[None](1)
         ack_send, ack_recv = trio.open_memory_channel[Outcome](config.publishes_in_flight * 4)
         children = [
@@ -220,7 +219,7 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                       on_exit=out_send.close),
         ]
         intensity = RestartIntensity(config.max_restarts, config.restart_period)
-        emitter = Emitter(config, emit_send, backlog, out_send, budget, setup, metrics, url, chip_endpoint)
+        emitter = Emitter(config, emit_send, backlog, budget, setup, metrics, url, chip_endpoint)
 
         async with trio.open_nursery() as nursery:
             sampling = trio.CancelScope()

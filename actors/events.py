@@ -181,8 +181,12 @@ def interpret_response(event_ids: Sequence[str], response: pb.PublishResponse) -
     An event with no result (a short response), or a result naming another id,
     is not delivered and is retried.
     """
-    outcome = PublishOutcome()
     results = response.results
+    if len(results) == len(event_ids) and not any(r.HasField("error") for r in results):
+        answered = [r.event_id for r in results]  # the common case, checked in bulk
+        if answered == list(event_ids) or not any(answered):
+            return PublishOutcome(delivered=list(event_ids))
+    outcome = PublishOutcome()
     for index, event_id in enumerate(event_ids):
         if index >= len(results):
             outcome.retry.append(index)

@@ -34,37 +34,28 @@ def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest
 
 
 class _Handoff:
-    """Reserves room in the dispatcher's memory buffer before a commit, so that
-    the events can be handed over without waiting after it.
-
-    Only this actor sends to the outbox, and every writer reserves before it
-    commits, so the room seen at reservation is still there afterwards.
+    """Reserves room in the dispatcher's memory buffer before a commit, so the
+    committed group can be handed over without waiting after it.
     """
 
-    def __init__(self, outbox: trio.MemorySendChannel[Outgoing], budget: BufferBudget) -> None:
+    def __init__(self, outbox: trio.MemorySendChannel[list[Outgoing]], budget: BufferBudget) -> None:
         self.outbox = outbox
         self.budget = budget
-        self.reserved = 0
 
     def reserve(self, batch: list[EmitRequest]) -> bool:
-        stats = self.outbox.statistics()
         size = sum(len(r.payload) for r in batch)
-        if stats.current_buffer_used + self.reserved + len(batch) > stats.max_buffer_size:
+        if not self.budget.has_room(len(batch), size):
             return False
-        if not self.budget.has_room(size):
-            return False
-        self.reserved += len(batch)
-        self.budget.take(size)
+        self.budget.take(len(batch), size)
         return True
 
     def hand_over(self, batch: list[EmitRequest], publish_by: float) -> None:
-        self.reserved -= len(batch)
-        for request in batch:
-            self.outbox.send_nowait(Outgoing(request.event_id, request.payload, publish_by))
+        # One message per group: the channel holds at most as many groups as the
+        # budget allows events, so this never blocks.
+        self.outbox.send_nowait([Outgoing(r.event_id, r.payload, publish_by) for r in batch])
 
     def cancel(self, batch: list[EmitRequest]) -> None:
-        self.reserved -= len(batch)
-        self.budget.give_back(sum(len(r.payload) for r in batch))
+        self.budget.give_back(len(batch), sum(len(r.payload) for r in batch))
 
 
 async def _write(
@@ -119,7 +110,7 @@ async def _write(
 async def run(
     config: EmitterConfig,
     inbox: trio.MemoryReceiveChannel[EmitRequest],
-    outbox: trio.MemorySendChannel[Outgoing],
+    outbox: trio.MemorySendChannel[list[Outgoing]],
     doorbell: trio.MemorySendChannel[None],
     budget: BufferBudget,
     stores: list[Store],
