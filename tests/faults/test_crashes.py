@@ -69,3 +69,27 @@ async def test_postgres_restart_mid_load(own_postgres, start_chipmock, make_conf
         await emitter.flush(timeout=60)
     assert all("Postgres" in f for f in failures), failures[:3]  # one clear line, not a stack trace
     assert chip.counters.seen(acknowledged) == acknowledged
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_stays_flat_while_the_backlog_grows_during_an_outage(database_url, start_chipmock, start_workload,
+                                                                    capsys) -> None:
+    chip = start_chipmock(ChipModel(failure_rate=1.0))  # Chip is down for the whole test
+    workload = start_workload(database_url, chip.endpoint, "--events", "1000000", "--size", "4096",
+                              DURABLE_EMITTER_DISPATCH_BUFFER="1000")
+    workload.wait_for_ids(5000)
+    early = _rss_mb(workload.proc.pid)
+    workload.wait_for_ids(20000)
+    late = _rss_mb(workload.proc.pid)
+    workload.proc.kill()
+    backlog_mb = 15000 * 4096 / 2**20
+    with capsys.disabled():
+        print(f"\n  outage: backlog grew by {backlog_mb:.0f} MB in the table; emitter RSS {early:.0f} -> {late:.0f} MB")
+    assert late - early < backlog_mb / 2, "the backlog is being held in memory"
+    assert len(pending_ids(database_url)) >= 20000
