@@ -163,9 +163,8 @@ class _Dispatcher:
             await self.slots.acquire()
             try:
                 limit = claim_limit(config, self.mean_payload)
-                rows = await self.store.claim(owner=config.instance_id, lease=config.lease_duration,
-                                     limit=limit, reclaim_before=self.reclaim_before,
-                                     writer_only=config.writer_only)
+                rows = await self.store.claim(owner=config.instance_id, lease=config.lease_duration, limit=limit,
+                                              reclaim_before=self.reclaim_before, writer_only=config.writer_only)
             except BaseException:
                 self.slots.release()
                 raise
@@ -175,7 +174,7 @@ class _Dispatcher:
             self.mean_payload = sum(len(r.payload) for r in rows) / len(rows)
             self.metrics.claimed.inc(len(rows))
             publish_by = trio.current_time() + config.lease_duration - 2 * config.publish_timeout
-            batch = [Outgoing(r.id, r.payload, publish_by, recovered=True) for r in rows]
+            batch = [Outgoing(r.id, r.payload, publish_by) for r in rows]
             nursery.start_soon(self.publish_holding_slot, batch, "retransmit")
             if len(rows) < limit:
                 return

@@ -42,7 +42,6 @@ class Outgoing(NamedTuple):
     event_id: str
     payload: bytes
     publish_by: float
-    recovered: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,9 +121,10 @@ async def run(
 ) -> None:
     """Commit emits in groups, one writer per store, until the inbox closes.
 
-    Several writers overlap their commits: while one waits for its WAL flush,
-    the next group is already on its way, which matters when only a few
-    callers emit at a time.
+    Several writers (``persist_writers``) overlap their commits, which pays
+    when the database is far away and each round trip is long. On a local
+    Postgres one writer measured fastest (groups stay larger, fewer wake-ups),
+    hence the default.
     """
     handoff = _Handoff(outbox, budget)
     async with trio.open_nursery() as nursery:
