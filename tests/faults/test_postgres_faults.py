@@ -30,7 +30,7 @@ async def test_held_mvcc_horizon_delivery_continues_and_status_shows_it(chip, ma
                 assert await store.oldest_transaction_seconds() > 0
             finally:
                 store.close()
-            await wait_until(lambda: _dead_tuples(database_url) >= 500, what="dead tuples reported")
+            await wait_until(lambda: _dead_tuples(database_url) >= 500, timeout=60, what="dead tuples reported")
             status = await trio.run_process([sys.executable, "-m", "actors.cli", "status"], capture_stdout=True,
                                             env={**os.environ, "DATABASE_URL": database_url})
             holder.rollback()
