@@ -51,6 +51,8 @@ async def run(args: argparse.Namespace) -> int:
                     continue
                 ids_file.write(event_id + "\n")
                 emitted += 1
+                if emitted % 100 == 0:
+                    print(f"emitted {emitted}", flush=True)  # lets a watcher wait without polling
                 if per_emitter_gap:
                     next_at += per_emitter_gap
                     await trio.sleep_until(next_at)

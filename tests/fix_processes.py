@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import subprocess
 import sys
 import time
@@ -25,13 +26,16 @@ class Workload:
         return [line for line in self.ids_file.read_text().splitlines() if len(line) == 36]
 
     def wait_for_ids(self, count: int, timeout: float = 60.0) -> None:
+        """Block until ``count`` ids are recorded, woken by the progress lines the workload prints."""
         deadline = time.monotonic() + timeout
-        while len(self.ids()) < count:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"workload exited early: {self.proc.stderr.read()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"workload emitted {len(self.ids())} < {count} in {timeout}s")
-            time.sleep(0.02)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while len(self.ids()) < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(timeout=remaining):
+                    raise AssertionError(f"workload emitted {len(self.ids())} < {count} in {timeout}s")
+                if not self.proc.stdout.readline():
+                    raise AssertionError(f"workload exited early: {self.proc.stderr.read()}")
 
 
 @pytest.fixture
