@@ -21,7 +21,7 @@ proto:
 
 # 100,000 events of 1 KiB from 10 emitters against embedded Postgres and in-process chipmock
 bench *ARGS:
-    {{python}} scripts/bench.py {{ARGS}}
+    {{python}} scripts/load.py sustained --events 100000 --concurrency 10 --size 1024 --chip-latency 0 {{ARGS}}
 
 # Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
 load SCENARIO *ARGS:

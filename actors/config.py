@@ -169,9 +169,6 @@ class EmitterConfig:
         if not self.instance_id:
             raise ConfigError("instance_id must not be empty")
 
-    def replace(self, **changes: Any) -> EmitterConfig:
-        return dataclasses.replace(self, **changes)
-
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EmitterConfig:
         """Build from environment variables; ``overrides`` win over the environment.

@@ -53,7 +53,6 @@ class ChildSpec:
     name: str
     run: Callable[..., Awaitable[object]]
     on_exit: Callable[[], object] | None = None
-    on_restart: Callable[[], object] | None = None
 
 
 class _Readiness:
@@ -85,8 +84,6 @@ async def _supervise_one(child: ChildSpec, intensity: RestartIntensity, on_resta
                 ) from exc
             log.error("actor crashed; restarting", actor=child.name, error=repr(exc))
             on_restart(child.name)
-            if child.on_restart is not None:
-                child.on_restart()
             status = _Readiness(trio.TASK_STATUS_IGNORED)
             continue
         if child.on_exit is not None:

@@ -688,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
         drop_database(server, url)
     folder = args.out / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = write_report(run, folder)
+    m = run.machine
+    print(f"machine: {m['host']}, {m['cores']} cores, Python {m['python']}, PostgreSQL {m['postgres']}")
     print(markdown_table(run.rows), end="")
     if run.baselines:
         print(markdown_table(run.baselines), end="")

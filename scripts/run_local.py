@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,6 +128,7 @@ async def run(args: argparse.Namespace) -> int:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
     interactive = sys.stdout.isatty() and not args.json
+    stack = ExitStack()
     try:
         async with open_emitter(config) as emitter:
             where = {
@@ -137,22 +139,17 @@ async def run(args: argparse.Namespace) -> int:
             }
             if not interactive:
                 print(json.dumps({"event": "run-local started", **where}), flush=True)
-            stats_store = Store(emitter.database_url)
-            try:
-                summary = await watch(args, emitter, stats_store, mock, where, interactive)
-            finally:
-                stats_store.close()
+            store = Store(emitter.database_url)
+            stack.callback(store.close)
+            summary = await watch(args, emitter, store, mock, where, interactive)
+        pending = (await store.pending_stats()).rows  # after shutdown: what stays for the next run
     except EmitterError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 1
     finally:
+        stack.close()
         if mock is not None:
             mock.stop(grace=1)
-    store = Store(emitter.database_url)
-    try:
-        pending = (await store.pending_stats()).rows
-    finally:
-        store.close()
     metrics = emitter.metrics
     print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {int(value(metrics.emit_success)):,} emitted, "
           f"{int(value(metrics.delivery_completed)):,} delivered and deleted, "
