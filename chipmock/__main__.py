@@ -10,9 +10,7 @@ import signal
 import sys
 import threading
 
-from actors.config import parse_duration
-
-from .model import ChipModel, Outage
+from .model import ChipModel, Outage, parse_duration
 from .server import start
 
 

@@ -6,16 +6,30 @@ these functions what to do and does it.
 
 from __future__ import annotations
 
+import builtins
 import random
+import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from actors.config import parse_duration
-
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNITS: dict[str | None, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """``"50ms"`` -> 0.05, ``"2s"`` / ``"2"`` / ``"1.5"`` -> seconds, ``"1m"``, ``"1h"``. Raises ValueError.
+
+    chipmock's own, so the mock never imports the library it stands in for.
+    """
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1.5, 1m, 1h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -118,7 +132,8 @@ class Counters:
     rejected: int = 0
     bytes: int = 0
     ids: set[str] = field(default_factory=set)
-    payloads: dict[str, bytes] = field(default_factory=dict)
+    # builtins.bytes: inside this class body, ``bytes`` names the counter above.
+    payloads: dict[str, builtins.bytes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_call(self, *, failed: bool) -> None:
@@ -126,7 +141,7 @@ class Counters:
             self.calls += 1
             self.failed_calls += failed
 
-    def record_events(self, events: Iterable[tuple[str, bytes | int]], *, rejected: int = 0) -> None:
+    def record_events(self, events: Iterable[tuple[str, builtins.bytes | int]], *, rejected: int = 0) -> None:
         """Count produced events: (id, serialized bytes, or just their size when not kept).
 
         ``rejected`` events were refused and are only counted.
@@ -140,7 +155,7 @@ class Counters:
                     self.duplicates += 1
                 else:
                     self.ids.add(event_id)
-                if self.keep_payloads:
+                if self.keep_payloads and not isinstance(payload, int):  # a size alone has no payload
                     self.payloads[event_id] = payload
 
     def snapshot(self) -> Snapshot:

@@ -11,12 +11,15 @@ import base64
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
@@ -24,8 +27,11 @@ from chippb import cloudevent_pb2 as ce
 
 from .model import ChipModel, Counters, decide_call, decide_event_failures
 
-_STATUS = {name: getattr(grpc.StatusCode, name) for name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")}
+_STATUS: dict[str, grpc.StatusCode] = {name: getattr(grpc.StatusCode, name) for name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")}
 _REJECT_CODE = pb.SCHEMA_MISSING
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 def _missing_fields(event: ce.CloudEvent) -> list[str]:
@@ -55,7 +61,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         with self._rng_lock:
             failures = decide_event_failures(self.model, self._rng, len(events))
         response = pb.PublishResponse()
-        produced = []
+        produced: list[tuple[str, bytes | int]] = []
         keep = self.counters.keep_payloads
         for event, injected in zip(events, failures, strict=True):
             result = response.results.add(event_id=event.id)
@@ -84,14 +90,16 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
     def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         return pb.PingResponse(message="pong")
 
-    def StreamEvents(self, request_iterator, context: grpc.ServicerContext):
+    def StreamEvents(
+        self, request_iterator: Iterator[pb.StreamEventsRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamEventsResponse]:
         for request in request_iterator:
             self._enter_call(context, 1)
             response = self._produce([request.event])
             ok = not response.results or not response.results[0].HasField("error")
             yield pb.StreamEventsResponse(eventId=request.event.id, status="success" if ok else "error")
 
-    def RegisterSchema(self, request, context: grpc.ServicerContext):
+    def RegisterSchema(self, request: pb.RegisterSchemaRequest, context: grpc.ServicerContext) -> NoReturn:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "chipmock has no schema registry")
 
 
@@ -101,15 +109,20 @@ class _BasicAuth(grpc.ServerInterceptor):
     def __init__(self) -> None:
         self.expected: str | None = None
 
-        def deny(request, context):
+        def deny(request: object, context: grpc.ServicerContext) -> NoReturn:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "chipmock: bad or missing credentials")
 
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        # Any, Any: it stands in for whichever method was called, whatever its messages.
+        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
 
     def require(self, username: str, password: str) -> None:
         self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[_Request, _Response] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         if self.expected is not None:
             metadata = dict(handler_call_details.invocation_metadata or ())
             if metadata.get("authorization") != self.expected:
@@ -121,7 +134,7 @@ class _CountersCollector:
     def __init__(self, counters: Counters) -> None:
         self._counters = counters
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         snap = self._counters.snapshot()
         for name, value, doc in [
             ("chipmock_calls", snap.calls, "RPCs received"),
@@ -146,7 +159,7 @@ class ChipMockServer:
     auth: _BasicAuth
     host: str = "127.0.0.1"
     metrics_port: int | None = None
-    _metrics_server: object | None = None
+    _metrics_server: WSGIServer | None = None
 
     @property
     def model(self) -> ChipModel:
@@ -167,7 +180,7 @@ class ChipMockServer:
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()  # type: ignore[attr-defined]  # WSGIServer
+            self._metrics_server.shutdown()
             self._metrics_server = None
 
     def __enter__(self) -> ChipMockServer:

@@ -1,6 +1,8 @@
 """chipmock's decisions, without a server."""
 
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +15,28 @@ from chipmock.model import (
     Outage,
     decide_call,
     decide_event_failures,
+    parse_duration,
 )
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("50ms", 0.05), ("2s", 2.0), ("2", 2.0), ("1.5", 1.5),
+                                               (".5s", 0.5), (" 1m ", 60.0), ("1h", 3600.0)])
+def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1s", "1d", "1 s s", "ms"])
+def test_malformed_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_chipmock_imports_nothing_from_the_library() -> None:
+    """The test double stands alone: importing it (and its CLI) loads no ``actors`` module."""
+    code = ("import sys, chipmock, chipmock.__main__; "
+            "print(sorted(m for m in sys.modules if m == 'actors' or m.startswith('actors.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_outage_parses_durations_and_covers_its_window() -> None:
@@ -76,3 +99,12 @@ def test_counters_count_duplicates_and_bytes() -> None:
     snap = counters.snapshot()
     assert (snap.received, snap.unique, snap.duplicates, snap.rejected, snap.bytes) == (3, 2, 1, 1, 5)
     assert counters.seen(["a", "c"]) == {"a"}
+
+
+def test_counters_keep_payloads_only_when_asked() -> None:
+    kept = Counters(keep_payloads=True)
+    kept.record_events([("a", b"xx")])
+    assert kept.payloads == {"a": b"xx"}
+    sizes_only = Counters()
+    sizes_only.record_events([("a", 2)])
+    assert sizes_only.payloads == {} and sizes_only.snapshot().bytes == 2
