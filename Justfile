@@ -4,7 +4,7 @@ python := env_var_or_default("PYTHON", "python")
 
 # Start Postgres (embedded unless DATABASE_URL) and chipmock (unless CHIP_INGRESS_ENDPOINT), then cron workflows emitting
 run-local *ARGS:
-    exec {{python}} scripts/run_local.py {{ARGS}}
+    exec {{python}} -m scripts.run_local {{ARGS}}
 
 # Run the Chip Ingress stand-in, e.g. `just chipmock --latency 50ms`
 chipmock *ARGS:
@@ -21,11 +21,11 @@ proto:
 
 # 100,000 events of 1 KiB from 10 emitters against embedded Postgres and in-process chipmock
 bench *ARGS:
-    {{python}} scripts/load.py sustained --events 100000 --concurrency 10 --size 1024 --chip-latency 0 {{ARGS}}
+    {{python}} -m scripts.load sustained --events 100000 --concurrency 10 --size 1024 --chip-latency 0 {{ARGS}}
 
 # Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
 load SCENARIO *ARGS:
-    {{python}} scripts/load.py {{SCENARIO}} {{ARGS}}
+    {{python}} -m scripts.load {{SCENARIO}} {{ARGS}}
 
 # The fault suite, longer: more SIGKILL rounds and events (CHAOS_SCALE=N multiplies them)
 chaos *ARGS:

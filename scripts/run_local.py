@@ -1,4 +1,4 @@
-"""``just run-local``: the local environment in one command.
+"""``just run-local`` (``python -m scripts.run_local``): the local environment in one command.
 
 Starts (or reuses) the embedded PostgreSQL unless ``DATABASE_URL`` is set,
 starts chipmock unless ``CHIP_INGRESS_ENDPOINT`` is set (then it talks to that
@@ -19,21 +19,43 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import chipmock  # noqa: E402
-from actors import EmitterConfig, EmitterError, open_emitter  # noqa: E402
-from actors.config import parse_duration  # noqa: E402
-from actors.logs import configure_logging  # noqa: E402
-from actors.metrics import histogram_quantile, value  # noqa: E402
-from actors.store import Store  # noqa: E402
+import chipmock
+from actors import EmitterConfig, EmitterError, open_emitter
+from actors.logs import configure_logging
+from actors.metrics import histogram_quantile, value
+from actors.store import Store
+from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
 CHIPMOCK_METRICS_PORT = 9464
+
+
+@dataclass(frozen=True)
+class EmitterFigures:
+    """What run-local reads from the emitter at one moment."""
+
+    emitted: int
+    delivered: int
+    dead_lettered: int
+    retries: int
+    publish_p50_ms: float
+    publish_p99_ms: float
+
+
+def emitter_figures(emitter) -> EmitterFigures:
+    """The one place run-local reads the emitter's metrics."""
+    metrics = emitter.metrics
+    publish = metrics.publish_duration.labels("batch")
+    return EmitterFigures(
+        emitted=int(value(metrics.emit_success)), delivered=int(value(metrics.delivery_completed)),
+        dead_lettered=int(value(metrics.dead_lettered)), retries=int(value(metrics.publish_retries)),
+        publish_p50_ms=round(histogram_quantile(publish, 0.5) * 1000, 2),
+        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
+    )
+
 
 @dataclass
 class Sample:
@@ -57,21 +79,14 @@ class Sample:
     chip_duplicates: int | None
 
 
-def _duration(text: str) -> float:
-    return parse_duration(text)
-
-
-_duration.__name__ = "duration (e.g. 1s, 500ms, 5m)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run-local", description=__doc__.splitlines()[0])
     parser.add_argument("--workflows", type=int, default=5, help="simulated cron workflows (default 5)")
-    parser.add_argument("--interval", type=_duration, default=1.0, help="cron interval per workflow (default 1s)")
+    parser.add_argument("--interval", type=duration, default=1.0, help="cron interval per workflow (default 1s)")
     parser.add_argument("--payload-size", type=int, default=256, help="event body bytes (default 256)")
-    parser.add_argument("--duration", type=_duration, default=0.0, help="stop after this long (default: until Ctrl-C)")
-    parser.add_argument("--refresh", type=_duration, default=1.0, help="live view refresh interval (default 1s)")
-    parser.add_argument("--chip-latency", type=_duration, default=0.0, help="chipmock latency, e.g. 50ms")
+    parser.add_argument("--duration", type=duration, default=0.0, help="stop after this long (default: until Ctrl-C)")
+    parser.add_argument("--refresh", type=duration, default=1.0, help="live view refresh interval (default 1s)")
+    parser.add_argument("--chip-latency", type=duration, default=0.0, help="chipmock latency, e.g. 50ms")
     parser.add_argument("--metrics-port", type=int, default=EMITTER_METRICS_PORT,
                         help=f"emitter /metrics port on 127.0.0.1 (default {EMITTER_METRICS_PORT}; 0 picks one)")
     parser.add_argument("--chipmock-metrics-port", type=int, default=CHIPMOCK_METRICS_PORT,
@@ -150,10 +165,9 @@ async def run(args: argparse.Namespace) -> int:
         stack.close()
         if mock is not None:
             mock.stop(grace=1)
-    metrics = emitter.metrics
-    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {int(value(metrics.emit_success)):,} emitted, "
-          f"{int(value(metrics.delivery_completed)):,} delivered and deleted, "
-          f"{int(value(metrics.dead_lettered)):,} dead-lettered; "
+    figures = emitter_figures(emitter)
+    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {figures.emitted:,} emitted, "
+          f"{figures.delivered:,} delivered and deleted, {figures.dead_lettered:,} dead-lettered; "
           f"{pending:,} pending rows stay in the table for the next run.", flush=True)
     return 0
 
@@ -193,19 +207,16 @@ async def _first_signal(signals, scope: trio.CancelScope) -> None:
 async def sample(emitter, store, mock, counters, base_ins, base_del, started, last) -> Sample:
     inserts, deletes = await counters()
     stats = await store.pending_stats()
-    metrics = emitter.metrics
+    figures = emitter_figures(emitter)
     elapsed = time.monotonic() - started
     span = elapsed - (last.elapsed_s if last else 0.0) or 1.0
-    emitted = int(value(metrics.emit_success))
     snap = mock.counters.snapshot() if mock else None
-    publish = metrics.publish_duration.labels("batch")
     current = Sample(
         elapsed_s=round(elapsed, 3), inserts=inserts - base_ins, deletes=deletes - base_del,
         inserts_per_s=0.0, deletes_per_s=0.0, pending=stats.rows,
-        oldest_pending_s=round(stats.oldest_age_seconds, 3), emitted=emitted, emit_per_s=0.0,
-        publish_p50_ms=round(histogram_quantile(publish, 0.5) * 1000, 2),
-        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
-        retries=int(value(metrics.publish_retries)), dead_lettered=int(value(metrics.dead_lettered)),
+        oldest_pending_s=round(stats.oldest_age_seconds, 3), emitted=figures.emitted, emit_per_s=0.0,
+        publish_p50_ms=figures.publish_p50_ms, publish_p99_ms=figures.publish_p99_ms,
+        retries=figures.retries, dead_lettered=figures.dead_lettered,
         chip_received=snap.received if snap else None, chip_unique=snap.unique if snap else None,
         chip_duplicates=snap.duplicates if snap else None,
     )

@@ -1,4 +1,4 @@
-"""A workload process: emits events and records each id whose emit() returned.
+"""A workload process (``python -m scripts.workload``): emits events and records each id whose emit() returned.
 
 Used by the fault and scale-out tests (and usable by hand): every id is
 appended to ``--ids-file`` right after ``emit`` returns, so after a SIGKILL the
@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from actors import EmitterConfig, EmitterError, open_emitter  # noqa: E402
-from actors.config import parse_duration  # noqa: E402
-from actors.logs import configure_logging  # noqa: E402
+from actors import EmitterConfig, EmitterError, open_emitter
+from actors.logs import configure_logging
+from scripts.args_and_databases import duration
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -71,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ids-file", required=True)
     parser.add_argument("--events", type=int, default=10_000, help="stop after this many (default 10,000)")
-    parser.add_argument("--duration", type=parse_duration, default=60.0, help="stop after this long (default 60s)")
+    parser.add_argument("--duration", type=duration, default=60.0, help="stop after this long (default 60s)")
     parser.add_argument("--rate", type=float, default=0.0, help="events/s in total (default: as fast as possible)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--flush", type=parse_duration, default=0.0, help="flush with this timeout before exit")
+    parser.add_argument("--flush", type=duration, default=0.0, help="flush with this timeout before exit")
     args = parser.parse_args(argv)
     configure_logging(json=True)
     return trio.run(run, args)

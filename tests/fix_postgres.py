@@ -1,57 +1,34 @@
 """Real PostgreSQL for the tests: ``DATABASE_URL`` if set, else an embedded pgserver.
 
 Each test that asks for ``database_url`` gets a database of its own, created
-fresh and dropped afterwards, so tests never see each other's rows.
+fresh and dropped afterwards, so tests never see each other's rows. The
+helpers are the load script's (``scripts/args_and_databases.py``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from actors.postgres import start_embedded
+from scripts.args_and_databases import scratch_database, server_url
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    """The server every test database lives on.
-
-    Its data directory is not under pytest's tmp_path: pytest deletes old
-    tmp_path folders when other pytest runs start, which would pull the data
-    out from under a running server. It is deleted when the session ends.
-    """
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        return url
-    scratch = Path(tempfile.mkdtemp(prefix="durable-emitter-test-pg-"))
-    return start_embedded(scratch, delete_at_exit=True)
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    return make_conninfo(url, dbname=dbname)
+    """The server every test database lives on: a throwaway one, deleted when the session ends."""
+    return server_url()
 
 
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_dbname(pg_server_url, name)
-    finally:
-        with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def server_dbname(url: str) -> str:
-    return conninfo_to_dict(url).get("dbname", "")
+    with scratch_database(pg_server_url, "t") as url:
+        yield url
 
 
 def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:

@@ -46,8 +46,8 @@ def start_workload(tmp_path: Path) -> Iterator:
         ids_file = tmp_path / f"{name}-ids.txt"
         environment = {**os.environ, "DATABASE_URL": database_url, "CHIP_INGRESS_ENDPOINT": chip_endpoint, **env}
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "workload.py"), "--ids-file", str(ids_file), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+            [sys.executable, "-m", "scripts.workload", "--ids-file", str(ids_file), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, cwd=ROOT,
         )
         procs.append(proc)
         return Workload(proc, ids_file)

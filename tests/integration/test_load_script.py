@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(tmp_path: Path, pg_server_url: str, *args: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "load.py"), *args, "--out", str(tmp_path),
-                           "--quiet"], capture_output=True, text=True, timeout=300,
+    done = subprocess.run([sys.executable, "-m", "scripts.load", *args, "--out", str(tmp_path), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "DATABASE_URL": pg_server_url})
     assert done.returncode == 0, done.stderr
     (folder,) = tmp_path.iterdir()
@@ -61,6 +61,6 @@ def test_payload_sizes(tmp_path, pg_server_url) -> None:
 
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"], ["nothing"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "load.py"), *args], capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "usage: load" in done.stderr

@@ -29,15 +29,14 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def run_local(args: list[str], env: dict[str, str], cwd: Path, until, timeout: float = 90.0):
-    """Start run-local, collect interval records until ``until(records)``; then SIGINT it.
+def run_local(args: list[str], env: dict[str, str], until, timeout: float = 90.0):
+    """Start run-local as ``just run-local`` does, collect interval records until ``until(records)``; then SIGINT it.
 
     Returns (records, the rest of stdout, stderr, exit code).
     """
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "run_local.py"), "--metrics-port", "0",
-         "--chipmock-metrics-port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
+        [sys.executable, "-m", "scripts.run_local", "--metrics-port", "0", "--chipmock-metrics-port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )
     records: list[dict] = []
     deadline = time.monotonic() + timeout
@@ -66,7 +65,7 @@ def test_run_local_reports_intervals_and_stops_cleanly_on_sigint(tmp_path) -> No
     state = tmp_path / "state"
     records, rest, errors, code = run_local(
         ["--workflows", "3", "--interval", "200ms", "--refresh", "300ms"], _env(XDG_STATE_HOME=str(state)),
-        tmp_path, until=lambda r: len(r) >= 5 and r[-1]["chip_unique"] > 0)
+        until=lambda r: len(r) >= 5 and r[-1]["chip_unique"] > 0)
     assert code == 0, errors
     assert records[-1]["emitted"] > 0 and records[-1]["chip_unique"] > 0
     assert "run-local stopped after" in rest and "pending rows stay in the table" in rest
@@ -74,24 +73,24 @@ def test_run_local_reports_intervals_and_stops_cleanly_on_sigint(tmp_path) -> No
     assert _processes_mentioning(str(state)) == [], "the embedded Postgres was left running"
 
 
-def test_smoke_inserts_and_deletes_rise_while_pending_stays_small(tmp_path, database_url) -> None:
+def test_smoke_inserts_and_deletes_rise_while_pending_stays_small(database_url) -> None:
     # Upstream: one cron workflow every 5 s; within 4 minutes >= 30 inserts and deletes, pending <= 10.
     # Scaled to CI time: every 50 ms, within 90 s.
     records, _, errors, code = run_local(
         ["--workflows", "1", "--interval", "50ms", "--refresh", "250ms"], _env(DATABASE_URL=database_url),
-        tmp_path, until=lambda r: r[-1]["inserts"] >= 30 and r[-1]["deletes"] >= 30)
+        until=lambda r: r[-1]["inserts"] >= 30 and r[-1]["deletes"] >= 30)
     assert code == 0, errors
     assert records[-1]["inserts"] >= 30 and records[-1]["deletes"] >= 30
     assert max(r["pending"] for r in records) <= 10
 
 
-def test_load_twenty_workflows_every_second(tmp_path, database_url) -> None:
+def test_load_twenty_workflows_every_second(database_url) -> None:
     # Upstream: 20 workflows every 1 s for 3 minutes, sampled every 15 s; inserts > 20 x 40,
     # deletes > 0, max and final pending <= 20 x 16. Scaled: 10 s, sampled every second.
     seconds = 10
     records, _, errors, code = run_local(
         ["--workflows", "20", "--interval", "1s", "--refresh", "1s"], _env(DATABASE_URL=database_url),
-        tmp_path, until=lambda r: r[-1]["elapsed_s"] >= seconds)
+        until=lambda r: r[-1]["elapsed_s"] >= seconds)
     assert code == 0, errors
     final = records[-1]
     assert final["inserts"] > 20 * (seconds - 2)
@@ -100,6 +99,6 @@ def test_load_twenty_workflows_every_second(tmp_path, database_url) -> None:
 
 
 def test_run_local_rejects_bad_options() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_local.py"), "--interval", "often"],
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run([sys.executable, "-m", "scripts.run_local", "--interval", "often"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert done.returncode == 2 and "usage: run-local" in done.stderr

@@ -1,0 +1,107 @@
+"""``just load <scenario>``: load tests against real Postgres and chipmock, with baselines beside them.
+
+Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
+
+  ramp       offered load in steps; per step achieved rate, latencies, Q max; names the saturation point
+  sustained  N events from C concurrent emitters as fast as possible (--instances 1,2,3: processes)
+  tps        hold a target rate, optionally through a Chip outage; time to drain afterwards
+  payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
+
+``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
+and commit per emit, one unary Publish per event, one DELETE per ack) and
+``limit`` (batched COPY then batched DELETE on the same Postgres, no gRPC: the
+ceiling of any Postgres outbox here). Results go to ``results/<scenario>-<time>/``:
+report.md, PNG plots (when matplotlib is installed), and the raw samples as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from actors.config import default_state_dir
+from actors.logs import configure_logging
+from actors.store import Store
+from chipmock import Outage
+from scripts import ROOT
+from scripts.args_and_databases import duration, positive_ints, scratch_database, server_url
+
+from . import baselines
+from .measure import MAX_SECONDS_PER_PHASE
+from .progress import Progress
+from .report import Run, machine_info, print_summary, write_report
+from .scenarios import SCENARIOS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="load", description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=list(SCENARIOS))
+    parser.add_argument("--steps", type=positive_ints, default=[100, 500, 1000, 2000, 5000, 10000, 20000])
+    parser.add_argument("--step-seconds", type=duration, default=20.0)
+    parser.add_argument("--keep-going", action="store_true", help="ramp: run every step past saturation")
+    parser.add_argument("--events", type=int, default=100_000, help="sustained/payload: events (bounded)")
+    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="tps: events/s (default 1000); payload: events/s (default 0: as fast as possible)")
+    parser.add_argument("--duration", type=duration, default=60.0, help="tps: how long")
+    parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
+    parser.add_argument("--sizes", type=positive_ints,
+                        default=[64, 256, 1024, 4096, 16384, 65536, 262144, 1048576])
+    parser.add_argument("--bytes-per-size", type=float, default=256e6, help="payload: bytes sent per size")
+    parser.add_argument("--size", type=int, default=256, help="event body bytes (ramp, sustained, tps)")
+    parser.add_argument("--chip-latency", type=duration, default=None,
+                        help="added per Chip call (default: 50ms for ramp, 0 otherwise)")
+    parser.add_argument("--compare", action="store_true", help="run the naive and limit baselines too")
+    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chip_latency is None:
+        args.chip_latency = 0.05 if args.scenario == "ramp" else 0.0
+    if args.rate is None:
+        args.rate = 1000.0 if args.scenario == "tps" else 0.0
+    if args.outage:
+        try:
+            Outage.parse(args.outage)
+        except ValueError as exc:
+            parser.error(f"--outage: {exc}")
+    if not 0 < args.events <= 10_000_000 or not 0 < args.concurrency <= 1000:
+        parser.error("--events must be 1..10,000,000 and --concurrency 1..1000")
+    if args.duration > MAX_SECONDS_PER_PHASE or args.step_seconds > MAX_SECONDS_PER_PHASE:
+        parser.error(f"--duration and --step-seconds are capped at {MAX_SECONDS_PER_PHASE}s")
+    configure_logging(json=True, level=30)
+    progress = Progress(args.quiet)
+    server = server_url(default_state_dir() / "load-pgdata")
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
+    run = Run(args.scenario, machine_info(server), {k: str(v) for k, v in settings.items()})
+    with scratch_database(server, "load") as url:
+        trio.run(apply_schema, url)
+        trio.run(SCENARIOS[args.scenario], args, url, run, progress)
+        if args.compare:
+            events = args.events if args.scenario == "sustained" else min(args.events, 20_000)
+            run.baselines.append(baselines.naive(url, min(events, 20_000), args.concurrency, args.size,
+                                                 args.chip_latency, progress))
+            run.baselines.append(baselines.limit(url, events, args.size, progress))
+    report = write_report(run, args.out / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print_summary(run, report)
+    return 0
+
+
+async def apply_schema(url: str) -> None:
+    """The baselines write to the table too, so it exists before any emitter opens."""
+    store = Store(url)
+    await store.apply_schema()
+    store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

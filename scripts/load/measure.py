@@ -1,0 +1,168 @@
+"""How the scenarios drive an emitter and measure it: paced emits, the table sampler, the emitter's figures."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+
+import chipmock
+from actors import EmitterConfig, EmitterError, open_emitter
+from actors.metrics import histogram_mean, histogram_quantile, value
+from actors.store import Store
+from chipmock import ChipModel
+
+MAX_SECONDS_PER_PHASE = 600  # every loop here stops by itself
+
+
+@dataclass(frozen=True)
+class EmitterFigures:
+    """What the load test reads from an emitter at one moment."""
+
+    emitted: int
+    delivered: int
+    publish_count: float
+    publish_sum_s: float
+    publish_buckets: tuple[tuple[float, float], ...]  # (upper bound in s, cumulative count)
+    publish_mean_ms: float
+    publish_p99_ms: float
+
+
+def emitter_figures(emitter) -> EmitterFigures:
+    """The one place the load test reads the emitter's metrics."""
+    metrics = emitter.metrics
+    publish = metrics.publish_duration.labels("batch")
+    samples = [s for m in publish.collect() for s in m.samples]
+    totals = {s.name.rsplit("_", 1)[-1]: s.value for s in samples if s.name.endswith(("_count", "_sum"))}
+    return EmitterFigures(
+        emitted=int(value(metrics.emit_success)), delivered=int(value(metrics.delivery_completed)),
+        publish_count=totals.get("count", 0.0), publish_sum_s=totals.get("sum", 0.0),
+        publish_buckets=tuple((float(s.labels["le"]), s.value) for s in samples if s.name.endswith("_bucket")),
+        publish_mean_ms=round(histogram_mean(publish) * 1000, 2),
+        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
+    )
+
+
+def publish_window(before: EmitterFigures, after: EmitterFigures) -> tuple[float, float]:
+    """Mean and p99 (ms) of the publish calls made between two readings; p99 is a bucket's upper bound."""
+    count = after.publish_count - before.publish_count
+    if not count:
+        return 0.0, 0.0
+    earlier = dict(before.publish_buckets)
+    buckets = sorted((bound, cumulative - earlier.get(bound, 0.0)) for bound, cumulative in after.publish_buckets)
+    p99 = 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= 0.99 * count:
+            p99 = bound if bound != float("inf") else buckets[-2][0]
+            break
+    return round((after.publish_sum_s - before.publish_sum_s) / count * 1000, 2), round(p99 * 1000, 2)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of raw samples (nearest rank); 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def pending_rows(store: Store) -> int:
+    return (await store.pending_stats()).rows
+
+
+async def paced_emits(emitter, rate: float, seconds: float, concurrency: int, body: bytes,
+                      latencies: list[float], errors: list[str], *, limit: int | None = None) -> int:
+    """Offer ``rate`` events/s (0: as fast as possible) for ``seconds``; return how many were emitted.
+
+    Open loop: each worker keeps its own schedule and never sleeps when behind,
+    so a saturated system shows up as achieved < offered.
+    """
+    count = claimed = 0
+    stop_at = trio.current_time() + min(seconds, MAX_SECONDS_PER_PHASE)
+    gap = concurrency / rate if rate else 0.0
+
+    async def worker(offset: float) -> None:
+        nonlocal count, claimed
+        next_at = trio.current_time() + offset
+        while trio.current_time() < stop_at and (limit is None or claimed < limit):
+            claimed += 1  # before the await, so concurrent workers stop at exactly ``limit``
+            if gap:
+                await trio.sleep_until(next_at)
+                next_at += gap
+            started = time.perf_counter()
+            try:
+                await emitter.emit(body, source="load", type="event")
+            except EmitterError as exc:
+                errors.append(type(exc).__name__)
+                continue
+            latencies.append(time.perf_counter() - started)
+            count += 1
+
+    async with trio.open_nursery() as nursery:
+        for index in range(concurrency):
+            nursery.start_soon(worker, gap * index / concurrency)
+    return count
+
+
+class Sampler:
+    """Pending rows and cumulative counts every ``interval`` seconds, for plots and Q max."""
+
+    def __init__(self, store: Store, emitter, interval: float = 0.25) -> None:
+        self.store, self.emitter, self.interval = store, emitter, interval
+        self.points: list[tuple[float, int, int, int]] = []  # (t, pending, emitted, delivered)
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        while True:  # until measured() cancels it
+            pending = await pending_rows(self.store)
+            figures = emitter_figures(self.emitter)
+            self.points.append((round(time.monotonic() - self.started, 3), pending, figures.emitted,
+                                figures.delivered))
+            await trio.sleep(self.interval)
+
+    def q_max(self, since: float = 0.0) -> int:
+        return max((p for t, p, _, _ in self.points if t >= since), default=0)
+
+
+@dataclass
+class Measured:
+    mock: chipmock.ChipMockServer
+    emitter: object
+    store: Store
+    sampler: Sampler
+    nursery: trio.Nursery
+
+
+@asynccontextmanager
+async def measured(url: str, model: ChipModel) -> AsyncIterator[Measured]:
+    """A chipmock, an emitter publishing to it, and a sampler of the table beside them."""
+    mock = chipmock.start(model)
+    try:
+        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
+            store = Store(url)
+            sampler = Sampler(store, emitter)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(sampler.run)
+                    yield Measured(mock, emitter, store, sampler, nursery)
+                    with trio.move_on_after(MAX_SECONDS_PER_PHASE):  # drain before the next phase
+                        await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+                    nursery.cancel_scope.cancel()
+            finally:
+                store.close()
+    finally:
+        mock.stop(0)
+
+
+def emitter_config(url: str, endpoint: str, **overrides) -> EmitterConfig:
+    return EmitterConfig.from_env(database_url=url, chip_endpoint=endpoint, instance_id=f"load-{os.getpid()}",
+                                  log_interval=3600.0, **overrides)

@@ -1,0 +1,239 @@
+"""The four load scenarios: ramp, sustained, tps and payload. Each adds its rows to a Run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+import chipmock
+from actors import open_emitter
+from actors.store import Store
+from chipmock import ChipModel, Outage
+from scripts import ROOT
+
+from .measure import (
+    MAX_SECONDS_PER_PHASE,
+    emitter_config,
+    emitter_figures,
+    measured,
+    paced_emits,
+    peak_rss_mb,
+    pending_rows,
+    publish_window,
+    quantile,
+)
+from .progress import Progress
+from .report import Run
+
+
+async def ramp(args, url: str, run: Run, progress: Progress) -> None:
+    """Offered load in steps; per step achieved rate, latencies, Q max; names the saturation point."""
+    body = os.urandom(args.size)
+    async with measured(url, ChipModel(latency=args.chip_latency, jitter=args.chip_latency / 10)) as m:
+        saturated = None
+        for step in args.steps:
+            latencies: list[float] = []
+            errors: list[str] = []
+            before = emitter_figures(m.emitter)
+            t0 = time.monotonic() - m.sampler.started
+            progress.show(f"ramp {step:,}/s", 0, 1, "running")
+            done = await paced_emits(m.emitter, step, args.step_seconds, args.concurrency, body, latencies, errors)
+            t1 = time.monotonic() - m.sampler.started
+            pending_end = await pending_rows(m.store)
+            mid = [p for t, p, _, _ in m.sampler.points if t0 + (t1 - t0) / 2 <= t <= t1]
+            achieved = done / (t1 - t0)
+            growing = pending_end > max(1000, 2 * (min(mid) if mid else 0))
+            mean_ms, p99_ms = publish_window(before, emitter_figures(m.emitter))
+            row = {
+                "offered_per_s": step, "achieved_per_s": round(achieved, 1),
+                "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+                "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+                "publish_mean_ms": mean_ms, "publish_p99_ms": p99_ms,
+                "q_max": m.sampler.q_max(since=t0), "pending_end": pending_end, "errors": len(errors),
+            }
+            run.rows.append(row)
+            progress.show(f"ramp {step:,}/s", 1, 1, f"achieved {achieved:,.0f}/s, Q max {row['q_max']:,}")
+            progress.done()
+            if saturated is None and (achieved < 0.98 * step or growing):
+                saturated = step
+                if not args.keep_going:
+                    break
+        run.notes.append(f"saturation point: {saturated:,}/s offered" if saturated
+                         else "no saturation within the steps offered")
+    run.series["pending"] = m.sampler.points
+
+
+async def sustained(args, url: str, run: Run, progress: Progress) -> None:
+    """N events from C concurrent emitters as fast as possible, in one process or several."""
+    for instances in args.instances:
+        if instances == 1:
+            row = await _sustained_in_process(args, url, progress)
+        else:
+            row = await _sustained_processes(args, url, instances, progress)
+        run.rows.append(row)
+
+
+async def _sustained_in_process(args, url: str, progress: Progress) -> dict:
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
+        async def show() -> None:
+            while True:  # until measured() cancels it
+                progress.show("sustained x1", len(latencies), args.events, f"{len(latencies):,} emitted")
+                await trio.sleep(0.5)
+
+        m.nursery.start_soon(show)
+        started = time.perf_counter()
+        emitted = await paced_emits(m.emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, os.urandom(args.size),
+                                    latencies, errors, limit=args.events)
+        emit_done = time.perf_counter()
+        await m.emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+        finished = time.perf_counter()
+    progress.done()
+    figures = emitter_figures(m.emitter)
+    return {
+        "implementation": "durable-emitter", "instances": 1, "events": emitted,
+        "emit_per_s": round(emitted / (emit_done - started), 1),
+        "end_to_end_per_s": round(emitted / (finished - started), 1), "emit_errors": len(errors),
+        "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+        "publish_mean_ms": figures.publish_mean_ms, "publish_p99_ms": figures.publish_p99_ms,
+        "q_max": m.sampler.q_max(), "drain_s": round(finished - emit_done, 2),
+        "delivered_unique": m.mock.counters.snapshot().unique,
+    }
+
+
+async def _sustained_processes(args, url: str, instances: int, progress: Progress) -> dict:
+    """N separate emitter processes (``python -m scripts.workload``) on one table and one chipmock."""
+    mock = chipmock.start(ChipModel(latency=args.chip_latency), max_workers=128)
+    per_instance = args.events // instances
+    folder = Path(tempfile.mkdtemp(prefix="load-ids-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        env = {**os.environ, "DATABASE_URL": url, "CHIP_INGRESS_ENDPOINT": mock.endpoint}
+        started = time.perf_counter()
+        for i in range(instances):
+            procs.append(subprocess.Popen(  # noqa: ASYNC220  (starting them does not block)
+                [sys.executable, "-m", "scripts.workload", "--ids-file", str(folder / f"{i}.txt"),
+                 "--events", str(per_instance), "--concurrency", str(args.concurrency), "--size", str(args.size),
+                 "--duration", str(MAX_SECONDS_PER_PHASE)],
+                cwd=ROOT, env={**env, "DURABLE_EMITTER_INSTANCE_ID": f"load-{i}"}, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL))
+        store = Store(url)
+        q_max = 0
+        delivered: list[tuple[float, int]] = []
+        with trio.move_on_after(MAX_SECONDS_PER_PHASE):
+            while any(p.poll() is None for p in procs):  # noqa: ASYNC110  (child processes)
+                q_max = max(q_max, await pending_rows(store))
+                delivered.append((time.perf_counter(), mock.counters.snapshot().unique))
+                progress.show(f"sustained x{instances}", delivered[-1][1], args.events,
+                              f"{delivered[-1][1]:,} delivered")
+                await trio.sleep(0.1)
+            while await pending_rows(store):  # noqa: ASYNC110  (the table, outside Trio)
+                await trio.sleep(0.05)
+        finished = time.perf_counter()
+        delivered.append((finished, mock.counters.snapshot().unique))
+        store.close()
+        progress.done()
+        total = instances * per_instance
+        return {
+            "implementation": "durable-emitter", "instances": instances, "events": total,
+            "end_to_end_per_s": steady_rate(delivered, total), "emit_errors": 0, "q_max": q_max,
+            "delivered_unique": mock.counters.snapshot().unique,
+            "wall_s_with_startup": round(finished - started, 2),
+            "note": "rate between 10% and 90% delivered (process start-up excluded)",
+        }
+    finally:
+        for proc in procs:
+            proc.kill()
+        mock.stop(0)
+
+
+def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
+    """Events/s between the moments 10% and 90% of ``total`` had been delivered."""
+    low = next((t for t, n in samples if n >= 0.1 * total), None)
+    high = next((t for t, n in samples if n >= 0.9 * total), None)
+    if low is None or high is None or high <= low:
+        return 0.0
+    return round(0.8 * total / (high - low), 1)
+
+
+async def tps(args, url: str, run: Run, progress: Progress) -> None:
+    """Hold a target rate, optionally through a Chip outage; time to drain afterwards."""
+    outage = Outage.parse(args.outage) if args.outage else None
+    latencies: list[float] = []
+    errors: list[str] = []
+    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
+        if outage:
+            async def chip_goes_down() -> None:
+                await trio.sleep(outage.start)
+                m.mock.set_model(ChipModel(latency=args.chip_latency, outages=(Outage(0, 3600),)))
+                await trio.sleep(outage.duration)
+                m.mock.set_model(ChipModel(latency=args.chip_latency))
+
+            m.nursery.start_soon(chip_goes_down)
+
+        async def show() -> None:
+            while True:  # until measured() cancels it
+                elapsed = time.monotonic() - m.sampler.started
+                pending = m.sampler.points[-1][1] if m.sampler.points else 0
+                progress.show(f"tps {args.rate:,.0f}/s", elapsed, args.duration,
+                              f"{elapsed:,.0f}/{args.duration:g} s, pending {pending:,}")
+                await trio.sleep(0.5)
+
+        m.nursery.start_soon(show)
+        started = time.monotonic()
+        emitted = await paced_emits(m.emitter, args.rate, args.duration, args.concurrency, os.urandom(args.size),
+                                    latencies, errors)
+        elapsed = time.monotonic() - started
+    progress.done()
+    drain_s = None
+    if outage:
+        back = outage.start + outage.duration
+        before = [p for t, p, _, _ in m.sampler.points if t < outage.start] or [0]
+        steady = max(100, 2 * max(before))
+        recovered = [t for t, p, _, _ in m.sampler.points if t >= back and p <= steady]
+        drain_s = round(recovered[0] - back, 2) if recovered else None
+    run.rows.append({
+        "target_per_s": args.rate, "achieved_per_s": round(emitted / elapsed, 1),
+        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2), "emit_errors": len(errors),
+        "q_max": m.sampler.q_max(), "outage": args.outage or "none", "drain_after_outage_s": drain_s,
+        "duplicates": m.mock.counters.snapshot().duplicates,
+    })
+    run.series["pending"] = m.sampler.points
+
+
+async def payload(args, url: str, run: Run, progress: Progress) -> None:
+    """Event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS."""
+    mock = chipmock.start(ChipModel(latency=args.chip_latency))
+    try:
+        for size in sorted(args.sizes):  # ascending, so the process-lifetime RSS peak is this size's
+            config = emitter_config(url, mock.endpoint, max_event_bytes=max(4 * 1024 * 1024, size + 4096))
+            async with open_emitter(config) as emitter:
+                latencies: list[float] = []
+                errors: list[str] = []
+                count = max(20, min(args.events, int(args.bytes_per_size // size)))
+                progress.show(f"payload {size:,} B", 0, 1, f"{count:,} events")
+                started = time.perf_counter()
+                emitted = await paced_emits(emitter, args.rate, MAX_SECONDS_PER_PHASE, args.concurrency,
+                                            os.urandom(size), latencies, errors, limit=count)
+                await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+                took = time.perf_counter() - started
+            progress.show(f"payload {size:,} B", 1, 1, f"{emitted / took:,.0f} events/s")
+            progress.done()
+            run.rows.append({
+                "size_bytes": size, "events": emitted, "events_per_s": round(emitted / took, 1),
+                "mb_per_s": round(emitted * size / took / 1e6, 2), "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+                "peak_rss_mb": round(peak_rss_mb(), 1), "errors": len(errors),
+            })
+    finally:
+        mock.stop(0)
+
+
+SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "payload": payload}
