@@ -10,9 +10,10 @@ run-local *ARGS:
 chipmock *ARGS:
     exec {{python}} -m chipmock {{ARGS}}
 
-# Lint, then the whole test suite (real Postgres, real gRPC)
+# Lint and type-check, then the whole test suite (real Postgres, real gRPC)
 test *ARGS:
     {{python}} -m ruff check .
+    {{python}} -m mypy --strict actors chipmock
     {{python}} -m pytest {{ARGS}}
 
 # Regenerate chippb/ from proto/ (the generated stubs are committed)

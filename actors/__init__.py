@@ -5,7 +5,6 @@ The public face. Everything else in this package is private and may move.
 
 from .config import EmitterConfig as EmitterConfig
 from .emitter import Emitter as Emitter
-from .emitter import open_emitter as open_emitter
 from .errors import BacklogFull as BacklogFull
 from .errors import ChipRejected as ChipRejected
 from .errors import ConfigError as ConfigError
@@ -17,4 +16,6 @@ from .errors import InvalidEvent as InvalidEvent
 from .errors import StoreUnavailable as StoreUnavailable
 from .hosts import open_asyncio_emitter as open_asyncio_emitter
 from .hosts import open_blocking_emitter as open_blocking_emitter
+from .statistics import EmitterStatistics as EmitterStatistics
 from .supervisor import SupervisorGaveUp as SupervisorGaveUp
+from .tree import open_emitter as open_emitter

@@ -8,29 +8,42 @@ acker waits and retries; its inbox fills, which stalls publishing upstream.
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
 import structlog
 import trio
 
-from .backlog import Backlog
-from .backoff import Backoff
+from .adapters.store import Store
 from .config import EmitterConfig
+from .core.backoff import Backoff
 from .errors import StoreUnavailable
-from .messages import Delivered, Outcome, Rejected
-from .metrics import Metrics
-from .store import Store
+from .messages import Delivered, Outcome
+from .statistics import AckerState
 
 log = structlog.get_logger("durable_emitter.acker")
 
 
-def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome], limit: int) -> tuple[list[str], list[Rejected]]:
+@dataclass(frozen=True)
+class Wiring:
+    config: EmitterConfig
+    inbox: trio.MemoryReceiveChannel[Outcome]  # from the dispatcher
+    store: Store  # its connection commits with synchronous_commit = off
+    state: AckerState
+
+
+def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
+             limit: int) -> tuple[list[str], list[tuple[str, str, str]]]:
     delivered: list[str] = []
-    rejected: list[Rejected] = []
+    rejected: list[tuple[str, str, str]] = []
     item: Outcome | None = first
     while item is not None:
         if isinstance(item, Delivered):
             delivered.extend(item.event_ids)
         else:
-            rejected.append(item)
+            rejected.extend(item.entries)
         if len(delivered) >= limit:
             break
         try:
@@ -40,39 +53,33 @@ def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome], limit: i
     return delivered, rejected
 
 
-async def run(
-    config: EmitterConfig,
-    inbox: trio.MemoryReceiveChannel[Outcome],
-    store: Store,
-    backlog: Backlog,
-    metrics: Metrics,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
+async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Apply outcomes until the inbox closes."""
-    async def persist(fn, *args) -> int:
-        backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
+    config, state, store = wiring.config, wiring.state, wiring.store
+    backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
+    rng = random.Random()
+
+    async def persist(write: Callable[[], Awaitable[int]]) -> int:
+        attempt = 0
         while True:
             try:
-                return await fn(*args, owner=config.instance_id)
+                return await write()
             except StoreUnavailable as exc:
-                delay = backoff.next_delay()
+                delay = backoff.delay(attempt, rng)
+                attempt += 1
                 log.warning("acker cannot reach Postgres; retrying", error=str(exc), retry_in_s=round(delay, 3))
                 await trio.sleep(delay)
 
     task_status.started()
-    async for first in inbox:
-        delivered, rejected = _collect(first, inbox, config.delete_batch_size)
+    async for first in wiring.inbox:
+        delivered, rejected = _collect(first, wiring.inbox, config.delete_batch_size)
         if delivered:
-            deleted = await persist(store.delete, delivered)
-            metrics.delivery_completed.inc(deleted)
-            backlog.remove(deleted)
+            deleted = await persist(partial(store.delete, delivered, owner=config.instance_id))
+            state.deleted += deleted
+            state.settled.add(deleted)
         if rejected:
-            ids = [i for r in rejected for i in r.event_ids]
-            codes = [c for r in rejected for c in r.codes]
-            reasons = [t for r in rejected for t in r.reasons]
-            moved = await persist(store.dead_letter, ids, codes, reasons)
-            for code in codes:
-                metrics.dead_lettered.labels(code).inc()
-            backlog.remove(moved)
-            log.warning("events dead-lettered", count=moved, codes=sorted(set(codes)))
+            moved = await persist(partial(store.dead_letter, rejected, owner=config.instance_id))
+            for _, code, _ in rejected:
+                state.dead_lettered.add(code)
+            state.settled.add(moved)
+            log.warning("events dead-lettered", count=moved, codes=sorted({code for _, code, _ in rejected}))

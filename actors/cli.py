@@ -15,16 +15,18 @@ import sys
 
 import trio
 
+from .adapters.postgres import describe, start_embedded
+from .adapters.store import Store
 from .config import EmitterConfig, parse_duration
-from .emitter import open_emitter
 from .errors import EmitterError
 from .logs import configure_logging
-from .postgres import describe, start_embedded
-from .store import Store
+from .tree import open_emitter
 
 
 async def _store(config: EmitterConfig) -> Store:
-    url = config.database_url or await trio.to_thread.run_sync(start_embedded, config.data_dir)
+    url = config.database_url
+    if url is None:
+        url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
     store = Store(url)
     await store.apply_schema()
     return store
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         config = EmitterConfig.from_env()
-        return trio.run(args.run, config, args)
+        code: int = trio.run(args.run, config, args)
+        return code
     except EmitterError as exc:
         print(f"durable-emitter: {exc}", file=sys.stderr)
         return 1
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         matched, _ = group.split(EmitterError)
         if matched is None:
             raise
-        first = matched
+        first: BaseException = matched
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         print(f"durable-emitter: {first}", file=sys.stderr)

@@ -67,10 +67,9 @@ class EmitterConfig:
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
 
-    # Chip Ingress, "host:port". None refuses to start unless use_chipmock is
-    # set, because acknowledging into a mock deletes the events.
+    # Chip Ingress, "host:port". Required to start: the library never picks a
+    # stand-in by itself, because acknowledging into a mock deletes the events.
     chip_endpoint: str | None = None
-    use_chipmock: bool = False
     chip_tls: bool = False
     chip_ca_file: Path | None = None
     chip_username: str | None = None
@@ -120,8 +119,12 @@ class EmitterConfig:
     shutdown_timeout: float = _seconds(default=5.0)
 
     # Supervisor: more than max_restarts in restart_period seconds fails the tree.
+    # A crashed actor restarts after restart_delay, doubled for each restart
+    # still within the period, up to restart_delay_max: no hot loop.
     max_restarts: int = 5
     restart_period: float = _seconds(default=10.0)
+    restart_delay: float = _seconds(default=0.1)
+    restart_delay_max: float = _seconds(default=2.0)
 
     # Observability. metrics_port None: no HTTP endpoint (the registry still counts).
     metrics_port: int | None = None
@@ -145,7 +148,7 @@ class EmitterConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
-        for name in ["publish_linger", "backlog_timeout", "shutdown_timeout"]:
+        for name in ["publish_linger", "backlog_timeout", "shutdown_timeout", "restart_delay", "restart_delay_max"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if self.retry_multiplier < 1:

@@ -15,53 +15,61 @@ to the table with the error recorded, to be claimed again later.
 
 from __future__ import annotations
 
+import random
 from collections import deque
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 import trio
 
-from .backlog import BufferBudget
-from .backoff import Backoff
-from .chip import CallFailed, ChipClient
+from .adapters.chip import ChipClient
+from .adapters.store import Store
 from .config import EmitterConfig
-from .events import encode_batch, framed_size, interpret_response
-from .messages import Delivered, Outcome, Outgoing, Rejected
-from .metrics import Metrics
-from .store import Store
+from .core.admission import MemoryBudget
+from .core.backoff import Backoff
+from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
+from .core.publishing import CallFailed, claim_limit, decide, split_by_bytes
+from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
+from .statistics import DispatcherState
 
 log = structlog.get_logger("durable_emitter.dispatcher")
 
 
-def claim_limit(config: EmitterConfig, mean_payload: float) -> int:
-    """How many rows to claim at once so one batch stays under the request size cap."""
-    by_bytes = int(config.max_request_bytes // max(mean_payload + 8, 1))
-    return max(1, min(config.publish_batch_size, by_bytes))
+@dataclass(frozen=True)
+class Wiring:
+    config: EmitterConfig
+    inbox: trio.MemoryReceiveChannel[CommittedGroup]  # from the persister
+    doorbell: trio.MemoryReceiveChannel[None]  # rung when spilled rows wait in the table
+    outbox: trio.MemorySendChannel[Outcome]  # to the acker
+    budget: MemoryBudget  # given back as groups come off the inbox
+    chip: ChipClient
+    store: Store
+    state: DispatcherState
+    # Rows this instance id leased before this database time are ours to claim
+    # at once, whatever their lease says (a restart of the same instance).
+    reclaim_before: datetime | None
 
 
-def split_by_bytes(items: list[Outgoing], max_bytes: int) -> list[list[Outgoing]]:
-    """Consecutive chunks whose encoded size stays within ``max_bytes`` (one item at least)."""
-    chunks: list[list[Outgoing]] = [[]]
-    size = 0
-    for item in items:
-        item_size = framed_size(item.payload)
-        if chunks[-1] and size + item_size > max_bytes:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += item_size
-    return chunks if chunks[0] else []
+def take_fresh(queued: deque[Outgoing], now: float) -> Outgoing | None:
+    """The next queued event still within its lease; older ones are left to the table (claimed later)."""
+    while queued:
+        item = queued.popleft()
+        if now <= item.publish_by:
+            return item
+    return None
 
 
-async def _receive_until(inbox: trio.MemoryReceiveChannel[list[Outgoing]],
-                         deadline: float | None) -> list[Outgoing] | None:
-    """The next committed group; None if the inbox ended or ``deadline`` (None: no deadline) passed."""
+async def _receive_until(inbox: trio.MemoryReceiveChannel[CommittedGroup],
+                         deadline: float) -> CommittedGroup | None:
+    """The next committed group; None if the inbox ended or ``deadline`` passed."""
     try:
         return inbox.receive_nowait()
     except trio.WouldBlock:
         pass
     except trio.EndOfChannel:
         return None
-    with trio.move_on_at(float("inf") if deadline is None else deadline):
+    with trio.move_on_at(deadline):
         try:
             return await inbox.receive()
         except trio.EndOfChannel:
@@ -69,102 +77,104 @@ async def _receive_until(inbox: trio.MemoryReceiveChannel[list[Outgoing]],
     return None
 
 
-class _Dispatcher:
-    def __init__(self, config: EmitterConfig, outbox: trio.MemorySendChannel[Outcome], chip: ChipClient,
-                 store: Store, budget: BufferBudget, metrics: Metrics, reclaim_before: object) -> None:
-        self.config = config
-        self.outbox = outbox
-        self.chip = chip
-        self.store = store
-        self.budget = budget
-        self.metrics = metrics
-        self.reclaim_before = reclaim_before
-        self.slots = trio.Semaphore(config.publishes_in_flight)
-        self.queued: deque[Outgoing] = deque()  # received from the persister, not yet in a batch
-        self.mean_payload = float(config.max_event_bytes)
+class Gatherer:
+    """Cuts committed groups into publish batches: up to the size limits, or what arrives within the linger."""
 
-    # -- fresh events from the persister --------------------------------------------------
+    def __init__(self, inbox: trio.MemoryReceiveChannel[CommittedGroup], budget: MemoryBudget,
+                 batch_size: int, max_bytes: int, linger: float) -> None:
+        self.inbox, self.budget = inbox, budget
+        self.batch_size, self.max_bytes, self.linger = batch_size, max_bytes, linger
+        self.queued: deque[Outgoing] = deque()  # one group at most, taken off the inbox
 
-    def _take_queued(self) -> Outgoing | None:
-        """The next queued event still within its lease (older ones are left to the table)."""
-        now = trio.current_time()
-        while self.queued:
-            item = self.queued.popleft()
-            self.budget.give_back(1, len(item.payload))
-            if now <= item.publish_by:
-                return item
-        return None
+    async def _refill(self, deadline: float) -> bool:
+        group = await _receive_until(self.inbox, deadline)
+        if group is None:
+            return False
+        self.budget.give_back(len(group.events), group.size)  # it left the channel the budget bounds
+        self.queued.extend(group.events)
+        return True
 
-    async def next_fresh(self, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> Outgoing | None:
+    async def next_fresh(self) -> Outgoing | None:
         """The next event to publish; None when the inbox has ended."""
-        while (item := self._take_queued()) is None:
-            group = await _receive_until(inbox, None)
-            if group is None:
+        while (item := take_fresh(self.queued, trio.current_time())) is None:
+            if not await self._refill(float("inf")):
                 return None
-            self.queued.extend(group)
         return item
 
-    async def gather(self, first: Outgoing, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> list[Outgoing]:
-        """``first`` plus whatever arrives within ``publish_linger``, up to the batch limits."""
-        config = self.config
+    async def gather(self, first: Outgoing) -> list[Outgoing]:
+        """``first`` plus whatever arrives within the linger, up to the batch limits."""
         batch = [first]
         size = framed_size(first.payload)
-        deadline = trio.current_time() + config.publish_linger
-        while len(batch) < config.publish_batch_size:
+        deadline = trio.current_time() + self.linger
+        while len(batch) < self.batch_size:
             if not self.queued:
-                group = await _receive_until(inbox, deadline)
-                if group is None:
+                if not await self._refill(deadline):
                     break
-                self.queued.extend(group)
                 continue
             item_size = framed_size(self.queued[0].payload)
-            if size + item_size > config.max_request_bytes:
+            if size + item_size > self.max_bytes:
                 break  # it starts the next batch
-            item = self._take_queued()
+            item = take_fresh(self.queued, trio.current_time())
             if item is not None:
                 batch.append(item)
                 size += item_size
         return batch
 
-    async def dispatch_fresh(self, nursery: trio.Nursery, inbox: trio.MemoryReceiveChannel[list[Outgoing]]) -> None:
+
+class _Dispatcher:
+    def __init__(self, wiring: Wiring) -> None:
+        config = wiring.config
+        self.wiring = wiring
+        self.config = config
+        self.state = wiring.state
+        self.slots = trio.Semaphore(config.publishes_in_flight)
+        self.mean_payload = float(config.max_event_bytes)
+        self.backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
+        self.rng = random.Random()
+
+    # -- fresh events from the persister --------------------------------------------------
+
+    async def dispatch_fresh(self, nursery: trio.Nursery) -> None:
+        config = self.config
+        gatherer = Gatherer(self.wiring.inbox, self.wiring.budget, config.publish_batch_size,
+                            config.max_request_bytes, config.publish_linger)
         # Wait for work before taking a slot, so an idle inbox never starves recovery.
-        while (first := await self.next_fresh(inbox)) is not None:
+        while (first := await gatherer.next_fresh()) is not None:
             await self.slots.acquire()
             try:
-                batch = await self.gather(first, inbox)
+                batch = await gatherer.gather(first)
             except BaseException:
                 self.slots.release()
                 raise
-            nursery.start_soon(self.publish_holding_slot, batch, "batch")
+            nursery.start_soon(self.publish_holding_slot, [batch], "batch")  # gathered within the size cap
 
     # -- rows claimed back from the table ------------------------------------------------
 
-    async def recover_forever(self, nursery: trio.Nursery, doorbell: trio.MemoryReceiveChannel[None]) -> None:
-        config = self.config
+    async def recover_forever(self, nursery: trio.Nursery) -> None:
         while True:
             try:
                 await self.expire()
                 await self.claim_all(nursery)
             except Exception as exc:  # StoreUnavailable and friends: try again next scan
                 log.warning("recovery scan failed", error=str(exc))
-            with trio.move_on_after(config.scan_interval):
-                await doorbell.receive()
+            with trio.move_on_after(self.config.scan_interval):
+                await self.wiring.doorbell.receive()
 
     async def expire(self) -> None:
-        expired = await self.store.expire(ttl=self.config.event_ttl)
+        expired = await self.wiring.store.expire(ttl=self.config.event_ttl)
         if expired:
             log.warning("events expired to the dead-letter table", count=expired)
-            self.metrics.expired.inc(expired)
-            self.metrics.dead_lettered.labels("EXPIRED").inc(expired)
+            self.state.expired += expired
 
     async def claim_all(self, nursery: trio.Nursery) -> None:
         config = self.config
         while True:
             await self.slots.acquire()
             try:
-                limit = claim_limit(config, self.mean_payload)
-                rows = await self.store.claim(owner=config.instance_id, lease=config.lease_duration, limit=limit,
-                                              reclaim_before=self.reclaim_before, writer_only=config.writer_only)
+                limit = claim_limit(config.publish_batch_size, config.max_request_bytes, self.mean_payload)
+                rows = await self.wiring.store.claim(
+                    owner=config.instance_id, lease=config.lease_duration, limit=limit,
+                    reclaim_before=self.wiring.reclaim_before, writer_only=config.writer_only)
             except BaseException:
                 self.slots.release()
                 raise
@@ -172,114 +182,97 @@ class _Dispatcher:
                 self.slots.release()
                 return
             self.mean_payload = sum(len(r.payload) for r in rows) / len(rows)
-            self.metrics.claimed.inc(len(rows))
+            self.state.claimed += len(rows)
             publish_by = trio.current_time() + config.lease_duration - 2 * config.publish_timeout
             batch = [Outgoing(r.id, r.payload, publish_by) for r in rows]
-            nursery.start_soon(self.publish_holding_slot, batch, "retransmit")
+            # Sized by the mean payload: a few large rows may still need cutting to the cap.
+            nursery.start_soon(self.publish_holding_slot, split_by_bytes(batch, config.max_request_bytes),
+                               "retransmit")
             if len(rows) < limit:
                 return
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish_holding_slot(self, batch: list[Outgoing], phase: str) -> None:
-        self.metrics.in_flight.inc()
+    async def publish_holding_slot(self, batches: list[list[Outgoing]], phase: str) -> None:
+        self.state.in_flight += 1
         try:
-            for chunk in split_by_bytes(batch, self.config.max_request_bytes):
-                await self.publish(chunk, phase)
+            for batch in batches:
+                await self.publish(batch, phase)
         finally:
-            self.metrics.in_flight.dec()
+            self.state.in_flight -= 1
             self.slots.release()
 
-    async def publish(self, pending: list[Outgoing], phase: str) -> None:
-        config, metrics = self.config, self.metrics
-        backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
-        while pending:
-            if trio.current_time() > min(item.publish_by for item in pending):
-                await self.release(pending, "lease lapsing before delivery", backoff.attempts, 0.0)
-                return
-            metrics.publish_batch_size.observe(len(pending))
-            started = trio.current_time()
-            try:
-                response = await self.chip.publish_batch(encode_batch([item.payload for item in pending]))
-            except CallFailed as exc:
-                metrics.publish_duration.labels(phase).observe(trio.current_time() - started)
-                metrics.publish_events_failure.labels(phase).inc(len(pending))
-                if not exc.transient:
-                    await self.refuse(pending, exc, phase)
-                    return
-                reason, retry = exc.code, pending
-            else:
-                metrics.publish_duration.labels(phase).observe(trio.current_time() - started)
-                outcome = interpret_response([item.event_id for item in pending], response)
-                if outcome.delivered:
-                    metrics.publish_events_success.labels(phase).inc(len(outcome.delivered))
-                    await self.outbox.send(Delivered(tuple(outcome.delivered)))
-                if outcome.rejected:
-                    ids, codes, reasons = zip(*outcome.rejected, strict=True)
-                    await self.outbox.send(Rejected(ids, codes, reasons))
-                if not outcome.retry:
-                    return
-                retry = [pending[i] for i in outcome.retry]
-                metrics.publish_events_failure.labels(phase).inc(len(retry))
-                reason = "NOT_ACKNOWLEDGED"
-            metrics.publish_retries.labels(reason).inc()
-            if backoff.attempts + 1 >= config.publish_attempts:
-                await self.release(retry, reason, backoff.attempts + 1, backoff.ceiling())
-                return
-            await trio.sleep(backoff.next_delay())
-            pending = retry
+    async def call(self, pending: list[Outgoing], phase: str) -> PublishOutcome | CallFailed:
+        state = self.state
+        state.batch_sizes.observe(len(pending))
+        started = trio.current_time()
+        try:
+            response = await self.wiring.chip.publish_batch(encode_batch([item.payload for item in pending]))
+        except CallFailed as failed:
+            return failed
+        finally:
+            state.publish_seconds[phase].observe(trio.current_time() - started)
+        return interpret_response([item.event_id for item in pending], response)
 
-    async def refuse(self, pending: list[Outgoing], exc: CallFailed, phase: str) -> None:
-        """A permanent whole-call error: bisect to find the events at fault; dead-letter only those."""
-        if len(pending) > 1:
-            middle = len(pending) // 2
-            await self.publish(pending[:middle], phase)
-            await self.publish(pending[middle:], phase)
+    async def publish(self, pending: list[Outgoing], phase: str) -> None:
+        """Publish until every event is settled, split, or released to the table."""
+        config, state = self.config, self.state
+        attempt = 0
+        publish_by = min(item.publish_by for item in pending)
+        if trio.current_time() > publish_by:
+            await self.release(pending, "lease lapsing before delivery", 0, 0.0)
             return
-        item = pending[0]
-        await self.outbox.send(Rejected((item.event_id,), (exc.code,), (exc.detail or exc.code,)))
+        while pending:
+            answer = await self.call(pending, phase)
+            decision = decide(answer, [item.event_id for item in pending], attempt=attempt,
+                              attempts=config.publish_attempts, now=trio.current_time(), publish_by=publish_by,
+                              backoff=self.backoff, rng=self.rng)
+            state.published.add(phase, len(decision.delivered))
+            state.not_published.add(phase, len(pending) - len(decision.delivered))
+            if decision.delivered:
+                await self.wiring.outbox.send(Delivered(decision.delivered))
+            if decision.rejected:
+                await self.wiring.outbox.send(Rejected(decision.rejected))
+            if decision.split:
+                middle = len(pending) // 2
+                await self.publish(pending[:middle], phase)
+                await self.publish(pending[middle:], phase)
+                return
+            if decision.release:
+                state.retries.add(decision.reason)
+                await self.release([pending[i] for i in decision.release], decision.reason, attempt + 1,
+                                   decision.retry_after)
+                return
+            if not decision.retry:
+                return
+            state.retries.add(decision.reason)
+            await trio.sleep(decision.delay)
+            pending = [pending[i] for i in decision.retry]
+            attempt += 1
 
     async def release(self, items: list[Outgoing], error: str, attempts: int, retry_after: float) -> None:
         """Give rows back to the table (lease ends after ``retry_after``) and free memory."""
-        self.metrics.released.inc(len(items))
+        self.state.released += len(items)
         log.info("publish attempts exhausted; left in the table for a later claim",
                  events=len(items), error=error, retry_after_s=round(retry_after, 3))
         try:
-            await self.store.release([i.event_id for i in items], owner=self.config.instance_id,
-                          error=error, attempts=attempts, retry_after=retry_after)
+            await self.wiring.store.release([i.event_id for i in items], owner=self.config.instance_id,
+                                            error=error, attempts=attempts, retry_after=retry_after)
         except Exception as exc:  # the lease lapses on its own; the rows are claimed again then
             log.warning("could not release rows; they return when their lease lapses", error=str(exc))
 
 
-async def run(
-    config: EmitterConfig,
-    inbox: trio.MemoryReceiveChannel[list[Outgoing]],
-    outbox: trio.MemorySendChannel[Outcome],
-    doorbell: trio.MemoryReceiveChannel[None],
-    budget: BufferBudget,
-    chip: ChipClient,
-    store: Store,
-    metrics: Metrics,
-    reclaim_before: object = None,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Publish until the inbox closes, then give in-flight calls ``shutdown_timeout`` to finish.
-
-    ``reclaim_before`` (a database timestamp): rows this instance id owned
-    before then are ours to claim at once, whatever their lease says (a
-    restart of the same instance).
-    """
-    dispatcher = _Dispatcher(config, outbox, chip, store, budget, metrics, reclaim_before)
+async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Publish until the inbox closes; in-flight calls then finish within the supervisor's shutdown deadline."""
+    dispatcher = _Dispatcher(wiring)
     async with trio.open_nursery() as nursery:
         recovery = trio.CancelScope()
 
         async def recover() -> None:
             with recovery:
-                await dispatcher.recover_forever(nursery, doorbell)
+                await dispatcher.recover_forever(nursery)
 
         nursery.start_soon(recover)
         task_status.started()
-        await dispatcher.dispatch_fresh(nursery, inbox)
+        await dispatcher.dispatch_fresh(nursery)
         recovery.cancel()
-        nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout

@@ -55,9 +55,14 @@ class Delivered:
 class Rejected:
     """dispatcher -> acker: Chip refused these for good; move them to the dead-letter table."""
 
-    event_ids: tuple[str, ...]
-    codes: tuple[str, ...]
-    reasons: tuple[str, ...]
+    entries: tuple[tuple[str, str, str], ...]  # (event id, reason code, reason), as Chip answered
+
+
+class CommittedGroup(NamedTuple):
+    """persister -> dispatcher: one group commit's events, and the payload bytes it holds of the budget."""
+
+    events: list[Outgoing]
+    size: int
 
 
 Outcome = Delivered | Rejected

@@ -115,7 +115,10 @@ class _BasicAuth(grpc.ServerInterceptor):
         # Any, Any: it stands in for whichever method was called, whatever its messages.
         self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
 
-    def require(self, username: str, password: str) -> None:
+    def require(self, username: str | None, password: str | None) -> None:
+        if username is None:
+            self.expected = None
+            return
         self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
     def intercept_service(
@@ -165,8 +168,8 @@ class ChipMockServer:
     def model(self) -> ChipModel:
         return self.servicer.model
 
-    def require_credentials(self, username: str, password: str) -> None:
-        """From the next call on, refuse calls without these basic-auth credentials."""
+    def require_credentials(self, username: str | None, password: str | None = None) -> None:
+        """From the next call on, refuse calls without these basic-auth credentials (None: accept any call)."""
         self.auth.require(username, password)
 
     def set_model(self, model: ChipModel) -> None:

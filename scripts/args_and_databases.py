@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from actors.adapters.postgres import start_embedded
 from actors.config import parse_duration
-from actors.postgres import start_embedded
 
 # -- argument types: argparse names each one's __name__ in its error message -----------------
 

@@ -24,9 +24,8 @@ import trio
 
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
+from actors.adapters.store import Store
 from actors.logs import configure_logging
-from actors.metrics import histogram_quantile, value
-from actors.store import Store
 from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
@@ -47,13 +46,12 @@ class EmitterFigures:
 
 def emitter_figures(emitter) -> EmitterFigures:
     """The one place run-local reads the emitter's metrics."""
-    metrics = emitter.metrics
-    publish = metrics.publish_duration.labels("batch")
+    stats = emitter.statistics()
     return EmitterFigures(
-        emitted=int(value(metrics.emit_success)), delivered=int(value(metrics.delivery_completed)),
-        dead_lettered=int(value(metrics.dead_lettered)), retries=int(value(metrics.publish_retries)),
-        publish_p50_ms=round(histogram_quantile(publish, 0.5) * 1000, 2),
-        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
+        emitted=stats.emitted, delivered=stats.delivered, dead_lettered=stats.dead_lettered,
+        retries=stats.publish_retries,
+        publish_p50_ms=round(stats.publish_seconds.quantile(0.5) * 1000, 2),
+        publish_p99_ms=round(stats.publish_seconds.quantile(0.99) * 1000, 2),
     )
 
 

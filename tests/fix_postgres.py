@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from actors.postgres import start_embedded
+from actors.adapters.postgres import start_embedded
 from scripts.args_and_databases import scratch_database, server_url
 
 

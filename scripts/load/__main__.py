@@ -23,9 +23,9 @@ from pathlib import Path
 
 import trio
 
+from actors.adapters.store import Store
 from actors.config import default_state_dir
 from actors.logs import configure_logging
-from actors.store import Store
 from chipmock import Outage
 from scripts import ROOT
 from scripts.args_and_databases import duration, positive_ints, scratch_database, server_url

@@ -1,4 +1,4 @@
-"""How the scenarios drive an emitter and measure it: paced emits, the table sampler, the emitter's figures."""
+"""How the scenarios drive an emitter and measure it: paced emits, the table sampler, publish latency windows."""
 
 from __future__ import annotations
 
@@ -12,55 +12,17 @@ from dataclasses import dataclass
 import trio
 
 import chipmock
-from actors import EmitterConfig, EmitterError, open_emitter
-from actors.metrics import histogram_mean, histogram_quantile, value
-from actors.store import Store
+from actors import EmitterConfig, EmitterError, EmitterStatistics, open_emitter
+from actors.adapters.store import Store
 from chipmock import ChipModel
 
 MAX_SECONDS_PER_PHASE = 600  # every loop here stops by itself
 
 
-@dataclass(frozen=True)
-class EmitterFigures:
-    """What the load test reads from an emitter at one moment."""
-
-    emitted: int
-    delivered: int
-    publish_count: float
-    publish_sum_s: float
-    publish_buckets: tuple[tuple[float, float], ...]  # (upper bound in s, cumulative count)
-    publish_mean_ms: float
-    publish_p99_ms: float
-
-
-def emitter_figures(emitter) -> EmitterFigures:
-    """The one place the load test reads the emitter's metrics."""
-    metrics = emitter.metrics
-    publish = metrics.publish_duration.labels("batch")
-    samples = [s for m in publish.collect() for s in m.samples]
-    totals = {s.name.rsplit("_", 1)[-1]: s.value for s in samples if s.name.endswith(("_count", "_sum"))}
-    return EmitterFigures(
-        emitted=int(value(metrics.emit_success)), delivered=int(value(metrics.delivery_completed)),
-        publish_count=totals.get("count", 0.0), publish_sum_s=totals.get("sum", 0.0),
-        publish_buckets=tuple((float(s.labels["le"]), s.value) for s in samples if s.name.endswith("_bucket")),
-        publish_mean_ms=round(histogram_mean(publish) * 1000, 2),
-        publish_p99_ms=round(histogram_quantile(publish, 0.99) * 1000, 2),
-    )
-
-
-def publish_window(before: EmitterFigures, after: EmitterFigures) -> tuple[float, float]:
-    """Mean and p99 (ms) of the publish calls made between two readings; p99 is a bucket's upper bound."""
-    count = after.publish_count - before.publish_count
-    if not count:
-        return 0.0, 0.0
-    earlier = dict(before.publish_buckets)
-    buckets = sorted((bound, cumulative - earlier.get(bound, 0.0)) for bound, cumulative in after.publish_buckets)
-    p99 = 0.0
-    for bound, cumulative in buckets:
-        if cumulative >= 0.99 * count:
-            p99 = bound if bound != float("inf") else buckets[-2][0]
-            break
-    return round((after.publish_sum_s - before.publish_sum_s) / count * 1000, 2), round(p99 * 1000, 2)
+def publish_window(before: EmitterStatistics, after: EmitterStatistics) -> tuple[float, float]:
+    """Mean and p99 (ms) of the publish calls made between two readings of ``Emitter.statistics()``."""
+    window = after.publish_seconds.since(before.publish_seconds)
+    return round(window.mean * 1000, 2), round(window.quantile(0.99) * 1000, 2)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -124,7 +86,7 @@ class Sampler:
     async def run(self) -> None:
         while True:  # until measured() cancels it
             pending = await pending_rows(self.store)
-            figures = emitter_figures(self.emitter)
+            figures = self.emitter.statistics()
             self.points.append((round(time.monotonic() - self.started, 3), pending, figures.emitted,
                                 figures.delivered))
             await trio.sleep(self.interval)

@@ -13,14 +13,13 @@ import trio
 
 import chipmock
 from actors import open_emitter
-from actors.store import Store
+from actors.adapters.store import Store
 from chipmock import ChipModel, Outage
 from scripts import ROOT
 
 from .measure import (
     MAX_SECONDS_PER_PHASE,
     emitter_config,
-    emitter_figures,
     measured,
     paced_emits,
     peak_rss_mb,
@@ -40,7 +39,7 @@ async def ramp(args, url: str, run: Run, progress: Progress) -> None:
         for step in args.steps:
             latencies: list[float] = []
             errors: list[str] = []
-            before = emitter_figures(m.emitter)
+            before = m.emitter.statistics()
             t0 = time.monotonic() - m.sampler.started
             progress.show(f"ramp {step:,}/s", 0, 1, "running")
             done = await paced_emits(m.emitter, step, args.step_seconds, args.concurrency, body, latencies, errors)
@@ -49,7 +48,7 @@ async def ramp(args, url: str, run: Run, progress: Progress) -> None:
             mid = [p for t, p, _, _ in m.sampler.points if t0 + (t1 - t0) / 2 <= t <= t1]
             achieved = done / (t1 - t0)
             growing = pending_end > max(1000, 2 * (min(mid) if mid else 0))
-            mean_ms, p99_ms = publish_window(before, emitter_figures(m.emitter))
+            mean_ms, p99_ms = publish_window(before, m.emitter.statistics())
             row = {
                 "offered_per_s": step, "achieved_per_s": round(achieved, 1),
                 "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
@@ -96,14 +95,14 @@ async def _sustained_in_process(args, url: str, progress: Progress) -> dict:
         await m.emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
         finished = time.perf_counter()
     progress.done()
-    figures = emitter_figures(m.emitter)
+    publish = m.emitter.statistics().publish_seconds
     return {
         "implementation": "durable-emitter", "instances": 1, "events": emitted,
         "emit_per_s": round(emitted / (emit_done - started), 1),
         "end_to_end_per_s": round(emitted / (finished - started), 1), "emit_errors": len(errors),
         "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
         "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
-        "publish_mean_ms": figures.publish_mean_ms, "publish_p99_ms": figures.publish_p99_ms,
+        "publish_mean_ms": round(publish.mean * 1000, 2), "publish_p99_ms": round(publish.quantile(0.99) * 1000, 2),
         "q_max": m.sampler.q_max(), "drain_s": round(finished - emit_done, 2),
         "delivered_unique": m.mock.counters.snapshot().unique,
     }

@@ -9,7 +9,7 @@ import trio
 from psycopg.conninfo import make_conninfo
 
 from actors import StoreUnavailable, open_emitter
-from actors.store import Store
+from actors.adapters.store import Store
 from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids, query
 

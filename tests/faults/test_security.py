@@ -63,7 +63,7 @@ async def test_dsn_and_chip_passwords_never_reach_logs_or_errors(start_chipmock,
     async with open_emitter(config) as emitter:
         await emitter.emit(b"x", source="wf", type="tick")
         await emitter.flush(timeout=30)
-        metrics = emitter.metrics.registry.collect()
+        metrics = emitter.registry.collect()
     unreachable = EmitterConfig(database_url="postgresql://u:db-pa55@127.0.0.1:1/x", chip_endpoint=chip.endpoint)
     with pytest.raises(Exception) as info:
         async with open_emitter(unreachable):

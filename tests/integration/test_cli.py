@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from actors.store import Store
+from actors.adapters.store import Store
 from chippb import cloudevent_pb2 as ce
 from tests.fix_postgres import dead_letters, pending_ids
 
@@ -25,7 +25,7 @@ async def _seed(database_url: str) -> None:
     await store.apply_schema()
     ids = ["p1", "p2", "d1", "d2"]
     await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
-    await store.dead_letter(["d1", "d2"], ["SCHEMA_MISSING", "EXPIRED"], ["no schema", "too old"], owner="node-a")
+    await store.dead_letter([("d1", "SCHEMA_MISSING", "no schema"), ("d2", "EXPIRED", "too old")], owner="node-a")
     store.close()
 
 

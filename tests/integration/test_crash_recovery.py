@@ -3,7 +3,6 @@
 import trio
 
 from actors import open_emitter
-from actors.metrics import value
 from chipmock import ChipModel
 from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids, query
@@ -45,7 +44,7 @@ async def test_during_publish(start_chipmock, make_config, database_url) -> None
     chip = start_chipmock(ChipModel(latency=1.0))
 
     async def publish_in_flight(emitter) -> None:
-        await wait_until(lambda: value(emitter.metrics.in_flight) >= 1, what="a publish in flight")
+        await wait_until(lambda: emitter.statistics().publishes_in_flight >= 1, what="a publish in flight")
 
     ids = await _emit_then_cancel(make_config(chip), 30, publish_in_flight)
     chip.set_model(ChipModel())
@@ -91,4 +90,33 @@ async def test_a_different_instance_recovers_rows_after_their_lease_lapses(start
     # flush() covers only rows this instance holds, so wait on the table itself.
     async with open_emitter(make_config(chip, instance_id="another-instance", **short_lease)):
         await wait_until(lambda: not pending_ids(database_url), what="the other instance's rows drained")
+    assert chip.counters.seen(ids) == ids
+
+
+async def test_dispatcher_crashes_return_their_memory_budget_and_spill_nothing(chip, make_config) -> None:
+    """Each crash drops what the dispatcher held; the budget must not shrink with it (or commits would spill)."""
+    config = make_config(chip, lease_duration=5.0, max_restarts=20, restart_period=60)
+    ids: set[str] = set()
+    crashes_done = trio.Event()
+
+    async with open_emitter(config) as emitter:
+        async def emit_until_the_crashes_are_done() -> None:
+            for i in range(50_000):  # bounded; stops as soon as the crashes are done
+                ids.add(await emitter.emit(f"body {i}".encode(), source="wf", type="tick"))
+                if crashes_done.is_set():
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(emit_until_the_crashes_are_done)
+            for crash in range(1, 4):
+                chip.require_credentials("someone", "else")  # the next publish crashes the dispatcher
+                await wait_until(lambda n=crash: emitter.statistics().restarts["dispatcher"] >= n,
+                                 what=f"dispatcher crash {crash}")
+                chip.require_credentials(None)
+            crashes_done.set()
+        await emitter.flush(timeout=30)
+        stats = emitter.statistics()
+    assert stats.restarts["dispatcher"] >= 3
+    assert (stats.buffered_events, stats.buffered_bytes) == (0, 0)
+    assert stats.spilled == 0  # the 20,000-event buffer never filled: nothing was written spilled
     assert chip.counters.seen(ids) == ids

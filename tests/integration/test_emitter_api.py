@@ -1,5 +1,8 @@
 """The emitter's edges: backpressure, bad input, bad configuration, flush, shutdown, give-up."""
 
+import subprocess
+import sys
+
 import pytest
 import trio
 
@@ -15,11 +18,10 @@ from actors import (
     SupervisorGaveUp,
     open_emitter,
 )
-from actors.metrics import value
 from chipmock import ChipModel, Outage
 from chippb import cloudevent_pb2 as ce
 from tests.fix_emitter import emit_concurrently
-from tests.fix_postgres import pending_ids
+from tests.fix_postgres import pending_ids, query
 
 
 async def test_backpressure_at_max_pending_raises_backlog_full_and_writes_nothing(start_chipmock, make_config, database_url) -> None:
@@ -71,13 +73,17 @@ async def test_beholder_attributes_and_protobuf_bodies(chip, make_config) -> Non
     assert event.attributes["recordedtime"].ce_timestamp.nanos % 1_000_000 == 0
 
 
-async def test_no_chip_endpoint_refuses_to_start_unless_the_mock_is_asked_for(database_url) -> None:
+async def test_no_chip_endpoint_refuses_to_start_and_writes_nothing(database_url) -> None:
     with pytest.raises(ConfigError, match="CHIP_INGRESS_ENDPOINT"):
         async with open_emitter(EmitterConfig(database_url=database_url)):
             pass
-    async with open_emitter(EmitterConfig(database_url=database_url, use_chipmock=True)) as emitter:
-        await emitter.emit(b"x", source="wf", type="tick")
-        await emitter.flush(timeout=30)
+    assert query(database_url, "SELECT to_regclass('chip_durable_events')") == [(None,)]  # refused before any I/O
+
+
+def test_the_library_never_imports_its_test_double() -> None:
+    """Choosing chipmock belongs to run-local, the load tests and the fixtures, never to the library."""
+    code = "import sys, actors, actors.cli; sys.exit('chipmock' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 async def test_unreachable_database_fails_at_start_with_one_clear_line(chip) -> None:
@@ -135,7 +141,7 @@ async def test_credentials_revoked_mid_run_fail_the_tree_loudly_without_hanging_
                 await emitter.emit(b"x", source="wf", type="tick")
                 await trio.sleep(0.01)
     assert info.group_contains(SupervisorGaveUp, match="UNAUTHENTICATED")
-    assert value(emitter.metrics.restarts.labels("dispatcher")) == 2
+    assert emitter.statistics().restarts["dispatcher"] == 2
 
 
 async def test_metrics_endpoint_serves_upstream_names(chip, make_config) -> None:

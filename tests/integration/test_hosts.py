@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from actors.hosts import open_asyncio_emitter, open_blocking_emitter
+from actors import open_asyncio_emitter, open_blocking_emitter
 from tests.fix_postgres import pending_ids
 
 

@@ -6,9 +6,9 @@ import sys
 import psycopg
 import pytest
 
+from actors.adapters.postgres import connect, start_embedded
+from actors.adapters.store import Store
 from actors.errors import StoreUnavailable
-from actors.postgres import connect, start_embedded
-from actors.store import Store
 
 
 def _names(url: str, kind: str) -> set[str]:
@@ -57,7 +57,7 @@ def test_embedded_postgres_keeps_rows_across_a_restart(tmp_path) -> None:
     # Each start is its own process, as a user's restarts would be.
     data_dir = tmp_path / "pgdata"
     script = (
-        "import sys, trio; from actors.postgres import start_embedded; from actors.store import Store\n"
+        "import sys, trio; from actors.adapters.postgres import start_embedded; from actors.adapters.store import Store\n"
         "async def main():\n"
         "    s = Store(start_embedded(sys.argv[1])); await s.apply_schema()\n"
         "    if sys.argv[2] == 'write': await s.insert_events(['kept'], [b'x'], owner='o', lease=60, spilled=False)\n"

@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.errors import InvalidEvent
-from actors.events import (
+from actors.core.events import (
     build_event,
     encode_batch,
     framed_size,
     idempotency_key,
     interpret_response,
 )
+from actors.errors import InvalidEvent
 from chippb import chipingress_pb2 as pb
 from chippb import cloudevent_pb2 as ce
 

@@ -1,29 +1,31 @@
-"""Backoff, restart intensity, claim sizing and byte-limited splitting: pure decisions."""
+"""Backoff, restart intensity, claim sizing, byte-limited splitting, the decision after each answer. Pure."""
 
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from actors.backoff import Backoff
-from actors.config import EmitterConfig
-from actors.dispatcher import claim_limit, split_by_bytes
-from actors.events import framed_size
+from actors.core.admission import MemoryBudget, TableSample, pending_estimate
+from actors.core.backoff import Backoff
+from actors.core.events import PublishOutcome, framed_size
+from actors.core.publishing import CallFailed, claim_limit, decide, split_by_bytes
 from actors.messages import Outgoing
 from actors.supervisor import RestartIntensity
 
+BACKOFF = Backoff(initial=0.1, multiplier=2, cap=1.0)
+
 
 def test_backoff_grows_exponentially_to_its_cap_with_full_jitter() -> None:
-    backoff = Backoff(initial=0.1, multiplier=2, cap=1.0, rng=random.Random(1))
-    ceilings = []
-    for _ in range(6):
-        ceilings.append(backoff.ceiling())
-        delay = backoff.next_delay()
-        assert 0 <= delay <= ceilings[-1]
+    rng = random.Random(1)
+    ceilings = [BACKOFF.ceiling(attempt) for attempt in range(6)]
     assert ceilings == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    for attempt, ceiling in enumerate(ceilings):
+        assert 0 <= BACKOFF.delay(attempt, rng) <= ceiling
 
 
 def test_backoff_jitter_spreads_delays() -> None:
-    delays = {Backoff(1.0, 2, 10, rng=random.Random(seed)).next_delay() for seed in range(20)}
+    delays = {Backoff(1.0, 2, 10).delay(0, random.Random(seed)) for seed in range(20)}
     assert len(delays) == 20 and min(delays) < 0.3 and max(delays) > 0.7
 
 
@@ -35,11 +37,21 @@ def test_restart_intensity_allows_max_restarts_per_period() -> None:
     assert fresh.allow(0) and fresh.allow(1) and fresh.allow(10.5)  # the first has aged out
 
 
+def test_restart_delay_doubles_with_recent_restarts_up_to_its_cap() -> None:
+    intensity = RestartIntensity(max_restarts=10, period=10, initial_delay=0.1, max_delay=0.5)
+    delays = []
+    for now in range(5):
+        intensity.allow(now)
+        delays.append(intensity.delay())
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+    intensity.allow(100)  # the others aged out: back to the first delay
+    assert intensity.delay() == pytest.approx(0.1)
+
+
 def test_claim_limit_keeps_a_batch_under_the_request_cap() -> None:
-    config = EmitterConfig(publish_batch_size=500, max_request_bytes=1_000_000, max_event_bytes=500_000)
-    assert claim_limit(config, 1000) == 500
-    assert claim_limit(config, 100_000) == 9
-    assert claim_limit(config, 10_000_000) == 1
+    assert claim_limit(500, 1_000_000, 1000) == 500
+    assert claim_limit(500, 1_000_000, 100_000) == 9
+    assert claim_limit(500, 1_000_000, 10_000_000) == 1
 
 
 def test_split_by_bytes_never_exceeds_the_cap_except_for_one_large_item() -> None:
@@ -51,13 +63,93 @@ def test_split_by_bytes_never_exceeds_the_cap_except_for_one_large_item() -> Non
     assert split_by_bytes([], 100) == []
 
 
-def test_backlog_resync_keeps_commits_made_while_the_table_was_counted() -> None:
-    from actors.backlog import Backlog
+def test_pending_estimate_keeps_commits_made_while_the_table_was_counted() -> None:
+    sample = TableSample(rows=15, committed_before=100, settled_before=40)
+    assert pending_estimate(sample, committed=105, settled=40) == 20  # 5 committed while counting
+    assert pending_estimate(sample, committed=105, settled=43) == 17
+    assert pending_estimate(sample, committed=100, settled=90) == 0  # never negative
 
-    backlog = Backlog(limit=20)
-    mark = backlog.changes
-    backlog.add(5)  # committed while the count ran: the count did not see these
-    backlog.resync(15, mark)
-    assert backlog.pending == 20
-    backlog.remove(3)
-    assert backlog.pending == 17
+
+def test_memory_budget_refuses_past_either_limit_and_takes_nothing_then() -> None:
+    budget = MemoryBudget(max_events=10, max_bytes=1000)
+    assert budget.try_take(8, 100)
+    assert not budget.try_take(3, 100)  # events
+    assert not budget.try_take(1, 901)  # bytes
+    budget.give_back(8, 100)
+    assert (budget.statistics().events, budget.statistics().bytes) == (0, 0)
+
+
+# -- the decision after each Chip answer ----------------------------------------------------
+
+IDS = [f"id-{i}" for i in range(8)]
+
+
+def _decide(answer, sent=IDS, *, attempt=0, attempts=5, now=0.0, publish_by=100.0, seed=0):
+    return decide(answer, sent, attempt=attempt, attempts=attempts, now=now, publish_by=publish_by,
+                  backoff=BACKOFF, rng=random.Random(seed))
+
+
+def test_all_delivered_settles_everything() -> None:
+    decision = _decide(PublishOutcome(delivered=list(IDS)))
+    assert decision.delivered == tuple(IDS) and not (decision.retry or decision.release or decision.rejected)
+
+
+def test_transient_failure_retries_everything_after_a_jittered_delay() -> None:
+    decision = _decide(CallFailed("UNAVAILABLE", "down"), attempt=2)
+    assert decision.retry == tuple(range(len(IDS))) and decision.reason == "UNAVAILABLE"
+    assert 0 <= decision.delay <= BACKOFF.ceiling(2)
+
+
+def test_last_attempt_releases_to_the_table_with_the_reason() -> None:
+    decision = _decide(CallFailed("UNAVAILABLE", "down"), attempt=4, attempts=5)
+    assert decision.release == tuple(range(len(IDS))) and not decision.retry
+    assert decision.reason == "UNAVAILABLE" and decision.retry_after == BACKOFF.ceiling(4)
+
+
+def test_a_retry_that_would_outlive_the_lease_is_released_now() -> None:
+    decision = _decide(CallFailed("UNAVAILABLE", "down"), now=99.99, publish_by=100.0, seed=3)
+    assert decision.release and decision.reason == "lease lapsing before delivery"
+    assert decision.retry_after == 0.0
+
+
+def test_permanent_whole_call_failure_splits_a_batch_and_dead_letters_a_single_event() -> None:
+    refused = CallFailed("INVALID_ARGUMENT", "bad event")
+    assert _decide(refused).split
+    assert _decide(refused, ["only"]).rejected == (("only", "INVALID_ARGUMENT", "bad event"),)
+
+
+def test_partial_answer_settles_some_and_retries_the_rest() -> None:
+    outcome = PublishOutcome(delivered=["id-0"], rejected=[("id-1", "SCHEMA_MISSING", "why")], retry=[2, 3])
+    decision = _decide(outcome, IDS[:4])
+    assert decision.delivered == ("id-0",) and decision.rejected == (("id-1", "SCHEMA_MISSING", "why"),)
+    assert decision.retry == (2, 3) and decision.reason == "NOT_ACKNOWLEDGED"
+
+
+answers = st.one_of(
+    st.builds(CallFailed, st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                                           "INVALID_ARGUMENT", "FAILED_PRECONDITION"]), st.text(max_size=5)),
+    st.lists(st.sampled_from(["delivered", "rejected", "retry"]), min_size=1, max_size=8).map(
+        lambda kinds: PublishOutcome(
+            delivered=[IDS[i] for i, k in enumerate(kinds) if k == "delivered"],
+            rejected=[(IDS[i], "SCHEMA_MISSING", "r") for i, k in enumerate(kinds) if k == "rejected"],
+            retry=[i for i, k in enumerate(kinds) if k == "retry"],
+        )
+    ),
+)
+
+
+@given(answer=answers, attempt=st.integers(0, 10), attempts=st.integers(1, 10),
+       now=st.floats(0, 200), seed=st.integers(0, 2**16))
+def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, attempt, attempts, now, seed) -> None:
+    sent = IDS if isinstance(answer, CallFailed) else IDS[:len(answer.delivered) + len(answer.rejected)
+                                                          + len(answer.retry)]
+    decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed)
+    if decision.split:
+        assert len(sent) > 1 and not (decision.delivered or decision.rejected or decision.retry or decision.release)
+        return
+    fates = ([sent.index(i) for i in decision.delivered] + [sent.index(r[0]) for r in decision.rejected]
+             + list(decision.retry) + list(decision.release))
+    assert sorted(fates) == list(range(len(sent)))  # nothing dropped, nothing twice
+    if decision.retry:  # a retry happens only within the attempts and before the lease lapses
+        assert attempt + 1 < attempts and now + decision.delay <= 100.0
+        assert 0 <= decision.delay <= BACKOFF.ceiling(attempt)

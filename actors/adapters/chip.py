@@ -10,34 +10,21 @@ parsed again on our side.
 from __future__ import annotations
 
 import base64
+from typing import TypeVar
 
 import grpc
 import trio
 
 from chippb import chipingress_pb2 as pb
 
-from .config import EmitterConfig
-from .errors import ChipRejected
+from ..config import EmitterConfig
+from ..core.publishing import REFUSING_CODES, CallFailed
+from ..errors import ChipRejected
 
 PUBLISH_BATCH = "/chipingress.pb.ChipIngress/PublishBatch"
 PING = "/chipingress.pb.ChipIngress/Ping"
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL,
-             grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
-# Our configuration is wrong: retrying in a loop cannot help.
-CONFIGURATION = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                 grpc.StatusCode.UNIMPLEMENTED}
-
-
-class CallFailed(Exception):
-    """A whole PublishBatch failed. ``transient``: retrying the same request may succeed."""
-
-    def __init__(self, code: str, detail: str, transient: bool) -> None:
-        super().__init__(code, detail)
-        self.code, self.detail, self.transient = code, detail, transient
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.detail}"
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 def _wake(token: trio.lowlevel.TrioToken, done: trio.Event) -> None:
@@ -69,10 +56,10 @@ class ChipClient:
         if config.chip_username is not None:
             token = base64.b64encode(f"{config.chip_username}:{config.chip_password}".encode()).decode()
             self._metadata = (("authorization", f"Basic {token}"),)
-        self._publish_batch = self._channel.unary_unary(
+        self._publish_batch: grpc.UnaryUnaryMultiCallable[bytes, pb.PublishResponse] = self._channel.unary_unary(
             PUBLISH_BATCH, request_serializer=None, response_deserializer=pb.PublishResponse.FromString,
         )
-        self._ping = self._channel.unary_unary(
+        self._ping: grpc.UnaryUnaryMultiCallable[pb.EmptyRequest, pb.PingResponse] = self._channel.unary_unary(
             PING, request_serializer=pb.EmptyRequest.SerializeToString,
             response_deserializer=pb.PingResponse.FromString,
         )
@@ -91,7 +78,8 @@ class ChipClient:
         """Send one pre-encoded ``CloudEventBatch``; raise :class:`CallFailed` or :class:`ChipRejected`."""
         return await self._call(self._publish_batch, encoded_batch, self._timeout)
 
-    async def _call(self, method, request, timeout: float):
+    async def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request,
+                    timeout: float) -> _Response:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         future = method.future(request, timeout=timeout, metadata=self._metadata)
@@ -106,9 +94,9 @@ class ChipClient:
         except grpc.RpcError as exc:
             code = exc.code()
             detail = exc.details() or ""
-            if code in CONFIGURATION:
+            if code.name in REFUSING_CODES:
                 raise ChipRejected(f"Chip at {self.endpoint} refused the call: {code.name}: {detail}") from None
-            raise CallFailed(code.name, detail, code in TRANSIENT) from None
+            raise CallFailed(code.name, detail) from None
 
     def close(self) -> None:
         self._channel.close()

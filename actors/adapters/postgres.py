@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from .errors import StoreUnavailable
+from ..errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def start_embedded(data_dir: Path, *, stop_at_exit: bool = True, delete_at_exit:
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         cleanup = "delete" if delete_at_exit else "stop" if stop_at_exit else None
-        server = pgserver.get_server(data_dir, cleanup_mode=cleanup)
+        server = pgserver.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined]  # re-exported without __all__
     except Exception as exc:  # pgserver raises plain subprocess / OS errors
         raise StoreUnavailable(
             f"could not start the embedded PostgreSQL in {data_dir}: {exc} "

@@ -13,16 +13,19 @@ it was down, not the actor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 import psycopg
 import trio
+from psycopg.abc import PQGen
 from psycopg.waiting import Ready, Wait
 
-from .errors import StoreUnavailable
+from ..errors import StoreUnavailable
 from .postgres import connect
 
 SCHEMA_LOCK = 0x63686970  # pg_advisory_xact_lock key: "chip"
@@ -181,11 +184,19 @@ def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     return StoreUnavailable(f"Postgres: {reason}")
 
 
+def _one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The single row a statement returns by its shape (an aggregate, EXISTS, now())."""
+    row: tuple[Any, ...] | None = cursor.fetchone()
+    if row is None:
+        raise StoreUnavailable("Postgres returned no row where one was certain")
+    return row
+
+
 def schema_sql() -> str:
     return Path(__file__).with_name("schema.sql").read_text()
 
 
-async def _wait(gen, fileno: int):
+async def _wait(gen: PQGen[Any], fileno: int) -> Any:
     """Drive a psycopg generator on Trio's I/O; return what it returns."""
     try:
         state = next(gen)
@@ -206,7 +217,7 @@ async def _wait(gen, fileno: int):
 async def _wait_either(fileno: int) -> Ready:
     result: list[Ready] = []
     async with trio.open_nursery() as nursery:
-        async def wait(waiter, ready: Ready) -> None:
+        async def wait(waiter: Callable[[int], Awaitable[None]], ready: Ready) -> None:
             await waiter(fileno)
             result.append(ready)
             nursery.cancel_scope.cancel()
@@ -225,7 +236,8 @@ class _transaction:
     async def __aenter__(self) -> None:
         await self.store._run("BEGIN")
 
-    async def __aexit__(self, kind, error, traceback) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
         await self.store._run("ROLLBACK" if kind else "COMMIT")
 
 
@@ -259,7 +271,7 @@ class Store:
             self._conn.close()
             self._conn = None
 
-    async def _run(self, sql: str, params: dict | None = None) -> psycopg.Cursor:
+    async def _run(self, sql: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
         try:
             self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
         except trio.WouldBlock:
@@ -311,22 +323,22 @@ class Store:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
         return (await self._run(DELETE_EVENTS, {"ids": list(ids), "owner": owner})).rowcount
 
-    async def dead_letter(self, ids: Sequence[str], codes: Sequence[str], reasons: Sequence[str], *,
-                          owner: str) -> int:
-        """Move rows ``owner`` holds to the dead-letter table with their reasons."""
+    async def dead_letter(self, entries: Sequence[tuple[str, str, str]], *, owner: str) -> int:
+        """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason)."""
         return (await self._run(DEAD_LETTER_EVENTS, {
-            "ids": list(ids), "codes": list(codes), "reasons": [r[:2000] for r in reasons], "owner": owner,
+            "ids": [e[0] for e in entries], "codes": [e[1] for e in entries],
+            "reasons": [e[2][:2000] for e in entries], "owner": owner,
         })).rowcount
 
     async def expire(self, *, ttl: float, limit: int = 10_000) -> int:
         return (await self._run(EXPIRE_EVENTS, {"ttl": ttl, "limit": limit})).rowcount
 
     async def pending_stats(self) -> PendingStats:
-        return PendingStats(*(await self._run(PENDING_STATS)).fetchone())
+        return PendingStats(*_one(await self._run(PENDING_STATS)))
 
     async def table_activity(self) -> TableActivity:
         """Cumulative inserts/deletes and dead tuples from ``pg_stat_user_tables`` (lags up to ~1 s)."""
-        return TableActivity(*(await self._run(TABLE_ACTIVITY)).fetchone())
+        return TableActivity(*_one(await self._run(TABLE_ACTIVITY)))
 
     async def lease_owners(self) -> list[tuple[str, int, int]]:
         """(owner, rows, rows whose lease has lapsed), largest first."""
@@ -335,7 +347,7 @@ class Store:
     async def dead_letters_by_reason(self) -> list[tuple[str, int]]:
         return (await self._run(DEAD_LETTERS_BY_REASON)).fetchall()
 
-    async def list_dead_letters(self, *, limit: int, reason_code: str | None = None) -> list[tuple]:
+    async def list_dead_letters(self, *, limit: int, reason_code: str | None = None) -> list[tuple[Any, ...]]:
         return (await self._run(LIST_DEAD_LETTERS, {"limit": limit, "reason_code": reason_code})).fetchall()
 
     async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
@@ -348,18 +360,19 @@ class Store:
                 cursor = await self._run(
                     "SELECT array_agg(i) FROM unnest(%(ids)s::text[]) i "
                     "WHERE i NOT IN (SELECT id FROM chip_durable_events_dead_letter)", {"ids": list(ids)})
-                (unknown,) = cursor.fetchone()
+                (unknown,) = _one(cursor)
                 if unknown:
                     raise KeyError(", ".join(unknown))
             cursor = await self._run(REPLAY_DEAD_LETTERS, {"all": ids is None, "ids": list(ids or [])})
             return [row[0] for row in cursor.fetchall()]
 
     async def oldest_transaction_seconds(self) -> float:
-        return (await self._run(OLDEST_TRANSACTION)).fetchone()[0]
+        return float(_one(await self._run(OLDEST_TRANSACTION))[0])
 
     async def now(self) -> datetime:
-        return (await self._run("SELECT clock_timestamp()")).fetchone()[0]
+        now: datetime = _one(await self._run("SELECT clock_timestamp()"))[0]
+        return now
 
     async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
         cursor = await self._run(HAS_PENDING_BEFORE, {"before": before, "owner": owner})
-        return cursor.fetchone()[0]
+        return bool(_one(cursor)[0])

@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from chippb import chipingress_pb2 as pb
 from chippb import cloudevent_pb2 as ce
 
-from .errors import InvalidEvent
+from ..errors import InvalidEvent
 
 SPEC_VERSION = "1.0"
 EMITTER_NAME = "durable-emitter"
@@ -109,7 +109,11 @@ def build_event(
     attributes = attributes or {}
     source = _check_name_part("source", source if source is not None else attributes.get("beholder_domain"))
     type_ = _check_name_part("type", type if type is not None else attributes.get("beholder_entity"))
-    data_schema = data_schema if data_schema is not None else attributes.get("beholder_data_schema")
+    if data_schema is None:
+        schema_attribute = attributes.get("beholder_data_schema")
+        if schema_attribute is not None and not isinstance(schema_attribute, str):
+            raise InvalidEvent("beholder_data_schema must be a string (a URI)")
+        data_schema = schema_attribute
 
     event = ce.CloudEvent(id=str(uuid.uuid4()), source=source, spec_version=SPEC_VERSION, type=type_)
     if isinstance(body, bytes):

@@ -1,0 +1,114 @@
+"""The dispatcher's decisions, without I/O: batch sizes, and what to do after each Chip answer.
+
+The dispatcher feeds :func:`decide` what Chip answered, how many attempts
+the events have had and where the clock and their lease stand; it performs
+what comes back. Everything here is a plain function, tested without a
+database, a network or real time.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from .backoff import Backoff
+from .events import PublishOutcome, framed_size
+
+# gRPC status names. Transient: the same request may succeed later.
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL",
+                             "UNKNOWN", "CANCELLED"})
+# Our configuration is wrong: retrying in a loop cannot help.
+REFUSING_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+
+
+class CallFailed(Exception):
+    """A whole PublishBatch (or Ping) failed with gRPC status ``code``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_CODES
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class _HasPayload(Protocol):
+    @property
+    def payload(self) -> bytes: ...
+
+
+_Item = TypeVar("_Item", bound=_HasPayload)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with the events of one attempt: settled ones by id, the others by index in what was sent."""
+
+    delivered: tuple[str, ...] = ()  # acknowledged: delete
+    rejected: tuple[tuple[str, str, str], ...] = ()  # (id, code, reason): dead-letter
+    retry: tuple[int, ...] = ()  # publish again after ``delay`` seconds
+    delay: float = 0.0
+    release: tuple[int, ...] = ()  # back to the table, claimable after ``retry_after`` seconds
+    retry_after: float = 0.0
+    reason: str = ""  # why the retried or released events were not delivered
+    split: bool = False  # Chip refused the whole call for good: publish each half on its own
+
+
+def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt: int, attempts: int, now: float,
+           publish_by: float, backoff: Backoff, rng: random.Random) -> Decision:
+    """The decision after attempt number ``attempt`` (0 for the first) of the events ``sent`` (their ids).
+
+    - Chip answered: delivered and permanently rejected events are settled;
+      the rest are retried.
+    - The call failed transiently: every event is retried.
+    - The call failed for good: a single event is dead-lettered with the
+      reason; several are split in halves to find the ones at fault.
+    - A retry that would run past ``publish_by`` (our lease minus a margin),
+      or past ``attempts`` calls, becomes a release to the table.
+    """
+    if isinstance(answer, CallFailed):
+        if not answer.transient:
+            if len(sent) == 1:
+                return Decision(rejected=((sent[0], answer.code, answer.detail or answer.code),))
+            return Decision(split=True)
+        settled = Decision()
+        retry, reason = tuple(range(len(sent))), answer.code
+    else:
+        settled = Decision(delivered=tuple(answer.delivered),
+                           rejected=tuple(answer.rejected))
+        retry, reason = tuple(answer.retry), "NOT_ACKNOWLEDGED"
+    if not retry:
+        return settled
+    delay = backoff.delay(attempt, rng)
+    if attempt + 1 >= attempts or now + delay > publish_by:
+        lapsing = attempt + 1 < attempts
+        return Decision(settled.delivered, settled.rejected, release=retry,
+                        retry_after=0.0 if lapsing else backoff.ceiling(attempt),
+                        reason="lease lapsing before delivery" if lapsing else reason)
+    return Decision(settled.delivered, settled.rejected, retry=retry, delay=delay, reason=reason)
+
+
+def claim_limit(publish_batch_size: int, max_request_bytes: int, mean_payload: float) -> int:
+    """How many rows to claim at once so one batch stays under the request size cap."""
+    by_bytes = int(max_request_bytes // max(mean_payload + 8, 1))
+    return max(1, min(publish_batch_size, by_bytes))
+
+
+def split_by_bytes(items: list[_Item], max_bytes: int) -> list[list[_Item]]:
+    """Consecutive chunks whose encoded size stays within ``max_bytes`` (one item at least)."""
+    chunks: list[list[_Item]] = [[]]
+    size = 0
+    for item in items:
+        item_size = framed_size(item.payload)
+        if chunks[-1] and size + item_size > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += item_size
+    return chunks if chunks[0] else []

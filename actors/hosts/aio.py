@@ -1,0 +1,116 @@
+"""asyncio hosts: Trio runs in guest mode on the host's event loop (same thread, no second loop).
+
+``await emitter.emit(...)`` from asyncio code runs the Trio ``emit`` as a task
+in the tree's nursery. Cancelling the asyncio caller cancels that task, and a
+failure of the tree fails the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from ..config import EmitterConfig
+from ..emitter import Emitter
+from ..errors import EmitterClosed
+from .serve import serve
+
+_T = TypeVar("_T")
+
+
+class AsyncioEmitter:
+    """The emitter as seen from asyncio code. Get one from :func:`open_asyncio_emitter`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._calls: trio.Nursery | None = None
+        self.emitter: Emitter | None = None
+
+    async def _call(self, fn: Callable[[Emitter], Awaitable[_T]]) -> _T:
+        if self._calls is None or self._token is None or self.emitter is None:
+            raise EmitterClosed("the emitter is not running")
+        emitter = self.emitter
+        future: asyncio.Future[_T] = self._loop.create_future()
+        scope = trio.CancelScope()
+
+        async def run_in_trio() -> None:
+            with scope:
+                try:
+                    result = await fn(emitter)
+                except Exception as exc:  # the caller's failure, not the tree's
+                    if not future.done():
+                        future.set_exception(exc)
+                    return
+                except BaseException:  # Cancelled: the tree is stopping
+                    if not future.done():
+                        future.set_exception(EmitterClosed("the emitter stopped before the call finished"))
+                    raise
+                if not future.done():
+                    future.set_result(result)
+            if not future.done():  # our own scope was cancelled: the asyncio caller gave up
+                future.cancel()
+
+        calls = self._calls
+        token = self._token
+        token.run_sync_soon(lambda: calls.start_soon(run_in_trio))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            token.run_sync_soon(scope.cancel)
+            raise
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Trio tasks currently running a call for an asyncio caller."""
+        return len(self._calls.child_tasks) if self._calls is not None else 0
+
+    async def emit(self, body: Any, **kwargs: Any) -> str:
+        """As :meth:`Emitter.emit`; returns once the event is committed."""
+        return await self._call(lambda emitter: emitter.emit(body, **kwargs))
+
+    async def flush(self, timeout: float) -> None:
+        """As :meth:`Emitter.flush`."""
+        await self._call(lambda emitter: emitter.flush(timeout))
+
+
+@asynccontextmanager
+async def open_asyncio_emitter(config: EmitterConfig | None = None) -> AsyncIterator[AsyncioEmitter]:
+    """Run the emitter inside the running asyncio loop (Trio guest mode)."""
+    loop = asyncio.get_running_loop()
+    handle = AsyncioEmitter(loop)
+    started: asyncio.Future[None] = loop.create_future()
+    finished: asyncio.Future[None] = loop.create_future()
+    stop = trio.Event()
+
+    def ready(emitter: Emitter, calls: trio.Nursery) -> None:
+        handle.emitter, handle._calls = emitter, calls
+        handle._token = trio.lowlevel.current_trio_token()
+        started.set_result(None)
+
+    def done(outcome: Any) -> None:
+        error = getattr(outcome, "error", None)
+        for future in (started, finished):
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(None)
+
+    trio.lowlevel.start_guest_run(
+        serve, config, ready, stop,
+        run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done,
+        host_uses_signal_set_wakeup_fd=True,
+    )
+    await started
+    try:
+        yield handle
+    finally:
+        handle._calls = None
+        assert handle._token is not None  # set by ready() before started resolved
+        handle._token.run_sync_soon(stop.set)
+        await finished

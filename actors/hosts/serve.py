@@ -1,0 +1,20 @@
+"""The Trio side both host adapters share: run the one tree until the host asks it to stop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from ..config import EmitterConfig
+from ..emitter import Emitter
+from ..tree import open_emitter
+
+
+async def serve(config: EmitterConfig | None, ready: Callable[[Emitter, trio.Nursery], None],
+                 stop: trio.Event) -> None:
+    """The Trio side of both adapters: run the tree until asked to stop."""
+    async with open_emitter(config) as emitter, trio.open_nursery() as calls:
+        ready(emitter, calls)
+        await stop.wait()
+        calls.cancel_scope.cancel()

@@ -1,0 +1,65 @@
+"""Sampler: counts the table every ``sample_interval``, serves /metrics, logs one status line per interval.
+
+The count is what admission and the pending gauges read between samples;
+each sample records the local tallies as they stood when it began, so a
+commit made while the table was being counted is not lost from the estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import structlog
+import trio
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .adapters.store import Store
+from .config import EmitterConfig
+from .core.admission import TableSample
+from .core.instruments import Tally
+from .errors import StoreUnavailable
+from .statistics import SamplerState
+
+log = structlog.get_logger("durable_emitter.sampler")
+
+
+@dataclass(frozen=True)
+class Wiring:
+    config: EmitterConfig
+    store: Store
+    state: SamplerState
+    committed: Tally  # the persister's, read only
+    settled: Tally  # the acker's, read only
+    registry: CollectorRegistry
+
+
+async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    config, state = wiring.config, wiring.state
+    server = None
+    if config.metrics_port is not None:
+        server, _thread = start_http_server(config.metrics_port, addr=config.metrics_host,
+                                            registry=wiring.registry)
+        state.metrics_port = server.server_port
+        log.info("metrics serving", url=f"http://{config.metrics_host}:{server.server_port}/metrics")
+    task_status.started()
+    next_log = time.monotonic() + config.log_interval
+    try:
+        while True:
+            committed, settled = wiring.committed.value, wiring.settled.value
+            try:
+                stats = await wiring.store.pending_stats()
+            except StoreUnavailable as exc:  # the last sample stands until Postgres is back
+                log.warning("cannot sample the table", error=str(exc))
+            else:
+                state.sample = TableSample(stats.rows, stats.payload_bytes, stats.oldest_age_seconds,
+                                           committed, settled)
+                if time.monotonic() >= next_log:
+                    next_log += config.log_interval
+                    log.info("emitter status", pending=stats.rows,
+                             oldest_pending_s=round(stats.oldest_age_seconds, 3),
+                             committed=wiring.committed.value, removed=wiring.settled.value)
+            await trio.sleep(config.sample_interval)
+    finally:
+        if server is not None:
+            server.shutdown()
