@@ -1,11 +1,14 @@
--- durable-emitter schema. Applied at every start under an advisory lock, so
--- applying it twice, or to a database that already has it, changes nothing.
+-- durable-emitter schema, the whole of it as the current code expects it.
+-- `durable-emitter schema apply` installs this file into an empty schema and
+-- records the latest version; older databases are brought here step by step by
+-- actors/adapters/migrations/NNNN_*.sql. A test builds a database both ways and
+-- compares the catalogs, so a change here needs a migration, and the reverse.
 
 -- Pending events: Postgres is the queue. A row exists from the commit in
 -- emit() until Chip acknowledged its id (then DELETE) or the event was
 -- dead-lettered. Deletes leave dead tuples, so autovacuum runs early and often
 -- here and pages keep room for HOT updates of the lease columns.
-CREATE TABLE IF NOT EXISTS chip_durable_events (
+CREATE TABLE chip_durable_events (
     id               text        PRIMARY KEY,         -- the CloudEvent id
     payload          bytea       NOT NULL,            -- the serialized CloudEvent
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -21,16 +24,20 @@ CREATE TABLE IF NOT EXISTS chip_durable_events (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- Claims: rows whose lease has expired, oldest expiry first.
-CREATE INDEX IF NOT EXISTS chip_durable_events_lease_idx
+-- Claims: rows whose lease has expired, oldest expiry first (a range scan:
+-- live leases sit at the far end).
+CREATE INDEX chip_durable_events_lease_idx
     ON chip_durable_events (lease_expires_at);
--- Expiry, flush and the oldest-pending gauge.
-CREATE INDEX IF NOT EXISTS chip_durable_events_created_idx
+-- Expiry and the oldest-pending age (the first entry).
+CREATE INDEX chip_durable_events_created_idx
     ON chip_durable_events (created_at);
+-- One instance's rows: flush polls, writer-only claims.
+CREATE INDEX chip_durable_events_owner_created_idx
+    ON chip_durable_events (lease_owner, created_at);
 
 -- Events Chip rejected permanently, or that outlived the TTL. Kept with the
 -- reason so an operator can inspect and replay them.
-CREATE TABLE IF NOT EXISTS chip_durable_events_dead_letter (
+CREATE TABLE chip_durable_events_dead_letter (
     id             text        PRIMARY KEY,
     payload        bytea       NOT NULL,
     created_at     timestamptz NOT NULL,
@@ -38,4 +45,12 @@ CREATE TABLE IF NOT EXISTS chip_durable_events_dead_letter (
     reason_code    text        NOT NULL,  -- Chip's error code name, or 'EXPIRED'
     reason         text        NOT NULL,
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- The migrations applied (actors/adapters/migrations/); the highest is the
+-- schema's version. A normal start only reads it.
+CREATE TABLE chip_durable_events_version (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
 );

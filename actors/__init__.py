@@ -13,6 +13,7 @@ from .errors import EmitterError as EmitterError
 from .errors import EventTooLarge as EventTooLarge
 from .errors import FlushTimeout as FlushTimeout
 from .errors import InvalidEvent as InvalidEvent
+from .errors import SchemaError as SchemaError
 from .errors import StoreUnavailable as StoreUnavailable
 from .hosts import open_asyncio_emitter as open_asyncio_emitter
 from .hosts import open_blocking_emitter as open_blocking_emitter

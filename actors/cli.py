@@ -4,6 +4,10 @@
     durable-emitter dlq list [--reason CODE]    dead-lettered events, newest first
     durable-emitter dlq replay --id ID ... | --all
     durable-emitter drain [--timeout 60s]       deliver pending rows, then exit
+    durable-emitter schema show | sql | apply [--dry-run] [--lock-timeout 10s]
+
+Only ``schema apply`` changes the schema; ``status`` and ``dlq list`` read, and
+work with a role that may only SELECT.
 
 Reads the same environment as the library (``DATABASE_URL``, ``CHIP_INGRESS_*``).
 """
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 import trio
 
+from .adapters import schema
 from .adapters.postgres import describe, start_embedded
 from .adapters.store import Store
 from .config import EmitterConfig, parse_duration
@@ -23,17 +29,21 @@ from .logs import configure_logging
 from .tree import open_emitter
 
 
-async def _store(config: EmitterConfig) -> Store:
-    url = config.database_url
-    if url is None:
-        url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
-    store = Store(url)
-    await store.apply_schema()
-    return store
+async def _url(config: EmitterConfig) -> str:
+    if config.database_url is not None:
+        return config.database_url
+    return await trio.to_thread.run_sync(start_embedded, config.data_dir)
+
+
+async def _store(config: EmitterConfig, *, writer: bool) -> Store:
+    """A store on a current schema (checked by catalog reads only; never migrated here)."""
+    url = await _url(config)
+    await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
+    return Store(url, schema=config.schema)
 
 
 async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config)
+    store = await _store(config, writer=False)
     try:
         pending = await store.pending_stats()
         activity = await store.table_activity()
@@ -54,7 +64,7 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config)
+    store = await _store(config, writer=False)
     try:
         rows = await store.list_dead_letters(limit=args.limit, reason_code=args.reason)
     finally:
@@ -67,7 +77,7 @@ async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config)
+    store = await _store(config, writer=True)
     try:
         moved = await store.replay_dead_letters(None if args.all else args.id)
     except KeyError as exc:
@@ -82,7 +92,7 @@ async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
 async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     """Run the delivery side only: recover what is pending, publish it, exit when empty."""
     async with open_emitter(config) as emitter:
-        store = Store(emitter.database_url)
+        store = Store(emitter.database_url, schema=config.schema)
         try:
             with trio.move_on_after(args.timeout):
                 while (stats := await store.pending_stats()).rows:
@@ -94,6 +104,38 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
             store.close()
     print(f"\ndrain timed out after {args.timeout:g} s with {stats.rows:,} rows pending", file=sys.stderr)
     return 1
+
+
+async def schema_show(config: EmitterConfig, args: argparse.Namespace) -> int:
+    found = await trio.to_thread.run_sync(schema.inspect, await _url(config), config.schema)
+    print(f"schema          {config.schema}")
+    print(f"version found   {found.found}" + (" (no durable-emitter tables)" if found.install else ""))
+    print(f"version needed  {found.expected}")
+    steps = [name for name, _ in schema.statements(found)]
+    print(f"to run          {', '.join(steps) if steps else '- (current)'}")
+    return 0
+
+
+async def schema_sql(config: EmitterConfig, args: argparse.Namespace) -> int:
+    found = await trio.to_thread.run_sync(schema.inspect, await _url(config), config.schema)
+    for name, text in schema.statements(found):
+        print(f"-- {name}\n{text.rstrip()}\n")
+    if found.current:
+        print(f"-- schema {config.schema} is at version {found.found}: nothing to run", file=sys.stderr)
+    return 0
+
+
+async def schema_apply(config: EmitterConfig, args: argparse.Namespace) -> int:
+    found = await trio.to_thread.run_sync(partial(schema.apply, await _url(config), config.schema,
+                                                  lock_timeout=args.lock_timeout, dry_run=args.dry_run))
+    steps = ", ".join(name for name, _ in schema.statements(found))
+    if found.current:
+        print(f"schema {config.schema} is at version {found.found}: nothing to do")
+    elif args.dry_run:
+        print(f"dry run: {steps} ran and were rolled back; schema {config.schema} stays at version {found.found}")
+    else:
+        print(f"schema {config.schema}: version {found.found} -> {found.expected} ({steps})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     draining = commands.add_parser("drain", help="deliver pending rows, then exit")
     draining.add_argument("--timeout", type=parse_duration, default=60.0, help="give up after (default 60s)")
     draining.set_defaults(run=drain)
+    schemas = commands.add_parser("schema", help="the tables' version; show, print or apply what upgrades it")
+    schema_commands = schemas.add_subparsers(dest="schema_command", required=True)
+    schema_commands.add_parser("show", help="the version found and the one this code needs").set_defaults(
+        run=schema_show)
+    schema_commands.add_parser("sql", help="print the SQL that apply would run").set_defaults(run=schema_sql)
+    applying = schema_commands.add_parser("apply", help="install or migrate, in one transaction")
+    applying.add_argument("--dry-run", action="store_true", help="run it all, then roll back")
+    applying.add_argument("--lock-timeout", type=parse_duration, default=10.0,
+                          help="give up if a lock is not had within this (default 10s); nothing is changed")
+    applying.set_defaults(run=schema_apply)
     return parser
 
 

@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -66,6 +67,11 @@ class EmitterConfig:
     # Where events live. None: the embedded PostgreSQL in ``data_dir``.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
+    # The Postgres schema holding both tables (DURABLE_EMITTER_SCHEMA).
+    schema: str = "public"
+    # An older schema at start: migrate it (True) or refuse, naming
+    # `durable-emitter schema apply` (False). None: migrate only the embedded Postgres.
+    auto_migrate: bool | None = None
 
     # Chip Ingress, "host:port". Required to start: the library never picks a
     # stand-in by itself, because acknowledging into a mock deletes the events.
@@ -169,6 +175,9 @@ class EmitterConfig:
             raise ConfigError("chip_username and chip_password must be given together")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port!r}")
+        if not _IDENTIFIER.match(self.schema):
+            raise ConfigError(f"schema must be a plain lower-case Postgres name (letters, digits, _), "
+                              f"got {self.schema!r}")
         if not self.instance_id:
             raise ConfigError("instance_id must not be empty")
 
@@ -196,6 +205,11 @@ class EmitterConfig:
                 raise ConfigError(f"{name}={shown!r}: {exc}") from None
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def migrates_at_start(self) -> bool:
+        """Whether a start may migrate an older schema: the knob, else only the embedded Postgres."""
+        return self.database_url is None if self.auto_migrate is None else self.auto_migrate
 
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else "(embedded)"

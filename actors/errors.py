@@ -62,3 +62,12 @@ class FlushTimeout(EmitterError, TimeoutError):
 
 class EmitterClosed(EmitterError):
     """``emit`` was called on an emitter that is shutting down or has failed."""
+
+
+class SchemaError(EmitterError):
+    """The database's schema is not what this code needs, and was not changed.
+
+    Missing, older (and auto-migration is off), newer than the code, of a
+    foreign shape, or not usable by this role. The message names what was found
+    and what to do (usually ``durable-emitter schema apply``).
+    """

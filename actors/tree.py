@@ -27,6 +27,7 @@ import trio
 from prometheus_client import CollectorRegistry
 
 from . import acker, dispatcher, persister, sampler
+from .adapters import schema
 from .adapters.chip import ChipClient
 from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
@@ -54,8 +55,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
     """Start the actor tree; yield an :class:`Emitter`; on exit shut down in order.
 
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
-    (:class:`ConfigError`) with no Chip endpoint, and raises
-    :class:`StoreUnavailable` if Postgres cannot be reached.
+    (:class:`ConfigError`) with no Chip endpoint, raises :class:`SchemaError`
+    if the schema is not current (and may not be migrated) or the role lacks
+    rights on it, and :class:`StoreUnavailable` if Postgres cannot be reached.
     """
     config = config or EmitterConfig.from_env()
     if not config.chip_endpoint:
@@ -67,12 +69,14 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
         def store(*, synchronous_commit: bool = True) -> Store:
-            made = Store(url, synchronous_commit=synchronous_commit)
+            made = Store(url, schema=config.schema, synchronous_commit=synchronous_commit)
             stack.callback(made.close)
             return made
 
+        # Catalog reads only, unless the schema is older and migrating at start is allowed.
+        await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
+                                              auto_migrate=config.migrates_at_start, writer=True))
         setup = store()
-        await setup.apply_schema()
         started_at = await setup.now()
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)

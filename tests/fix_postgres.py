@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from actors.adapters import schema
 from actors.adapters.postgres import start_embedded
 from scripts.args_and_databases import scratch_database, server_url
 
@@ -27,6 +28,15 @@ def pg_server_url() -> str:
 
 @pytest.fixture
 def database_url(pg_server_url: str) -> Iterator[str]:
+    """A database whose schema an operator installed (``durable-emitter schema apply``), as hosts expect."""
+    with scratch_database(pg_server_url, "t") as url:
+        schema.apply(url, "public", lock_timeout=10)
+        yield url
+
+
+@pytest.fixture
+def blank_database_url(pg_server_url: str) -> Iterator[str]:
+    """An empty database of its own (not ``database_url``'s): for tests of installing and migrating."""
     with scratch_database(pg_server_url, "t") as url:
         yield url
 

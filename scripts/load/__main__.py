@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from actors.adapters.store import Store
+from actors.adapters import schema
 from actors.config import default_state_dir
 from actors.logs import configure_logging
 from chipmock import Outage
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}
     run = Run(args.scenario, machine_info(server), {k: str(v) for k, v in settings.items()})
     with scratch_database(server, "load") as url:
-        trio.run(apply_schema, url)
+        apply_schema(url)
         trio.run(SCENARIOS[args.scenario], args, url, run, progress)
         if args.compare:
             events = args.events if args.scenario == "sustained" else min(args.events, 20_000)
@@ -96,11 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def apply_schema(url: str) -> None:
-    """The baselines write to the table too, so it exists before any emitter opens."""
-    store = Store(url)
-    await store.apply_schema()
-    store.close()
+def apply_schema(url: str) -> None:
+    """Install the schema, as an operator would before any emitter opens (the baselines write to it too)."""
+    schema.apply(url, "public", lock_timeout=10)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import time
 import trio
 
 from actors import StoreUnavailable, open_emitter
+from actors.adapters import schema
 from chipmock import ChipModel
 from tests.fix_emitter import CHAOS_SCALE, wait_until
 from tests.fix_postgres import pending_ids
@@ -45,6 +46,7 @@ def test_sigkill_at_random_points_loses_no_acknowledged_event(database_url, star
 
 async def test_postgres_restart_mid_load(own_postgres, start_chipmock, make_config) -> None:
     chip = start_chipmock()
+    schema.apply(own_postgres.url, "public", lock_timeout=10)
     config = make_config(chip, database_url=own_postgres.url, backlog_timeout=0.5)
     acknowledged: set[str] = set()
     failures: list[str] = []

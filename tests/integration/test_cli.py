@@ -22,7 +22,6 @@ def _event(event_id: str) -> bytes:
 
 async def _seed(database_url: str) -> None:
     store = Store(database_url)
-    await store.apply_schema()
     ids = ["p1", "p2", "d1", "d2"]
     await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
     await store.dead_letter([("d1", "SCHEMA_MISSING", "no schema"), ("d2", "EXPIRED", "too old")], owner="node-a")

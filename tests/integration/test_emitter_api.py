@@ -73,11 +73,11 @@ async def test_beholder_attributes_and_protobuf_bodies(chip, make_config) -> Non
     assert event.attributes["recordedtime"].ce_timestamp.nanos % 1_000_000 == 0
 
 
-async def test_no_chip_endpoint_refuses_to_start_and_writes_nothing(database_url) -> None:
+async def test_no_chip_endpoint_refuses_to_start_and_writes_nothing(blank_database_url) -> None:
     with pytest.raises(ConfigError, match="CHIP_INGRESS_ENDPOINT"):
-        async with open_emitter(EmitterConfig(database_url=database_url)):
+        async with open_emitter(EmitterConfig(database_url=blank_database_url, auto_migrate=True)):
             pass
-    assert query(database_url, "SELECT to_regclass('chip_durable_events')") == [(None,)]  # refused before any I/O
+    assert query(blank_database_url, "SELECT to_regclass('chip_durable_events')") == [(None,)]  # refused before any I/O
 
 
 def test_the_library_never_imports_its_test_double() -> None:

@@ -1,56 +1,12 @@
-"""schema.sql, the embedded PostgreSQL, and clear errors for an unreachable DATABASE_URL."""
+"""The embedded PostgreSQL, and clear errors for an unreachable DATABASE_URL."""
 
 import subprocess
 import sys
 
-import psycopg
 import pytest
 
 from actors.adapters.postgres import connect, start_embedded
-from actors.adapters.store import Store
 from actors.errors import StoreUnavailable
-
-
-def _names(url: str, kind: str) -> set[str]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = 'public' AND c.relkind = %s", (kind,)
-        ).fetchall()
-    return {r[0] for r in rows}
-
-
-async def test_schema_applies_twice_and_creates_tables_and_indexes(database_url: str) -> None:
-    store = Store(database_url)
-    await store.apply_schema()
-    await store.insert_events(["a"], [b"x"], owner="me", lease=60, spilled=False)
-    await store.apply_schema()  # no error, nothing lost
-    assert {"chip_durable_events", "chip_durable_events_dead_letter"} <= _names(database_url, "r")
-    assert {"chip_durable_events_pkey", "chip_durable_events_lease_idx",
-            "chip_durable_events_created_idx"} <= _names(database_url, "i")
-    assert (await store.pending_stats()).rows == 1
-    store.close()
-
-
-async def test_concurrent_schema_application_is_serialised(database_url: str) -> None:
-    import trio
-
-    stores = [Store(database_url) for _ in range(4)]
-    async with trio.open_nursery() as nursery:
-        for store in stores:
-            nursery.start_soon(store.apply_schema)
-    for store in stores:
-        store.close()
-    assert "chip_durable_events" in _names(database_url, "r")
-
-
-async def test_table_carries_its_autovacuum_settings(database_url: str) -> None:
-    store = Store(database_url)
-    await store.apply_schema()
-    store.close()
-    with psycopg.connect(database_url) as conn:
-        (options,) = conn.execute("SELECT reloptions FROM pg_class WHERE relname = 'chip_durable_events'").fetchone()
-    assert "autovacuum_vacuum_scale_factor=0.01" in options and "fillfactor=80" in options
 
 
 def test_embedded_postgres_keeps_rows_across_a_restart(tmp_path) -> None:
@@ -58,8 +14,10 @@ def test_embedded_postgres_keeps_rows_across_a_restart(tmp_path) -> None:
     data_dir = tmp_path / "pgdata"
     script = (
         "import sys, trio; from actors.adapters.postgres import start_embedded; from actors.adapters.store import Store\n"
+        "from actors.adapters import schema\n"
         "async def main():\n"
-        "    s = Store(start_embedded(sys.argv[1])); await s.apply_schema()\n"
+        "    url = start_embedded(sys.argv[1]); schema.check(url, 'public', auto_migrate=True, writer=True)\n"
+        "    s = Store(url)\n"
         "    if sys.argv[2] == 'write': await s.insert_events(['kept'], [b'x'], owner='o', lease=60, spilled=False)\n"
         "    print((await s.pending_stats()).rows); s.close()\n"
         "trio.run(main)\n"

@@ -48,10 +48,22 @@ def test_overrides_beat_the_environment() -> None:
     ({"DURABLE_EMITTER_MAX_PENDING": "0"}, "max_pending"),
     ({"CHIP_INGRESS_ENDPOINT": "no-port"}, "chip_endpoint"),
     ({"CHIP_INGRESS_USERNAME": "only-user"}, "chip_password"),
+    ({"DURABLE_EMITTER_SCHEMA": "Emitter; DROP"}, "schema"),
+    ({"DURABLE_EMITTER_AUTO_MIGRATE": "perhaps"}, "DURABLE_EMITTER_AUTO_MIGRATE"),
 ])
 def test_malformed_values_name_the_setting(env: dict, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         EmitterConfig.from_env(env)
+
+
+def test_schema_and_auto_migration_knobs() -> None:
+    assert EmitterConfig.from_env({}).schema == "public"
+    assert EmitterConfig.from_env({"DURABLE_EMITTER_SCHEMA": "emitter"}).schema == "emitter"
+    assert EmitterConfig.from_env({}).migrates_at_start  # the embedded Postgres migrates itself
+    external = {"DATABASE_URL": "postgresql://db/x"}
+    assert not EmitterConfig.from_env(external).migrates_at_start
+    assert EmitterConfig.from_env({**external, "DURABLE_EMITTER_AUTO_MIGRATE": "true"}).migrates_at_start
+    assert not EmitterConfig.from_env({"DURABLE_EMITTER_AUTO_MIGRATE": "false"}).migrates_at_start
 
 
 def test_password_never_echoed_in_errors() -> None:

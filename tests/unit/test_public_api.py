@@ -11,11 +11,11 @@ def test_public_names_are_pinned() -> None:
     assert public == {"EmitterStatistics",
         "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
-        "EmitterClosed", "SupervisorGaveUp",
+        "EmitterClosed", "SupervisorGaveUp", "SchemaError",
     }
 
 
 def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
-                 "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp"]:
+                 "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
