@@ -22,7 +22,7 @@ import trio
 
 from .adapters import schema
 from .adapters.postgres import describe, start_embedded
-from .adapters.store import Store
+from .adapters.store import LEASE_OWNERS_CAP, Store
 from .config import EmitterConfig, parse_duration
 from .errors import EmitterError
 from .logs import configure_logging
@@ -53,9 +53,13 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"database        {describe(config.database_url) if config.database_url else f'embedded ({config.data_dir})'}")
-    print(f"pending rows    {pending.rows:,} ({pending.payload_bytes:,} payload bytes)")
+    about = "" if pending.exact else "about "  # a large table: the planner's estimate, not a count
+    print(f"pending rows    {about}{pending.rows:,} ({about}{pending.payload_bytes:,} payload bytes)")
     print(f"oldest pending  {pending.oldest_age_seconds:,.1f} s")
-    print(f"lease owners    {', '.join(f'{o}: {n:,} ({lapsed:,} lapsed)' for o, n, lapsed in owners) or '-'}")
+    def counted(n: int) -> str:
+        return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
+
+    print(f"lease owners    {', '.join(f'{o}: {counted(n)} ({counted(lapsed)} lapsed)' for o, n, lapsed in owners) or '-'}")
     print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
     print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
     print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"

@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace) -> int:
             }
             if not interactive:
                 print(json.dumps({"event": "run-local started", **where}), flush=True)
-            store = Store(emitter.database_url)
+            store = Store(emitter.database_url, schema=config.schema)
             stack.callback(store.close)
             summary = await watch(args, emitter, store, mock, where, interactive)
         pending = (await store.pending_stats()).rows  # after shutdown: what stays for the next run

@@ -48,7 +48,7 @@ FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
 CLAIM_EVENTS = """
 WITH claimable AS (
     SELECT id FROM chip_durable_events
-    WHERE lease_expires_at < greatest(now(), %(reclaim_before)s + make_interval(secs => %(lease)s))
+    WHERE lease_expires_at < greatest(now(), %(reclaim_before)s::timestamptz + make_interval(secs => %(lease)s))
       AND (lease_expires_at < now()
            OR (lease_owner = %(owner)s
                AND lease_expires_at < %(reclaim_before)s + make_interval(secs => %(lease)s)))
@@ -124,7 +124,8 @@ SELECT coalesce((SELECT rows FROM estimate), (SELECT rows FROM counted)),
        coalesce((SELECT bytes FROM counted),
                 (SELECT rows FROM estimate) * (SELECT avg_width FROM pg_stats WHERE schemaname = current_schema()
                     AND tablename = 'chip_durable_events' AND attname = 'payload'), 0)::bigint,
-       coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM chip_durable_events)), 0)::float8
+       coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM chip_durable_events)), 0)::float8,
+       (SELECT rows FROM estimate) IS NULL
 """
 EXACT_COUNT_BELOW_BYTES = 8 * 1024 * 1024  # about 20,000 rows of 256 B: counted in a few ms
 
@@ -135,10 +136,23 @@ SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
 FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
 """
 
+# Each owner found by a skip scan of the owner index; its rows and lapsed leases
+# counted up to a cap, so a million-row backlog is not counted row by row.
 LEASE_OWNERS = """
-SELECT lease_owner, count(*), count(*) FILTER (WHERE lease_expires_at < now())
-FROM chip_durable_events GROUP BY lease_owner ORDER BY count(*) DESC
+WITH RECURSIVE owners AS (
+    SELECT min(lease_owner) AS owner FROM chip_durable_events
+    UNION ALL
+    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
+    FROM owners WHERE owners.owner IS NOT NULL
+)
+SELECT owner,
+       (SELECT count(*) FROM (SELECT FROM chip_durable_events
+                              WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
+       (SELECT count(*) FROM (SELECT FROM chip_durable_events
+                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed)
+FROM owners WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
 """
+LEASE_OWNERS_CAP = 10_000
 
 DEAD_LETTERS_BY_REASON = """
 SELECT reason_code, count(*) FROM chip_durable_events_dead_letter GROUP BY reason_code ORDER BY count(*) DESC
@@ -199,6 +213,7 @@ class PendingStats:
     rows: int
     payload_bytes: int
     oldest_age_seconds: float
+    exact: bool = True  # False: the planner's estimate (a large table)
 
 
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
@@ -291,7 +306,14 @@ class Store:
             self._conn.close()
             self._conn = None
 
-    async def _run(self, sql: str, params: dict[str, Any] | None = None) -> psycopg.Cursor[Any]:
+    async def _run(self, sql: str, params: dict[str, Any] | None = None, *,
+                   prepare: bool | None = None) -> psycopg.Cursor[Any]:
+        """Run one statement. ``prepare=False``: plan it for these parameters every time.
+
+        psycopg prepares a statement after a few runs, and Postgres may then
+        keep one generic plan: for a query on one owner's rows, with one owner
+        holding a million, that plan is a sequential scan.
+        """
         try:
             self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
         except trio.WouldBlock:
@@ -300,7 +322,7 @@ class Store:
             conn = await self._connection()
             cursor = conn.cursor()
             try:
-                await _wait(cursor._execute_gen(sql, params), conn.pgconn.socket)
+                await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
             except psycopg.Error as exc:
                 raise _unavailable(exc) from exc
             except BaseException:
@@ -325,7 +347,7 @@ class Store:
         cursor = await self._run(CLAIM_EVENTS, {
             "owner": owner, "reclaim_before": reclaim_before, "lease": lease, "limit": limit,
             "writer_only": writer_only,
-        })
+        }, prepare=False)
         return [StoredEvent(*row) for row in cursor.fetchall()]
 
     async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float) -> None:
@@ -358,8 +380,8 @@ class Store:
         return TableActivity(*_one(await self._run(TABLE_ACTIVITY)))
 
     async def lease_owners(self) -> list[tuple[str, int, int]]:
-        """(owner, rows, rows whose lease has lapsed), largest first."""
-        return (await self._run(LEASE_OWNERS)).fetchall()
+        """(owner, rows, rows whose lease has lapsed), largest first; counts stop at LEASE_OWNERS_CAP."""
+        return (await self._run(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}, prepare=False)).fetchall()
 
     async def dead_letters_by_reason(self) -> list[tuple[str, int]]:
         return (await self._run(DEAD_LETTERS_BY_REASON)).fetchall()
@@ -391,5 +413,5 @@ class Store:
         return now
 
     async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
-        cursor = await self._run(HAS_PENDING_BEFORE, {"before": before, "owner": owner})
+        cursor = await self._run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
         return bool(_one(cursor)[0])

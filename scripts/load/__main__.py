@@ -6,6 +6,7 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
   sustained  N events from C concurrent emitters as fast as possible (--instances 1,2,3: processes)
   tps        hold a target rate, optionally through a Chip outage; time to drain afterwards
   payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
+  backlog    1,000,000 events with Chip down: claim, sampler and status timings with their plans, then the drain
 
 ``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
 and commit per emit, one unary Publish per event, one DELETE per ack) and
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=positive_ints, default=[100, 500, 1000, 2000, 5000, 10000, 20000])
     parser.add_argument("--step-seconds", type=duration, default=20.0)
     parser.add_argument("--keep-going", action="store_true", help="ramp: run every step past saturation")
-    parser.add_argument("--events", type=int, default=100_000, help="sustained/payload: events (bounded)")
+    parser.add_argument("--events", type=int, default=None,
+                        help="sustained/payload: events (default 100,000); backlog: its size (default 1,000,000)")
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
     parser.add_argument("--rate", type=float, default=None,
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.chip_latency is None:
         args.chip_latency = 0.05 if args.scenario == "ramp" else 0.0
+    if args.events is None:
+        args.events = 1_000_000 if args.scenario == "backlog" else 100_000
     if args.rate is None:
         args.rate = 1000.0 if args.scenario == "tps" else 0.0
     if args.outage:

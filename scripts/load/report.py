@@ -22,6 +22,7 @@ class Run:
     series: dict[str, list] = field(default_factory=dict)
     baselines: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    plans: dict[str, str] = field(default_factory=dict)  # EXPLAIN (ANALYZE, BUFFERS) output by query
 
 
 def machine_info(server: str) -> dict:
@@ -84,6 +85,8 @@ def write_report(run: Run, folder: Path) -> Path:
             text.append("")
     if run.notes:
         text += ["## Notes", "", *(f"- {n}" for n in run.notes), ""]
+    for query, plan in run.plans.items():
+        text += [f"## Plan: {query}", "", "```", plan, "```", ""]
     if plots:
         text += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     report = folder / "report.md"

@@ -17,6 +17,7 @@ from actors.adapters.store import Store
 from chipmock import ChipModel, Outage
 from scripts import ROOT
 
+from .backlog import backlog
 from .measure import (
     MAX_SECONDS_PER_PHASE,
     emitter_config,
@@ -235,4 +236,4 @@ async def payload(args, url: str, run: Run, progress: Progress) -> None:
         mock.stop(0)
 
 
-SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "payload": payload}
+SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "payload": payload, "backlog": backlog}

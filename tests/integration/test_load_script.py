@@ -59,6 +59,18 @@ def test_payload_sizes(tmp_path, pg_server_url) -> None:
     assert all(row["events"] == 50 and row["peak_rss_mb"] > 0 for row in run["rows"])
 
 
+def test_backlog_reports_reads_drain_and_plans(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "backlog", "--events", "3000")
+    (row,) = run["rows"]
+    assert row["pending_rows"] == 3000 and row["delivered_unique"] == 3000  # every backlogged event delivered
+    for key in ("claim_many_p99_ms", "claim_few_p99_ms", "sampler_p99_ms", "status_queries_p99_ms",
+                "status_command_ms", "drain_per_s", "sustained_end_to_end_per_s", "drain_vs_sustained"):
+        assert row[key] > 0, key
+    assert "## Plan: claim, no row claimable (every lease live)" in report
+    few = report.split("## Plan: claim, no row claimable")[1]
+    assert "Index Scan using chip_durable_events_lease_idx" in few.split("## ")[0]  # no scan of the whole table
+
+
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"], ["nothing"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,

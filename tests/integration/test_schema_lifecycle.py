@@ -276,3 +276,23 @@ async def test_durable_emitter_schema_puts_both_tables_in_a_schema_of_its_own(bl
     status = cli(url, "status", DURABLE_EMITTER_SCHEMA="emitter")
     assert status.returncode == 0 and "pending rows    0" in status.stdout
     assert cli(url, "status").returncode == 1  # public has none: told to apply the schema
+
+
+def test_a_role_without_rights_to_migrate_is_told_who_may(blank_database_url) -> None:
+    url = blank_database_url
+    make_0_1_0_database(url)
+    pending, _ = seed_0_1_0_rows(url)
+    role = "dml_" + url.rsplit("t_", 1)[-1][:12]
+    query(url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        query(url, f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        query(url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON chip_durable_events, chip_durable_events_dead_letter '
+                   f'TO "{role}"')
+        done = cli(make_conninfo(url, user=role), "schema", "apply")
+        assert done.returncode == 1 and done.stderr.count("\n") == 1
+        assert "may not change schema 'public'" in done.stderr and "as the tables' owner" in done.stderr
+        assert query(url, "SELECT to_regclass('chip_durable_events_version')") == [(None,)]
+        assert pending_ids(url) == pending
+    finally:
+        query(url, f'DROP OWNED BY "{role}"')
+        query(url, f'DROP ROLE "{role}"')
