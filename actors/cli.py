@@ -59,7 +59,9 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
     def counted(n: int) -> str:
         return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
 
-    print(f"lease owners    {', '.join(f'{o}: {counted(n)} ({counted(lapsed)} lapsed)' for o, n, lapsed in owners) or '-'}")
+    print("lease owners    " + ("; ".join(
+        f"{o}: {counted(n)} rows ({'running' if alive else 'not running: claimable now'}, {counted(lapsed)} lapsed)"
+        for o, n, lapsed, alive in owners) or "-"))
     print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
     print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
     print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"

@@ -86,6 +86,11 @@ class EmitterConfig:
     # A writer-only instance publishes what it emits but never claims others' rows.
     writer_only: bool = False
     lease_duration: float = _seconds(default=60.0)
+    # Each instance holds a session-level advisory lock while it runs, so the rows of
+    # one that died are claimed at once instead of after their lease. Needs a session
+    # of its own: behind a pooler in transaction mode, set this false on every
+    # instance (rows then wait for their lease after a crash).
+    session_liveness: bool = True
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import structlog
 import trio
 
 from .adapters.chip import ChipClient
-from .adapters.store import Store
+from .adapters.store import Store, StoredEvent
 from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.backoff import Backoff
@@ -46,9 +48,6 @@ class Wiring:
     chip: ChipClient
     store: Store
     state: DispatcherState
-    # Rows this instance id leased before this database time are ours to claim
-    # at once, whatever their lease says (a restart of the same instance).
-    reclaim_before: datetime | None
 
 
 def take_fresh(queued: deque[Outgoing], now: float) -> Outgoing | None:
@@ -131,6 +130,10 @@ class _Dispatcher:
         self.mean_payload = float(config.max_event_bytes)
         self.backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
         self.rng = random.Random()
+        # Rows this instance id leased before this (database) time were held by an
+        # earlier run of this dispatcher or of this instance: ours to claim at once.
+        self.reclaim_before: datetime | None = None
+        self.orphans_seen: set[str] = set()  # dead owners already logged
 
     # -- fresh events from the persister --------------------------------------------------
 
@@ -150,11 +153,30 @@ class _Dispatcher:
 
     # -- rows claimed back from the table ------------------------------------------------
 
+    async def start(self) -> None:
+        """Leave what an earlier run held to the table, and mark it ours to reclaim at once.
+
+        Groups still in the inbox were committed before now, so the reclaim covers
+        them: publishing them from memory as well would only send them twice.
+        """
+        while True:
+            try:
+                group = self.wiring.inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            self.wiring.budget.give_back(len(group.events), group.size)
+        self.reclaim_before = await self.wiring.store.now()
+
     async def recover_forever(self, nursery: trio.Nursery) -> None:
+        config, store = self.config, self.wiring.store
         while True:
             try:
                 await self.expire()
-                await self.claim_all(nursery)
+                if config.session_liveness and not config.writer_only:
+                    await self.claim_orphans(nursery)
+                await self.claim_all(nursery, partial(
+                    store.claim, owner=config.instance_id, lease=config.lease_duration,
+                    reclaim_before=self.reclaim_before, writer_only=config.writer_only))
             except Exception as exc:  # StoreUnavailable and friends: try again next scan
                 log.warning("recovery scan failed", error=str(exc))
             with trio.move_on_after(self.config.scan_interval):
@@ -166,15 +188,26 @@ class _Dispatcher:
             log.warning("events expired to the dead-letter table", count=expired)
             self.state.expired += expired
 
-    async def claim_all(self, nursery: trio.Nursery) -> None:
+    async def claim_orphans(self, nursery: trio.Nursery) -> None:
+        """Claim at once the rows of owners with no live session: instances that died."""
+        config, store = self.config, self.wiring.store
+        orphans = await store.orphaned_owners(me=config.instance_id)
+        if not orphans:
+            return
+        if newly := sorted(set(orphans) - self.orphans_seen):
+            log.warning("claiming the rows of instances that are not running", owners=newly)
+            self.orphans_seen.update(newly)
+        await self.claim_all(nursery, partial(store.claim_orphans, orphans, owner=config.instance_id,
+                                              lease=config.lease_duration))
+
+    async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]]) -> None:
+        """Claim with ``claim(limit=...)`` and publish, batch after batch, while full batches come back."""
         config = self.config
         while True:
             await self.slots.acquire()
             try:
                 limit = claim_limit(config.publish_batch_size, config.max_request_bytes, self.mean_payload)
-                rows = await self.wiring.store.claim(
-                    owner=config.instance_id, lease=config.lease_duration, limit=limit,
-                    reclaim_before=self.wiring.reclaim_before, writer_only=config.writer_only)
+                rows = await claim(limit=limit)
             except BaseException:
                 self.slots.release()
                 raise
@@ -265,6 +298,7 @@ class _Dispatcher:
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Publish until the inbox closes; in-flight calls then finish within the supervisor's shutdown deadline."""
     dispatcher = _Dispatcher(wiring)
+    await dispatcher.start()
     async with trio.open_nursery() as nursery:
         recovery = trio.CancelScope()
 

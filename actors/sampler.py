@@ -34,6 +34,18 @@ class Wiring:
     registry: CollectorRegistry
 
 
+async def keep_liveness(store: Store, instance_id: str, state: SamplerState) -> None:
+    """Keep this instance's liveness lock; after a reconnect, take it again. Logs changes only."""
+    held = await store.hold_liveness(instance_id)
+    if held != state.liveness_held:
+        state.liveness_held = held
+        if held:
+            log.info("liveness lock held again", instance=instance_id)
+        else:
+            log.error("another live process holds this instance id's liveness lock: two processes run "
+                      "with one id, and each may publish the other's rows", instance=instance_id)
+
+
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     config, state = wiring.config, wiring.state
     server = None
@@ -48,6 +60,8 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
             try:
+                if config.session_liveness:
+                    await keep_liveness(wiring.store, config.instance_id, state)
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
                 log.warning("cannot sample the table", error=str(exc))

@@ -118,6 +118,7 @@ class SamplerState:
     def __init__(self) -> None:
         self.sample = TableSample()
         self.metrics_port: int | None = None  # where /metrics is served, once it is
+        self.liveness_held = True  # taken before the tree started; kept (or re-taken) every sample
 
     def statistics(self) -> TableSample:
         return self.sample

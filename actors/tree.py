@@ -50,6 +50,21 @@ from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 log = structlog.get_logger("durable_emitter")
 
 
+async def _take_liveness(store: Store, instance_id: str) -> None:
+    """Hold this instance id's liveness lock, or refuse: one live process per instance id."""
+    if not await store.hold_liveness(instance_id):
+        raise ConfigError(
+            f"instance id {instance_id!r} is held by a live process (it holds the id's session lock in "
+            "Postgres); give each process its own DURABLE_EMITTER_INSTANCE_ID, or stop the other one"
+        )
+    if not await store.session_is_ours(instance_id):
+        raise ConfigError(
+            "the database connection does not keep a session (a pooler in transaction mode?), so session "
+            "liveness cannot work: use session pooling, or set DURABLE_EMITTER_SESSION_LIVENESS=false on "
+            "every instance (rows of a crashed instance then wait for their lease)"
+        )
+
+
 @asynccontextmanager
 async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emitter]:
     """Start the actor tree; yield an :class:`Emitter`; on exit shut down in order.
@@ -69,7 +84,8 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
         def store(*, synchronous_commit: bool = True) -> Store:
-            made = Store(url, schema=config.schema, synchronous_commit=synchronous_commit)
+            made = Store(url, schema=config.schema, synchronous_commit=synchronous_commit,
+                         application_name=f"durable-emitter {config.instance_id}")
             stack.callback(made.close)
             return made
 
@@ -77,7 +93,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
         await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
                                               auto_migrate=config.migrates_at_start, writer=True))
         setup = store()
-        started_at = await setup.now()
+        liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
+        if config.session_liveness:
+            await _take_liveness(liveness, config.instance_id)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)
         stack.callback(chip.close)
@@ -107,13 +125,13 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             registry.register(EmitterCollector(sources))
             grace = config.shutdown_timeout
             await tree.start(ChildSpec("sampler", partial(sampler.run, sampler.Wiring(
-                config, store(), sampled, persisted.committed, acked.settled, registry)),
+                config, liveness, sampled, persisted.committed, acked.settled, registry)),
                 restart=Restart.PERMANENT, shutdown=0))
             await tree.start(ChildSpec("acker", partial(acker.run, acker.Wiring(
                 config, outcomes, store(synchronous_commit=False), acked)),
                 shutdown=grace))
             await tree.start(ChildSpec("dispatcher", partial(dispatcher.run, dispatcher.Wiring(
-                config, groups, doorbell, outcomes_send, budget, chip, store(), dispatched, started_at)),
+                config, groups, doorbell, outcomes_send, budget, chip, store(), dispatched)),
                 shutdown=grace, on_exit=outcomes_send.close))
             await tree.start(ChildSpec("persister", partial(persister.run, persister.Wiring(
                 config, intake, groups_send, doorbell_send, budget,

@@ -58,10 +58,16 @@ def describe(url: str) -> str:
     return f"{where}/{params.get('dbname') or params.get('user') or ''}"
 
 
-def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5) -> psycopg.Connection:
-    """Open a connection, or raise one clear :class:`StoreUnavailable` line."""
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
+            application_name: str = "durable-emitter") -> psycopg.Connection:
+    """Open a connection, or raise one clear :class:`StoreUnavailable` line.
+
+    ``application_name`` shows in ``pg_stat_activity``: operators see which
+    instance holds a session.
+    """
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout)
+        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+                               application_name=application_name[:63])
     except psycopg.ProgrammingError as exc:
         raise StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}") from None
     except psycopg.Error as exc:

@@ -63,6 +63,67 @@ FROM claimable WHERE e.id = claimable.id
 RETURNING e.id, e.payload, e.created_at
 """
 
+# Liveness: each running instance holds pg_advisory_lock(LIVENESS_KEY, hashtext(its
+# instance id)) on a session it keeps for its lifetime. A process that dies ends its
+# session and frees the lock, so its rows can be claimed at once instead of after
+# their lease (Que frees a dead worker's jobs the same way).
+LIVENESS_KEY = 0x64656D74
+_ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2
+                 AND l.objid = hashtext({{owner}})::oid AND l.granted
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
+
+# Take the lock, or keep it: true while this session holds it. Taken again after a
+# reconnect; false means another live session holds this instance id.
+HOLD_LIVENESS = f"""
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
+                           AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
+            THEN true
+            ELSE pg_try_advisory_lock({LIVENESS_KEY}, hashtext(%(owner)s)) END
+"""
+
+# Whether the lock taken by the previous statement is still this backend's: a
+# pooler in transaction mode hands each statement to any backend, and session
+# locks mean nothing there.
+SESSION_IS_OURS = f"""
+SELECT EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
+                 AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
+"""
+
+# Every owner that holds rows, by a skip scan of the owner index: one probe per
+# owner, however many rows each holds.
+_OWNERS = """
+WITH RECURSIVE owners AS (
+    SELECT min(lease_owner) AS owner FROM chip_durable_events
+    UNION ALL
+    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
+    FROM owners WHERE owners.owner IS NOT NULL
+)
+"""
+
+# Owners that hold rows but no liveness lock: dead instances, and 'replay'.
+ORPHANED_OWNERS = _OWNERS + f"""
+SELECT owner FROM owners
+WHERE owner IS NOT NULL AND owner <> %(me)s AND NOT {_ALIVE.format(owner="owner")}
+"""
+
+# A dead owner's rows, whatever their lease says, oldest first.
+CLAIM_ORPHANS = """
+WITH claimable AS (
+    SELECT id FROM chip_durable_events
+    WHERE lease_owner = ANY(%(orphans)s::text[])
+    ORDER BY lease_owner, created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE chip_durable_events e
+SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+FROM claimable WHERE e.id = claimable.id
+RETURNING e.id, e.payload, e.created_at
+"""
+
 RELEASE_EVENTS = """
 UPDATE chip_durable_events
 SET attempts = attempts + %(attempts)s, last_error = %(error)s,
@@ -136,20 +197,15 @@ SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
 FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
 """
 
-# Each owner found by a skip scan of the owner index; its rows and lapsed leases
+# Each owner's rows and lapsed leases, and whether it is alive; the rows
 # counted up to a cap, so a million-row backlog is not counted row by row.
-LEASE_OWNERS = """
-WITH RECURSIVE owners AS (
-    SELECT min(lease_owner) AS owner FROM chip_durable_events
-    UNION ALL
-    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
-    FROM owners WHERE owners.owner IS NOT NULL
-)
+LEASE_OWNERS = _OWNERS + f"""
 SELECT owner,
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
                               WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
-                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed)
+                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
+       {_ALIVE.format(owner="owners.owner")}
 FROM owners WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
 """
 LEASE_OWNERS_CAP = 10_000
@@ -280,9 +336,11 @@ class Store:
     A connection runs one statement at a time; tasks sharing a Store take turns.
     """
 
-    def __init__(self, url: str, *, schema: str = "public", synchronous_commit: bool = True) -> None:
+    def __init__(self, url: str, *, schema: str = "public", synchronous_commit: bool = True,
+                 application_name: str = "durable-emitter") -> None:
         self._url = url
         self._schema = schema
+        self._application_name = application_name
         self._synchronous_commit = synchronous_commit
         self._conn: psycopg.Connection | None = None
         self._turn = trio.Lock()
@@ -294,7 +352,7 @@ class Store:
         return self._conn
 
     def _open(self) -> psycopg.Connection:
-        conn = connect(self._url)
+        conn = connect(self._url, application_name=self._application_name)
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
         if not self._synchronous_commit:
             # Lost deletes after a crash only mean re-sends (at least once).
@@ -350,6 +408,25 @@ class Store:
         }, prepare=False)
         return [StoredEvent(*row) for row in cursor.fetchall()]
 
+    async def hold_liveness(self, owner: str) -> bool:
+        """Take (or keep) ``owner``'s liveness lock on this session; False if a live session holds it."""
+        return bool(_one(await self._run(HOLD_LIVENESS, {"owner": owner}))[0])
+
+    async def session_is_ours(self, owner: str) -> bool:
+        """Whether the liveness lock survived to the next statement: False behind a transaction-mode pooler."""
+        return bool(_one(await self._run(SESSION_IS_OURS, {"owner": owner}))[0])
+
+    async def orphaned_owners(self, *, me: str) -> list[str]:
+        """Owners holding rows with no live session: their rows may be claimed at once."""
+        return [row[0] for row in (await self._run(ORPHANED_OWNERS, {"me": me}, prepare=False)).fetchall()]
+
+    async def claim_orphans(self, orphans: Sequence[str], *, owner: str, lease: float,
+                            limit: int) -> list[StoredEvent]:
+        """Lease up to ``limit`` rows of dead ``orphans`` to ``owner``, oldest first."""
+        cursor = await self._run(CLAIM_ORPHANS, {"orphans": list(orphans), "owner": owner, "lease": lease,
+                                                 "limit": limit}, prepare=False)
+        return [StoredEvent(*row) for row in cursor.fetchall()]
+
     async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float) -> None:
         """Hand rows back to the table to be claimed again after ``retry_after`` seconds."""
         await self._run(RELEASE_EVENTS, {
@@ -379,8 +456,8 @@ class Store:
         """Cumulative inserts/deletes and dead tuples from ``pg_stat_user_tables`` (lags up to ~1 s)."""
         return TableActivity(*_one(await self._run(TABLE_ACTIVITY)))
 
-    async def lease_owners(self) -> list[tuple[str, int, int]]:
-        """(owner, rows, rows whose lease has lapsed), largest first; counts stop at LEASE_OWNERS_CAP."""
+    async def lease_owners(self) -> list[tuple[str, int, int, bool]]:
+        """(owner, rows, rows whose lease has lapsed, alive), largest first; counts stop at LEASE_OWNERS_CAP."""
         return (await self._run(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}, prepare=False)).fetchall()
 
     async def dead_letters_by_reason(self) -> list[tuple[str, int]]:

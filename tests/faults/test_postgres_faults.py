@@ -78,7 +78,7 @@ async def test_statement_timeout_fails_the_commit_and_writes_nothing(chip, make_
         query(database_url, "ALTER ROLE postgres IN DATABASE "
                             f"{psycopg.conninfo.conninfo_to_dict(database_url)['dbname']} SET statement_timeout = '200ms'")
         try:
-            fresh = make_config(chip)
+            fresh = make_config(chip, instance_id="timed")  # a second instance beside the first
             async with open_emitter(fresh) as timed:  # new connections pick the setting up
                 with pytest.raises(StoreUnavailable, match="statement timeout"):
                     await timed.emit(b"x", source="wf", type="tick")

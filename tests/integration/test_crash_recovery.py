@@ -1,8 +1,9 @@
 """Cancel the tree mid-flight at several points; a new tree on the same database delivers everything."""
 
+import pytest
 import trio
 
-from actors import open_emitter
+from actors import ConfigError, open_emitter
 from chipmock import ChipModel
 from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids, query
@@ -78,24 +79,39 @@ async def test_after_ack_before_delete(chip, make_config, database_url) -> None:
     assert pending_ids(database_url) == set()
 
 
-async def test_a_different_instance_recovers_rows_after_their_lease_lapses(start_chipmock, make_config, database_url) -> None:
+async def test_a_different_instance_claims_a_stopped_instances_rows_at_once(start_chipmock, make_config,
+                                                                          database_url) -> None:
     chip = start_chipmock(ChipModel(failure_rate=1.0))
-    short_lease = dict(lease_duration=1.0, publish_timeout=0.2)
 
     async def publishes_failing(emitter) -> None:
         await wait_until(lambda: chip.counters.snapshot().failed_calls >= 1, what="a failed publish")
 
-    ids = await _emit_then_cancel(make_config(chip, **short_lease), 10, publishes_failing)
+    ids = await _emit_then_cancel(make_config(chip, instance_id="gone"), 10, publishes_failing)
     chip.set_model(ChipModel())
-    # flush() covers only rows this instance holds, so wait on the table itself.
-    async with open_emitter(make_config(chip, instance_id="another-instance", **short_lease)):
-        await wait_until(lambda: not pending_ids(database_url), what="the other instance's rows drained")
+    # Their 60 s leases have not lapsed, but no session holds "gone"'s liveness lock.
+    # (flush() covers rows this instance holds, and these become its own only once
+    # claimed, so wait on the table itself.)
+    async with open_emitter(make_config(chip, instance_id="another-instance")):
+        await wait_until(lambda: not pending_ids(database_url), timeout=20, what="the stopped instance's rows")
     assert chip.counters.seen(ids) == ids
+    assert pending_ids(database_url) == set()
+
+
+async def test_a_second_live_process_with_the_same_instance_id_is_refused(chip, make_config, database_url) -> None:
+    async with open_emitter(make_config(chip, instance_id="node-1")) as first:
+        with pytest.raises(ConfigError, match="instance id 'node-1' is held by a live process"):
+            async with open_emitter(make_config(chip, instance_id="node-1")):
+                pass
+        await first.emit(b"still working", source="wf", type="tick")  # the first one goes on
+    async with open_emitter(make_config(chip, instance_id="node-1")):  # and once it stopped, the id is free
+        pass
 
 
 async def test_dispatcher_crashes_return_their_memory_budget_and_spill_nothing(chip, make_config) -> None:
     """Each crash drops what the dispatcher held; the budget must not shrink with it (or commits would spill)."""
-    config = make_config(chip, lease_duration=5.0, max_restarts=20, restart_period=60)
+    # Default lease (60 s): rows the dead dispatcher held must be reclaimed by its
+    # restart at once, or the flush below times out.
+    config = make_config(chip, max_restarts=20, restart_period=60)
     ids: set[str] = set()
     crashes_done = trio.Event()
 

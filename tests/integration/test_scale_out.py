@@ -18,9 +18,8 @@ def _wait_exit(workloads, timeout: float) -> None:
 
 def test_three_instances_deliver_everything_without_duplicates(database_url, start_chipmock, start_workload) -> None:
     chip = start_chipmock(ChipModel(latency=0.005))
-    workloads = [
-        start_workload(database_url, chip.endpoint, "--events", "1500", "--flush", "60s", name=name,
-                       DURABLE_EMITTER_INSTANCE_ID=name)
+    workloads = [  # each process with its default instance id (host-pid)
+        start_workload(database_url, chip.endpoint, "--events", "1500", "--flush", "60s", name=name)
         for name in ("node-a", "node-b", "node-c")
     ]
     _wait_exit(workloads, 120)
@@ -32,17 +31,16 @@ def test_three_instances_deliver_everything_without_duplicates(database_url, sta
 
 
 def test_a_killed_instances_rows_are_delivered_by_the_others(database_url, start_chipmock, start_workload, capsys) -> None:
+    # Default ids and 60 s leases: the survivors stop 8 s in, so the victim's rows
+    # reach Chip only if they are claimed once its session died, not after its lease.
     chip = start_chipmock(ChipModel(latency=0.05))
-    quick_leases = {"DURABLE_EMITTER_LEASE_DURATION": "3s", "DURABLE_EMITTER_PUBLISH_TIMEOUT": "1s",
-                    "DURABLE_EMITTER_SCAN_INTERVAL": "200ms"}
     survivors = [
         start_workload(database_url, chip.endpoint, "--events", "1000000", "--duration", "8s", "--rate", "300",
-                       "--flush", "60s", name=name, DURABLE_EMITTER_INSTANCE_ID=name, **quick_leases)
+                       "--flush", "60s", name=name)
         for name in ("node-a", "node-b")
     ]
     victim = start_workload(database_url, chip.endpoint, "--events", "1000000", "--rate", "2000",
-                            "--concurrency", "20", name="node-c", DURABLE_EMITTER_INSTANCE_ID="node-c",
-                            DURABLE_EMITTER_PUBLISHES_IN_FLIGHT="1", **quick_leases)
+                            "--concurrency", "20", name="node-c", DURABLE_EMITTER_PUBLISHES_IN_FLIGHT="1")
     victim.wait_for_ids(1000)
     victim.proc.send_signal(signal.SIGKILL)
     victim.proc.wait()
