@@ -296,3 +296,16 @@ def test_a_role_without_rights_to_migrate_is_told_who_may(blank_database_url) ->
     finally:
         query(url, f'DROP OWNED BY "{role}"')
         query(url, f'DROP ROLE "{role}"')
+
+
+async def test_a_start_allowed_to_migrate_upgrades_0_1_0_and_delivers_its_rows(blank_database_url, chip,
+                                                                                make_config) -> None:
+    url = blank_database_url
+    make_0_1_0_database(url)
+    pending, _ = seed_0_1_0_rows(url)
+    async with open_emitter(make_config(chip, database_url=url, auto_migrate=True,
+                                        instance_id="old-host-1")) as emitter:
+        await emitter.flush(timeout=30)
+    assert sorted(query(url, "SELECT version FROM chip_durable_events_version")) == [
+        (v,) for v in range(1, EXPECTED + 1)]
+    assert pending_ids(url) == set() and chip.counters.seen(pending) == pending

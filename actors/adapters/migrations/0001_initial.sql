@@ -1,5 +1,6 @@
--- 0001: the 0.1.0 schema, exactly as 0.1.0 created it (IF NOT EXISTS: a 0.1.0
--- database already has it, and this step then only records the version).
+-- 0001: the 0.1.0 schema, exactly as 0.1.0 created it at every start. A 0.1.0
+-- database has no version table: `schema apply` recognises it by its columns,
+-- records 0001 without running it, and runs the later steps.
 
 -- Pending events: Postgres is the queue. A row exists from the commit in
 -- emit() until Chip acknowledged its id (then DELETE) or the event was
