@@ -19,7 +19,6 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 
 import structlog
@@ -31,7 +30,7 @@ from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.backoff import Backoff
 from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
-from .core.publishing import CallFailed, claim_limit, decide, split_by_bytes
+from .core.publishing import CallFailed, claim_limit, decide, publish_deadline, split_by_bytes
 from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
 from .statistics import DispatcherState
 
@@ -130,9 +129,6 @@ class _Dispatcher:
         self.mean_payload = float(config.max_event_bytes)
         self.backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
         self.rng = random.Random()
-        # Rows this instance id leased before this (database) time were held by an
-        # earlier run of this dispatcher or of this instance: ours to claim at once.
-        self.reclaim_before: datetime | None = None
         self.orphans_seen: set[str] = set()  # dead owners already logged
 
     # -- fresh events from the persister --------------------------------------------------
@@ -154,10 +150,13 @@ class _Dispatcher:
     # -- rows claimed back from the table ------------------------------------------------
 
     async def start(self) -> None:
-        """Leave what an earlier run held to the table, and mark it ours to reclaim at once.
+        """Leave what an earlier run held to the table, claimable at once.
 
-        Groups still in the inbox were committed before now, so the reclaim covers
-        them: publishing them from memory as well would only send them twice.
+        An earlier run of this dispatcher (or of this instance id) held rows in
+        memory or in flight, leased to this id; they went with it. Groups still
+        in the inbox were committed before their leases are ended here, so the
+        table covers them too: publishing them from memory as well would only
+        send them twice.
         """
         while True:
             try:
@@ -165,21 +164,33 @@ class _Dispatcher:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
             self.wiring.budget.give_back(len(group.events), group.size)
-        self.reclaim_before = await self.wiring.store.now()
+        lapsed = await self.wiring.store.lapse_leases(self.config.instance_id)
+        if lapsed:
+            log.info("rows an earlier run held are claimable again", count=lapsed)
 
     async def recover_forever(self, nursery: trio.Nursery) -> None:
+        """Scan every ``scan_interval`` (or when rung): expire, claim the dead's rows, claim lapsed leases.
+
+        A scan claims for at most one interval, so under continuous load the TTL
+        sweep still runs on schedule; when it stopped with rows left, the next
+        scan starts at once.
+        """
         config, store = self.config, self.wiring.store
         while True:
+            rows_left = False
             try:
                 await self.expire()
+                deadline = trio.current_time() + config.scan_interval
                 if config.session_liveness and not config.writer_only:
-                    await self.claim_orphans(nursery)
-                await self.claim_all(nursery, partial(
+                    rows_left = await self.claim_orphans(nursery, deadline)
+                rows_left |= await self.claim_all(nursery, partial(
                     store.claim, owner=config.instance_id, lease=config.lease_duration,
-                    reclaim_before=self.reclaim_before, writer_only=config.writer_only))
+                    writer_only=config.writer_only), deadline)
             except Exception as exc:  # StoreUnavailable and friends: try again next scan
                 log.warning("recovery scan failed", error=str(exc))
-            with trio.move_on_after(self.config.scan_interval):
+            if rows_left:
+                continue
+            with trio.move_on_after(config.scan_interval):
                 await self.wiring.doorbell.receive()
 
     async def expire(self) -> None:
@@ -188,23 +199,28 @@ class _Dispatcher:
             log.warning("events expired to the dead-letter table", count=expired)
             self.state.expired += expired
 
-    async def claim_orphans(self, nursery: trio.Nursery) -> None:
+    async def claim_orphans(self, nursery: trio.Nursery, deadline: float) -> bool:
         """Claim at once the rows of owners with no live session: instances that died."""
         config, store = self.config, self.wiring.store
         orphans = await store.orphaned_owners(me=config.instance_id)
         if not orphans:
-            return
+            return False
         if newly := sorted(set(orphans) - self.orphans_seen):
             log.warning("claiming the rows of instances that are not running", owners=newly)
             self.orphans_seen.update(newly)
-        await self.claim_all(nursery, partial(store.claim_orphans, orphans, owner=config.instance_id,
-                                              lease=config.lease_duration))
+        return await self.claim_all(nursery, partial(store.claim_orphans, orphans, owner=config.instance_id,
+                                                     lease=config.lease_duration), deadline)
 
-    async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]]) -> None:
-        """Claim with ``claim(limit=...)`` and publish, batch after batch, while full batches come back."""
+    async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]],
+                        deadline: float) -> bool:
+        """Claim with ``claim(limit=...)`` and publish, while full batches come back and until ``deadline``.
+
+        True if it stopped at the deadline with rows still to claim.
+        """
         config = self.config
         while True:
             await self.slots.acquire()
+            sent_at = trio.current_time()
             try:
                 limit = claim_limit(config.publish_batch_size, config.max_request_bytes, self.mean_payload)
                 rows = await claim(limit=limit)
@@ -213,16 +229,18 @@ class _Dispatcher:
                 raise
             if not rows:
                 self.slots.release()
-                return
+                return False
             self.mean_payload = sum(len(r.payload) for r in rows) / len(rows)
             self.state.claimed += len(rows)
-            publish_by = trio.current_time() + config.lease_duration - 2 * config.publish_timeout
+            publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
             batch = [Outgoing(r.id, r.payload, publish_by) for r in rows]
             # Sized by the mean payload: a few large rows may still need cutting to the cap.
             nursery.start_soon(self.publish_holding_slot, split_by_bytes(batch, config.max_request_bytes),
                                "retransmit")
             if len(rows) < limit:
-                return
+                return False
+            if trio.current_time() >= deadline:
+                return True
 
     # -- publishing ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import MemoryBudget
+from .core.publishing import publish_deadline
 from .errors import EmitterError, StoreUnavailable
 from .messages import CommittedGroup, EmitRequest, Outgoing
 from .statistics import PersisterState
@@ -55,6 +56,7 @@ async def _write(wiring: Wiring, store: Store) -> None:
         # Room in memory is taken before the commit, so the committed group can
         # be handed over without waiting after it; without room it is spilled.
         in_memory = wiring.budget.try_take(len(batch), size)
+        sent_at = trio.current_time()
         try:
             await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
                                       owner=config.instance_id, lease=config.lease_duration,
@@ -80,7 +82,7 @@ async def _write(wiring: Wiring, store: Store) -> None:
         state.committed.add(len(batch))
         state.group_sizes.observe(len(batch))
         if in_memory:
-            publish_by = trio.current_time() + config.lease_duration - 2 * config.publish_timeout
+            publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
             # The channel holds at most as many groups as the budget allows events: never blocks.
             wiring.outbox.send_nowait(CommittedGroup([Outgoing(r.event_id, r.payload, publish_by) for r in batch],
                                                      size))

@@ -32,26 +32,24 @@ from .postgres import connect
 
 # One statement, binary parameters: one round trip, little client CPU, and the
 # lease measured on the database's clock like every comparison made with it.
+# Spilled rows are claimable at once, in their turn: their lease lapses as they
+# are written, so claims (oldest lapse first) take them after rows that became
+# claimable earlier (released or spilled before them), never ahead of all of them.
 INSERT_EVENTS = """
 INSERT INTO chip_durable_events (id, payload, lease_owner, lease_expires_at)
 SELECT id, payload, %(owner)b,
-       CASE WHEN %(spilled)b THEN '-infinity'::timestamptz
+       CASE WHEN %(spilled)b THEN now()
             ELSE now() + make_interval(secs => %(lease)b) END
 FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
 """
 
-# Rows nobody holds: lease expired (dead instance, spilled, released for retry),
-# or rows this instance id leased before it (re)started (such a lease ends before
-# reclaim_before + lease; every lease granted since ends after). The first bound
-# is implied by the rest; it is there so the claim is a range scan of the lease
-# index however few rows are claimable (live leases sit at its far end).
+# Rows nobody holds: lease lapsed (spilled, released for retry, or lapsed by a
+# restart: see LAPSE_LEASES), oldest lapse first. A range scan of the lease index
+# however few rows are claimable: live leases sit at its far end.
 CLAIM_EVENTS = """
 WITH claimable AS (
     SELECT id FROM chip_durable_events
-    WHERE lease_expires_at < greatest(now(), %(reclaim_before)s::timestamptz + make_interval(secs => %(lease)s))
-      AND (lease_expires_at < now()
-           OR (lease_owner = %(owner)s
-               AND lease_expires_at < %(reclaim_before)s + make_interval(secs => %(lease)s)))
+    WHERE lease_expires_at < now()
       AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
@@ -61,6 +59,14 @@ UPDATE chip_durable_events e
 SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
 FROM claimable WHERE e.id = claimable.id
 RETURNING e.id, e.payload, e.created_at
+"""
+
+# A (re)started dispatcher ends the leases its instance id holds: what an earlier
+# run held in memory or in flight is gone with it, so those rows are claimable
+# at once (by it, or by any instance) instead of after their lease.
+LAPSE_LEASES = """
+UPDATE chip_durable_events SET lease_expires_at = now()
+WHERE lease_owner = %(owner)s AND lease_expires_at > now()
 """
 
 # Liveness: each running instance holds pg_advisory_lock(LIVENESS_KEY, hashtext(its
@@ -154,6 +160,7 @@ WITH moved AS (
     DELETE FROM chip_durable_events
     WHERE id IN (SELECT id FROM chip_durable_events
                  WHERE created_at < now() - make_interval(secs => %(ttl)s)
+                   AND lease_expires_at < now()  -- never a row a live lease holds: it may be in flight
                  ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
     RETURNING id, payload, created_at, attempts, last_error
 )
@@ -230,7 +237,7 @@ WITH moved AS (
     RETURNING id, payload, attempts
 )
 INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, lease_expires_at)
-SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', '-infinity'
+SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', now()
 FROM moved
 ON CONFLICT (id) DO NOTHING
 RETURNING id
@@ -399,14 +406,17 @@ class Store:
             "lease": float(lease), "spilled": spilled,
         })
 
-    async def claim(self, *, owner: str, lease: float, limit: int, reclaim_before: datetime | None,
-                    writer_only: bool) -> list[StoredEvent]:
+    async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool) -> list[StoredEvent]:
         """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
         cursor = await self._run(CLAIM_EVENTS, {
-            "owner": owner, "reclaim_before": reclaim_before, "lease": lease, "limit": limit,
+            "owner": owner, "lease": lease, "limit": limit,
             "writer_only": writer_only,
         }, prepare=False)
         return [StoredEvent(*row) for row in cursor.fetchall()]
+
+    async def lapse_leases(self, owner: str) -> int:
+        """End every lease ``owner`` holds, so its rows are claimable now; return how many."""
+        return (await self._run(LAPSE_LEASES, {"owner": owner})).rowcount
 
     async def hold_liveness(self, owner: str) -> bool:
         """Take (or keep) ``owner``'s liveness lock on this session; False if a live session holds it."""

@@ -94,6 +94,18 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
     return Decision(settled.delivered, settled.rejected, retry=retry, delay=delay, reason=reason)
 
 
+def publish_deadline(sent_at: float, lease: float, publish_timeout: float) -> float:
+    """The last moment a row leased by a statement sent at ``sent_at`` may be published from memory.
+
+    The database starts the lease at its ``now()``, which is never before the
+    statement was sent, so measuring from ``sent_at`` errs on the safe side
+    however slow the commit or the network: a publish (``publish_timeout``,
+    retried once within the margin) ends before the lease lapses and another
+    instance may claim the row.
+    """
+    return sent_at + lease - 2 * publish_timeout
+
+
 def claim_limit(publish_batch_size: int, max_request_bytes: int, mean_payload: float) -> int:
     """How many rows to claim at once so one batch stays under the request size cap."""
     by_bytes = int(max_request_bytes // max(mean_payload + 8, 1))

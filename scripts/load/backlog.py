@@ -115,7 +115,7 @@ def _plan(conn: psycopg.Connection, sql: str, params: dict | None) -> str:
 def _measure_reads(conn: psycopg.Connection, url: str, run: Run, progress: Progress) -> dict:
     """Claim, sampler and status timings on the full table, with their plans."""
     progress.show("backlog reads", 0, 1, "claim, sampler, status")
-    claim = {"owner": "probe", "reclaim_before": None, "lease": 60.0, "limit": 500, "writer_only": False}
+    claim = {"owner": "probe", "lease": 60.0, "limit": 500, "writer_only": False}
 
     def claim_once() -> None:
         with conn.transaction(force_rollback=True):  # measured, then undone: the backlog stays as it is

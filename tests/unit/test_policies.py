@@ -153,3 +153,11 @@ def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, atte
     if decision.retry:  # a retry happens only within the attempts and before the lease lapses
         assert attempt + 1 < attempts and now + decision.delay <= 100.0
         assert 0 <= decision.delay <= BACKOFF.ceiling(attempt)
+
+
+def test_the_publish_deadline_counts_from_before_the_statement_was_sent() -> None:
+    from actors.core.publishing import publish_deadline
+
+    # Sent at 100 s, a 60 s lease: the database's lease starts at 100 s or later, so
+    # publishing stops two publish timeouts before 160 s, however late the answer came.
+    assert publish_deadline(100.0, 60.0, 5.0) == 150.0
