@@ -6,26 +6,44 @@
     durable-emitter drain [--timeout 60s]       deliver pending rows, then exit
 
 Reads the same environment as the library (``DATABASE_URL``, ``CHIP_INGRESS_*``).
+Without ``DATABASE_URL`` it uses run-local's embedded PostgreSQL only when asked
+(``--embedded`` or ``DURABLE_EMITTER_EMBEDDED_POSTGRES=true``) or when that
+database already exists, and says so on stderr: it never creates one by accident.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import trio
 
-from .adapters.postgres import describe, start_embedded
+from .adapters.postgres import describe, embedded_exists, start_embedded
 from .adapters.store import Store
 from .config import EmitterConfig, parse_duration
-from .errors import EmitterError
-from .logs import configure_logging
+from .errors import ConfigError, EmitterError
+from .logs import LOG_FORMATS, configure_logging
 from .tree import open_emitter
+
+
+def choose_database(config: EmitterConfig, *, embedded: bool) -> EmitterConfig:
+    """``DATABASE_URL``, or run-local's embedded PostgreSQL when asked or when it exists; else refuse."""
+    if config.database_url:
+        return config
+    if embedded or config.embedded_postgres or embedded_exists(config.data_dir):
+        print(f"durable-emitter: using the embedded PostgreSQL in {config.data_dir} (no DATABASE_URL)",
+              file=sys.stderr)
+        return dataclasses.replace(config, embedded_postgres=True)
+    raise ConfigError(
+        f"no database: set DATABASE_URL (postgresql://user:password@host:5432/db), or pass --embedded "
+        f"to use run-local's embedded PostgreSQL (none exists yet in {config.data_dir})"
+    )
 
 
 async def _store(config: EmitterConfig) -> Store:
     url = config.database_url
-    if url is None:
+    if not url:
         url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
     store = Store(url)
     await store.apply_schema()
@@ -98,6 +116,10 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="durable-emitter", description="Operate a durable-emitter table.")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="log lines on stderr: console, json, or auto (console on a terminal; default)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="without DATABASE_URL, use (or start) run-local's embedded PostgreSQL")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="pending rows, leases, dead letters, vacuum").set_defaults(run=status)
     dlq = commands.add_parser("dlq", help="the dead-letter table").add_subparsers(dest="dlq", required=True)
@@ -118,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(args.log_format)
     try:
-        config = EmitterConfig.from_env()
+        config = choose_database(EmitterConfig.from_env(), embedded=args.embedded)
         code: int = trio.run(args.run, config, args)
         return code
     except EmitterError as exc:

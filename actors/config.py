@@ -17,18 +17,29 @@ from typing import Any
 
 from .errors import ConfigError
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
+_DURATION = re.compile(f"(?:{_DURATION_PART})+")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
 def parse_duration(text: str) -> float:
-    """``"50ms"`` -> 0.05, ``"2s"`` / ``"2"`` -> 2.0, ``"1m"``, ``"1h"``. Raises ValueError."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1.5, 1m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """Seconds from a duration with units, Go's spelling included. Raises ValueError.
+
+    ``"50ms"`` -> 0.05, ``"2s"``, ``"1.5s"``, ``"1m30s"`` -> 90.0, ``"1h"``;
+    ``"0"`` alone needs no unit. A bare number is refused: ``--latency 50``
+    meaning 50 seconds surprised everyone who meant milliseconds.
+    (``chipmock/model.py`` keeps a copy that must behave the same; a test checks.)
+    """
+    stripped = text.strip()
+    if stripped == "0":
+        return 0.0
+    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", stripped):
+        raise ValueError(f"{text!r} has no unit: write {stripped}s or {stripped}ms")
+    if not _DURATION.fullmatch(stripped):
+        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1m30s, 1h)")
+    return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, stripped))
 
 
 def parse_bool(text: str) -> bool:
@@ -63,8 +74,11 @@ class EmitterConfig:
     knob's name in upper case; durations accept ``50ms``, ``2s``, ``1m``).
     """
 
-    # Where events live. None: the embedded PostgreSQL in ``data_dir``.
+    # Where events live. Required, unless embedded_postgres asks for a local
+    # server in data_dir: a mistyped DATABASE_URL must never mean "durable"
+    # events on throwaway disk, so the library starts nothing by itself.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
+    embedded_postgres: bool = False
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
 
     # Chip Ingress, "host:port". Required to start: the library never picks a
@@ -163,6 +177,8 @@ class EmitterConfig:
                 f"lease_duration ({self.lease_duration}s) must exceed twice publish_timeout "
                 f"({self.publish_timeout}s), or leases lapse while a publish is in flight"
             )
+        if self.database_url and self.embedded_postgres:
+            raise ConfigError("DATABASE_URL and DURABLE_EMITTER_EMBEDDED_POSTGRES are both set: choose one")
         if self.chip_endpoint is not None and not _is_host_port(self.chip_endpoint):
             raise ConfigError(f"chip_endpoint must be host:port, got {self.chip_endpoint!r}")
         if (self.chip_username is None) != (self.chip_password is None):
@@ -171,6 +187,20 @@ class EmitterConfig:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port!r}")
         if not self.instance_id:
             raise ConfigError("instance_id must not be empty")
+
+    def check_startable(self) -> None:
+        """Raise one :class:`ConfigError` naming every destination that is missing."""
+        missing = []
+        if not self.database_url and not self.embedded_postgres:
+            missing.append(
+                "set DATABASE_URL (postgresql://user:password@host:5432/db), or ask for the embedded "
+                "PostgreSQL explicitly with DURABLE_EMITTER_EMBEDDED_POSTGRES=true "
+                f"(EmitterConfig(embedded_postgres=True); its data goes to {self.data_dir})"
+            )
+        if not self.chip_endpoint:
+            missing.append("set CHIP_INGRESS_ENDPOINT (host:port of Chip Ingress)")
+        if missing:
+            raise ConfigError("nothing to write to: " + "; and ".join(missing))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EmitterConfig:
@@ -198,7 +228,7 @@ class EmitterConfig:
         return cls(**values)
 
     def redacted_database_url(self) -> str:
-        return redact_dsn(self.database_url) if self.database_url else "(embedded)"
+        return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"
 
 
 ENV_NAMES = {

@@ -20,7 +20,6 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
 import trio
 
 from .adapters.chip import ChipClient
@@ -30,10 +29,11 @@ from .core.admission import MemoryBudget
 from .core.backoff import Backoff
 from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
 from .core.publishing import CallFailed, claim_limit, decide, split_by_bytes
+from .logs import get_logger
 from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
 from .statistics import DispatcherState
 
-log = structlog.get_logger("durable_emitter.dispatcher")
+log = get_logger("durable_emitter.dispatcher")
 
 
 @dataclass(frozen=True)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .errors import EmitterError, StoreUnavailable
+from .logs import get_logger
 from .messages import CommittedGroup, EmitRequest, Outgoing
 from .statistics import PersisterState
 
-log = structlog.get_logger("durable_emitter.persister")
+log = get_logger("durable_emitter.persister")
 
 
 @dataclass(frozen=True)

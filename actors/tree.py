@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-import structlog
 import trio
 from prometheus_client import CollectorRegistry
 
@@ -34,7 +33,7 @@ from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import Admission, MemoryBudget
 from .emitter import Emitter
-from .errors import ConfigError
+from .logs import get_logger
 from .messages import CommittedGroup, EmitRequest, Outcome
 from .statistics import (
     AckerState,
@@ -46,7 +45,7 @@ from .statistics import (
 )
 from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 
-log = structlog.get_logger("durable_emitter")
+log = get_logger("durable_emitter")
 
 
 @asynccontextmanager
@@ -54,15 +53,16 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
     """Start the actor tree; yield an :class:`Emitter`; on exit shut down in order.
 
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
-    (:class:`ConfigError`) with no Chip endpoint, and raises
+    (:class:`ConfigError`) with no Chip endpoint, or with no ``DATABASE_URL``
+    unless the embedded PostgreSQL was asked for, and raises
     :class:`StoreUnavailable` if Postgres cannot be reached.
     """
     config = config or EmitterConfig.from_env()
-    if not config.chip_endpoint:
-        raise ConfigError("no Chip endpoint: set CHIP_INGRESS_ENDPOINT (host:port)")
+    config.check_startable()
+    assert config.chip_endpoint is not None  # check_startable refused otherwise
     async with AsyncExitStack() as stack:
         url = config.database_url
-        if url is None:
+        if not url:
             url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 

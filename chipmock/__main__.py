@@ -22,7 +22,10 @@ def _fraction(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    return parse_duration(text)
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # its message says what is wrong ("has no unit: write 50s or 50ms")
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -34,7 +37,6 @@ def _positive_int(text: str) -> int:
 
 # argparse names the expected type from the function's __name__ in its error.
 _fraction.__name__ = "fraction between 0 and 1"
-_duration.__name__ = "duration (50ms, 2s)"
 _positive_int.__name__ = "positive integer"
 
 

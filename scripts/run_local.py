@@ -25,7 +25,7 @@ import trio
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
 from actors.adapters.store import Store
-from actors.logs import configure_logging
+from actors.logs import LOG_FORMATS, configure_logging
 from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chipmock-metrics-port", type=int, default=CHIPMOCK_METRICS_PORT,
                         help=f"chipmock /metrics port on 127.0.0.1 (default {CHIPMOCK_METRICS_PORT}; 0 picks one)")
     parser.add_argument("--json", action="store_true", help="one JSON line per interval even on a terminal")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="log lines on stderr: console, json, or auto (console on a terminal; default)")
     return parser
 
 
@@ -130,7 +132,8 @@ def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> s
 
 async def run(args: argparse.Namespace) -> int:
     mock = None
-    overrides = {"metrics_port": args.metrics_port, "log_interval": 3600.0}
+    overrides = {"metrics_port": args.metrics_port, "log_interval": 3600.0,
+                 "embedded_postgres": not os.environ.get("DATABASE_URL")}
     if not os.environ.get("CHIP_INGRESS_ENDPOINT"):
         mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency),
                               metrics_port=args.chipmock_metrics_port)
@@ -234,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--payload-size must be between 0 and 4194304")
     if args.interval <= 0 or args.refresh <= 0:
         parser.error("--interval and --refresh must be greater than 0")
-    configure_logging(json=not sys.stdout.isatty() or args.json)
+    configure_logging(args.log_format)
     return trio.run(run, args)
 
 

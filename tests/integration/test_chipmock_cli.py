@@ -20,6 +20,12 @@ def test_bad_option_values_get_a_usage_error() -> None:
         assert "Traceback" not in done.stderr
 
 
+def test_a_duration_without_a_unit_is_an_error_that_shows_the_units() -> None:
+    done = subprocess.run([sys.executable, "-m", "chipmock", "--latency", "50"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2 and "argument --latency: '50' has no unit: write 50s or 50ms" in done.stderr
+
+
 def test_serves_until_sigint_then_prints_a_summary() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "chipmock", "--port", "0", "--metrics-port", "-1", "--latency", "10ms"],
