@@ -1,9 +1,11 @@
 """``durable-emitter``: the operator's command line.
 
-    durable-emitter status                      pending rows, ages, leases, dead letters, vacuum
-    durable-emitter dlq list [--reason CODE]    dead-lettered events, newest first
-    durable-emitter dlq replay --id ID ... | --all
-    durable-emitter drain [--timeout 60s]       deliver pending rows, then exit
+    durable-emitter status [--json] [--max-oldest 5m]   pending rows, ages, leases, dead letters, vacuum
+    durable-emitter dlq list [--reason CODE] [--json]   dead-lettered events, newest first
+    durable-emitter dlq show ID                         one dead letter: its reason and decoded CloudEvent
+    durable-emitter dlq replay --id ID ... | --all      move dead letters back to pending
+    durable-emitter dlq purge --older-than 7d [--reason CODE]
+    durable-emitter drain [--timeout 60s]               deliver pending rows, then exit with a summary
 
 Reads the same environment as the library (``DATABASE_URL``, ``CHIP_INGRESS_*``).
 Without ``DATABASE_URL`` it uses run-local's embedded PostgreSQL only when asked
@@ -15,13 +17,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 
 import trio
 
+from . import __version__
 from .adapters.postgres import describe, embedded_exists, start_embedded
 from .adapters.store import Store
 from .config import EmitterConfig, parse_duration
+from .core.events import decode_event
 from .errors import ConfigError, EmitterError
 from .logs import LOG_FORMATS, configure_logging
 from .tree import open_emitter
@@ -60,15 +65,34 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
         oldest_xact = await store.oldest_transaction_seconds()
     finally:
         store.close()
-    print(f"database        {describe(config.database_url) if config.database_url else f'embedded ({config.data_dir})'}")
-    print(f"pending rows    {pending.rows:,} ({pending.payload_bytes:,} payload bytes)")
-    print(f"oldest pending  {pending.oldest_age_seconds:,.1f} s")
-    print(f"lease owners    {', '.join(f'{o}: {n:,} ({lapsed:,} lapsed)' for o, n, lapsed in owners) or '-'}")
-    print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
-    print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
-    print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"
-                                                     if oldest_xact > 60 else ""))
+    too_old = args.max_oldest is not None and pending.oldest_age_seconds > args.max_oldest
+    if args.json:
+        print(json.dumps({
+            "database": _where(config), "pending_rows": pending.rows, "pending_payload_bytes": pending.payload_bytes,
+            "oldest_pending_seconds": round(pending.oldest_age_seconds, 3),
+            "lease_owners": [{"owner": o, "rows": n, "lapsed": lapsed} for o, n, lapsed in owners],
+            "dead_letters": dict(letters), "dead_tuples": activity.dead_tuples,
+            "last_vacuum": activity.last_vacuum.isoformat() if activity.last_vacuum else None,
+            "oldest_transaction_seconds": round(oldest_xact, 3),
+        }))
+    else:
+        print(f"database        {_where(config)}")
+        print(f"pending rows    {pending.rows:,} ({pending.payload_bytes:,} payload bytes)")
+        print(f"oldest pending  {pending.oldest_age_seconds:,.1f} s")
+        print(f"lease owners    {', '.join(f'{o}: {n:,} ({lapsed:,} lapsed)' for o, n, lapsed in owners) or '-'}")
+        print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
+        print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
+        print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"
+                                                         if oldest_xact > 60 else ""))
+    if too_old:  # for probes: the exit code says it, stderr says why
+        print(f"durable-emitter: the oldest pending event is {pending.oldest_age_seconds:,.1f} s old, "
+              f"past --max-oldest {args.max_oldest:g} s", file=sys.stderr)
+        return 3
     return 0
+
+
+def _where(config: EmitterConfig) -> str:
+    return describe(config.database_url) if config.database_url else f"embedded ({config.data_dir})"
 
 
 async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
@@ -78,9 +102,40 @@ async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
     finally:
         store.close()
     for event_id, code, reason, attempts, created, dead in rows:
-        print(f"{event_id}  {code:<24} attempts={attempts}  created={created:%Y-%m-%d %H:%M:%S}  "
-              f"dead={dead:%Y-%m-%d %H:%M:%S}  {reason}")
+        if args.json:
+            print(json.dumps({"id": event_id, "reason_code": code, "reason": reason, "attempts": attempts,
+                              "created_at": created.isoformat(), "dead_lettered_at": dead.isoformat()}))
+        else:
+            print(f"{event_id}  {code:<24} attempts={attempts}  created={created:%Y-%m-%d %H:%M:%S}  "
+                  f"dead={dead:%Y-%m-%d %H:%M:%S}  {reason}")
     print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+async def dlq_show(config: EmitterConfig, args: argparse.Namespace) -> int:
+    store = await _store(config)
+    try:
+        row = await store.dead_letter_by_id(args.event_id)
+    finally:
+        store.close()
+    if row is None:
+        print(f"durable-emitter: no dead letter with id {args.event_id}", file=sys.stderr)
+        return 1
+    event_id, payload, code, reason, attempts, created, dead = row
+    print(json.dumps({"id": event_id, "reason_code": code, "reason": reason, "attempts": attempts,
+                      "created_at": created.isoformat(), "dead_lettered_at": dead.isoformat(),
+                      "event": decode_event(payload)}, indent=2))
+    return 0
+
+
+async def dlq_purge(config: EmitterConfig, args: argparse.Namespace) -> int:
+    store = await _store(config)
+    try:
+        purged = await store.purge_dead_letters(older_than=args.older_than, reason_code=args.reason)
+    finally:
+        store.close()
+    print(f"purged {purged:,} dead letter(s) older than {args.older_than:g} s"
+          + (f" with reason {args.reason}" if args.reason else ""))
     return 0
 
 
@@ -98,42 +153,80 @@ async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
-    """Run the delivery side only: recover what is pending, publish it, exit when empty."""
+    """Run the delivery side only: recover what is pending, publish it, exit when empty.
+
+    Progress goes to stderr; the summary (delivered, dead-lettered, left) to stdout.
+    """
+    left = -1
     async with open_emitter(config) as emitter:
         store = Store(emitter.database_url)
         try:
             with trio.move_on_after(args.timeout):
-                while (stats := await store.pending_stats()).rows:
-                    print(f"\rdraining: {stats.rows:,} pending", end="", file=sys.stderr, flush=True)
+                while (left := (await store.pending_stats()).rows):
+                    print(f"\rdraining: {left:,} pending", end="", file=sys.stderr, flush=True)
                     await trio.sleep(0.5)
-                print("\rdrained: the table is empty", file=sys.stderr)
-                return 0
         finally:
             store.close()
-    print(f"\ndrain timed out after {args.timeout:g} s with {stats.rows:,} rows pending", file=sys.stderr)
-    return 1
+        done = emitter.statistics()
+    timed_out = left != 0
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"drain {'timed out after ' + format(args.timeout, 'g') + ' s' if timed_out else 'finished'}: "
+          f"{done.delivered:,} delivered, {done.dead_lettered:,} dead-lettered, {max(left, 0):,} left pending")
+    return 1 if timed_out else 0
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # argparse shows this message, not "invalid parse_duration value"
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="durable-emitter", description="Operate a durable-emitter table.")
+    parser.add_argument("--version", action="version", version=f"durable-emitter {__version__}")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
                         help="log lines on stderr: console, json, or auto (console on a terminal; default)")
     parser.add_argument("--embedded", action="store_true",
                         help="without DATABASE_URL, use (or start) run-local's embedded PostgreSQL")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="pending rows, leases, dead letters, vacuum").set_defaults(run=status)
+    checking = commands.add_parser("status", help="pending rows, leases, dead letters, vacuum")
+    checking.add_argument("--json", action="store_true", help="one JSON object")
+    checking.add_argument("--max-oldest", type=_duration, metavar="DURATION",
+                          help="exit 3 if the oldest pending event is older (for probes), e.g. 5m")
+    checking.set_defaults(run=status)
     dlq = commands.add_parser("dlq", help="the dead-letter table").add_subparsers(dest="dlq", required=True)
     listing = dlq.add_parser("list", help="dead-lettered events, newest first")
     listing.add_argument("--reason", help="only this reason code (e.g. SCHEMA_MISSING, EXPIRED)")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive_int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(run=dlq_list)
+    showing = dlq.add_parser("show", help="one dead letter: its reason and the decoded CloudEvent")
+    showing.add_argument("event_id", metavar="ID")
+    showing.set_defaults(run=dlq_show)
     replay = dlq.add_parser("replay", help="move dead letters back to pending")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", help="an event id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
     replay.set_defaults(run=dlq_replay)
-    draining = commands.add_parser("drain", help="deliver pending rows, then exit")
-    draining.add_argument("--timeout", type=parse_duration, default=60.0, help="give up after (default 60s)")
+    purge = dlq.add_parser("purge", help="delete dead letters for good")
+    purge.add_argument("--older-than", type=_duration, required=True, metavar="DURATION",
+                       help="only those dead-lettered longer ago than this, e.g. 7d")
+    purge.add_argument("--reason", help="only this reason code")
+    purge.set_defaults(run=dlq_purge)
+    draining = commands.add_parser("drain", help="deliver pending rows, then exit with a summary")
+    draining.add_argument("--timeout", type=_duration, default=60.0, help="give up after (default 60s)")
     draining.set_defaults(run=drain)
     return parser
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
 _DURATION = re.compile(f"(?:{_DURATION_PART})+")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -28,7 +28,7 @@ def parse_duration(text: str) -> float:
     """Seconds from a duration with units, Go's spelling included. Raises ValueError.
 
     ``"50ms"`` -> 0.05, ``"2s"``, ``"1.5s"``, ``"1m30s"`` -> 90.0, ``"1h"``;
-    ``"0"`` alone needs no unit. A bare number is refused: ``--latency 50``
+    ``"7d"`` (days, beyond Go); ``"0"`` alone needs no unit. A bare number is refused: ``--latency 50``
     meaning 50 seconds surprised everyone who meant milliseconds.
     (``chipmock/model.py`` keeps a copy that must behave the same; a test checks.)
     """

@@ -7,7 +7,7 @@ from actors.errors import ConfigError
 from chipmock.model import parse_duration as chipmock_parse_duration
 
 GOOD_DURATIONS = [("50ms", 0.05), ("2s", 2.0), ("1.5s", 1.5), ("1m", 60.0), ("1h", 3600.0), (" 10ms ", 0.01),
-                  ("1m30s", 90.0), ("1h2m3.5s", 3723.5), ("500us", 0.0005), ("0", 0.0), (".5s", 0.5)]
+                  ("1m30s", 90.0), ("1h2m3.5s", 3723.5), ("500us", 0.0005), ("0", 0.0), (".5s", 0.5), ("7d", 604800.0)]
 BAD_DURATIONS = ["", "fast", "-1s", "5 days", "1e3", "5x", "1 m", "s", "1m30"]
 
 
