@@ -7,6 +7,7 @@ start with a message naming the setting, never deep inside an actor.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .logs import get_logger
+
+log = get_logger("durable_emitter.config")
 
 _DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
 _DURATION = re.compile(f"(?:{_DURATION_PART})+")
@@ -215,7 +219,7 @@ class EmitterConfig:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            name = ENV_NAMES.get(f.name, f"DURABLE_EMITTER_{f.name.upper()}")
+            name = ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}")
             raw = env.get(name)
             if raw is None or f.name in overrides:
                 continue
@@ -224,6 +228,7 @@ class EmitterConfig:
             except ValueError as exc:
                 shown = raw if f.name != "chip_password" else "***"
                 raise ConfigError(f"{name}={shown!r}: {exc}") from None
+        _warn_about_unknown_variables(env, cls)
         values.update(overrides)
         return cls(**values)
 
@@ -231,6 +236,7 @@ class EmitterConfig:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"
 
 
+ENV_PREFIX = "DURABLE_EMITTER_"
 ENV_NAMES = {
     "database_url": "DATABASE_URL",
     "chip_endpoint": "CHIP_INGRESS_ENDPOINT",
@@ -239,6 +245,15 @@ ENV_NAMES = {
     "chip_username": "CHIP_INGRESS_USERNAME",
     "chip_password": "CHIP_INGRESS_PASSWORD",
 }
+
+
+def _warn_about_unknown_variables(env: Mapping[str, str], cls: type[EmitterConfig]) -> None:
+    """A mistyped ``DURABLE_EMITTER_*`` variable would be ignored in silence: name the closest known one."""
+    known = [ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}") for f in dataclasses.fields(cls)]
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {closest[0]}?" if closest else "see the configuration table in README"
+        log.warning(f"{name} is not a durable-emitter setting and is ignored; {hint}", variable=name)
 
 
 def _parse_field(f: dataclasses.Field[Any], raw: str) -> Any:

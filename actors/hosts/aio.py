@@ -8,15 +8,17 @@ failure of the tree fails the caller.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
 
 from ..config import EmitterConfig
+from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
 from ..errors import EmitterClosed
+from ..statistics import EmitterStatistics
 from .serve import serve
 
 _T = TypeVar("_T")
@@ -69,13 +71,28 @@ class AsyncioEmitter:
         """Trio tasks currently running a call for an asyncio caller."""
         return len(self._calls.child_tasks) if self._calls is not None else 0
 
-    async def emit(self, body: Any, **kwargs: Any) -> str:
+    async def emit(
+        self,
+        body: Body,
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> str:
         """As :meth:`Emitter.emit`; returns once the event is committed."""
-        return await self._call(lambda emitter: emitter.emit(body, **kwargs))
+        return await self._call(lambda emitter: emitter.emit(
+            body, source=source, type=type, attributes=attributes, data_schema=data_schema))
 
     async def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`."""
         await self._call(lambda emitter: emitter.flush(timeout))
+
+    def statistics(self) -> EmitterStatistics:
+        """As :meth:`Emitter.statistics` (same thread as the loop: read directly)."""
+        if self.emitter is None:
+            raise EmitterClosed("the emitter is not running")
+        return self.emitter.statistics()
 
 
 @asynccontextmanager

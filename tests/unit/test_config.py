@@ -104,3 +104,12 @@ def test_embedded_postgres_is_started_only_when_asked() -> None:
         EmitterConfig(chip_endpoint="c:1").check_startable()
     with pytest.raises(ConfigError, match="choose one"):
         EmitterConfig(database_url="postgresql://db/x", embedded_postgres=True)
+
+
+def test_an_unknown_variable_is_warned_about_with_the_closest_known_one(caplog) -> None:
+    config = EmitterConfig.from_env({"DURABLE_EMITTER_MAX_PENDIGN": "5", "DURABLE_EMITTER_NONSENSE_KNOB": "1"})
+    assert config.max_pending == 1_000_000  # ignored, as before, but no longer in silence
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("DURABLE_EMITTER_MAX_PENDIGN" in w and "did you mean DURABLE_EMITTER_MAX_PENDING?" in w
+               for w in warnings), warnings
+    assert any("DURABLE_EMITTER_NONSENSE_KNOB is not a durable-emitter setting" in w for w in warnings)
