@@ -23,7 +23,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
 import trio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import acker, dispatcher, persister, sampler
 from .adapters.chip import ChipClient
@@ -49,8 +49,14 @@ log = get_logger("durable_emitter")
 
 
 @asynccontextmanager
-async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emitter]:
+async def open_emitter(config: EmitterConfig | None = None, *,
+                       registry: CollectorRegistry | None = None) -> AsyncIterator[Emitter]:
     """Start the actor tree; yield an :class:`Emitter`; on exit shut down in order.
+
+    ``registry``: the Prometheus registry to add the emitter's metrics to
+    (``prometheus_client.REGISTRY`` for the host's default one); they are
+    removed from it on exit. Default: a registry of the emitter's own, with
+    process metrics, served on ``metrics_port`` when that is set.
 
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
     (:class:`ConfigError`) with no Chip endpoint, or with no ``DATABASE_URL``
@@ -95,12 +101,16 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                               config.sample_interval)
         intensity = RestartIntensity(config.max_restarts, config.restart_period,
                                      initial_delay=config.restart_delay, max_delay=config.restart_delay_max)
-        registry = CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
 
         async with open_supervisor(intensity) as tree:
             sources = Sources(emits.statistics, persisted.statistics, dispatched.statistics, acked.statistics,
                               sampled.statistics, tree.restarts.snapshot)
-            registry.register(EmitterCollector(sources))
+            collector = EmitterCollector(sources, version=_version(), instance_id=config.instance_id)
+            registry.register(collector)
+            stack.callback(registry.unregister, collector)
             grace = config.shutdown_timeout
             await tree.start(ChildSpec("sampler", partial(sampler.run, sampler.Wiring(
                 config, store(), sampled, persisted.committed, acked.settled, registry)),
@@ -126,3 +136,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                 with trio.CancelScope(shield=True):
                     await tree.stop()
                 log.info("emitter stopped")
+
+
+def _version() -> str:
+    from . import __version__  # the package's face imports this module: read it when running
+
+    return __version__

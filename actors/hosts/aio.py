@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
@@ -96,8 +97,9 @@ class AsyncioEmitter:
 
 
 @asynccontextmanager
-async def open_asyncio_emitter(config: EmitterConfig | None = None) -> AsyncIterator[AsyncioEmitter]:
-    """Run the emitter inside the running asyncio loop (Trio guest mode)."""
+async def open_asyncio_emitter(config: EmitterConfig | None = None, *,
+                               registry: CollectorRegistry | None = None) -> AsyncIterator[AsyncioEmitter]:
+    """Run the emitter inside the running asyncio loop (Trio guest mode); ``registry`` as for :func:`open_emitter`."""
     loop = asyncio.get_running_loop()
     handle = AsyncioEmitter(loop)
     started: asyncio.Future[None] = loop.create_future()
@@ -119,7 +121,7 @@ async def open_asyncio_emitter(config: EmitterConfig | None = None) -> AsyncIter
                     future.set_result(None)
 
     trio.lowlevel.start_guest_run(
-        serve, config, ready, stop,
+        serve, config, ready, stop, registry,
         run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done,
         host_uses_signal_set_wakeup_fd=True,
     )

@@ -8,6 +8,7 @@ from functools import partial
 from types import TracebackType
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
@@ -26,8 +27,9 @@ class BlockingEmitter:
     :func:`open_blocking_emitter`.
     """
 
-    def __init__(self, config: EmitterConfig | None = None) -> None:
+    def __init__(self, config: EmitterConfig | None = None, *, registry: CollectorRegistry | None = None) -> None:
         self._config = config
+        self._registry = registry
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -46,7 +48,7 @@ class BlockingEmitter:
 
         async def main() -> None:
             self._stop = trio.Event()
-            await serve(self._config, ready, self._stop)
+            await serve(self._config, ready, self._stop, self._registry)
 
         def thread_main() -> None:
             try:
@@ -113,9 +115,11 @@ class BlockingEmitter:
         return trio.from_thread.run_sync(emitter.statistics, trio_token=token)
 
 
-def open_blocking_emitter(config: EmitterConfig | None = None) -> BlockingEmitter:
+def open_blocking_emitter(config: EmitterConfig | None = None, *,
+                          registry: CollectorRegistry | None = None) -> BlockingEmitter:
     """A :class:`BlockingEmitter`: ``with open_blocking_emitter(config) as e: e.emit(...)``.
 
+    ``registry`` as for :func:`open_emitter`.
     Without ``with``: ``e = open_blocking_emitter(config).start()`` ... ``e.close()``.
     """
-    return BlockingEmitter(config)
+    return BlockingEmitter(config, registry=registry)
