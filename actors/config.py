@@ -75,29 +75,29 @@ class EmitterConfig:
 
     Build it with keywords, or with :meth:`from_env`, which reads
     ``DATABASE_URL``, ``CHIP_INGRESS_*`` and ``DURABLE_EMITTER_<KNOB>`` (the
-    knob's name in upper case; durations accept ``50ms``, ``2s``, ``1m``).
+    knob's name in upper case; durations need a unit: ``50ms``, ``2s``, ``1m30s``).
     """
 
     # Where events live. Required, unless embedded_postgres asks for a local
     # server in data_dir: a mistyped DATABASE_URL must never mean "durable"
     # events on throwaway disk, so the library starts nothing by itself.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
-    embedded_postgres: bool = False
-    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
+    embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
+    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
 
     # Chip Ingress, "host:port". Required to start: the library never picks a
     # stand-in by itself, because acknowledging into a mock deletes the events.
     chip_endpoint: str | None = None
-    chip_tls: bool = False
-    chip_ca_file: Path | None = None
-    chip_username: str | None = None
-    chip_password: str | None = field(default=None, repr=False)
+    chip_tls: bool = False  # TLS to Chip (system roots, or chip_ca_file)
+    chip_ca_file: Path | None = None  # a CA bundle for Chip's certificate
+    chip_username: str | None = None  # basic auth on every call, with chip_password
+    chip_password: str | None = field(default=None, repr=False)  # never logged or shown
 
     # Several instances may share one table; rows are leased to one at a time.
     instance_id: str = field(default_factory=default_instance_id)
     # A writer-only instance publishes what it emits but never claims others' rows.
     writer_only: bool = False
-    lease_duration: float = _seconds(default=60.0)
+    lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000
@@ -106,31 +106,32 @@ class EmitterConfig:
     # In-memory hand-off from persister to dispatcher; beyond it, events are
     # read back from the table (memory stays bounded whatever the backlog).
     dispatch_buffer: int = 20_000
-    dispatch_buffer_bytes: int = 64 * 1024 * 1024
+    dispatch_buffer_bytes: int = 64 * 1024 * 1024  # the same bound in bytes
 
     # Publishing: PublishBatch calls of up to publish_batch_size events (and
     # max_request_bytes), several in flight, each with a deadline.
     publish_batch_size: int = 500
-    publish_linger: float = _seconds(default=0.02)
-    publishes_in_flight: int = 8
-    publish_timeout: float = _seconds(default=5.0)
-    max_request_bytes: int = 9 * 1024 * 1024
+    publish_linger: float = _seconds(default=0.02)  # wait this long for a fuller batch
+    publishes_in_flight: int = 8  # PublishBatch calls at once
+    publish_timeout: float = _seconds(default=5.0)  # deadline of one PublishBatch call
+    max_request_bytes: int = 9 * 1024 * 1024  # largest PublishBatch request
     # Transient failures: in-memory retries with exponential backoff and full
     # jitter; after publish_attempts, rows go back to the table to retry later.
     publish_attempts: int = 5
-    retry_initial: float = _seconds(default=0.1)
-    retry_multiplier: float = 2.0
-    retry_max: float = _seconds(default=5.0)
+    retry_initial: float = _seconds(default=0.1)  # first backoff
+    retry_multiplier: float = 2.0  # backoff growth per attempt
+    retry_max: float = _seconds(default=5.0)  # longest backoff
 
     # Deletes after ack: one statement per batch.
     delete_batch_size: int = 2000
 
     # Backpressure: emit waits up to backlog_timeout while pending >= max_pending.
     max_pending: int = 1_000_000
-    backlog_timeout: float = _seconds(default=5.0)
+    backlog_timeout: float = _seconds(default=5.0)  # then emit raises BacklogFull
     # A row older than this is moved to the dead-letter table, never dropped.
     event_ttl: float = _seconds(default=24 * 3600.0)
-    max_event_bytes: int = 4 * 1024 * 1024
+
+    max_event_bytes: int = 4 * 1024 * 1024  # larger events raise EventTooLarge
     # How often the table is scanned for claimable rows and expired events.
     scan_interval: float = _seconds(default=1.0)
     # Grace period for in-flight publishes when the emitter closes.
@@ -140,15 +141,15 @@ class EmitterConfig:
     # A crashed actor restarts after restart_delay, doubled for each restart
     # still within the period, up to restart_delay_max: no hot loop.
     max_restarts: int = 5
-    restart_period: float = _seconds(default=10.0)
-    restart_delay: float = _seconds(default=0.1)
-    restart_delay_max: float = _seconds(default=2.0)
+    restart_period: float = _seconds(default=10.0)  # the window max_restarts counts in
+    restart_delay: float = _seconds(default=0.1)  # first restart delay
+    restart_delay_max: float = _seconds(default=2.0)  # longest restart delay
 
-    # Observability. metrics_port None: no HTTP endpoint (the registry still counts).
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    log_interval: float = _seconds(default=10.0)
-    sample_interval: float = _seconds(default=1.0)
+    # Observability.
+    metrics_port: int | None = None  # serve /metrics here; None: no endpoint (the registry still counts)
+    metrics_host: str = "127.0.0.1"  # address the metrics endpoint binds
+    log_interval: float = _seconds(default=10.0)  # how often the status line is logged
+    sample_interval: float = _seconds(default=1.0)  # how often the table is counted for metrics and admission
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

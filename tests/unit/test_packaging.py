@@ -13,13 +13,14 @@ from packaging.requirements import Requirement
 import actors
 
 ROOT = Path(__file__).resolve().parents[2]
+INSTALLED = Path(actors.__file__).resolve().parents[1]  # the source tree, or site-packages in CI's wheel run
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def _third_party_imports() -> set[str]:
     names: set[str] = set()
     for package in ("actors", "chipmock", "chippb"):
-        for path in (ROOT / package).rglob("*.py"):
+        for path in (INSTALLED / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     names.update(alias.name.split(".")[0] for alias in node.names)
@@ -37,7 +38,7 @@ def test_runtime_dependencies_are_exactly_what_the_code_imports() -> None:
 
 
 def test_the_wheel_carries_a_typing_marker_a_licence_and_a_version() -> None:
-    assert (ROOT / "actors" / "py.typed").exists() and "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["actors"]
+    assert (INSTALLED / "actors" / "py.typed").exists() and "py.typed" in PYPROJECT["tool"]["setuptools"]["package-data"]["actors"]
     assert (ROOT / "LICENSE").read_text().startswith("MIT License") and PYPROJECT["project"]["license"] == "MIT"
     assert "Typing :: Typed" in PYPROJECT["project"]["classifiers"]
     assert actors.__version__ == importlib.metadata.version("durable-emitter") == PYPROJECT["project"]["version"]
