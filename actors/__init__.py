@@ -3,6 +3,8 @@
 The public face. Everything else in this package is private and may move.
 """
 
+from importlib import metadata as _metadata
+
 from .config import EmitterConfig as EmitterConfig
 from .emitter import Emitter as Emitter
 from .errors import BacklogFull as BacklogFull
@@ -20,3 +22,8 @@ from .hosts import open_blocking_emitter as open_blocking_emitter
 from .statistics import EmitterStatistics as EmitterStatistics
 from .supervisor import SupervisorGaveUp as SupervisorGaveUp
 from .tree import open_emitter as open_emitter
+
+try:
+    __version__ = _metadata.version("durable-emitter")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -13,17 +13,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-import structlog
 import trio
 
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.backoff import Backoff
 from .errors import StoreUnavailable
+from .logs import get_logger
 from .messages import Delivered, Outcome
 from .statistics import AckerState
 
-log = structlog.get_logger("durable_emitter.acker")
+log = get_logger("durable_emitter.acker")
 
 
 @dataclass(frozen=True)

@@ -1,36 +1,59 @@
 """``durable-emitter``: the operator's command line.
 
-    durable-emitter status                      pending rows, ages, leases, dead letters, vacuum
-    durable-emitter dlq list [--reason CODE]    dead-lettered events, newest first
-    durable-emitter dlq replay --id ID ... | --all
-    durable-emitter drain [--timeout 60s]       deliver pending rows, then exit
+    durable-emitter status [--json] [--max-oldest 5m]   pending rows, ages, leases, dead letters, vacuum
+    durable-emitter dlq list [--reason CODE] [--json]   dead-lettered events, newest first
+    durable-emitter dlq show ID                         one dead letter: its reason and decoded CloudEvent
+    durable-emitter dlq replay --id ID ... | --all      move dead letters back to pending
+    durable-emitter dlq purge --older-than 7d [--reason CODE]
+    durable-emitter drain [--timeout 60s]               deliver pending rows, then exit with a summary
     durable-emitter schema show | sql | apply [--dry-run] [--lock-timeout 10s]
 
 Only ``schema apply`` changes the schema; ``status`` and ``dlq list`` read, and
 work with a role that may only SELECT.
 
 Reads the same environment as the library (``DATABASE_URL``, ``CHIP_INGRESS_*``).
+Without ``DATABASE_URL`` it uses run-local's embedded PostgreSQL only when asked
+(``--embedded`` or ``DURABLE_EMITTER_EMBEDDED_POSTGRES=true``) or when that
+database already exists, and says so on stderr: it never creates one by accident.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from functools import partial
 
 import trio
 
+from . import __version__
 from .adapters import schema
-from .adapters.postgres import describe, start_embedded
+from .adapters.postgres import describe, embedded_exists, start_embedded
 from .adapters.store import LEASE_OWNERS_CAP, Store
 from .config import EmitterConfig, parse_duration
-from .errors import EmitterError
-from .logs import configure_logging
+from .core.events import decode_event
+from .errors import ConfigError, EmitterError
+from .logs import LOG_FORMATS, configure_logging
 from .tree import open_emitter
 
 
+def choose_database(config: EmitterConfig, *, embedded: bool) -> EmitterConfig:
+    """``DATABASE_URL``, or run-local's embedded PostgreSQL when asked or when it exists; else refuse."""
+    if config.database_url:
+        return config
+    if embedded or config.embedded_postgres or embedded_exists(config.data_dir):
+        print(f"durable-emitter: using the embedded PostgreSQL in {config.data_dir} (no DATABASE_URL)",
+              file=sys.stderr)
+        return dataclasses.replace(config, embedded_postgres=True)
+    raise ConfigError(
+        f"no database: set DATABASE_URL (postgresql://user:password@host:5432/db), or pass --embedded "
+        f"to use run-local's embedded PostgreSQL (none exists yet in {config.data_dir})"
+    )
+
+
 async def _url(config: EmitterConfig) -> str:
-    if config.database_url is not None:
+    if config.database_url:
         return config.database_url
     return await trio.to_thread.run_sync(start_embedded, config.data_dir)
 
@@ -40,6 +63,15 @@ async def _store(config: EmitterConfig, *, writer: bool) -> Store:
     url = await _url(config)
     await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
     return Store(url, schema=config.schema)
+
+
+def _counted(n: int) -> str:
+    return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
+
+
+def _owner_line(owner: str, rows: int, lapsed: int, alive: bool) -> str:
+    state = "running" if alive else "not running: claimable now"
+    return f"{owner}: {_counted(rows)} rows ({state}, {_counted(lapsed)} lapsed)"
 
 
 async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
@@ -52,21 +84,37 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
         oldest_xact = await store.oldest_transaction_seconds()
     finally:
         store.close()
-    print(f"database        {describe(config.database_url) if config.database_url else f'embedded ({config.data_dir})'}")
-    about = "" if pending.exact else "about "  # a large table: the planner's estimate, not a count
-    print(f"pending rows    {about}{pending.rows:,} ({about}{pending.payload_bytes:,} payload bytes)")
-    print(f"oldest pending  {pending.oldest_age_seconds:,.1f} s")
-    def counted(n: int) -> str:
-        return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
-
-    print("lease owners    " + ("; ".join(
-        f"{o}: {counted(n)} rows ({'running' if alive else 'not running: claimable now'}, {counted(lapsed)} lapsed)"
-        for o, n, lapsed, alive in owners) or "-"))
-    print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
-    print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
-    print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"
-                                                     if oldest_xact > 60 else ""))
+    too_old = args.max_oldest is not None and pending.oldest_age_seconds > args.max_oldest
+    if args.json:
+        print(json.dumps({
+            "database": _where(config), "pending_rows": pending.rows, "pending_payload_bytes": pending.payload_bytes,
+            "oldest_pending_seconds": round(pending.oldest_age_seconds, 3),
+            "pending_rows_exact": pending.exact,
+            "lease_owners": [{"owner": o, "rows": n, "lapsed": lapsed, "running": alive}
+                             for o, n, lapsed, alive in owners],
+            "dead_letters": dict(letters), "dead_tuples": activity.dead_tuples,
+            "last_vacuum": activity.last_vacuum.isoformat() if activity.last_vacuum else None,
+            "oldest_transaction_seconds": round(oldest_xact, 3),
+        }))
+    else:
+        print(f"database        {_where(config)}")
+        about = "" if pending.exact else "about "  # a large table: the planner's estimate, not a count
+        print(f"pending rows    {about}{pending.rows:,} ({about}{pending.payload_bytes:,} payload bytes)")
+        print(f"oldest pending  {pending.oldest_age_seconds:,.1f} s")
+        print("lease owners    " + ("; ".join(_owner_line(*owner) for owner in owners) or "-"))
+        print(f"dead letters    {', '.join(f'{code}: {n:,}' for code, n in letters) or '-'}")
+        print(f"dead tuples     {activity.dead_tuples:,} (last vacuum {activity.last_vacuum or 'never'})")
+        print(f"oldest xact     {oldest_xact:,.1f} s" + ("  <- pins the MVCC horizon: vacuum cannot clean up"
+                                                         if oldest_xact > 60 else ""))
+    if too_old:  # for probes: the exit code says it, stderr says why
+        print(f"durable-emitter: the oldest pending event is {pending.oldest_age_seconds:,.1f} s old, "
+              f"past --max-oldest {args.max_oldest:g} s", file=sys.stderr)
+        return 3
     return 0
+
+
+def _where(config: EmitterConfig) -> str:
+    return describe(config.database_url) if config.database_url else f"embedded ({config.data_dir})"
 
 
 async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
@@ -76,9 +124,40 @@ async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
     finally:
         store.close()
     for event_id, code, reason, attempts, created, dead in rows:
-        print(f"{event_id}  {code:<24} attempts={attempts}  created={created:%Y-%m-%d %H:%M:%S}  "
-              f"dead={dead:%Y-%m-%d %H:%M:%S}  {reason}")
+        if args.json:
+            print(json.dumps({"id": event_id, "reason_code": code, "reason": reason, "attempts": attempts,
+                              "created_at": created.isoformat(), "dead_lettered_at": dead.isoformat()}))
+        else:
+            print(f"{event_id}  {code:<24} attempts={attempts}  created={created:%Y-%m-%d %H:%M:%S}  "
+                  f"dead={dead:%Y-%m-%d %H:%M:%S}  {reason}")
     print(f"{len(rows)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+async def dlq_show(config: EmitterConfig, args: argparse.Namespace) -> int:
+    store = await _store(config, writer=False)
+    try:
+        row = await store.dead_letter_by_id(args.event_id)
+    finally:
+        store.close()
+    if row is None:
+        print(f"durable-emitter: no dead letter with id {args.event_id}", file=sys.stderr)
+        return 1
+    event_id, payload, code, reason, attempts, created, dead = row
+    print(json.dumps({"id": event_id, "reason_code": code, "reason": reason, "attempts": attempts,
+                      "created_at": created.isoformat(), "dead_lettered_at": dead.isoformat(),
+                      "event": decode_event(payload)}, indent=2))
+    return 0
+
+
+async def dlq_purge(config: EmitterConfig, args: argparse.Namespace) -> int:
+    store = await _store(config, writer=True)
+    try:
+        purged = await store.purge_dead_letters(older_than=args.older_than, reason_code=args.reason)
+    finally:
+        store.close()
+    print(f"purged {purged:,} dead letter(s) older than {args.older_than:g} s"
+          + (f" with reason {args.reason}" if args.reason else ""))
     return 0
 
 
@@ -96,20 +175,30 @@ async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
-    """Run the delivery side only: recover what is pending, publish it, exit when empty."""
+    """Run the delivery side only: recover what is pending, publish it, exit when empty.
+
+    Progress goes to stderr, naming who holds what is left and whether it
+    runs (rows of a running instance wait for it or for their lease); the
+    summary (delivered, dead-lettered, left) goes to stdout.
+    """
+    left = -1
     async with open_emitter(config) as emitter:
         store = Store(emitter.database_url, schema=config.schema)
         try:
             with trio.move_on_after(args.timeout):
-                while (stats := await store.pending_stats()).rows:
-                    print(f"\rdraining: {stats.rows:,} pending", end="", file=sys.stderr, flush=True)
+                while (left := (await store.pending_stats()).rows):
+                    held = "; ".join(_owner_line(*owner) for owner in (await store.lease_owners())[:3])
+                    print(f"\rdraining: {left:,} pending ({held})", end="", file=sys.stderr, flush=True)
                     await trio.sleep(0.5)
-                print("\rdrained: the table is empty", file=sys.stderr)
-                return 0
         finally:
             store.close()
-    print(f"\ndrain timed out after {args.timeout:g} s with {stats.rows:,} rows pending", file=sys.stderr)
-    return 1
+        done = emitter.statistics()
+    timed_out = left != 0
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(f"drain {'timed out after ' + format(args.timeout, 'g') + ' s' if timed_out else 'finished'}: "
+          f"{done.delivered:,} delivered, {done.dead_lettered:,} dead-lettered, {max(left, 0):,} left pending")
+    return 1 if timed_out else 0
 
 
 async def schema_show(config: EmitterConfig, args: argparse.Namespace) -> int:
@@ -144,22 +233,57 @@ async def schema_apply(config: EmitterConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # argparse shows this message, not "invalid parse_duration value"
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="durable-emitter", description="Operate a durable-emitter table.")
+    parser.add_argument("--version", action="version", version=f"durable-emitter {__version__}")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="log lines on stderr: console, json, or auto (console on a terminal; default)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="without DATABASE_URL, use (or start) run-local's embedded PostgreSQL")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="pending rows, leases, dead letters, vacuum").set_defaults(run=status)
+    checking = commands.add_parser("status", help="pending rows, leases, dead letters, vacuum")
+    checking.add_argument("--json", action="store_true", help="one JSON object")
+    checking.add_argument("--max-oldest", type=_duration, metavar="DURATION",
+                          help="exit 3 if the oldest pending event is older (for probes), e.g. 5m")
+    checking.set_defaults(run=status)
     dlq = commands.add_parser("dlq", help="the dead-letter table").add_subparsers(dest="dlq", required=True)
     listing = dlq.add_parser("list", help="dead-lettered events, newest first")
     listing.add_argument("--reason", help="only this reason code (e.g. SCHEMA_MISSING, EXPIRED)")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_positive_int, default=100)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
     listing.set_defaults(run=dlq_list)
+    showing = dlq.add_parser("show", help="one dead letter: its reason and the decoded CloudEvent")
+    showing.add_argument("event_id", metavar="ID")
+    showing.set_defaults(run=dlq_show)
     replay = dlq.add_parser("replay", help="move dead letters back to pending")
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", action="append", help="an event id (repeatable)")
     which.add_argument("--all", action="store_true", help="every dead letter")
     replay.set_defaults(run=dlq_replay)
-    draining = commands.add_parser("drain", help="deliver pending rows, then exit")
-    draining.add_argument("--timeout", type=parse_duration, default=60.0, help="give up after (default 60s)")
+    purge = dlq.add_parser("purge", help="delete dead letters for good")
+    purge.add_argument("--older-than", type=_duration, required=True, metavar="DURATION",
+                       help="only those dead-lettered longer ago than this, e.g. 7d")
+    purge.add_argument("--reason", help="only this reason code")
+    purge.set_defaults(run=dlq_purge)
+    draining = commands.add_parser("drain", help="deliver pending rows, then exit with a summary")
+    draining.add_argument("--timeout", type=_duration, default=60.0, help="give up after (default 60s)")
     draining.set_defaults(run=drain)
     schemas = commands.add_parser("schema", help="the tables' version; show, print or apply what upgrades it")
     schema_commands = schemas.add_subparsers(dest="schema_command", required=True)
@@ -168,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema_commands.add_parser("sql", help="print the SQL that apply would run").set_defaults(run=schema_sql)
     applying = schema_commands.add_parser("apply", help="install or migrate, in one transaction")
     applying.add_argument("--dry-run", action="store_true", help="run it all, then roll back")
-    applying.add_argument("--lock-timeout", type=parse_duration, default=10.0,
+    applying.add_argument("--lock-timeout", type=_duration, default=10.0,
                           help="give up if a lock is not had within this (default 10s); nothing is changed")
     applying.set_defaults(run=schema_apply)
     return parser
@@ -176,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_logging(args.log_format)
     try:
-        config = EmitterConfig.from_env()
+        config = choose_database(EmitterConfig.from_env(), embedded=args.embedded)
         code: int = trio.run(args.run, config, args)
         return code
     except EmitterError as exc:

@@ -7,6 +7,7 @@ start with a message naming the setting, never deep inside an actor.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import socket
@@ -16,20 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .logs import get_logger
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+log = get_logger("durable_emitter.config")
+
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
+_DURATION = re.compile(f"(?:{_DURATION_PART})+")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
 def parse_duration(text: str) -> float:
-    """``"50ms"`` -> 0.05, ``"2s"`` / ``"2"`` -> 2.0, ``"1m"``, ``"1h"``. Raises ValueError."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1.5, 1m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """Seconds from a duration with units, Go's spelling included. Raises ValueError.
+
+    ``"50ms"`` -> 0.05, ``"2s"``, ``"1.5s"``, ``"1m30s"`` -> 90.0, ``"1h"``;
+    ``"7d"`` (days, beyond Go); ``"0"`` alone needs no unit. A bare number is refused: ``--latency 50``
+    meaning 50 seconds surprised everyone who meant milliseconds.
+    (``chipmock/model.py`` keeps a copy that must behave the same; a test checks.)
+    """
+    stripped = text.strip()
+    if stripped == "0":
+        return 0.0
+    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", stripped):
+        raise ValueError(f"{text!r} has no unit: write {stripped}s or {stripped}ms")
+    if not _DURATION.fullmatch(stripped):
+        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1m30s, 1h)")
+    return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, stripped))
 
 
 def parse_bool(text: str) -> bool:
@@ -61,31 +76,33 @@ class EmitterConfig:
 
     Build it with keywords, or with :meth:`from_env`, which reads
     ``DATABASE_URL``, ``CHIP_INGRESS_*`` and ``DURABLE_EMITTER_<KNOB>`` (the
-    knob's name in upper case; durations accept ``50ms``, ``2s``, ``1m``).
+    knob's name in upper case; durations need a unit: ``50ms``, ``2s``, ``1m30s``).
     """
 
-    # Where events live. None: the embedded PostgreSQL in ``data_dir``.
+    # Where events live. Required, unless embedded_postgres asks for a local
+    # server in data_dir: a mistyped DATABASE_URL must never mean "durable"
+    # events on throwaway disk, so the library starts nothing by itself.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
-    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
-    # The Postgres schema holding both tables (DURABLE_EMITTER_SCHEMA).
-    schema: str = "public"
-    # An older schema at start: migrate it (True) or refuse, naming
-    # `durable-emitter schema apply` (False). None: migrate only the embedded Postgres.
+    embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
+    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
+    schema: str = "public"  # the Postgres schema holding both tables
+    # An older schema at start: migrate it (True) or refuse, naming `durable-emitter
+    # schema apply` (False). None: migrate only the embedded Postgres.
     auto_migrate: bool | None = None
 
     # Chip Ingress, "host:port". Required to start: the library never picks a
     # stand-in by itself, because acknowledging into a mock deletes the events.
     chip_endpoint: str | None = None
-    chip_tls: bool = False
-    chip_ca_file: Path | None = None
-    chip_username: str | None = None
-    chip_password: str | None = field(default=None, repr=False)
+    chip_tls: bool = False  # TLS to Chip (system roots, or chip_ca_file)
+    chip_ca_file: Path | None = None  # a CA bundle for Chip's certificate
+    chip_username: str | None = None  # basic auth on every call, with chip_password
+    chip_password: str | None = field(default=None, repr=False)  # never logged or shown
 
     # Several instances may share one table; rows are leased to one at a time.
     instance_id: str = field(default_factory=default_instance_id)
     # A writer-only instance publishes what it emits but never claims others' rows.
     writer_only: bool = False
-    lease_duration: float = _seconds(default=60.0)
+    lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
     # Each instance holds a session-level advisory lock while it runs, so the rows of
     # one that died are claimed at once instead of after their lease. Needs a session
     # of its own: behind a pooler in transaction mode, set this false on every
@@ -99,31 +116,32 @@ class EmitterConfig:
     # In-memory hand-off from persister to dispatcher; beyond it, events are
     # read back from the table (memory stays bounded whatever the backlog).
     dispatch_buffer: int = 20_000
-    dispatch_buffer_bytes: int = 64 * 1024 * 1024
+    dispatch_buffer_bytes: int = 64 * 1024 * 1024  # the same bound in bytes
 
     # Publishing: PublishBatch calls of up to publish_batch_size events (and
     # max_request_bytes), several in flight, each with a deadline.
     publish_batch_size: int = 500
-    publish_linger: float = _seconds(default=0.02)
-    publishes_in_flight: int = 8
-    publish_timeout: float = _seconds(default=5.0)
-    max_request_bytes: int = 9 * 1024 * 1024
+    publish_linger: float = _seconds(default=0.02)  # wait this long for a fuller batch
+    publishes_in_flight: int = 8  # PublishBatch calls at once
+    publish_timeout: float = _seconds(default=5.0)  # deadline of one PublishBatch call
+    max_request_bytes: int = 9 * 1024 * 1024  # largest PublishBatch request
     # Transient failures: in-memory retries with exponential backoff and full
     # jitter; after publish_attempts, rows go back to the table to retry later.
     publish_attempts: int = 5
-    retry_initial: float = _seconds(default=0.1)
-    retry_multiplier: float = 2.0
-    retry_max: float = _seconds(default=5.0)
+    retry_initial: float = _seconds(default=0.1)  # first backoff
+    retry_multiplier: float = 2.0  # backoff growth per attempt
+    retry_max: float = _seconds(default=5.0)  # longest backoff
 
     # Deletes after ack: one statement per batch.
     delete_batch_size: int = 2000
 
     # Backpressure: emit waits up to backlog_timeout while pending >= max_pending.
     max_pending: int = 1_000_000
-    backlog_timeout: float = _seconds(default=5.0)
+    backlog_timeout: float = _seconds(default=5.0)  # then emit raises BacklogFull
     # A row older than this is moved to the dead-letter table, never dropped.
     event_ttl: float = _seconds(default=24 * 3600.0)
-    max_event_bytes: int = 4 * 1024 * 1024
+
+    max_event_bytes: int = 4 * 1024 * 1024  # larger events raise EventTooLarge
     # How often the table is scanned for claimable rows and expired events.
     scan_interval: float = _seconds(default=1.0)
     # Grace period for in-flight publishes when the emitter closes.
@@ -133,15 +151,15 @@ class EmitterConfig:
     # A crashed actor restarts after restart_delay, doubled for each restart
     # still within the period, up to restart_delay_max: no hot loop.
     max_restarts: int = 5
-    restart_period: float = _seconds(default=10.0)
-    restart_delay: float = _seconds(default=0.1)
-    restart_delay_max: float = _seconds(default=2.0)
+    restart_period: float = _seconds(default=10.0)  # the window max_restarts counts in
+    restart_delay: float = _seconds(default=0.1)  # first restart delay
+    restart_delay_max: float = _seconds(default=2.0)  # longest restart delay
 
-    # Observability. metrics_port None: no HTTP endpoint (the registry still counts).
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    log_interval: float = _seconds(default=10.0)
-    sample_interval: float = _seconds(default=1.0)
+    # Observability.
+    metrics_port: int | None = None  # serve /metrics here; None: no endpoint (the registry still counts)
+    metrics_host: str = "127.0.0.1"  # address the metrics endpoint binds
+    log_interval: float = _seconds(default=10.0)  # how often the status line is logged
+    sample_interval: float = _seconds(default=1.0)  # how often the table is counted for metrics and admission
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -174,6 +192,8 @@ class EmitterConfig:
                 f"lease_duration ({self.lease_duration}s) must exceed twice publish_timeout "
                 f"({self.publish_timeout}s), or leases lapse while a publish is in flight"
             )
+        if self.database_url and self.embedded_postgres:
+            raise ConfigError("DATABASE_URL and DURABLE_EMITTER_EMBEDDED_POSTGRES are both set: choose one")
         if self.chip_endpoint is not None and not _is_host_port(self.chip_endpoint):
             raise ConfigError(f"chip_endpoint must be host:port, got {self.chip_endpoint!r}")
         if (self.chip_username is None) != (self.chip_password is None):
@@ -185,6 +205,20 @@ class EmitterConfig:
                               f"got {self.schema!r}")
         if not self.instance_id:
             raise ConfigError("instance_id must not be empty")
+
+    def check_startable(self) -> None:
+        """Raise one :class:`ConfigError` naming every destination that is missing."""
+        missing = []
+        if not self.database_url and not self.embedded_postgres:
+            missing.append(
+                "set DATABASE_URL (postgresql://user:password@host:5432/db), or ask for the embedded "
+                "PostgreSQL explicitly with DURABLE_EMITTER_EMBEDDED_POSTGRES=true "
+                f"(EmitterConfig(embedded_postgres=True); its data goes to {self.data_dir})"
+            )
+        if not self.chip_endpoint:
+            missing.append("set CHIP_INGRESS_ENDPOINT (host:port of Chip Ingress)")
+        if missing:
+            raise ConfigError("nothing to write to: " + "; and ".join(missing))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EmitterConfig:
@@ -199,7 +233,7 @@ class EmitterConfig:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            name = ENV_NAMES.get(f.name, f"DURABLE_EMITTER_{f.name.upper()}")
+            name = ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}")
             raw = env.get(name)
             if raw is None or f.name in overrides:
                 continue
@@ -208,6 +242,7 @@ class EmitterConfig:
             except ValueError as exc:
                 shown = raw if f.name != "chip_password" else "***"
                 raise ConfigError(f"{name}={shown!r}: {exc}") from None
+        _warn_about_unknown_variables(env, cls)
         values.update(overrides)
         return cls(**values)
 
@@ -217,9 +252,10 @@ class EmitterConfig:
         return self.database_url is None if self.auto_migrate is None else self.auto_migrate
 
     def redacted_database_url(self) -> str:
-        return redact_dsn(self.database_url) if self.database_url else "(embedded)"
+        return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"
 
 
+ENV_PREFIX = "DURABLE_EMITTER_"
 ENV_NAMES = {
     "database_url": "DATABASE_URL",
     "chip_endpoint": "CHIP_INGRESS_ENDPOINT",
@@ -228,6 +264,15 @@ ENV_NAMES = {
     "chip_username": "CHIP_INGRESS_USERNAME",
     "chip_password": "CHIP_INGRESS_PASSWORD",
 }
+
+
+def _warn_about_unknown_variables(env: Mapping[str, str], cls: type[EmitterConfig]) -> None:
+    """A mistyped ``DURABLE_EMITTER_*`` variable would be ignored in silence: name the closest known one."""
+    known = [ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}") for f in dataclasses.fields(cls)]
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {closest[0]}?" if closest else "see the configuration table in README"
+        log.warning(f"{name} is not a durable-emitter setting and is ignored; {hint}", variable=name)
 
 
 def _parse_field(f: dataclasses.Field[Any], raw: str) -> Any:

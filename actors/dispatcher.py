@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-import structlog
 import trio
 
 from .adapters.chip import ChipClient
@@ -31,10 +30,11 @@ from .core.admission import MemoryBudget
 from .core.backoff import Backoff
 from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
 from .core.publishing import CallFailed, claim_limit, decide, publish_deadline, split_by_bytes
+from .logs import get_logger
 from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
 from .statistics import DispatcherState
 
-log = structlog.get_logger("durable_emitter.dispatcher")
+log = get_logger("durable_emitter.dispatcher")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import structlog
 import trio
 
 from .adapters.store import Store
@@ -20,10 +19,11 @@ from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.publishing import publish_deadline
 from .errors import EmitterError, StoreUnavailable
+from .logs import get_logger
 from .messages import CommittedGroup, EmitRequest, Outgoing
 from .statistics import PersisterState
 
-log = structlog.get_logger("durable_emitter.persister")
+log = get_logger("durable_emitter.persister")
 
 
 @dataclass(frozen=True)

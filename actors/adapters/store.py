@@ -228,6 +228,17 @@ WHERE %(reason_code)s::text IS NULL OR reason_code = %(reason_code)s
 ORDER BY dead_lettered_at DESC LIMIT %(limit)s
 """
 
+DEAD_LETTER_BY_ID = """
+SELECT id, payload, reason_code, reason, attempts, created_at, dead_lettered_at
+FROM chip_durable_events_dead_letter WHERE id = %(id)s
+"""
+
+PURGE_DEAD_LETTERS = """
+DELETE FROM chip_durable_events_dead_letter
+WHERE dead_lettered_at < now() - make_interval(secs => %(older_than)s)
+  AND (%(reason_code)s::text IS NULL OR reason_code = %(reason_code)s)
+"""
+
 # Replayed rows are new pending rows (created now, so the TTL starts again),
 # claimable at once by any instance.
 REPLAY_DEAD_LETTERS = """
@@ -475,6 +486,16 @@ class Store:
 
     async def list_dead_letters(self, *, limit: int, reason_code: str | None = None) -> list[tuple[Any, ...]]:
         return (await self._run(LIST_DEAD_LETTERS, {"limit": limit, "reason_code": reason_code})).fetchall()
+
+    async def dead_letter_by_id(self, event_id: str) -> tuple[Any, ...] | None:
+        """(id, payload, reason_code, reason, attempts, created_at, dead_lettered_at), or None."""
+        row: tuple[Any, ...] | None = (await self._run(DEAD_LETTER_BY_ID, {"id": event_id})).fetchone()
+        return row
+
+    async def purge_dead_letters(self, *, older_than: float, reason_code: str | None = None) -> int:
+        """Delete dead letters moved there more than ``older_than`` seconds ago; return how many."""
+        cursor = await self._run(PURGE_DEAD_LETTERS, {"older_than": float(older_than), "reason_code": reason_code})
+        return cursor.rowcount
 
     async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
         """Move dead letters back to pending (``ids`` None: all of them); return the ids moved.

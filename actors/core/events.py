@@ -17,7 +17,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from chippb import chipingress_pb2 as pb
@@ -206,3 +208,8 @@ def interpret_response(event_ids: Sequence[str], response: pb.PublishResponse) -
         else:
             outcome.retry.append(index)
     return outcome
+
+
+def decode_event(payload: bytes) -> dict[str, Any]:
+    """A stored CloudEvent as JSON-ready data, for operators reading the dead-letter table."""
+    return json_format.MessageToDict(ce.CloudEvent.FromString(payload))

@@ -8,15 +8,18 @@ failure of the tree fails the caller.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
+from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
 from ..errors import EmitterClosed
+from ..statistics import EmitterStatistics
 from .serve import serve
 
 _T = TypeVar("_T")
@@ -69,18 +72,34 @@ class AsyncioEmitter:
         """Trio tasks currently running a call for an asyncio caller."""
         return len(self._calls.child_tasks) if self._calls is not None else 0
 
-    async def emit(self, body: Any, **kwargs: Any) -> str:
+    async def emit(
+        self,
+        body: Body,
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> str:
         """As :meth:`Emitter.emit`; returns once the event is committed."""
-        return await self._call(lambda emitter: emitter.emit(body, **kwargs))
+        return await self._call(lambda emitter: emitter.emit(
+            body, source=source, type=type, attributes=attributes, data_schema=data_schema))
 
     async def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`."""
         await self._call(lambda emitter: emitter.flush(timeout))
 
+    def statistics(self) -> EmitterStatistics:
+        """As :meth:`Emitter.statistics` (same thread as the loop: read directly)."""
+        if self.emitter is None:
+            raise EmitterClosed("the emitter is not running")
+        return self.emitter.statistics()
+
 
 @asynccontextmanager
-async def open_asyncio_emitter(config: EmitterConfig | None = None) -> AsyncIterator[AsyncioEmitter]:
-    """Run the emitter inside the running asyncio loop (Trio guest mode)."""
+async def open_asyncio_emitter(config: EmitterConfig | None = None, *,
+                               registry: CollectorRegistry | None = None) -> AsyncIterator[AsyncioEmitter]:
+    """Run the emitter inside the running asyncio loop (Trio guest mode); ``registry`` as for :func:`open_emitter`."""
     loop = asyncio.get_running_loop()
     handle = AsyncioEmitter(loop)
     started: asyncio.Future[None] = loop.create_future()
@@ -102,7 +121,7 @@ async def open_asyncio_emitter(config: EmitterConfig | None = None) -> AsyncIter
                     future.set_result(None)
 
     trio.lowlevel.start_guest_run(
-        serve, config, ready, stop,
+        serve, config, ready, stop, registry,
         run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done,
         host_uses_signal_set_wakeup_fd=True,
     )

@@ -3,84 +3,123 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from types import TracebackType
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
+from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
 from ..errors import EmitterClosed
+from ..statistics import EmitterStatistics
 from .serve import serve
 
 
 class BlockingEmitter:
     """The emitter for threaded code: ``emit`` blocks until the event is committed.
 
-    Safe to call from many threads at once. Get one from :func:`open_blocking_emitter`.
+    Safe to call from many threads at once. Use it as a context manager, or
+    call :meth:`start` and :meth:`close` where a ``with`` block does not fit
+    (a framework's start-up and shut-down hooks). Get one from
+    :func:`open_blocking_emitter`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, config: EmitterConfig | None = None, *, registry: CollectorRegistry | None = None) -> None:
+        self._config = config
+        self._registry = registry
         self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._failure: list[BaseException] = []
         self.emitter: Emitter | None = None
+
+    def start(self) -> BlockingEmitter:
+        """Start the tree in a background thread; return once it accepts emits (or raise why it cannot)."""
+        if self._thread is not None:
+            raise RuntimeError("this BlockingEmitter was already started")
+        started = threading.Event()
+
+        def ready(emitter: Emitter, calls: trio.Nursery) -> None:
+            self.emitter, self._token = emitter, trio.lowlevel.current_trio_token()
+            started.set()
+
+        async def main() -> None:
+            self._stop = trio.Event()
+            await serve(self._config, ready, self._stop, self._registry)
+
+        def thread_main() -> None:
+            try:
+                trio.run(main)
+            except BaseException as exc:
+                self._failure.append(exc)
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=thread_main, name="durable-emitter", daemon=True)
+        self._thread.start()
+        started.wait()
+        if self._failure:
+            raise self._failure[0]
+        return self
+
+    def close(self) -> None:
+        """Stop intake, let the tree shut down in order, and wait for its thread. Idempotent."""
+        token, self._token = self._token, None
+        if token is not None and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=token)
+            except trio.RunFinishedError:
+                pass
+        if self._thread is not None:
+            self._thread.join()
+        if self._failure:
+            raise self._failure.pop()
+
+    def __enter__(self) -> BlockingEmitter:
+        return self if self._thread is not None else self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
 
     def _running(self) -> tuple[Emitter, trio.lowlevel.TrioToken]:
         if self._token is None or self.emitter is None:
             raise EmitterClosed("the emitter is not running")
         return self.emitter, self._token
 
-    def emit(self, body: Any, **kwargs: Any) -> str:
-        """As :meth:`Emitter.emit`, blocking the calling thread."""
+    def emit(
+        self,
+        body: Body,
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> str:
+        """As :meth:`Emitter.emit`, blocking the calling thread until the event is committed."""
         emitter, token = self._running()
-        return trio.from_thread.run(partial(emitter.emit, body, **kwargs), trio_token=token)
+        return trio.from_thread.run(partial(emitter.emit, body, source=source, type=type, attributes=attributes,
+                                            data_schema=data_schema), trio_token=token)
 
     def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`, blocking the calling thread."""
         emitter, token = self._running()
         trio.from_thread.run(partial(emitter.flush, timeout), trio_token=token)
 
+    def statistics(self) -> EmitterStatistics:
+        """As :meth:`Emitter.statistics`, read on the emitter's own thread."""
+        emitter, token = self._running()
+        return trio.from_thread.run_sync(emitter.statistics, trio_token=token)
 
-@contextmanager
-def open_blocking_emitter(config: EmitterConfig | None = None) -> Iterator[BlockingEmitter]:
-    """Run the emitter in a background thread for the duration of the ``with``."""
-    handle = BlockingEmitter()
-    started = threading.Event()
-    stop: trio.Event | None = None
-    failure: list[BaseException] = []
 
-    def ready(emitter: Emitter, calls: trio.Nursery) -> None:
-        handle.emitter, handle._token = emitter, trio.lowlevel.current_trio_token()
-        started.set()
+def open_blocking_emitter(config: EmitterConfig | None = None, *,
+                          registry: CollectorRegistry | None = None) -> BlockingEmitter:
+    """A :class:`BlockingEmitter`: ``with open_blocking_emitter(config) as e: e.emit(...)``.
 
-    async def main() -> None:
-        nonlocal stop
-        stop = trio.Event()
-        await serve(config, ready, stop)
-
-    def thread_main() -> None:
-        try:
-            trio.run(main)
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            started.set()
-
-    thread = threading.Thread(target=thread_main, name="durable-emitter", daemon=True)
-    thread.start()
-    started.wait()
-    if failure:
-        raise failure[0]
-    try:
-        yield handle
-    finally:
-        token, handle._token = handle._token, None
-        assert stop is not None and token is not None  # both set before ready() let us in
-        try:
-            trio.from_thread.run_sync(stop.set, trio_token=token)
-        except trio.RunFinishedError:
-            pass
-        thread.join()
-        if failure:
-            raise failure[0]
+    ``registry`` as for :func:`open_emitter`.
+    Without ``with``: ``e = open_blocking_emitter(config).start()`` ... ``e.close()``.
+    """
+    return BlockingEmitter(config, registry=registry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import trio
+from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
 from ..emitter import Emitter
@@ -12,9 +13,9 @@ from ..tree import open_emitter
 
 
 async def serve(config: EmitterConfig | None, ready: Callable[[Emitter, trio.Nursery], None],
-                 stop: trio.Event) -> None:
+                 stop: trio.Event, registry: CollectorRegistry | None = None) -> None:
     """The Trio side of both adapters: run the tree until asked to stop."""
-    async with open_emitter(config) as emitter, trio.open_nursery() as calls:
+    async with open_emitter(config, registry=registry) as emitter, trio.open_nursery() as calls:
         ready(emitter, calls)
         await stop.wait()
         calls.cancel_scope.cancel()

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events must be 1..10,000,000 and --concurrency 1..1000")
     if args.duration > MAX_SECONDS_PER_PHASE or args.step_seconds > MAX_SECONDS_PER_PHASE:
         parser.error(f"--duration and --step-seconds are capped at {MAX_SECONDS_PER_PHASE}s")
-    configure_logging(json=True, level=30)
+    configure_logging("json", level=30)
     progress = Progress(args.quiet)
     server = server_url(default_state_dir() / "load-pgdata")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "quiet")}

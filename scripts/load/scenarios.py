@@ -122,7 +122,7 @@ async def _sustained_processes(args, url: str, instances: int, progress: Progres
             procs.append(subprocess.Popen(  # noqa: ASYNC220  (starting them does not block)
                 [sys.executable, "-m", "scripts.workload", "--ids-file", str(folder / f"{i}.txt"),
                  "--events", str(per_instance), "--concurrency", str(args.concurrency), "--size", str(args.size),
-                 "--duration", str(MAX_SECONDS_PER_PHASE)],
+                 "--duration", f"{MAX_SECONDS_PER_PHASE}s"],
                 cwd=ROOT, env={**env, "DURABLE_EMITTER_INSTANCE_ID": f"load-{i}"}, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
         store = Store(url)

@@ -1,10 +1,13 @@
 """The operator CLI against a real database (and a real chipmock for drain)."""
 
+import json
 import os
 import subprocess
 import sys
 
+import actors
 from actors.adapters.store import Store
+from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
 from tests.fix_postgres import dead_letters, pending_ids
 
@@ -63,6 +66,61 @@ async def test_drain_delivers_everything_pending(database_url, chip) -> None:
     assert done.returncode == 0, done.stderr
     assert pending_ids(database_url) == set()
     assert chip.counters.seen(["p1", "p2", "d1", "d2"]) == {"p1", "p2", "d1", "d2"}
+    assert done.stdout == "drain finished: 4 delivered, 0 dead-lettered, 0 left pending\n"  # progress: stderr
+
+
+async def test_drain_says_when_everything_was_dead_lettered(database_url, start_chipmock) -> None:
+    await _seed(database_url)
+    rejecting = start_chipmock(ChipModel(event_failure_rate=1.0))
+    done = cli(database_url, "drain", "--timeout", "60s", CHIP_INGRESS_ENDPOINT=rejecting.endpoint,
+               DURABLE_EMITTER_INSTANCE_ID="node-a")
+    assert done.returncode == 0, done.stderr
+    assert "0 delivered, 2 dead-lettered, 0 left pending" in done.stdout
+
+
+async def test_status_and_dlq_list_as_json_and_a_probe_on_the_oldest_age(database_url) -> None:
+    await _seed(database_url)
+    status = json.loads(cli(database_url, "status", "--json").stdout)
+    assert status["pending_rows"] == 2 and status["dead_letters"] == {"SCHEMA_MISSING": 1, "EXPIRED": 1}
+    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0}]
+    listed = [json.loads(line) for line in cli(database_url, "dlq", "list", "--json").stdout.splitlines()]
+    assert {row["id"]: row["reason_code"] for row in listed} == {"d1": "SCHEMA_MISSING", "d2": "EXPIRED"}
+
+    assert cli(database_url, "status", "--max-oldest", "1h").returncode == 0
+    late = cli(database_url, "status", "--max-oldest", "1ms")
+    assert late.returncode == 3 and "past --max-oldest" in late.stderr
+
+
+async def test_dlq_show_decodes_the_event_and_purge_deletes_by_age_and_reason(database_url) -> None:
+    await _seed(database_url)
+    shown = cli(database_url, "dlq", "show", "d1")
+    assert shown.returncode == 0, shown.stderr
+    letter = json.loads(shown.stdout)
+    assert (letter["reason_code"], letter["reason"]) == ("SCHEMA_MISSING", "no schema")
+    assert letter["event"]["id"] == "d1" and letter["event"]["source"] == "wf"
+    assert cli(database_url, "dlq", "show", "nope").returncode == 1
+
+    kept = cli(database_url, "dlq", "purge", "--older-than", "7d")
+    assert kept.returncode == 0 and "purged 0 dead letter(s)" in kept.stdout
+    purged = cli(database_url, "dlq", "purge", "--older-than", "0", "--reason", "EXPIRED")
+    assert purged.returncode == 0 and "purged 1 dead letter(s)" in purged.stdout
+    assert set(dead_letters(database_url)) == {"d1"}
+
+
+def test_bad_arguments_are_usage_errors_that_never_reach_postgres() -> None:
+    nowhere = "postgresql://ops@127.0.0.1:1/events"
+    for args, says in [(["dlq", "list", "--limit", "-5"], "'-5' is not a positive whole number"),
+                       (["drain", "--timeout", "5x"], "'5x' is not a duration"),
+                       (["status", "--max-oldest", "5"], "'5' has no unit")]:
+        done = cli(nowhere, *args)
+        assert done.returncode == 2 and says in done.stderr, (args, done.stderr)
+        assert "cannot reach" not in done.stderr
+
+
+def test_version() -> None:
+    done = cli("postgresql://ops@127.0.0.1:1/events", "--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"durable-emitter {actors.__version__}"
+    assert actors.__version__ != "0+unknown"
 
 
 def test_drain_without_a_chip_endpoint_is_a_clear_error(database_url) -> None:

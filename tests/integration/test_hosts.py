@@ -82,3 +82,42 @@ def test_blocking_host_start_failure_is_raised_in_the_caller(chip) -> None:
     config = EmitterConfig(database_url="postgresql://u:p@127.0.0.1:1/x", chip_endpoint=chip.endpoint)
     with pytest.raises(StoreUnavailable), open_blocking_emitter(config):
         pass
+
+
+def test_host_adapters_have_the_emitters_signatures() -> None:
+    """Typed like Emitter, so a host's type checker sees the same keywords (emit(body, **kwargs) hid them)."""
+    import inspect
+
+    from actors import Emitter
+    from actors.hosts import AsyncioEmitter, BlockingEmitter
+
+    for method in ("emit", "flush", "statistics"):
+        expected = inspect.signature(getattr(Emitter, method))
+        for adapter in (AsyncioEmitter, BlockingEmitter):
+            assert inspect.signature(getattr(adapter, method)) == expected, (adapter.__name__, method)
+
+
+def test_blocking_host_without_with_start_statistics_close(chip, make_config, database_url) -> None:
+    emitter = open_blocking_emitter(make_config(chip)).start()
+    try:
+        event_id = emitter.emit(b"x", source="wf", type="t", attributes={"node": "n1"})
+        emitter.flush(timeout=30)
+        stats = emitter.statistics()
+    finally:
+        emitter.close()
+    emitter.close()  # idempotent
+    assert stats.emitted == 1 and stats.delivered == 1
+    assert chip.counters.seen([event_id]) == {event_id} and pending_ids(database_url) == set()
+    from actors import EmitterClosed
+
+    with pytest.raises(EmitterClosed):
+        emitter.emit(b"late", source="wf", type="t")
+
+
+def test_asyncio_host_statistics(chip, make_config) -> None:
+    async def host() -> int:
+        async with open_asyncio_emitter(make_config(chip)) as emitter:
+            await emitter.emit(b"x", source="wf", type="t")
+            return emitter.statistics().emitted
+
+    assert asyncio.run(host()) == 1

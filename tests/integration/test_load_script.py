@@ -23,7 +23,7 @@ def load(tmp_path: Path, pg_server_url: str, *args: str) -> tuple[dict, str]:
 
 
 def test_ramp_reports_each_step_and_plots(tmp_path, pg_server_url) -> None:
-    run, report = load(tmp_path, pg_server_url, "ramp", "--steps", "50,200", "--step-seconds", "1",
+    run, report = load(tmp_path, pg_server_url, "ramp", "--steps", "50,200", "--step-seconds", "1s",
                        "--chip-latency", "10ms")
     assert [row["offered_per_s"] for row in run["rows"]] == [50, 200]
     for row in run["rows"]:

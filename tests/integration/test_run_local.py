@@ -102,3 +102,46 @@ def test_run_local_rejects_bad_options() -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.run_local", "--interval", "often"],
                           capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert done.returncode == 2 and "usage: run-local" in done.stderr
+
+
+def test_busy_metrics_ports_are_replaced_by_free_ones_and_grpc_prints_no_fork_warnings(tmp_path) -> None:
+    import socket
+
+    holders = [socket.socket() for _ in range(2)]
+    try:
+        for holder in holders:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        emitter_port, chipmock_port = (str(h.getsockname()[1]) for h in holders)
+        done = subprocess.run(
+            [sys.executable, "-m", "scripts.run_local", "--metrics-port", emitter_port,
+             "--chipmock-metrics-port", chipmock_port, "--duration", "2s", "--refresh", "500ms"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, env=_env(XDG_STATE_HOME=str(tmp_path / "state")))
+    finally:
+        for holder in holders:
+            holder.close()
+    assert done.returncode == 0, done.stderr
+    assert f"port {emitter_port} is in use; emitter metrics on port" in done.stderr
+    assert f"port {chipmock_port} is in use; chipmock metrics on port" in done.stderr
+    assert "run-local stopped after" in done.stdout
+    assert "fork_posix" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_at_any_moment_prints_a_summary_and_no_traceback(tmp_path) -> None:
+    """A terminal's Ctrl-C signals the whole process group, start-up included (initdb gets it too)."""
+    for moment in (0.3, 1.5, 4.0):
+        proc = subprocess.Popen([sys.executable, "-m", "scripts.run_local", "--metrics-port", "0",
+                                 "--chipmock-metrics-port", "0", "--refresh", "200ms"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                env=_env(XDG_STATE_HOME=str(tmp_path / f"state-{moment}")), start_new_session=True)
+        try:
+            try:
+                proc.wait(timeout=moment)  # the moment of the Ctrl-C, not a synchronisation
+            except subprocess.TimeoutExpired:
+                pass
+            os.killpg(proc.pid, signal.SIGINT)
+            out, errors = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode in (0, 130), (moment, errors)
+        assert "run-local stopped" in out and "Traceback" not in errors, (moment, out, errors)

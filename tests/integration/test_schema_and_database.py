@@ -45,3 +45,13 @@ def test_embedded_start_failure_is_a_store_error(tmp_path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises((StoreUnavailable, OSError)):
         start_embedded(blocker / "pgdata")
+
+
+def test_a_data_directory_of_another_major_version_is_one_clear_error(tmp_path) -> None:
+    """pgserver made PostgreSQL 16 data directories; the embedded server is now 18 and cannot start them."""
+    old = tmp_path / "pgdata"
+    old.mkdir()
+    (old / "PG_VERSION").write_text("16\n")
+    with pytest.raises(StoreUnavailable, match=r"made by PostgreSQL 16, and the embedded server is PostgreSQL 18"):
+        start_embedded(old)
+    assert sorted(p.name for p in old.iterdir()) == ["PG_VERSION"]  # nothing touched

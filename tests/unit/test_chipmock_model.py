@@ -15,20 +15,9 @@ from chipmock.model import (
     Outage,
     decide_call,
     decide_event_failures,
-    parse_duration,
 )
 
-
-@pytest.mark.parametrize(("text", "seconds"), [("50ms", 0.05), ("2s", 2.0), ("2", 2.0), ("1.5", 1.5),
-                                               (".5s", 0.5), (" 1m ", 60.0), ("1h", 3600.0)])
-def test_durations_parse_to_seconds(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "soon", "-1s", "1d", "1 s s", "ms"])
-def test_malformed_durations_are_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_duration(text)
+# chipmock's parse_duration is tested beside the library's (tests/unit/test_config.py): they must agree.
 
 
 def test_chipmock_imports_nothing_from_the_library() -> None:

@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
+import chippb
+
 ROOT = Path(__file__).resolve().parents[2]
+INSTALLED = Path(chippb.__file__).resolve().parents[1]  # the source tree, or site-packages in CI's wheel run
 
 
 def _load_generator():
@@ -20,6 +23,6 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
     written = _load_generator().generate(tmp_path)
     assert written, "protoc wrote nothing"
     for fresh in written:
-        committed = ROOT / fresh.relative_to(tmp_path)
+        committed = INSTALLED / fresh.relative_to(tmp_path)
         assert committed.exists(), f"{committed} is missing: run `just proto` and commit"
         assert committed.read_text() == fresh.read_text(), f"{committed} is stale: run `just proto`"
