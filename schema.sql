@@ -15,7 +15,8 @@ CREATE TABLE chip_durable_events (
     attempts         integer     NOT NULL DEFAULT 0,  -- failed publish attempts so far
     last_error       text,
     lease_owner      text        NOT NULL,            -- instance that may publish it now
-    lease_expires_at timestamptz NOT NULL             -- after this, any instance may claim it
+    lease_expires_at timestamptz NOT NULL,            -- after this, any instance may claim it
+    emitted_by       text                             -- instance that emitted it (NULL: before 0003)
 ) WITH (
     fillfactor = 80,
     autovacuum_vacuum_scale_factor = 0.01,
@@ -34,6 +35,11 @@ CREATE INDEX chip_durable_events_created_idx
 -- One instance's rows: flush polls, writer-only claims.
 CREATE INDEX chip_durable_events_owner_created_idx
     ON chip_durable_events (lease_owner, created_at);
+-- Rows claimed away from the instance that emitted them: its flush() waits for
+-- them too. Only such rows are indexed, so inserts pay nothing for it.
+CREATE INDEX chip_durable_events_emitted_away_idx
+    ON chip_durable_events (emitted_by, created_at)
+    WHERE lease_owner <> emitted_by;
 
 -- Events Chip rejected permanently, or that outlived the TTL. Kept with the
 -- reason so an operator can inspect and replay them.

@@ -117,9 +117,13 @@ class Emitter:
         return event_id
 
     async def flush(self, timeout: float) -> None:
-        """Wait until every event emitted so far, and every row this instance holds, is settled.
+        """Wait until every event emitted so far through this instance is settled, whoever delivers it.
 
-        Settled means acknowledged by Chip and deleted, or dead-lettered.
+        Covered: every row this instance emitted before the call, including
+        those another instance claimed since (spilled, released or lapsed rows
+        go to whoever claims them first), and every row this instance holds,
+        including rows it claimed from instances that died. Settled means
+        acknowledged by Chip and deleted, or dead-lettered.
         Raises :class:`FlushTimeout` after ``timeout`` seconds; the events
         stay in the table and keep being delivered. Postgres being briefly
         unreachable only delays the answer.

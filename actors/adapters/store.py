@@ -36,8 +36,8 @@ from .postgres import connect
 # are written, so claims (oldest lapse first) take them after rows that became
 # claimable earlier (released or spilled before them), never ahead of all of them.
 INSERT_EVENTS = """
-INSERT INTO chip_durable_events (id, payload, lease_owner, lease_expires_at)
-SELECT id, payload, %(owner)b,
+INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
+SELECT id, payload, %(owner)b, %(owner)b,
        CASE WHEN %(spilled)b THEN now()
             ELSE now() + make_interval(secs => %(lease)b) END
 FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
@@ -261,9 +261,13 @@ SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
 FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
 """
 
+# Rows this instance holds, and rows it emitted that another instance holds now
+# (claimed after a spill, a release, or a lapse): one probe of each index.
 HAS_PENDING_BEFORE = """
 SELECT EXISTS (SELECT 1 FROM chip_durable_events
                WHERE created_at <= %(before)s AND lease_owner = %(owner)s)
+    OR EXISTS (SELECT 1 FROM chip_durable_events
+               WHERE created_at <= %(before)s AND emitted_by = %(owner)s AND lease_owner <> emitted_by)
 """
 
 

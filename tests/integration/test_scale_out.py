@@ -6,7 +6,7 @@ import time
 from actors import open_emitter
 from chipmock import ChipModel
 from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import pending_ids
+from tests.fix_postgres import pending_ids, query
 
 
 def _wait_exit(workloads, timeout: float) -> None:
@@ -66,3 +66,18 @@ async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock,
     # Nobody published a row someone else held. (Rows left to the table when their lease ran
     # short may go to either instance: that is recovery, not theft.)
     assert chip.counters.snapshot().duplicates == 0
+
+
+async def test_flush_waits_for_events_another_instance_claimed(start_chipmock, make_config, database_url) -> None:
+    chip_of_a = start_chipmock(ChipModel(failure_rate=1.0))  # a cannot deliver: its rows go back to the table
+    chip_of_b = start_chipmock(ChipModel(latency=3.0))  # b can, slowly: what it claims stays pending a while
+    async with open_emitter(make_config(chip_of_a, instance_id="a")) as a, \
+            open_emitter(make_config(chip_of_b, instance_id="b")):
+        ids = {await a.emit(f"event {i}".encode(), source="wf", type="tick") for i in range(20)}
+        await wait_until(lambda: query(database_url, "SELECT count(*) FROM chip_durable_events "
+                                                     "WHERE lease_owner = 'b' AND emitted_by = 'a'")[0][0] > 0,
+                         what="b claiming some of a's events")
+        chip_of_a.set_model(ChipModel())  # a delivers what it holds at once
+        await a.flush(timeout=30)
+        assert not pending_ids(database_url) & ids  # including what b held, 3 s in flight
+    assert chip_of_a.counters.seen(ids) | chip_of_b.counters.seen(ids) == ids
