@@ -82,7 +82,7 @@ async def test_status_and_dlq_list_as_json_and_a_probe_on_the_oldest_age(databas
     await _seed(database_url)
     status = json.loads(cli(database_url, "status", "--json").stdout)
     assert status["pending_rows"] == 2 and status["dead_letters"] == {"SCHEMA_MISSING": 1, "EXPIRED": 1}
-    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0}]
+    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0, "running": False}]
     listed = [json.loads(line) for line in cli(database_url, "dlq", "list", "--json").stdout.splitlines()]
     assert {row["id"]: row["reason_code"] for row in listed} == {"d1": "SCHEMA_MISSING", "d2": "EXPIRED"}
 

@@ -31,10 +31,10 @@ def test_cli_uses_the_embedded_database_only_when_asked_or_when_it_exists(tmp_pa
     assert refused.returncode == 1 and "DATABASE_URL" in refused.stderr and "--embedded" in refused.stderr
     assert not (tmp_path / "durable-emitter").exists()
 
-    asked = cli("--embedded", "status")
+    asked = cli("--embedded", "schema", "apply")  # status never creates tables: install them first
     assert asked.returncode == 0, asked.stderr
-    assert "using the embedded PostgreSQL" in asked.stderr and "pending rows    0" in asked.stdout
+    assert "using the embedded PostgreSQL" in asked.stderr
 
     existing = cli("status")  # run-local's database exists now: used, and said so
     assert existing.returncode == 0, existing.stderr
-    assert "using the embedded PostgreSQL" in existing.stderr
+    assert "using the embedded PostgreSQL" in existing.stderr and "pending rows    0" in existing.stdout
