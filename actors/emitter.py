@@ -57,6 +57,7 @@ class Emitter:
             dead_lettered=sum(acker.dead_lettered.values()) + dispatcher.expired,
             publish_retries=sum(dispatcher.retries.values()),
             restarts=self._sources.restarts(),
+            delivery=dispatcher.delivery,
             emit_seconds=emits.seconds,
             publish_seconds=dispatcher.publish_seconds["batch"],
         )

@@ -56,9 +56,14 @@ async def _write(wiring: Wiring, store: Store) -> None:
         # be handed over without waiting after it; without room it is spilled.
         in_memory = wiring.budget.try_take(len(batch), size)
         try:
-            await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
-                                      owner=config.instance_id, lease=config.lease_duration,
-                                      spilled=not in_memory)
+            with trio.move_on_after(config.commit_timeout) as deadline:
+                await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
+                                          owner=config.instance_id, lease=config.lease_duration,
+                                          spilled=not in_memory)
+            if deadline.cancelled_caught:  # the store closed the connection mid-statement
+                raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
+                                       f"({config.commit_timeout:g}s); the connection was dropped, which "
+                                       "rolls the insert back (one statement: all of it or none)")
         except StoreUnavailable as exc:
             if in_memory:
                 wiring.budget.give_back(len(batch), size)

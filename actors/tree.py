@@ -30,7 +30,7 @@ from . import acker, dispatcher, persister, sampler
 from .adapters.chip import ChipClient
 from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
-from .adapters.store import Store
+from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission, MemoryBudget
 from .emitter import Emitter
@@ -67,7 +67,8 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
         def store(*, synchronous_commit: bool = True) -> Store:
-            made = Store(url, synchronous_commit=synchronous_commit)
+            made = Store(url, Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout,
+                                      config.tcp_keepalive_idle, synchronous_commit))
             stack.callback(made.close)
             return made
 

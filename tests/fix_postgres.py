@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.adapters.postgres import start_embedded
 from scripts.args_and_databases import scratch_database, server_url
@@ -75,3 +75,14 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
         server.stop()
     except Exception:  # already stopped by the test
         pass
+
+
+@pytest.fixture
+def limited_role_url(database_url):
+    """The emitter connects as an ordinary role, so permissions can be taken away."""
+    role = "emitter_" + database_url.rsplit("t_", 1)[-1][:12]
+    query(database_url, f'CREATE ROLE "{role}" LOGIN')
+    query(database_url, f'GRANT CREATE, USAGE ON SCHEMA public TO "{role}"')
+    yield make_conninfo(database_url, user=role), role
+    query(database_url, f'DROP OWNED BY "{role}"')
+    query(database_url, f'DROP ROLE "{role}"')
