@@ -170,43 +170,51 @@ class _Dispatcher:
         self.resumed = trio.Event()  # set while delivery is up; a fresh one while paused
         self.resumed.set()
         self.nursery: trio.Nursery | None = None  # where the prober runs; set by run()
+        self.probing = False
 
     # -- outage mode -------------------------------------------------------------------
 
     def _changed(self, change: Change | None) -> None:
-        """Apply a change of delivery state: log it once, open or close the gate, start the prober."""
+        """Apply a change of delivery state: open or close the gate, start the prober, log what a human needs."""
         if change is None:
             return
-        self.state.delivery = change.state.value
-        self.state.paused_calls = change.failed_calls
+        if not change.silent:
+            self.state.delivery = change.state.value
+            self.state.paused_calls = change.failed_calls
         if change.state is Delivery.UP:
-            log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
-                        failed_calls=change.failed_calls)
+            if not change.silent:
+                log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
+                            failed_calls=change.failed_calls)
             self.resumed.set()
+            return
+        if self.resumed.is_set():
+            self.resumed = trio.Event()
+        if not self.probing:
+            self.probing = True
+            assert self.nursery is not None  # run() sets it before any publish
+            self.nursery.start_soon(self.probe_until_answered)
+        if change.silent:
             return
         what = ("Chip refuses our calls; delivery paused (check credentials and Chip's configuration)"
                 if change.state is Delivery.REFUSED else "Chip does not answer; delivery paused")
         if change.down_for:
-            log.warning(what.replace("paused", "still paused"), reason=change.reason,
-                        down_for_s=round(change.down_for, 1), failed_calls=change.failed_calls,
-                        held_events=self.state.held)
-            return
-        log.warning(what, reason=change.reason, failed_calls=change.failed_calls)
-        if self.resumed.is_set():
-            self.resumed = trio.Event()
-            assert self.nursery is not None  # run() sets it before any publish
-            self.nursery.start_soon(self.probe_until_answered)
+            what = what.replace("paused", "still paused")
+        log.warning(what, reason=change.reason, down_for_s=round(change.down_for, 1),
+                    failed_calls=change.failed_calls, held_events=self.state.held)
 
     async def probe_until_answered(self) -> None:
-        """Ping Chip on backoff (up to retry_max) until it answers; then delivery resumes."""
-        while self.health.paused:
-            await trio.sleep(self.health.next_probe_delay(self.rng))
-            failed = await self.wiring.chip.probe(self.config.publish_timeout)
-            now = trio.current_time()
-            if failed is None:
-                self._changed(self.health.probe_answered(now))
-            else:
-                self._changed(self.health.probe_failed(failed.kind, str(failed), now))
+        """Ping Chip on backoff (up to retry_max) until it answers; then delivery resumes on trial."""
+        try:
+            while self.health.paused:
+                await trio.sleep(self.health.next_probe_delay(self.rng))
+                failed = await self.wiring.chip.probe(self.config.publish_timeout)
+                now = trio.current_time()
+                if failed is None:
+                    self._changed(self.health.probe_answered(now))
+                else:
+                    self._changed(self.health.probe_failed(failed.kind, str(failed), now))
+        finally:
+            self.probing = False
 
     async def until_resumed(self) -> None:
         while not self.resumed.is_set():

@@ -62,8 +62,9 @@ async def _write(wiring: Wiring, store: Store) -> None:
                                           spilled=not in_memory)
             if deadline.cancelled_caught:  # the store closed the connection mid-statement
                 raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
-                                       f"({config.commit_timeout:g}s); the connection was dropped, which "
-                                       "rolls the insert back (one statement: all of it or none)")
+                                       f"({config.commit_timeout:g}s); the connection was dropped, which rolls "
+                                       "the insert back unless Postgres had committed it just before (then the "
+                                       "event is still delivered; a retried emit may deliver it twice)")
         except StoreUnavailable as exc:
             if in_memory:
                 wiring.budget.give_back(len(batch), size)

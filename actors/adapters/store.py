@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -201,6 +202,11 @@ class Session:
     keepalive_idle: float = 10.0
     synchronous_commit: bool = True
 
+    @property
+    def answer_timeout(self) -> float:
+        """How long the client waits for any answer: the server's own deadline first, plus a margin."""
+        return self.statement_timeout + 5.0
+
     def statements(self) -> str:
         return (f"SET statement_timeout = {round(self.statement_timeout * 1000)}; "
                 f"SET lock_timeout = {round(self.lock_timeout * 1000)}; "
@@ -279,18 +285,20 @@ class Store:
     async def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = await trio.to_thread.run_sync(self._open)
+            session = self._session
+            # Connecting resolves names, so it runs in a thread; connect_timeout bounds it.
+            conn = await trio.to_thread.run_sync(partial(
+                connect, self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle))
+            try:
+                await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
+            except psycopg.Error as exc:
+                conn.close()
+                raise _unavailable(exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
-
-    def _open(self) -> psycopg.Connection:
-        session = self._session
-        conn = connect(self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle)
-        try:
-            conn.execute(session.statements().encode())
-        except psycopg.Error as exc:
-            conn.close()
-            raise _unavailable(exc) from exc
-        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -303,16 +311,21 @@ class Store:
         except trio.WouldBlock:
             await self._turn.acquire()
         try:
-            conn = await self._connection()
-            cursor = conn.cursor()
-            try:
-                await _wait(cursor._execute_gen(sql, params), conn.pgconn.socket)
-            except psycopg.Error as exc:
-                raise _unavailable(exc) from exc
-            except BaseException:
-                self.close()  # cancelled mid-statement: the protocol state is unknown
-                raise
-            return cursor
+            # The server cancels a statement after statement_timeout; this deadline covers a
+            # server that cannot answer at all (a path that went dark without a reset).
+            with trio.move_on_after(self._session.answer_timeout):
+                conn = await self._connection()
+                cursor = conn.cursor()
+                try:
+                    await _wait(cursor._execute_gen(sql, params), conn.pgconn.socket)
+                except psycopg.Error as exc:
+                    raise _unavailable(exc) from exc
+                except BaseException:
+                    self.close()  # cancelled mid-statement: the protocol state is unknown
+                    raise
+                return cursor
+            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
+                                   "(statement_timeout plus 5 s); the connection was dropped")
         finally:
             self._turn.release()
 

@@ -32,6 +32,9 @@ class Change:
     reason: str
     failed_calls: int  # since delivery last worked
     down_for: float  # seconds since delivery stopped (0 when it just stopped)
+    # Not worth a line: a trial after a Ping answered, or the trial failing. Chip may answer
+    # Ping while refusing publishes; only a publish that works says delivery is back.
+    silent: bool = False
 
 
 class ChipHealth:
@@ -46,17 +49,19 @@ class ChipHealth:
         self.failed_since_up = 0
         self.probes = 0
         self.reason = ""
+        self.trial = False  # Ping answered: publishing again, not yet confirmed by a publish that worked
         self._down_since = 0.0
         self._next_reminder = 0.0
 
     @property
     def paused(self) -> bool:
-        return self.state is not Delivery.UP
+        return self.state is not Delivery.UP and not self.trial
 
     def call_succeeded(self, now: float) -> Change | None:
         """Chip answered a publish (whatever each event's result): delivery works."""
         self.consecutive_failures = 0
         self.probes = 0
+        self.trial = False
         return self._up(now)
 
     def call_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
@@ -66,6 +71,10 @@ class ChipHealth:
         self.consecutive_failures += 1
         self.failed_since_up += 1
         state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
+        if self.trial:  # Ping answered but publishing still fails: paused again, quietly
+            self.trial = False
+            self.state, self.reason = state, reason
+            return Change(state, reason, self.failed_since_up, now - self._down_since, silent=True)
         if self.state is Delivery.UP and (state is Delivery.REFUSED
                                           or self.consecutive_failures >= self.failures_to_pause):
             return self._down(state, reason, now)
@@ -80,10 +89,11 @@ class ChipHealth:
         self.probes += 1
         return delay
 
-    def probe_answered(self, now: float) -> Change | None:
-        """Chip answered a Ping: resume. Probes keep backing off until a publish succeeds too."""
+    def probe_answered(self, now: float) -> Change:
+        """Chip answered a Ping: publish again on trial. Probes keep backing off until a publish works."""
         self.consecutive_failures = 0
-        return self._up(now)
+        self.trial = True
+        return Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since, silent=True)
 
     def probe_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
         """The probe failed; returns a reminder once per ``reminder_interval``, or a change of kind."""
@@ -104,7 +114,7 @@ class ChipHealth:
         return Change(state, reason, self.failed_since_up, 0.0)
 
     def _up(self, now: float) -> Change | None:
-        if not self.paused:
+        if self.state is Delivery.UP:
             self.failed_since_up = 0
             return None
         change = Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since)

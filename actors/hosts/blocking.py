@@ -1,19 +1,24 @@
-"""Threaded hosts: Trio runs in a background thread; ``emit`` blocks the calling thread until committed."""
+"""Threaded hosts: Trio runs in a background thread; ``emit`` blocks the calling thread until committed.
+
+Once the tree has failed, every waiting and later call raises :class:`EmitterClosed`
+caused by the failure, never hangs; leaving the ``with`` raises the failure.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from ..config import EmitterConfig
 from ..emitter import Emitter
-from ..errors import EmitterClosed
-from .serve import serve
+from .serve import closed_error, serve
+
+_T = TypeVar("_T")
 
 
 class BlockingEmitter:
@@ -25,21 +30,29 @@ class BlockingEmitter:
     def __init__(self) -> None:
         self._token: trio.lowlevel.TrioToken | None = None
         self.emitter: Emitter | None = None
+        self._failure: BaseException | None = None  # why the tree stopped, if it failed
 
     def _running(self) -> tuple[Emitter, trio.lowlevel.TrioToken]:
-        if self._token is None or self.emitter is None:
-            raise EmitterClosed("the emitter is not running")
+        if self._failure is not None or self._token is None or self.emitter is None:
+            raise closed_error(self._failure)
         return self.emitter, self._token
+
+    def _in_trio(self, fn: Callable[[], Awaitable[_T]], token: trio.lowlevel.TrioToken) -> _T:
+        """Run ``fn`` in the tree's thread; once the tree is gone, raise why instead."""
+        try:
+            return trio.from_thread.run(fn, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):  # the run ended under the call
+            raise closed_error(self._failure) from None
 
     def emit(self, body: Any, **kwargs: Any) -> str:
         """As :meth:`Emitter.emit`, blocking the calling thread."""
         emitter, token = self._running()
-        return trio.from_thread.run(partial(emitter.emit, body, **kwargs), trio_token=token)
+        return self._in_trio(partial(emitter.emit, body, **kwargs), token)
 
     def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`, blocking the calling thread."""
         emitter, token = self._running()
-        trio.from_thread.run(partial(emitter.flush, timeout), trio_token=token)
+        self._in_trio(partial(emitter.flush, timeout), token)
 
 
 @contextmanager
@@ -54,10 +67,13 @@ def open_blocking_emitter(config: EmitterConfig | None = None) -> Iterator[Block
         handle.emitter, handle._token = emitter, trio.lowlevel.current_trio_token()
         started.set()
 
+    def failed(error: BaseException) -> None:
+        handle._failure = error  # calls from other threads raise it from now on
+
     async def main() -> None:
         nonlocal stop
         stop = trio.Event()
-        await serve(config, ready, stop)
+        await serve(config, ready, stop, failed)
 
     def thread_main() -> None:
         try:

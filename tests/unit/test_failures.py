@@ -118,3 +118,16 @@ def test_probe_backoff_resets_only_when_a_publish_works() -> None:
     assert health.next_probe_delay(rng) >= 2.5
     health.call_succeeded(0)
     assert health.next_probe_delay(rng) <= 0.1
+
+
+def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_back() -> None:
+    """Chip answering Ping while refusing publishes must not make the log flap."""
+    health = _health()
+    assert health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 0).silent is False
+    trial = health.probe_answered(1)
+    assert trial.silent and not health.paused  # publishing again, quietly
+    again = health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 2)
+    assert again is not None and again.silent and health.paused
+    health.probe_answered(3)
+    back = health.call_succeeded(4)
+    assert back is not None and back.state is Delivery.UP and not back.silent and back.down_for == 4
