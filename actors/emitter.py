@@ -82,7 +82,8 @@ class Emitter:
         Raises (nothing written in each case): :class:`InvalidEvent` /
         :class:`EventTooLarge` for bad input, :class:`BacklogFull` when
         ``max_pending`` rows stayed pending for ``backlog_timeout``,
-        :class:`StoreUnavailable` when the commit failed, and
+        :class:`StoreUnavailable` when the commit failed or was not confirmed within
+        ``commit_timeout`` (a locked table fails within ``lock_timeout``), and
         :class:`EmitterClosed` after shutdown began.
         """
         if self.closing:

@@ -44,14 +44,20 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         log.info("metrics serving", url=f"http://{config.metrics_host}:{server.server_port}/metrics")
     task_status.started()
     next_log = time.monotonic() + config.log_interval
+    failing = False
     try:
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
             try:
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
-                log.warning("cannot sample the table", error=str(exc))
+                if not failing:
+                    log.warning("cannot sample the table; the last sample stands", error=str(exc))
+                failing = True
             else:
+                if failing:
+                    log.warning("sampling the table again")
+                failing = False
                 state.sample = TableSample(stats.rows, stats.payload_bytes, stats.oldest_age_seconds,
                                            committed, settled)
                 if time.monotonic() >= next_log:

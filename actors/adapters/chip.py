@@ -77,15 +77,19 @@ class ChipClient:
 
     async def ping(self, timeout: float) -> str | None:
         """At start: None if Chip answers; else why not. Raises :class:`ChipRejected` for bad credentials."""
-        failed = await self.probe(timeout)
+        failed = await self.probe(timeout, wait_for_ready=False)
         if failed is not None and failed.code in CREDENTIAL_CODES:
             raise ChipRejected(f"Chip at {self.endpoint} refused the call: {failed}")
         return None if failed is None else str(failed)
 
-    async def probe(self, timeout: float) -> CallFailed | None:
-        """One Ping: None if Chip answers, else how it failed."""
+    async def probe(self, timeout: float, *, wait_for_ready: bool = True) -> CallFailed | None:
+        """One Ping: None if Chip answers, else how it failed.
+
+        ``wait_for_ready``: while the channel is reconnecting, wait (up to ``timeout``) for it
+        instead of failing at once, so delivery resumes as soon as a connection is up again.
+        """
         try:
-            await self._call(self._ping, pb.EmptyRequest(), timeout)
+            await self._call(self._ping, pb.EmptyRequest(), timeout, wait_for_ready=wait_for_ready)
         except CallFailed as exc:
             return exc
         return None
@@ -95,10 +99,10 @@ class ChipClient:
         return await self._call(self._publish_batch, encoded_batch, self._timeout)
 
     async def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request,
-                    timeout: float) -> _Response:
+                    timeout: float, *, wait_for_ready: bool = False) -> _Response:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
-        future = method.future(request, timeout=timeout, metadata=self._metadata)
+        future = method.future(request, timeout=timeout, metadata=self._metadata, wait_for_ready=wait_for_ready)
         future.add_done_callback(lambda _f: _wake(token, done))
         try:
             await done.wait()

@@ -4,7 +4,7 @@ import pytest
 import trio
 
 from actors import StoreUnavailable, open_emitter
-from tests.fix_emitter import emit_concurrently, wait_until
+from tests.fix_emitter import CHAOS_SCALE, emit_concurrently, wait_until
 from tests.fix_postgres import pending_ids
 from tests.fix_proxy import postgres_socket, through_proxy
 
@@ -57,3 +57,24 @@ async def test_a_dark_path_to_chip_pauses_delivery_and_resumes_when_it_heals(chi
         await emitter.flush(timeout=30)
         assert emitter.statistics().delivery == "up"
     assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
+
+
+async def test_after_chip_was_gone_for_a_while_delivery_resumes_within_about_retry_max(
+        start_chipmock, make_config, database_url, capsys) -> None:
+    """grpc's own reconnect backoff grows to 120 s; capped at retry_max, a long absence costs seconds, not minutes."""
+    chip = start_chipmock()
+    port = chip.port
+    absent_s = 6.0 * CHAOS_SCALE  # `just chaos`: 30 s
+    config = make_config(chip, retry_initial=0.1, retry_max=2.0, publish_timeout=2.0)
+    async with open_emitter(config) as emitter:
+        chip.stop(grace=0)  # connections refused: a Chip that is down, not one answering UNAVAILABLE
+        ids = await emit_concurrently(emitter, 500)
+        await trio.sleep(absent_s)  # the absence itself is the scenario
+        chip = start_chipmock(port=port)
+        back = trio.current_time()
+        await emitter.flush(timeout=60)
+        resumed_s = trio.current_time() - back
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
+    with capsys.disabled():
+        print(f"\n  Chip gone {absent_s:g}s (refusing connections): all delivered {resumed_s:.2f}s after it was back "
+              f"(retry_max {config.retry_max:g}s)")
