@@ -148,11 +148,11 @@ class _Trouble:
             if crash_unless_transient and not transient:
                 raise
             if not self.failing:
-                log.warning(f"{self.step} failing; retrying each scan", error=str(exc), transient=transient)
+                log.warning(f"{self.step}: failing; retrying each scan", error=str(exc), transient=transient)
             self.failing = True
         else:
             if self.failing:
-                log.warning(f"{self.step} work again")
+                log.warning(f"{self.step}: working again")
             self.failing = False
 
 
@@ -178,11 +178,10 @@ class _Dispatcher:
         """Apply a change of delivery state: open or close the gate, start the prober, log what a human needs."""
         if change is None:
             return
-        if not change.silent:
-            self.state.delivery = change.state.value
-            self.state.paused_calls = change.failed_calls
+        self.state.delivery = self.health.state.value  # "up" only once a publish worked again
+        self.state.paused_calls = change.failed_calls
         if change.state is Delivery.UP:
-            if not change.silent:
+            if change.line:
                 log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
                             failed_calls=change.failed_calls)
             self.resumed.set()
@@ -193,14 +192,11 @@ class _Dispatcher:
             self.probing = True
             assert self.nursery is not None  # run() sets it before any publish
             self.nursery.start_soon(self.probe_until_answered)
-        if change.silent:
-            return
-        what = ("Chip refuses our calls; delivery paused (check credentials and Chip's configuration)"
-                if change.state is Delivery.REFUSED else "Chip does not answer; delivery paused")
-        if change.down_for:
-            what = what.replace("paused", "still paused")
-        log.warning(what, reason=change.reason, down_for_s=round(change.down_for, 1),
-                    failed_calls=change.failed_calls, held_events=self.state.held)
+        if change.line:
+            what = ("Chip refuses our calls; delivery {} (check credentials and Chip's configuration)"
+                    if change.state is Delivery.REFUSED else "Chip does not answer; delivery {}")
+            log.warning(what.format(change.line), reason=change.reason, down_for_s=round(change.down_for, 1),
+                        failed_calls=change.failed_calls, held_events=self.state.held)
 
     async def probe_until_answered(self) -> None:
         """Ping Chip on backoff (up to retry_max) until it answers; then delivery resumes on trial."""

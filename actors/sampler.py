@@ -8,6 +8,7 @@ commit made while the table was being counted is not lost from the estimate.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -19,7 +20,7 @@ from .config import EmitterConfig
 from .core.admission import TableSample
 from .core.instruments import Tally
 from .errors import StoreUnavailable
-from .statistics import SamplerState
+from .statistics import DispatcherStatistics, SamplerState
 
 log = structlog.get_logger("durable_emitter.sampler")
 
@@ -32,6 +33,7 @@ class Wiring:
     committed: Tally  # the persister's, read only
     settled: Tally  # the acker's, read only
     registry: CollectorRegistry
+    dispatcher: Callable[[], DispatcherStatistics]  # for the delivery state in the status line
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -64,7 +66,8 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
                     next_log += config.log_interval
                     log.info("emitter status", pending=stats.rows,
                              oldest_pending_s=round(stats.oldest_age_seconds, 3),
-                             committed=wiring.committed.value, removed=wiring.settled.value)
+                             committed=wiring.committed.value, removed=wiring.settled.value,
+                             delivery=wiring.dispatcher().delivery)
             await trio.sleep(config.sample_interval)
     finally:
         if server is not None:

@@ -104,7 +104,7 @@ async def open_emitter(config: EmitterConfig | None = None) -> AsyncIterator[Emi
             registry.register(EmitterCollector(sources))
             grace = config.shutdown_timeout
             await tree.start(ChildSpec("sampler", partial(sampler.run, sampler.Wiring(
-                config, store(), sampled, persisted.committed, acked.settled, registry)),
+                config, store(), sampled, persisted.committed, acked.settled, registry, dispatched.statistics)),
                 restart=Restart.PERMANENT, shutdown=0))
             await tree.start(ChildSpec("acker", partial(acker.run, acker.Wiring(
                 config, outcomes, store(synchronous_commit=False), acked)),

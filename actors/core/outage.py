@@ -26,15 +26,17 @@ class Delivery(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A change worth one log line: ``state`` entered (or still held, for reminders), and why."""
+    """The delivery state changed (or a reminder is due); ``line`` says what to log, if anything."""
 
     state: Delivery
     reason: str
     failed_calls: int  # since delivery last worked
-    down_for: float  # seconds since delivery stopped (0 when it just stopped)
-    # Not worth a line: a trial after a Ping answered, or the trial failing. Chip may answer
-    # Ping while refusing publishes; only a publish that works says delivery is back.
-    silent: bool = False
+    down_for: float  # seconds since delivery stopped
+    # "paused", "still paused", "resumed", or None: not worth a line. Brief blips stay quiet:
+    # a pause for Chip not answering is announced when the first probe fails too, and only a
+    # publish that works after an announced pause says "resumed" (Chip may answer Ping while
+    # refusing publishes). A refusal is announced at once: a human must act.
+    line: str | None = None
 
 
 class ChipHealth:
@@ -50,6 +52,7 @@ class ChipHealth:
         self.probes = 0
         self.reason = ""
         self.trial = False  # Ping answered: publishing again, not yet confirmed by a publish that worked
+        self.announced = False  # the pause was logged, so its end will be too
         self._down_since = 0.0
         self._next_reminder = 0.0
 
@@ -62,7 +65,13 @@ class ChipHealth:
         self.consecutive_failures = 0
         self.probes = 0
         self.trial = False
-        return self._up(now)
+        if self.state is Delivery.UP:
+            self.failed_since_up = 0
+            return None
+        change = Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since,
+                        "resumed" if self.announced else None)
+        self.state, self.reason, self.failed_since_up, self.announced = Delivery.UP, "", 0, False
+        return change
 
     def call_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
         """A whole call failed; returns the change if this one stopped delivery."""
@@ -71,16 +80,16 @@ class ChipHealth:
         self.consecutive_failures += 1
         self.failed_since_up += 1
         state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
-        if self.trial:  # Ping answered but publishing still fails: paused again, quietly
+        if self.trial:  # Ping answered but publishing still fails: paused again
             self.trial = False
-            self.state, self.reason = state, reason
-            return Change(state, reason, self.failed_since_up, now - self._down_since, silent=True)
+            return self._enter(state, reason, now)
         if self.state is Delivery.UP and (state is Delivery.REFUSED
                                           or self.consecutive_failures >= self.failures_to_pause):
-            return self._down(state, reason, now)
+            self._down_since = now
+            self._next_reminder = now + self.reminder_interval
+            return self._enter(state, reason, now)
         if self.paused and state is not self.state:
-            self.state, self.reason = state, reason
-            return Change(state, reason, self.failed_since_up, now - self._down_since)
+            return self._enter(state, reason, now)
         return None
 
     def next_probe_delay(self, rng: random.Random) -> float:
@@ -93,30 +102,24 @@ class ChipHealth:
         """Chip answered a Ping: publish again on trial. Probes keep backing off until a publish works."""
         self.consecutive_failures = 0
         self.trial = True
-        return Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since, silent=True)
+        return Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since)
 
     def probe_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
-        """The probe failed; returns a reminder once per ``reminder_interval``, or a change of kind."""
+        """The probe failed: announce the pause if not yet done, else remind once per ``reminder_interval``."""
         self.failed_since_up += 1
         state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
-        if state is not self.state:
-            self.state, self.reason = state, reason
-            return Change(state, reason, self.failed_since_up, now - self._down_since)
+        if state is not self.state or not self.announced:
+            return self._enter(state, reason, now, announce=True)
         if now >= self._next_reminder:
             self._next_reminder = now + self.reminder_interval
-            return Change(self.state, reason, self.failed_since_up, now - self._down_since)
+            return Change(self.state, reason, self.failed_since_up, now - self._down_since, "still paused")
         return None
 
-    def _down(self, state: Delivery, reason: str, now: float) -> Change:
+    def _enter(self, state: Delivery, reason: str, now: float, *, announce: bool = False) -> Change:
+        """Paused in ``state``; logged if it is a refusal or ``announce``, once per state."""
+        line = None
+        if (announce or state is Delivery.REFUSED) and (not self.announced or state is not self.state):
+            line = "paused"
+            self.announced = True
         self.state, self.reason = state, reason
-        self._down_since = now
-        self._next_reminder = now + self.reminder_interval
-        return Change(state, reason, self.failed_since_up, 0.0)
-
-    def _up(self, now: float) -> Change | None:
-        if self.state is Delivery.UP:
-            self.failed_since_up = 0
-            return None
-        change = Change(Delivery.UP, self.reason, self.failed_since_up, now - self._down_since)
-        self.state, self.reason, self.failed_since_up = Delivery.UP, "", 0
-        return change
+        return Change(state, reason, self.failed_since_up, now - self._down_since, line)

@@ -73,7 +73,20 @@ def test_a_few_failed_calls_in_a_row_pause_delivery_once() -> None:
     assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1) is None
     change = health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 2)
     assert change is not None and change.state is Delivery.DOWN and health.paused
-    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 3) is None  # no second "down" line
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 3) is None  # no second change
+
+
+def test_a_blip_stays_quiet_and_an_outage_is_announced_when_the_first_probe_fails() -> None:
+    health = _health(failures_to_pause=1)
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0).line is None
+    health.probe_answered(0.1)
+    assert health.call_succeeded(0.2).line is None  # paused and back within one probe: no lines
+    health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1)
+    assert health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1.1).line == "paused"
+    assert health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1.2) is None
+    health.probe_answered(2)
+    back = health.call_succeeded(2.5)
+    assert back.line == "resumed" and back.down_for == 1.5
 
 
 def test_a_success_between_failures_starts_the_count_again() -> None:
@@ -84,27 +97,31 @@ def test_a_success_between_failures_starts_the_count_again() -> None:
     assert health.call_failed(CallKind.TRANSIENT, "x", 3) is None and not health.paused
 
 
-def test_one_refusal_pauses_at_once_and_too_large_never_does() -> None:
+def test_one_refusal_pauses_at_once_loudly_and_too_large_never_pauses() -> None:
     assert _health().call_failed(CallKind.TOO_LARGE, "big", 0) is None
     health = _health()
     change = health.call_failed(CallKind.REFUSED, "UNAUTHENTICATED", 0)
-    assert change is not None and change.state is Delivery.REFUSED
+    assert change is not None and change.state is Delivery.REFUSED and change.line == "paused"
 
 
 def test_probes_back_off_to_retry_max_and_remind_once_a_minute() -> None:
     health = _health(failures_to_pause=1)
     health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0)
-    rng, now, delays, reminders = random.Random(1), 0.0, [], 0
+    rng, now, delays, lines = random.Random(1), 0.0, [], []
     for _ in range(100):
         delay = health.next_probe_delay(rng)
         delays.append(delay)
         now += delay
-        reminders += health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", now) is not None
+        change = health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", now)
+        if change is not None:
+            lines.append(change.line)
     assert delays[0] <= 0.1 and max(delays) <= 5.0 and min(delays[20:]) >= 2.5  # grew to the cap
-    assert now // 60 - 1 <= reminders <= now // 60  # once a minute, not once per probe
-    back = health.probe_answered(now)
-    assert back is not None and back.state is Delivery.UP and back.failed_calls == 101
-    assert back.down_for == pytest.approx(now)
+    assert lines[0] == "paused" and set(lines[1:]) == {"still paused"}
+    assert now // 60 - 1 <= len(lines) - 1 <= now // 60  # reminders once a minute, not once per probe
+    health.probe_answered(now)
+    back = health.call_succeeded(now)
+    assert back is not None and back.state is Delivery.UP and back.line == "resumed"
+    assert back.failed_calls == 101 and back.down_for == pytest.approx(now)
 
 
 def test_probe_backoff_resets_only_when_a_publish_works() -> None:
@@ -123,11 +140,11 @@ def test_probe_backoff_resets_only_when_a_publish_works() -> None:
 def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_back() -> None:
     """Chip answering Ping while refusing publishes must not make the log flap."""
     health = _health()
-    assert health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 0).silent is False
+    assert health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 0).line == "paused"
     trial = health.probe_answered(1)
-    assert trial.silent and not health.paused  # publishing again, quietly
+    assert trial.line is None and not health.paused  # publishing again, quietly
     again = health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 2)
-    assert again is not None and again.silent and health.paused
+    assert again is not None and again.line is None and health.paused
     health.probe_answered(3)
     back = health.call_succeeded(4)
-    assert back is not None and back.state is Delivery.UP and not back.silent and back.down_for == 4
+    assert back is not None and back.state is Delivery.UP and back.line == "resumed" and back.down_for == 4
