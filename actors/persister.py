@@ -49,6 +49,7 @@ def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest
 async def _write(wiring: Wiring, store: Store) -> None:
     """One writer: its own connection, one commit at a time."""
     config, state = wiring.config, wiring.state
+    failing = 0  # commits failed in a row: logged when it starts and when it ends, the callers get each error
     async for first in wiring.inbox:
         batch = _take_batch(first, wiring.inbox, config.persist_batch_size)
         size = sum(len(r.payload) for r in batch)
@@ -68,7 +69,9 @@ async def _write(wiring: Wiring, store: Store) -> None:
         except StoreUnavailable as exc:
             if in_memory:
                 wiring.budget.give_back(len(batch), size)
-            log.warning("commit failed", events=len(batch), error=str(exc))
+            if not failing:
+                log.warning("commits failing; each emit raises StoreUnavailable", events=len(batch), error=str(exc))
+            failing += 1
             for request in batch:
                 request.resolve(exc)
             continue
@@ -83,6 +86,9 @@ async def _write(wiring: Wiring, store: Store) -> None:
             raise
         for request in batch:
             request.resolve()
+        if failing:
+            log.warning("commits work again", failed_commits=failing)
+            failing = 0
         state.committed.add(len(batch))
         state.group_sizes.observe(len(batch))
         if in_memory:
