@@ -4,26 +4,32 @@ Deletes run with ``synchronous_commit = off`` (the acker's own connection): a
 delete lost in a crash only means the event is sent again, which at-least-once
 allows, and it saves a WAL flush per batch. If Postgres is unreachable the
 acker waits and retries; its inbox fills, which stalls publishing upstream.
+It never wedges on one bad item: ids are de-duplicated, reasons made storable,
+and a batch Postgres refuses for its data is split until the item at fault
+is found and recorded in a plain form (see :class:`_Writer`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import trio
 
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.backoff import Backoff
+from .core.failures import StoreFailure, classify_sqlstate, storable_text
 from .errors import StoreUnavailable
 from .logs import get_logger
 from .messages import Delivered, Outcome
 from .statistics import AckerState
 
 log = get_logger("durable_emitter.acker")
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -53,33 +59,85 @@ def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
     return delivered, rejected
 
 
-async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Apply outcomes until the inbox closes."""
-    config, state, store = wiring.config, wiring.state, wiring.store
-    backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
-    rng = random.Random()
+class _Writer:
+    """Writes batches so that one bad item never wedges the rest.
 
-    async def persist(write: Callable[[], Awaitable[int]]) -> int:
+    Transient failures (Postgres away, a lock, a timeout) are retried with
+    backoff, logging when writes stop and when they work again. A poison
+    failure (the data of the write is at fault) splits the batch to find the
+    item, which is then recorded with a reason Postgres can store. A permanent
+    failure (rights, schema) cannot be isolated: it goes to the supervisor.
+    """
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self.rng = random.Random()
+
+    async def retrying(self, write: Callable[[], Awaitable[int]]) -> int:
         attempt = 0
         while True:
             try:
-                return await write()
+                written = await write()
             except StoreUnavailable as exc:
-                delay = backoff.delay(attempt, rng)
+                if classify_sqlstate(exc.sqlstate) is not StoreFailure.TRANSIENT:
+                    raise
+                if attempt == 0:
+                    log.warning("acker cannot write to Postgres; retrying with backoff", error=str(exc))
+                await trio.sleep(self.backoff.delay(attempt, self.rng))
                 attempt += 1
-                log.warning("acker cannot reach Postgres; retrying", error=str(exc), retry_in_s=round(delay, 3))
-                await trio.sleep(delay)
+                continue
+            if attempt:
+                log.warning("acker writes to Postgres again", attempts=attempt + 1)
+            return written
+
+    async def isolating(self, write: Callable[[Sequence[_Item]], Awaitable[int]], items: Sequence[_Item],
+                        last_resort: Callable[[_Item, StoreUnavailable], _Item] | None) -> int:
+        """Write ``items``; split on poison until the bad item is alone, then write ``last_resort(item)``."""
+        try:
+            return await self.retrying(partial(write, items))
+        except StoreUnavailable as exc:
+            if classify_sqlstate(exc.sqlstate) is not StoreFailure.POISON:
+                raise
+            if len(items) > 1:
+                middle = len(items) // 2
+                return (await self.isolating(write, items[:middle], last_resort)
+                        + await self.isolating(write, items[middle:], last_resort))
+            if last_resort is None:
+                raise
+            log.error("one item could not be written as it was; recorded in a plain form", error=str(exc))
+            return await self.retrying(partial(write, [last_resort(items[0], exc)]))
+
+
+def plain_entry(entry: tuple[str, str, str], error: StoreUnavailable) -> tuple[str, str, str]:
+    """A dead-letter entry whose code and reason Postgres refused, in ASCII Postgres cannot refuse."""
+    event_id, code, reason = entry
+
+    def escaped(text: str) -> str:  # control characters and non-ASCII as \x.. / \u.. escapes
+        return text.encode("unicode_escape").decode("ascii")
+
+    return event_id, escaped(code)[:100], storable_text(
+        f"Chip's reason, escaped: {escaped(reason)} "
+        f"(stored escaped because Postgres refused it as given: SQLSTATE {error.sqlstate})")
+
+
+async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Apply outcomes until the inbox closes."""
+    config, state, store = wiring.config, wiring.state, wiring.store
+    writer = _Writer(Backoff(config.retry_initial, config.retry_multiplier, config.retry_max))
+    delete = partial(store.delete, owner=config.instance_id)
+    dead_letter = partial(store.dead_letter, owner=config.instance_id)
 
     task_status.started()
     async for first in wiring.inbox:
         delivered, rejected = _collect(first, wiring.inbox, config.delete_batch_size)
         if delivered:
-            deleted = await persist(partial(store.delete, delivered, owner=config.instance_id))
+            deleted = await writer.isolating(delete, list(dict.fromkeys(delivered)), None)
             state.deleted += deleted
             state.settled.add(deleted)
         if rejected:
-            moved = await persist(partial(store.dead_letter, rejected, owner=config.instance_id))
-            for _, code, _ in rejected:
+            entries = list({entry[0]: entry for entry in rejected}.values())  # one event in flight twice
+            moved = await writer.isolating(dead_letter, entries, plain_entry)
+            for _, code, _ in entries:
                 state.dead_lettered.add(code)
             state.settled.add(moved)
-            log.warning("events dead-lettered", count=moved, codes=sorted({code for _, code, _ in rejected}))
+            log.warning("events dead-lettered", count=moved, codes=sorted({code for _, code, _ in entries}))

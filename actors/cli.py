@@ -30,7 +30,7 @@ import trio
 from . import __version__
 from .adapters import schema
 from .adapters.postgres import describe, embedded_exists, start_embedded
-from .adapters.store import LEASE_OWNERS_CAP, Store
+from .adapters.store import LEASE_OWNERS_CAP, Session, Store
 from .config import EmitterConfig, parse_duration
 from .core.events import decode_event
 from .errors import ConfigError, EmitterError
@@ -62,7 +62,7 @@ async def _store(config: EmitterConfig, *, writer: bool) -> Store:
     """A store on a current schema (checked by catalog reads only; never migrated here)."""
     url = await _url(config)
     await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
-    return Store(url, schema=config.schema)
+    return Store(url, Session(schema=config.schema))
 
 
 def _counted(n: int) -> str:
@@ -183,7 +183,7 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     """
     left = -1
     async with open_emitter(config) as emitter:
-        store = Store(emitter.database_url, schema=config.schema)
+        store = Store(emitter.database_url, Session(schema=config.schema))
         try:
             with trio.move_on_after(args.timeout):
                 while (left := (await store.pending_stats()).rows):

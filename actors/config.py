@@ -131,9 +131,28 @@ class EmitterConfig:
     retry_initial: float = _seconds(default=0.1)  # first backoff
     retry_multiplier: float = 2.0  # backoff growth per attempt
     retry_max: float = _seconds(default=5.0)  # longest backoff
+    # Failed calls in a row before delivery pauses (outage mode: no claims, no
+    # releases, Ping on backoff up to retry_max until Chip answers). A call Chip
+    # refuses (credentials, its own set-up) pauses at once.
+    failures_to_pause: int = 3
+    # A row handed back to the table waits retry_initial-ish x retry_multiplier per
+    # attempt it already had, up to this: rows that keep failing come back slowly.
+    row_retry_max: float = _seconds(default=60.0)
 
     # Deletes after ack: one statement per batch.
     delete_batch_size: int = 2000
+
+    # Every wait on Postgres has a deadline. A statement (claim, delete, count) is
+    # cancelled after statement_timeout; a lock wait (a table locked by someone
+    # else) after lock_timeout; emit's commit after commit_timeout, when emit
+    # raises StoreUnavailable and nothing is written. A connection whose peer
+    # vanished (half-open after a failover) is dropped after tcp_user_timeout of
+    # unacknowledged data, or keepalive probes from tcp_keepalive_idle on.
+    statement_timeout: float = _seconds(default=30.0)
+    lock_timeout: float = _seconds(default=5.0)
+    commit_timeout: float = _seconds(default=10.0)
+    tcp_user_timeout: float = _seconds(default=10.0)
+    tcp_keepalive_idle: float = _seconds(default=10.0)
 
     # Backpressure: emit waits up to backlog_timeout while pending >= max_pending.
     max_pending: int = 1_000_000
@@ -170,7 +189,8 @@ class EmitterConfig:
             "lease_duration", "persist_batch_size", "persist_writers", "dispatch_buffer", "dispatch_buffer_bytes",
             "publish_batch_size",
             "publishes_in_flight", "publish_timeout", "max_request_bytes", "publish_attempts",
-            "retry_initial", "retry_max", "delete_batch_size", "max_pending", "event_ttl",
+            "retry_initial", "retry_max", "failures_to_pause", "row_retry_max", "statement_timeout", "lock_timeout",
+            "commit_timeout", "tcp_user_timeout", "tcp_keepalive_idle", "delete_batch_size", "max_pending", "event_ttl",
             "max_event_bytes", "scan_interval", "max_restarts", "restart_period",
             "log_interval", "sample_interval",
         ]

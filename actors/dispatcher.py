@@ -10,14 +10,21 @@ the table: memory is bounded whatever the backlog.
 Per batch: delivered ids go to the acker for deletion, permanently rejected
 ones to the dead-letter table, the rest are retried with backoff and full
 jitter (same bytes, same id). After ``publish_attempts`` tries they go back
-to the table with the error recorded, to be claimed again later.
+to the table with the error recorded, to be claimed again later, each row
+later the more attempts it has had.
+
+Outage mode (:mod:`core.outage`): after ``failures_to_pause`` failed calls in a
+row, or one call Chip refused us, delivery pauses: batches wait in memory,
+no row is claimed or released, and one task probes Chip with Ping on backoff
+up to ``retry_max``. The first answer resumes delivery at full speed.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,7 +36,10 @@ from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.backoff import Backoff
 from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
+from .core.failures import StoreFailure, classify_sqlstate
+from .core.outage import Change, ChipHealth, Delivery
 from .core.publishing import CallFailed, claim_limit, decide, publish_deadline, split_by_bytes
+from .errors import StoreUnavailable
 from .logs import get_logger
 from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
 from .statistics import DispatcherState
@@ -119,6 +129,30 @@ class Gatherer:
         return batch
 
 
+class _Trouble:
+    """Remembers whether a recurring step is failing, so its log says when that starts and ends."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+        self.failing = False
+
+    @contextmanager
+    def watch(self, *, crash_unless_transient: bool) -> Iterator[None]:
+        try:
+            yield
+        except StoreUnavailable as exc:
+            transient = classify_sqlstate(exc.sqlstate) is StoreFailure.TRANSIENT
+            if crash_unless_transient and not transient:
+                raise
+            if not self.failing:
+                log.warning(f"{self.step}: failing; retrying each scan", error=str(exc), transient=transient)
+            self.failing = True
+        else:
+            if self.failing:
+                log.warning(f"{self.step}: working again")
+            self.failing = False
+
+
 class _Dispatcher:
     def __init__(self, wiring: Wiring) -> None:
         config = wiring.config
@@ -129,7 +163,56 @@ class _Dispatcher:
         self.mean_payload = float(config.max_event_bytes)
         self.backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
         self.rng = random.Random()
+        self.health = ChipHealth(failures_to_pause=config.failures_to_pause, probe_backoff=self.backoff)
+        self.resumed = trio.Event()  # set while delivery is up; a fresh one while paused
+        self.resumed.set()
+        self.nursery: trio.Nursery | None = None  # where the prober runs; set by run()
+        self.probing = False
         self.orphans_seen: set[str] = set()  # dead owners already logged
+
+    # -- outage mode -------------------------------------------------------------------
+
+    def _changed(self, change: Change | None) -> None:
+        """Apply a change of delivery state: open or close the gate, start the prober, log what a human needs."""
+        if change is None:
+            return
+        self.state.delivery = self.health.state.value  # "up" only once a publish worked again
+        self.state.paused_calls = change.failed_calls
+        if change.state is Delivery.UP:
+            if change.line:
+                log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
+                            failed_calls=change.failed_calls)
+            self.resumed.set()
+            return
+        if self.resumed.is_set():
+            self.resumed = trio.Event()
+        if not self.probing:
+            self.probing = True
+            assert self.nursery is not None  # run() sets it before any publish
+            self.nursery.start_soon(self.probe_until_answered)
+        if change.line:
+            what = ("Chip refuses our calls; delivery {} (check credentials and Chip's configuration)"
+                    if change.state is Delivery.REFUSED else "Chip does not answer; delivery {}")
+            log.warning(what.format(change.line), reason=change.reason, down_for_s=round(change.down_for, 1),
+                        failed_calls=change.failed_calls, held_events=self.state.held)
+
+    async def probe_until_answered(self) -> None:
+        """Ping Chip on backoff (up to retry_max) until it answers; then delivery resumes on trial."""
+        try:
+            while self.health.paused:
+                await trio.sleep(self.health.next_probe_delay(self.rng))
+                failed = await self.wiring.chip.probe(self.config.publish_timeout)
+                now = trio.current_time()
+                if failed is None:
+                    self._changed(self.health.probe_answered(now))
+                else:
+                    self._changed(self.health.probe_failed(failed.kind, str(failed), now))
+        finally:
+            self.probing = False
+
+    async def until_resumed(self) -> None:
+        while not self.resumed.is_set():
+            await self.resumed.wait()
 
     # -- fresh events from the persister --------------------------------------------------
 
@@ -171,26 +254,30 @@ class _Dispatcher:
     async def recover_forever(self, nursery: trio.Nursery) -> None:
         """Scan every ``scan_interval`` (or when rung): expire, claim the dead's rows, claim lapsed leases.
 
-        A scan claims for at most one interval, so under continuous load the TTL
-        sweep still runs on schedule; when it stopped with rows left, the next
-        scan starts at once.
+        A failing step is logged when it starts and stops failing. The TTL sweep
+        failing (e.g. no rights on the dead-letter table) never stops delivery.
+        Claims failing transiently wait for the next scan; failing for good
+        (rights, schema) is beyond the dispatcher and crashes it. A scan claims
+        for at most one interval, so under continuous load the TTL sweep still
+        runs on schedule; when it stopped with rows left, the next starts at once.
         """
         config, store = self.config, self.wiring.store
+        expiry, claims = _Trouble("TTL sweep"), _Trouble("claims")
         while True:
             rows_left = False
-            try:
+            with expiry.watch(crash_unless_transient=False):
                 await self.expire()
+            await self.until_resumed()  # no claims while Chip is away: they would only churn the table
+            with claims.watch(crash_unless_transient=True):
                 deadline = trio.current_time() + config.scan_interval
                 if config.session_liveness and not config.writer_only:
                     rows_left = await self.claim_orphans(nursery, deadline)
                 rows_left |= await self.claim_all(nursery, partial(
                     store.claim, owner=config.instance_id, lease=config.lease_duration,
                     writer_only=config.writer_only), deadline)
-            except Exception as exc:  # StoreUnavailable and friends: try again next scan
-                log.warning("recovery scan failed", error=str(exc))
             if rows_left:
                 continue
-            with trio.move_on_after(config.scan_interval):
+            with trio.move_on_after(self.config.scan_interval):
                 await self.wiring.doorbell.receive()
 
     async def expire(self) -> None:
@@ -270,14 +357,26 @@ class _Dispatcher:
         config, state = self.config, self.state
         attempt = 0
         publish_by = min(item.publish_by for item in pending)
-        if trio.current_time() > publish_by:
-            await self.release(pending, "lease lapsing before delivery", 0, 0.0)
-            return
         while pending:
+            if trio.current_time() > publish_by:
+                await self.release(pending, "lease lapsing before delivery", attempt, 0.0)
+                return
+            if not self.resumed.is_set():
+                state.held += len(pending)
+                try:
+                    await self.until_resumed()
+                finally:
+                    state.held -= len(pending)
+                continue  # the lease may have lapsed meanwhile
             answer = await self.call(pending, phase)
+            now = trio.current_time()
+            if isinstance(answer, CallFailed):
+                self._changed(self.health.call_failed(answer.kind, str(answer), now))
+            else:
+                self._changed(self.health.call_succeeded(now))
             decision = decide(answer, [item.event_id for item in pending], attempt=attempt,
-                              attempts=config.publish_attempts, now=trio.current_time(), publish_by=publish_by,
-                              backoff=self.backoff, rng=self.rng)
+                              attempts=config.publish_attempts, now=now, publish_by=publish_by,
+                              backoff=self.backoff, rng=self.rng, paused=self.health.paused)
             state.published.add(phase, len(decision.delivered))
             state.not_published.add(phase, len(pending) - len(decision.delivered))
             if decision.delivered:
@@ -289,6 +388,8 @@ class _Dispatcher:
                 await self.publish(pending[:middle], phase)
                 await self.publish(pending[middle:], phase)
                 return
+            if decision.hold:
+                continue  # waits for the gate above; the attempt does not count against the rows
             if decision.release:
                 state.retries.add(decision.reason)
                 await self.release([pending[i] for i in decision.release], decision.reason, attempt + 1,
@@ -302,14 +403,21 @@ class _Dispatcher:
             attempt += 1
 
     async def release(self, items: list[Outgoing], error: str, attempts: int, retry_after: float) -> None:
-        """Give rows back to the table (lease ends after ``retry_after``) and free memory."""
+        """Give rows back to the table and free memory.
+
+        A row is claimable again after ``retry_after`` seconds, times ``retry_multiplier``
+        for each attempt it had before, up to ``row_retry_max``: rows that keep failing
+        come back ever more slowly.
+        """
         self.state.released += len(items)
-        log.info("publish attempts exhausted; left in the table for a later claim",
-                 events=len(items), error=error, retry_after_s=round(retry_after, 3))
+        config = self.config
         try:
-            await self.wiring.store.release([i.event_id for i in items], owner=self.config.instance_id,
-                                            error=error, attempts=attempts, retry_after=retry_after)
-        except Exception as exc:  # the lease lapses on its own; the rows are claimed again then
+            await self.wiring.store.release([i.event_id for i in items], owner=config.instance_id,
+                                            error=error, attempts=attempts, retry_after=retry_after,
+                                            multiplier=config.retry_multiplier, retry_max=config.row_retry_max)
+        except StoreUnavailable as exc:  # the lease lapses on its own; the rows are claimed again then
+            if classify_sqlstate(exc.sqlstate) is not StoreFailure.TRANSIENT:
+                raise
             log.warning("could not release rows; they return when their lease lapses", error=str(exc))
 
 
@@ -318,6 +426,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     dispatcher = _Dispatcher(wiring)
     await dispatcher.start()
     async with trio.open_nursery() as nursery:
+        dispatcher.nursery = nursery
         recovery = trio.CancelScope()
 
         async def recover() -> None:
@@ -328,3 +437,5 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         task_status.started()
         await dispatcher.dispatch_fresh(nursery)
         recovery.cancel()
+        if dispatcher.health.paused:  # held batches cannot finish: their rows stay in the table
+            nursery.cancel_scope.cancel()

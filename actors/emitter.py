@@ -57,6 +57,7 @@ class Emitter:
             dead_lettered=sum(acker.dead_lettered.values()) + dispatcher.expired,
             publish_retries=sum(dispatcher.retries.values()),
             restarts=self._sources.restarts(),
+            delivery=dispatcher.delivery,
             emit_seconds=emits.seconds,
             publish_seconds=dispatcher.publish_seconds["batch"],
         )
@@ -81,7 +82,8 @@ class Emitter:
         Raises (nothing written in each case): :class:`InvalidEvent` /
         :class:`EventTooLarge` for bad input, :class:`BacklogFull` when
         ``max_pending`` rows stayed pending for ``backlog_timeout``,
-        :class:`StoreUnavailable` when the commit failed, and
+        :class:`StoreUnavailable` when the commit failed or was not confirmed within
+        ``commit_timeout`` (a locked table fails within ``lock_timeout``), and
         :class:`EmitterClosed` after shutdown began.
         """
         if self.closing:

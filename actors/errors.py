@@ -42,8 +42,13 @@ class StoreUnavailable(EmitterError):
     """Postgres could not be reached, or the write failed.
 
     When raised by ``emit``, the event was NOT committed (the transaction was
-    rolled back), so retrying is safe.
+    rolled back), so retrying is safe. ``sqlstate`` is the server's error code
+    when the server answered (None: no answer, e.g. a broken connection).
     """
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
 
 
 class ChipRejected(EmitterError):

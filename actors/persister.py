@@ -50,6 +50,7 @@ def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest
 async def _write(wiring: Wiring, store: Store) -> None:
     """One writer: its own connection, one commit at a time."""
     config, state = wiring.config, wiring.state
+    failing = 0  # commits failed in a row: logged when it starts and when it ends, the callers get each error
     async for first in wiring.inbox:
         batch = _take_batch(first, wiring.inbox, config.persist_batch_size)
         size = sum(len(r.payload) for r in batch)
@@ -58,13 +59,21 @@ async def _write(wiring: Wiring, store: Store) -> None:
         in_memory = wiring.budget.try_take(len(batch), size)
         sent_at = trio.current_time()
         try:
-            await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
-                                      owner=config.instance_id, lease=config.lease_duration,
-                                      spilled=not in_memory)
+            with trio.move_on_after(config.commit_timeout) as deadline:
+                await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
+                                          owner=config.instance_id, lease=config.lease_duration,
+                                          spilled=not in_memory)
+            if deadline.cancelled_caught:  # the store closed the connection mid-statement
+                raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
+                                       f"({config.commit_timeout:g}s); the connection was dropped, which rolls "
+                                       "the insert back unless Postgres had committed it just before (then the "
+                                       "event is still delivered; a retried emit may deliver it twice)")
         except StoreUnavailable as exc:
             if in_memory:
                 wiring.budget.give_back(len(batch), size)
-            log.warning("commit failed", events=len(batch), error=str(exc))
+            if not failing:
+                log.warning("commits failing; each emit raises StoreUnavailable", events=len(batch), error=str(exc))
+            failing += 1
             for request in batch:
                 request.resolve(exc)
             continue
@@ -79,6 +88,9 @@ async def _write(wiring: Wiring, store: Store) -> None:
             raise
         for request in batch:
             request.resolve()
+        if failing:
+            log.warning("commits work again", failed_commits=failing)
+            failing = 0
         state.committed.add(len(batch))
         state.group_sizes.observe(len(batch))
         if in_memory:

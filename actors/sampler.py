@@ -10,6 +10,7 @@ commit made while the table was being counted is not lost from the estimate.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -21,7 +22,7 @@ from .core.admission import TableSample
 from .core.instruments import Tally
 from .errors import StoreUnavailable
 from .logs import get_logger
-from .statistics import SamplerState
+from .statistics import DispatcherStatistics, SamplerState
 
 log = get_logger("durable_emitter.sampler")
 
@@ -34,6 +35,7 @@ class Wiring:
     committed: Tally  # the persister's, read only
     settled: Tally  # the acker's, read only
     registry: CollectorRegistry
+    dispatcher: Callable[[], DispatcherStatistics]  # for the delivery state in the status line
 
 
 async def keep_liveness(store: Store, instance_id: str, state: SamplerState) -> None:
@@ -58,6 +60,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         log.info("metrics serving", url=f"http://{config.metrics_host}:{server.server_port}/metrics")
     task_status.started()
     next_log = time.monotonic() + config.log_interval
+    failing = False
     try:
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
@@ -66,15 +69,21 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
                     await keep_liveness(wiring.store, config.instance_id, state)
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
-                log.warning("cannot sample the table", error=str(exc))
+                if not failing:
+                    log.warning("cannot sample the table; the last sample stands", error=str(exc))
+                failing = True
             else:
+                if failing:
+                    log.warning("sampling the table again")
+                failing = False
                 state.sample = TableSample(stats.rows, stats.payload_bytes, stats.oldest_age_seconds,
                                            committed, settled)
                 if time.monotonic() >= next_log:
                     next_log += config.log_interval
                     log.info("emitter status", pending=stats.rows,
                              oldest_pending_s=round(stats.oldest_age_seconds, 3),
-                             committed=wiring.committed.value, removed=wiring.settled.value)
+                             committed=wiring.committed.value, removed=wiring.settled.value,
+                             delivery=wiring.dispatcher().delivery)
             await trio.sleep(config.sample_interval)
     finally:
         if server is not None:

@@ -26,7 +26,9 @@ from .core.instruments import (
 PHASES = ("batch", "retransmit")  # fresh events from memory; rows claimed back from the table
 EMIT_FAILURES = ("store", "too_large", "backlog_full")
 RETRY_REASONS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_ACKNOWLEDGED")
-DEAD_LETTER_REASONS = ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED")
+DEAD_LETTER_REASONS = ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED",
+                       "TOO_LARGE")
+DELIVERY_STATES = ("up", "down", "refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,9 @@ class DispatcherStatistics:
     expired: int  # moved to the dead-letter table by the TTL sweep
     publish_seconds: dict[str, HistogramSnapshot]  # by phase
     batch_sizes: HistogramSnapshot
+    delivery: str  # "up"; "down" (Chip does not answer) or "refused" (Chip refuses us): delivery paused
+    held: int  # events held in memory while delivery is paused
+    paused_calls: int  # calls that failed since delivery last worked
 
 
 class DispatcherState:
@@ -89,12 +94,16 @@ class DispatcherState:
         self.expired = 0
         self.publish_seconds = {phase: Histogram(LATENCY_BUCKETS) for phase in PHASES}
         self.batch_sizes = Histogram(SIZE_BUCKETS)
+        self.delivery = "up"
+        self.held = 0
+        self.paused_calls = 0
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
             self.in_flight, self.published.snapshot(), self.not_published.snapshot(), self.retries.snapshot(),
             self.released, self.claimed, self.expired,
             {phase: h.snapshot() for phase, h in self.publish_seconds.items()}, self.batch_sizes.snapshot(),
+            self.delivery, self.held, self.paused_calls,
         )
 
 
@@ -139,6 +148,7 @@ class EmitterStatistics:
     dead_lettered: int
     publish_retries: int
     restarts: dict[str, int]  # by actor
+    delivery: str  # "up", or why delivery is paused: "down" (Chip does not answer), "refused" (alert: Chip refuses us)
     emit_seconds: HistogramSnapshot
     publish_seconds: HistogramSnapshot  # PublishBatch calls of fresh events
 

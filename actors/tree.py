@@ -30,7 +30,7 @@ from .adapters import schema
 from .adapters.chip import ChipClient
 from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
-from .adapters.store import Store
+from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission, MemoryBudget
 from .emitter import Emitter
@@ -91,8 +91,9 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
         def store(*, synchronous_commit: bool = True) -> Store:
-            made = Store(url, schema=config.schema, synchronous_commit=synchronous_commit,
-                         application_name=f"durable-emitter {config.instance_id}")
+            made = Store(url, Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout,
+                                      config.tcp_keepalive_idle, synchronous_commit, config.schema,
+                                      f"durable-emitter {config.instance_id}"))
             stack.callback(made.close)
             return made
 
@@ -136,7 +137,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             stack.callback(registry.unregister, collector)
             grace = config.shutdown_timeout
             await tree.start(ChildSpec("sampler", partial(sampler.run, sampler.Wiring(
-                config, liveness, sampled, persisted.committed, acked.settled, registry)),
+                config, liveness, sampled, persisted.committed, acked.settled, registry, dispatched.statistics)),
                 restart=Restart.PERMANENT, shutdown=0))
             await tree.start(ChildSpec("acker", partial(acker.run, acker.Wiring(
                 config, outcomes, store(synchronous_commit=False), acked)),

@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fail every call in this window after start, e.g. 10s:15s (repeatable)")
     parser.add_argument("--max-batch", type=_positive_int, default=None,
                         help="larger PublishBatch calls fail with INVALID_ARGUMENT")
+    parser.add_argument("--unauthenticated", type=_outage, action="append", default=[], metavar="START:DURATION",
+                        help="refuse every call, Ping included, with UNAUTHENTICATED in this window (repeatable)")
+    parser.add_argument("--refuse", default=None, metavar="CODE",
+                        help="fail every publish with this status, e.g. FAILED_PRECONDITION (a misconfigured server)")
+    parser.add_argument("--max-request-bytes", type=_positive_int, default=None,
+                        help="larger requests fail RESOURCE_EXHAUSTED 'message larger than max'")
+    parser.add_argument("--reject-reason", default="chipmock: injected permanent error",
+                        help="reason text of --event-failure-rate rejections (escapes like \\x00 are decoded)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible failures")
     return parser
 
@@ -74,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             latency=args.latency, jitter=args.jitter, failure_rate=args.failure_rate,
             resource_exhausted_rate=args.resource_exhausted_rate,
             event_failure_rate=args.event_failure_rate, outages=tuple(args.outage),
-            max_batch=args.max_batch, seed=args.seed,
+            max_batch=args.max_batch, seed=args.seed, unauthenticated=tuple(args.unauthenticated),
+            refuse=args.refuse, max_request_bytes=args.max_request_bytes,
+            reject_reason=args.reject_reason.encode("latin-1", "backslashreplace").decode("unicode_escape"),
         )
     except ValueError as exc:
         parser.error(str(exc))

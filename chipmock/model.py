@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+# Whole-call codes a misconfigured server answers with; the mock can be told to answer one.
+REFUSING = frozenset({INVALID_ARGUMENT, "FAILED_PRECONDITION", "PERMISSION_DENIED", UNAUTHENTICATED,
+                      "UNIMPLEMENTED", "NOT_FOUND"})
 
 _DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
 _DURATION = re.compile(f"(?:{_DURATION_PART})+")
@@ -70,6 +74,14 @@ class ChipModel:
     max_batch: int | None = None  # larger batches fail with INVALID_ARGUMENT
     # Answer only the first N results of a batch (a short response), for tests.
     short_response: int | None = None
+    # Windows (like outages) in which every call, Ping included, fails UNAUTHENTICATED.
+    unauthenticated: tuple[Outage, ...] = ()
+    # Every publish fails with this whole-call status (a server-side misconfiguration), e.g. FAILED_PRECONDITION.
+    refuse: str | None = None
+    # Requests larger than this fail RESOURCE_EXHAUSTED "message larger than max", as grpc's own limit does.
+    max_request_bytes: int | None = None
+    # The reason given with injected per-event errors (may hold any text: NUL bytes, control characters).
+    reject_reason: str = "chipmock: injected permanent error"
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +95,8 @@ class ChipModel:
             raise ValueError("latency and jitter must not be negative")
         if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.refuse is not None and self.refuse not in REFUSING:
+            raise ValueError(f"refuse must be one of {', '.join(sorted(REFUSING))}, got {self.refuse!r}")
 
 
 @dataclass(frozen=True)
@@ -92,12 +106,28 @@ class CallDecision:
     detail: str = ""
 
 
-def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_size: int = 1) -> CallDecision:
+def decide_ping(model: ChipModel, *, elapsed: float) -> CallDecision:
+    """What a Ping does: fails in outage and UNAUTHENTICATED windows, answers otherwise."""
+    if any(outage.covers(elapsed) for outage in model.outages):
+        return CallDecision(0.0, UNAVAILABLE, "chipmock: outage window")
+    if any(window.covers(elapsed) for window in model.unauthenticated):
+        return CallDecision(0.0, UNAUTHENTICATED, "chipmock: credentials refused (window)")
+    return CallDecision(0.0, None)
+
+
+def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_size: int = 1,
+                request_bytes: int = 0) -> CallDecision:
     """What one RPC does: how long it takes and whether it fails as a whole."""
     delay = model.latency + (rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0)
     delay = max(0.0, delay)
-    if any(outage.covers(elapsed) for outage in model.outages):
-        return CallDecision(0.0, UNAVAILABLE, "chipmock: outage window")
+    ping = decide_ping(model, elapsed=elapsed)
+    if ping.status is not None:
+        return ping
+    if model.refuse is not None:
+        return CallDecision(delay, model.refuse, f"chipmock: refusing every call ({model.refuse})")
+    if model.max_request_bytes is not None and request_bytes > model.max_request_bytes:
+        return CallDecision(0.0, RESOURCE_EXHAUSTED,
+                            f"Received message larger than max ({request_bytes} vs. {model.max_request_bytes})")
     if model.max_batch is not None and batch_size > model.max_batch:
         return CallDecision(delay, INVALID_ARGUMENT, f"batch of {batch_size} exceeds max {model.max_batch}")
     roll = rng.random()

@@ -26,9 +26,9 @@ from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
-from .model import ChipModel, Counters, decide_call, decide_event_failures
+from .model import ChipModel, Counters, decide_call, decide_event_failures, decide_ping
 
-_STATUS: dict[str, grpc.StatusCode] = {name: getattr(grpc.StatusCode, name) for name in ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT")}
+_STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 _REJECT_CODE = pb.SCHEMA_MISSING
 
 _Request = TypeVar("_Request")
@@ -47,11 +47,11 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         self._rng_lock = threading.Lock()
         self._started = time.monotonic()
 
-    def _enter_call(self, context: grpc.ServicerContext, batch_size: int) -> None:
+    def _enter_call(self, context: grpc.ServicerContext, batch_size: int, request_bytes: int = 0) -> None:
         """Apply latency and whole-call failures; aborts the RPC if it fails."""
         with self._rng_lock:
             decision = decide_call(self.model, self._rng, elapsed=time.monotonic() - self._started,
-                                   batch_size=batch_size)
+                                   batch_size=batch_size, request_bytes=request_bytes)
         if decision.delay:
             time.sleep(decision.delay)
         self.counters.record_call(failed=decision.status is not None)
@@ -72,7 +72,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
                 result.error.reason = f"missing {', '.join(missing)}"
             elif injected:
                 result.error.error_code = _REJECT_CODE
-                result.error.reason = "chipmock: injected permanent error"
+                result.error.reason = self.model.reject_reason
             else:
                 produced.append((event.id, event.SerializeToString() if keep else event.ByteSize()))
         self.counters.record_events(produced, rejected=len(events) - len(produced))
@@ -85,10 +85,13 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         return self._produce([request])
 
     def PublishBatch(self, request: pb.CloudEventBatch, context: grpc.ServicerContext) -> pb.PublishResponse:
-        self._enter_call(context, len(request.events))
+        self._enter_call(context, len(request.events), request.ByteSize())
         return self._produce(list(request.events))
 
     def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        decision = decide_ping(self.model, elapsed=time.monotonic() - self._started)
+        if decision.status is not None:
+            context.abort(_STATUS[decision.status], decision.detail)
         return pb.PingResponse(message="pong")
 
     def StreamEvents(

@@ -40,7 +40,7 @@ import trio
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
 from actors.adapters.postgres import start_embedded
-from actors.adapters.store import Store
+from actors.adapters.store import Session, Store
 from actors.logs import LOG_FORMATS, configure_logging
 from scripts.args_and_databases import duration
 
@@ -193,7 +193,7 @@ async def run(args: argparse.Namespace) -> int:
             }
             if not interactive:
                 print(json.dumps({"event": "run-local started", **where}), flush=True)
-            store = Store(emitter.database_url, schema=config.schema)
+            store = Store(emitter.database_url, Session(schema=config.schema))
             stack.callback(store.close)
             summary = await watch(args, emitter, store, mock, where, interactive)
         pending = (await store.pending_stats()).rows  # after shutdown: what stays for the next run

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.adapters import schema
 from actors.adapters.postgres import start_embedded
@@ -86,3 +86,17 @@ def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
         server.stop()
     except Exception:  # already stopped by the test
         pass
+
+
+@pytest.fixture
+def limited_role_url(database_url):
+    """An ordinary role with only the rights the emitter needs on the tables an operator installed."""
+    role = "emitter_" + database_url.rsplit("t_", 1)[-1][:12]
+    query(database_url, f'CREATE ROLE "{role}" LOGIN')
+    query(database_url, f'GRANT USAGE ON SCHEMA public TO "{role}"')
+    query(database_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON chip_durable_events, '
+                        f'chip_durable_events_dead_letter TO "{role}"')
+    query(database_url, f'GRANT SELECT ON chip_durable_events_version TO "{role}"')
+    yield make_conninfo(database_url, user=role), role
+    query(database_url, f'DROP OWNED BY "{role}"')
+    query(database_url, f'DROP ROLE "{role}"')

@@ -18,7 +18,8 @@ import trio
 from chippb import chipingress_pb2 as pb
 
 from ..config import EmitterConfig
-from ..core.publishing import REFUSING_CODES, CallFailed
+from ..core.failures import CREDENTIAL_CODES
+from ..core.publishing import CallFailed
 from ..errors import ChipRejected
 
 PUBLISH_BATCH = "/chipingress.pb.ChipIngress/PublishBatch"
@@ -34,12 +35,20 @@ def _wake(token: trio.lowlevel.TrioToken, done: trio.Event) -> None:
         pass
 
 
-def _channel_options() -> list[tuple[str, int]]:
+def _channel_options(config: EmitterConfig) -> list[tuple[str, int]]:
+    """Upstream's sizes and keepalive; reconnects back off no longer than ``retry_max``.
+
+    grpc's own reconnect backoff grows to 120 s, which after a long outage made
+    delivery resume up to two minutes after Chip was back.
+    """
     return [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ("grpc.max_send_message_length", 16 * 1024 * 1024),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 1_000),
+        ("grpc.initial_reconnect_backoff_ms", max(100, int(config.retry_initial * 1000))),
+        ("grpc.min_reconnect_backoff_ms", max(100, int(config.retry_initial * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(100, int(config.retry_max * 1000))),
     ]
 
 
@@ -49,9 +58,9 @@ class ChipClient:
     def __init__(self, config: EmitterConfig, endpoint: str) -> None:
         if config.chip_tls:
             root = config.chip_ca_file.read_bytes() if config.chip_ca_file else None
-            self._channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root), _channel_options())
+            self._channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root), _channel_options(config))
         else:
-            self._channel = grpc.insecure_channel(endpoint, _channel_options())
+            self._channel = grpc.insecure_channel(endpoint, _channel_options(config))
         self._metadata: tuple[tuple[str, str], ...] = ()
         if config.chip_username is not None:
             token = base64.b64encode(f"{config.chip_username}:{config.chip_password}".encode()).decode()
@@ -67,22 +76,33 @@ class ChipClient:
         self.endpoint = endpoint
 
     async def ping(self, timeout: float) -> str | None:
-        """None if Chip answers; else why not. Raises :class:`ChipRejected` for bad credentials."""
+        """At start: None if Chip answers; else why not. Raises :class:`ChipRejected` for bad credentials."""
+        failed = await self.probe(timeout, wait_for_ready=False)
+        if failed is not None and failed.code in CREDENTIAL_CODES:
+            raise ChipRejected(f"Chip at {self.endpoint} refused the call: {failed}")
+        return None if failed is None else str(failed)
+
+    async def probe(self, timeout: float, *, wait_for_ready: bool = True) -> CallFailed | None:
+        """One Ping: None if Chip answers, else how it failed.
+
+        ``wait_for_ready``: while the channel is reconnecting, wait (up to ``timeout``) for it
+        instead of failing at once, so delivery resumes as soon as a connection is up again.
+        """
         try:
-            await self._call(self._ping, pb.EmptyRequest(), timeout)
+            await self._call(self._ping, pb.EmptyRequest(), timeout, wait_for_ready=wait_for_ready)
         except CallFailed as exc:
-            return str(exc)
+            return exc
         return None
 
     async def publish_batch(self, encoded_batch: bytes) -> pb.PublishResponse:
-        """Send one pre-encoded ``CloudEventBatch``; raise :class:`CallFailed` or :class:`ChipRejected`."""
+        """Send one pre-encoded ``CloudEventBatch``; raise :class:`CallFailed` (the failure classifies itself)."""
         return await self._call(self._publish_batch, encoded_batch, self._timeout)
 
     async def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request,
-                    timeout: float) -> _Response:
+                    timeout: float, *, wait_for_ready: bool = False) -> _Response:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
-        future = method.future(request, timeout=timeout, metadata=self._metadata)
+        future = method.future(request, timeout=timeout, metadata=self._metadata, wait_for_ready=wait_for_ready)
         future.add_done_callback(lambda _f: _wake(token, done))
         try:
             await done.wait()
@@ -92,11 +112,7 @@ class ChipClient:
         try:
             return future.result()
         except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details() or ""
-            if code.name in REFUSING_CODES:
-                raise ChipRejected(f"Chip at {self.endpoint} refused the call: {code.name}: {detail}") from None
-            raise CallFailed(code.name, detail) from None
+            raise CallFailed(exc.code().name, exc.details() or "") from None
 
     def close(self) -> None:
         self._channel.close()

@@ -93,15 +93,22 @@ def describe(url: str) -> str:
 
 
 def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
-            application_name: str = "durable-emitter") -> psycopg.Connection:
+            application_name: str = "durable-emitter", tcp_user_timeout: float = 10.0,
+            keepalive_idle: float = 10.0) -> psycopg.Connection:
     """Open a connection, or raise one clear :class:`StoreUnavailable` line.
 
     ``application_name`` shows in ``pg_stat_activity``: operators see which
-    instance holds a session.
+    instance holds a session. TCP keepalives and ``tcp_user_timeout`` make a
+    half-open connection (a peer gone after a failover) fail within seconds
+    instead of the kernel's minutes; libpq ignores both on Unix sockets, where
+    they are not needed.
     """
+    idle = max(1, round(keepalive_idle))
     try:
         return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name=application_name[:63])
+                               application_name=application_name[:63],
+                               keepalives=1, keepalives_idle=idle, keepalives_interval=max(1, idle // 3),
+                               keepalives_count=3, tcp_user_timeout=max(1, round(tcp_user_timeout * 1000)))
     except psycopg.ProgrammingError as exc:
         raise StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}") from None
     except psycopg.Error as exc:

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..core.instruments import HistogramSnapshot
-from ..statistics import Sources
+from ..statistics import DELIVERY_STATES, Sources
 
 P = "durable_emitter_"
 
@@ -85,3 +85,9 @@ class EmitterCollector(Collector):
         yield _gauge("queue_oldest_pending_age_seconds", "age of the oldest pending row (whole table)",
                      table.oldest_age_seconds)
         yield _gauge("publish_in_flight", "PublishBatch calls in flight", dispatcher.in_flight)
+        delivery = GaugeMetricFamily(P + "delivery_state", "1 for the dispatcher's current state: up; down (Chip "
+                                     "does not answer); refused (Chip refuses us: alert)", labels=["state"])
+        for state in DELIVERY_STATES:
+            delivery.add_metric([state], 1.0 if dispatcher.delivery == state else 0.0)
+        yield delivery
+        yield _gauge("delivery_held_events", "events held in memory while delivery is paused", dispatcher.held)

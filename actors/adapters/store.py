@@ -18,15 +18,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 
 import psycopg
 import trio
-from psycopg import sql
 from psycopg.abc import PQGen
 from psycopg.waiting import Ready, Wait
 
+from ..core.failures import storable_text
 from ..errors import StoreUnavailable
 from .postgres import connect
 
@@ -130,10 +131,12 @@ FROM claimable WHERE e.id = claimable.id
 RETURNING e.id, e.payload, e.created_at
 """
 
+# A row's wait grows with the attempts it already had (the value before this update).
 RELEASE_EVENTS = """
 UPDATE chip_durable_events
 SET attempts = attempts + %(attempts)s, last_error = %(error)s,
-    lease_expires_at = now() + make_interval(secs => %(retry_after)s)
+    lease_expires_at = now() + make_interval(secs => least(
+        %(retry_max)s::float8, %(retry_after)s::float8 * power(%(multiplier)s::float8, least(attempts, 64))))
 WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s
 """
 
@@ -296,7 +299,35 @@ class PendingStats:
 
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     reason = " ".join(str(exc).split()) or type(exc).__name__
-    return StoreUnavailable(f"Postgres: {reason}")
+    return StoreUnavailable(f"Postgres: {reason}", sqlstate=exc.sqlstate)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What every connection of a Store sets: deadlines on each wait, and the commit durability.
+
+    Writers set ``synchronous_commit = on`` themselves, so a role- or
+    database-level ``off`` cannot silently weaken "emit returned: durable".
+    """
+
+    statement_timeout: float = 30.0
+    lock_timeout: float = 5.0
+    tcp_user_timeout: float = 10.0
+    keepalive_idle: float = 10.0
+    synchronous_commit: bool = True
+    schema: str = "public"  # a plain identifier (EmitterConfig checks it): the tables' schema
+    application_name: str = "durable-emitter"  # shown in pg_stat_activity
+
+    @property
+    def answer_timeout(self) -> float:
+        """How long the client waits for any answer: the server's own deadline first, plus a margin."""
+        return self.statement_timeout + 5.0
+
+    def statements(self) -> str:
+        return (f"SET statement_timeout = {round(self.statement_timeout * 1000)}; "
+                f"SET lock_timeout = {round(self.lock_timeout * 1000)}; "
+                f"SET synchronous_commit = {'on' if self.synchronous_commit else 'off'}; "
+                f'SET search_path TO "{self.schema}"')
 
 
 def _one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -358,28 +389,30 @@ class Store:
     A connection runs one statement at a time; tasks sharing a Store take turns.
     """
 
-    def __init__(self, url: str, *, schema: str = "public", synchronous_commit: bool = True,
-                 application_name: str = "durable-emitter") -> None:
+    def __init__(self, url: str, session: Session | None = None) -> None:
         self._url = url
-        self._schema = schema
-        self._application_name = application_name
-        self._synchronous_commit = synchronous_commit
+        self._session = session or Session()
         self._conn: psycopg.Connection | None = None
         self._turn = trio.Lock()
 
     async def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = await trio.to_thread.run_sync(self._open)
+            session = self._session
+            # Connecting resolves names, so it runs in a thread; connect_timeout bounds it.
+            conn = await trio.to_thread.run_sync(partial(
+                connect, self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle,
+                application_name=session.application_name))
+            try:
+                await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
+            except psycopg.Error as exc:
+                conn.close()
+                raise _unavailable(exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
         return self._conn
-
-    def _open(self) -> psycopg.Connection:
-        conn = connect(self._url, application_name=self._application_name)
-        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-        if not self._synchronous_commit:
-            # Lost deletes after a crash only mean re-sends (at least once).
-            conn.execute("SET synchronous_commit = off")
-        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -399,16 +432,21 @@ class Store:
         except trio.WouldBlock:
             await self._turn.acquire()
         try:
-            conn = await self._connection()
-            cursor = conn.cursor()
-            try:
-                await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
-            except psycopg.Error as exc:
-                raise _unavailable(exc) from exc
-            except BaseException:
-                self.close()  # cancelled mid-statement: the protocol state is unknown
-                raise
-            return cursor
+            # The server cancels a statement after statement_timeout; this deadline covers a
+            # server that cannot answer at all (a path that went dark without a reset).
+            with trio.move_on_after(self._session.answer_timeout):
+                conn = await self._connection()
+                cursor = conn.cursor()
+                try:
+                    await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
+                except psycopg.Error as exc:
+                    raise _unavailable(exc) from exc
+                except BaseException:
+                    self.close()  # cancelled mid-statement: the protocol state is unknown
+                    raise
+                return cursor
+            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
+                                   "(statement_timeout plus 5 s); the connection was dropped")
         finally:
             self._turn.release()
 
@@ -452,22 +490,29 @@ class Store:
                                                  "limit": limit}, prepare=False)
         return [StoredEvent(*row) for row in cursor.fetchall()]
 
-    async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float) -> None:
-        """Hand rows back to the table to be claimed again after ``retry_after`` seconds."""
+    async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float,
+                      multiplier: float = 1.0, retry_max: float = 0.0) -> None:
+        """Hand rows back to the table to be claimed again after ``retry_after`` seconds, times
+        ``multiplier`` for each attempt a row already had, up to ``retry_max`` (if larger than 0)."""
         await self._run(RELEASE_EVENTS, {
-            "ids": list(ids), "owner": owner, "error": error[:2000],
-            "attempts": attempts, "retry_after": retry_after,
+            "ids": list(ids), "owner": owner, "error": storable_text(error),
+            "attempts": attempts, "retry_after": retry_after, "multiplier": multiplier,
+            "retry_max": retry_max if retry_max > 0 else retry_after,
         })
 
     async def delete(self, ids: Sequence[str], *, owner: str) -> int:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
-        return (await self._run(DELETE_EVENTS, {"ids": list(ids), "owner": owner})).rowcount
+        return (await self._run(DELETE_EVENTS, {"ids": list(dict.fromkeys(ids)), "owner": owner})).rowcount
 
     async def dead_letter(self, entries: Sequence[tuple[str, str, str]], *, owner: str) -> int:
-        """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason)."""
+        """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason).
+
+        Reasons and codes are made storable (no NUL bytes); an id given twice is moved once, with its last reason.
+        """
+        unique = {e[0]: e for e in entries}
         return (await self._run(DEAD_LETTER_EVENTS, {
-            "ids": [e[0] for e in entries], "codes": [e[1] for e in entries],
-            "reasons": [e[2][:2000] for e in entries], "owner": owner,
+            "ids": list(unique), "codes": [storable_text(e[1], 100) for e in unique.values()],
+            "reasons": [storable_text(e[2]) for e in unique.values()], "owner": owner,
         })).rowcount
 
     async def expire(self, *, ttl: float, limit: int = 10_000) -> int:

@@ -15,12 +15,7 @@ from typing import Protocol, TypeVar
 
 from .backoff import Backoff
 from .events import PublishOutcome, framed_size
-
-# gRPC status names. Transient: the same request may succeed later.
-TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL",
-                             "UNKNOWN", "CANCELLED"})
-# Our configuration is wrong: retrying in a loop cannot help.
-REFUSING_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED"})
+from .failures import CallKind, classify_call
 
 
 class CallFailed(Exception):
@@ -31,8 +26,8 @@ class CallFailed(Exception):
         self.code, self.detail = code, detail
 
     @property
-    def transient(self) -> bool:
-        return self.code in TRANSIENT_CODES
+    def kind(self) -> CallKind:
+        return classify_call(self.code, self.detail)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"
@@ -57,26 +52,33 @@ class Decision:
     release: tuple[int, ...] = ()  # back to the table, claimable after ``retry_after`` seconds
     retry_after: float = 0.0
     reason: str = ""  # why the retried or released events were not delivered
-    split: bool = False  # Chip refused the whole call for good: publish each half on its own
+    split: bool = False  # the call was too large: publish each half on its own
+    hold: bool = False  # delivery is paused (outage, or Chip refuses us): keep them, retry once Chip is back
 
 
 def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt: int, attempts: int, now: float,
-           publish_by: float, backoff: Backoff, rng: random.Random) -> Decision:
+           publish_by: float, backoff: Backoff, rng: random.Random, paused: bool = False) -> Decision:
     """The decision after attempt number ``attempt`` (0 for the first) of the events ``sent`` (their ids).
 
     - Chip answered: delivered and permanently rejected events are settled;
       the rest are retried.
+    - The call was too large: several events are split in halves; a single
+      event is dead-lettered (code ``TOO_LARGE``), as no split can help it.
+    - The call failed while delivery is ``paused`` (Chip is down, or refuses
+      us): every event is held in memory until Chip is back; nothing is
+      written, nothing dead-lettered.
     - The call failed transiently: every event is retried.
-    - The call failed for good: a single event is dead-lettered with the
-      reason; several are split in halves to find the ones at fault.
     - A retry that would run past ``publish_by`` (our lease minus a margin),
       or past ``attempts`` calls, becomes a release to the table.
     """
     if isinstance(answer, CallFailed):
-        if not answer.transient:
+        kind = answer.kind
+        if kind is CallKind.TOO_LARGE:
             if len(sent) == 1:
-                return Decision(rejected=((sent[0], answer.code, answer.detail or answer.code),))
+                return Decision(rejected=((sent[0], "TOO_LARGE", answer.detail or answer.code),))
             return Decision(split=True)
+        if paused or kind is CallKind.REFUSED:
+            return Decision(retry=tuple(range(len(sent))), hold=True, reason=answer.code)
         settled = Decision()
         retry, reason = tuple(range(len(sent))), answer.code
     else:

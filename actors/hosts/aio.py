@@ -2,7 +2,9 @@
 
 ``await emitter.emit(...)`` from asyncio code runs the Trio ``emit`` as a task
 in the tree's nursery. Cancelling the asyncio caller cancels that task, and a
-failure of the tree fails the caller.
+failure of the tree fails the caller: once the tree has failed, every waiting
+and later call raises :class:`EmitterClosed` caused by the failure (e.g.
+``SupervisorGaveUp``), never hangs; leaving the ``async with`` raises the failure.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
 from ..errors import EmitterClosed
 from ..statistics import EmitterStatistics
-from .serve import serve
+from .serve import closed_error, serve
 
 _T = TypeVar("_T")
 
@@ -33,10 +35,20 @@ class AsyncioEmitter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._calls: trio.Nursery | None = None
         self.emitter: Emitter | None = None
+        self._ended = False
+        self._failure: BaseException | None = None  # why the tree stopped, if it failed
+        self._waiting: set[asyncio.Future[Any]] = set()
+
+    def _tree_ended(self, failure: BaseException | None) -> None:
+        """Every call still waiting, and every later one, gets the tree's end as an exception."""
+        self._ended, self._failure = True, failure
+        for future in self._waiting:
+            if not future.done():
+                future.set_exception(closed_error(failure))
 
     async def _call(self, fn: Callable[[Emitter], Awaitable[_T]]) -> _T:
-        if self._calls is None or self._token is None or self.emitter is None:
-            raise EmitterClosed("the emitter is not running")
+        if self._ended or self._calls is None or self._token is None or self.emitter is None:
+            raise closed_error(self._failure)
         emitter = self.emitter
         future: asyncio.Future[_T] = self._loop.create_future()
         scope = trio.CancelScope()
@@ -49,10 +61,7 @@ class AsyncioEmitter:
                     if not future.done():
                         future.set_exception(exc)
                     return
-                except BaseException:  # Cancelled: the tree is stopping
-                    if not future.done():
-                        future.set_exception(EmitterClosed("the emitter stopped before the call finished"))
-                    raise
+                # Cancelled passes through: the tree is stopping, and _tree_ended resolves the future.
                 if not future.done():
                     future.set_result(result)
             if not future.done():  # our own scope was cancelled: the asyncio caller gave up
@@ -60,12 +69,29 @@ class AsyncioEmitter:
 
         calls = self._calls
         token = self._token
-        token.run_sync_soon(lambda: calls.start_soon(run_in_trio))
+
+        def start() -> None:
+            try:
+                calls.start_soon(run_in_trio)
+            except RuntimeError:  # the nursery closed: the tree is stopping or failed
+                if not future.done():
+                    future.set_exception(closed_error(self._failure))
+
+        self._waiting.add(future)
         try:
+            try:
+                token.run_sync_soon(start)
+            except trio.RunFinishedError:
+                raise closed_error(self._failure) from None
             return await future
         except asyncio.CancelledError:
-            token.run_sync_soon(scope.cancel)
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
             raise
+        finally:
+            self._waiting.discard(future)
 
     @property
     def calls_in_flight(self) -> int:
@@ -113,6 +139,7 @@ async def open_asyncio_emitter(config: EmitterConfig | None = None, *,
 
     def done(outcome: Any) -> None:
         error = getattr(outcome, "error", None)
+        handle._tree_ended(error)
         for future in (started, finished):
             if not future.done():
                 if error is not None:
@@ -121,7 +148,7 @@ async def open_asyncio_emitter(config: EmitterConfig | None = None, *,
                     future.set_result(None)
 
     trio.lowlevel.start_guest_run(
-        serve, config, ready, stop, registry,
+        serve, config, ready, stop, registry, handle._tree_ended,
         run_sync_soon_threadsafe=loop.call_soon_threadsafe, done_callback=done,
         host_uses_signal_set_wakeup_fd=True,
     )
@@ -131,5 +158,8 @@ async def open_asyncio_emitter(config: EmitterConfig | None = None, *,
     finally:
         handle._calls = None
         assert handle._token is not None  # set by ready() before started resolved
-        handle._token.run_sync_soon(stop.set)
+        try:
+            handle._token.run_sync_soon(stop.set)
+        except trio.RunFinishedError:  # the tree already failed; ``finished`` holds why
+            pass
         await finished

@@ -1,11 +1,16 @@
-"""Threaded hosts: Trio runs in a background thread; ``emit`` blocks the calling thread until committed."""
+"""Threaded hosts: Trio runs in a background thread; ``emit`` blocks the calling thread until committed.
+
+Once the tree has failed, every waiting and later call raises :class:`EmitterClosed`
+caused by the failure, never hangs; leaving the ``with`` raises the failure.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from types import TracebackType
+from typing import TypeVar
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -13,9 +18,10 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import EmitterClosed
 from ..statistics import EmitterStatistics
-from .serve import serve
+from .serve import closed_error, serve
+
+_T = TypeVar("_T")
 
 
 class BlockingEmitter:
@@ -33,8 +39,9 @@ class BlockingEmitter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._stop: trio.Event | None = None
         self._thread: threading.Thread | None = None
-        self._failure: list[BaseException] = []
+        self._failure: list[BaseException] = []  # the run's own end, raised by start() or close()
         self.emitter: Emitter | None = None
+        self._tree_failure: BaseException | None = None  # why the tree stopped, told as it happens
 
     def start(self) -> BlockingEmitter:
         """Start the tree in a background thread; return once it accepts emits (or raise why it cannot)."""
@@ -46,9 +53,12 @@ class BlockingEmitter:
             self.emitter, self._token = emitter, trio.lowlevel.current_trio_token()
             started.set()
 
+        def failed(error: BaseException) -> None:
+            self._tree_failure = error  # calls from other threads raise it from now on
+
         async def main() -> None:
             self._stop = trio.Event()
-            await serve(self._config, ready, self._stop, self._registry)
+            await serve(self._config, ready, self._stop, self._registry, failed)
 
         def thread_main() -> None:
             try:
@@ -86,9 +96,16 @@ class BlockingEmitter:
         self.close()
 
     def _running(self) -> tuple[Emitter, trio.lowlevel.TrioToken]:
-        if self._token is None or self.emitter is None:
-            raise EmitterClosed("the emitter is not running")
+        if self._tree_failure is not None or self._token is None or self.emitter is None:
+            raise closed_error(self._tree_failure)
         return self.emitter, self._token
+
+    def _in_trio(self, fn: Callable[[], Awaitable[_T]], token: trio.lowlevel.TrioToken) -> _T:
+        """Run ``fn`` in the tree's thread; once the tree is gone, raise why instead."""
+        try:
+            return trio.from_thread.run(fn, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):  # the run ended under the call
+            raise closed_error(self._tree_failure) from None
 
     def emit(
         self,
@@ -101,13 +118,13 @@ class BlockingEmitter:
     ) -> str:
         """As :meth:`Emitter.emit`, blocking the calling thread until the event is committed."""
         emitter, token = self._running()
-        return trio.from_thread.run(partial(emitter.emit, body, source=source, type=type, attributes=attributes,
-                                            data_schema=data_schema), trio_token=token)
+        return self._in_trio(partial(emitter.emit, body, source=source, type=type, attributes=attributes,
+                                     data_schema=data_schema), token)
 
     def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`, blocking the calling thread."""
         emitter, token = self._running()
-        trio.from_thread.run(partial(emitter.flush, timeout), trio_token=token)
+        self._in_trio(partial(emitter.flush, timeout), token)
 
     def statistics(self) -> EmitterStatistics:
         """As :meth:`Emitter.statistics`, read on the emitter's own thread."""

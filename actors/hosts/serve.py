@@ -9,13 +9,42 @@ from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
 from ..emitter import Emitter
+from ..errors import EmitterClosed, EmitterError
 from ..tree import open_emitter
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The error worth naming inside Trio's exception groups: the first EmitterError, else the first leaf."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [root_cause(inner) for inner in error.exceptions]
+        return next((leaf for leaf in leaves if isinstance(leaf, EmitterError)), leaves[0])
+    return error
+
+
+def closed_error(failure: BaseException | None) -> EmitterClosed:
+    """What a host's call gets once the tree is gone: EmitterClosed, caused by the tree's failure if it failed."""
+    if failure is None:
+        return EmitterClosed("the emitter is not running")
+    cause = root_cause(failure)
+    error = EmitterClosed(f"the emitter failed and stopped: {cause}")
+    error.__cause__ = cause
+    return error
+
+
 async def serve(config: EmitterConfig | None, ready: Callable[[Emitter, trio.Nursery], None],
-                 stop: trio.Event, registry: CollectorRegistry | None = None) -> None:
-    """The Trio side of both adapters: run the tree until asked to stop."""
-    async with open_emitter(config, registry=registry) as emitter, trio.open_nursery() as calls:
-        ready(emitter, calls)
-        await stop.wait()
-        calls.cancel_scope.cancel()
+                stop: trio.Event, registry: CollectorRegistry | None = None,
+                failed: Callable[[BaseException], None] | None = None) -> None:
+    """The Trio side of both adapters: run the tree until asked to stop.
+
+    ``failed`` hears of a failure of the tree before the run ends, so the host
+    can fail calls with it at once rather than after the run has wound down.
+    """
+    try:
+        async with open_emitter(config, registry=registry) as emitter, trio.open_nursery() as calls:
+            ready(emitter, calls)
+            await stop.wait()
+            calls.cancel_scope.cancel()
+    except BaseException as exc:
+        if failed is not None:
+            failed(exc)
+        raise

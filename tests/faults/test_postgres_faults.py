@@ -6,7 +6,6 @@ import sys
 import psycopg
 import pytest
 import trio
-from psycopg.conninfo import make_conninfo
 
 from actors import StoreUnavailable, open_emitter
 from actors.adapters.store import Store
@@ -42,20 +41,6 @@ def _dead_tuples(url: str) -> int:
     return rows[0][0] if rows else 0
 
 
-@pytest.fixture
-def limited_role_url(database_url):
-    """An ordinary role with only the rights the emitter needs on the tables an operator installed."""
-    role = "emitter_" + database_url.rsplit("t_", 1)[-1][:12]
-    query(database_url, f'CREATE ROLE "{role}" LOGIN')
-    query(database_url, f'GRANT USAGE ON SCHEMA public TO "{role}"')
-    query(database_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON chip_durable_events, '
-                        f'chip_durable_events_dead_letter TO "{role}"')
-    query(database_url, f'GRANT SELECT ON chip_durable_events_version TO "{role}"')
-    yield make_conninfo(database_url, user=role), role
-    query(database_url, f'DROP OWNED BY "{role}"')
-    query(database_url, f'DROP ROLE "{role}"')
-
-
 async def test_revoked_permission_fails_emits_clearly_and_recovers_when_granted(chip, make_config, database_url, limited_role_url) -> None:
     url, role = limited_role_url
     async with open_emitter(make_config(chip, database_url=url)) as emitter:
@@ -75,15 +60,44 @@ async def test_statement_timeout_fails_the_commit_and_writes_nothing(chip, make_
                                $$ BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$""")
         query(database_url, "CREATE TRIGGER slow BEFORE INSERT ON chip_durable_events "
                             "FOR EACH ROW EXECUTE FUNCTION slow_insert()")
-        query(database_url, "ALTER ROLE postgres IN DATABASE "
-                            f"{psycopg.conninfo.conninfo_to_dict(database_url)['dbname']} SET statement_timeout = '200ms'")
         try:
-            fresh = make_config(chip, instance_id="timed")  # a second instance beside the first
-            async with open_emitter(fresh) as timed:  # new connections pick the setting up
+            async with open_emitter(make_config(chip, instance_id="timed", statement_timeout=0.2)) as timed:
                 with pytest.raises(StoreUnavailable, match="statement timeout"):
                     await timed.emit(b"x", source="wf", type="tick")
         finally:
-            query(database_url, "ALTER ROLE postgres IN DATABASE "
-                                f"{psycopg.conninfo.conninfo_to_dict(database_url)['dbname']} RESET statement_timeout")
             query(database_url, "DROP TRIGGER slow ON chip_durable_events")
     assert pending_ids(database_url) == set()
+
+
+async def test_a_locked_table_fails_emit_within_its_deadline_and_the_next_emit_succeeds(
+        chip, make_config, database_url) -> None:
+    async with open_emitter(make_config(chip)) as emitter:
+        await emitter.emit(b"before", source="wf", type="tick")
+        with psycopg.connect(database_url) as holder:  # a migration or a careless LOCK TABLE
+            holder.execute("LOCK TABLE chip_durable_events IN ACCESS EXCLUSIVE MODE")
+            started = trio.current_time()
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                await emitter.emit(b"locked out", source="wf", type="tick")
+            waited = trio.current_time() - started
+            holder.rollback()
+        after = await emitter.emit(b"after", source="wf", type="tick")
+        await emitter.flush(timeout=30)
+    assert waited < emitter.config.commit_timeout  # lock_timeout (5 s) answered first, not a hang
+    assert chip.counters.seen([after]) == {after}
+    assert pending_ids(database_url) == set()
+
+
+async def test_writers_commit_synchronously_whatever_the_database_default(chip, make_config, database_url) -> None:
+    dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+    query(database_url, f"ALTER DATABASE {dbname} SET synchronous_commit = off")
+    async with open_emitter(make_config(chip)) as emitter:
+        # A trigger reports the setting in force in the session that commits the emit.
+        query(database_url, "CREATE TABLE seen_setting (value text)")
+        query(database_url, """CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                                   INSERT INTO seen_setting VALUES (current_setting('synchronous_commit'));
+                                   RETURN NEW; END $$""")
+        query(database_url, "CREATE TRIGGER note BEFORE INSERT ON chip_durable_events "
+                            "FOR EACH ROW EXECUTE FUNCTION note_setting()")
+        await emitter.emit(b"x", source="wf", type="tick")
+        await emitter.flush(timeout=30)
+    assert query(database_url, "SELECT DISTINCT value FROM seen_setting") == [("on",)]

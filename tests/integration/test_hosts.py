@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from actors import open_asyncio_emitter, open_blocking_emitter
-from tests.fix_postgres import pending_ids
+from tests.fix_postgres import pending_ids, query
 
 
 def test_asyncio_host_emits_and_flushes(chip, make_config, database_url) -> None:
@@ -121,3 +121,64 @@ def test_asyncio_host_statistics(chip, make_config) -> None:
             return emitter.statistics().emitted
 
     assert asyncio.run(host()) == 1
+
+
+def _fail_the_tree_soon(database_url: str, role: str) -> None:
+    """Take DELETE away: the acker's deletes fail for good, it crashes past max_restarts, and the tree fails."""
+    query(database_url, f'REVOKE DELETE ON chip_durable_events FROM "{role}"')
+
+
+def test_asyncio_calls_get_the_tree_failure_never_a_hang(chip, make_config, database_url, limited_role_url) -> None:
+    from actors import EmitterClosed, EmitterError, SupervisorGaveUp
+
+    url, role = limited_role_url
+    config = make_config(chip, database_url=url, max_restarts=1, restart_period=60, restart_delay=0.05)
+    errors: list[BaseException] = []
+
+    async def host() -> None:
+        async with open_asyncio_emitter(config) as emitter:
+            _fail_the_tree_soon(database_url, role)
+            for i in range(100_000):  # bounded; ends at the first failed call
+                try:
+                    await asyncio.gather(*(emitter.emit(f"e{i}-{j}", source="wf", type="t") for j in range(20)))
+                except EmitterError as exc:  # EmitterClosed; or, for a commit cut short, EmitterError
+                    errors.append(exc)
+                    break
+            with pytest.raises(EmitterClosed) as later:
+                await emitter.emit(b"after the failure", source="wf", type="t")
+            errors.append(later.value)
+
+    with pytest.raises(BaseExceptionGroup) as failed:
+        asyncio.run(asyncio.wait_for(host(), timeout=60))
+    assert failed.value.subgroup(SupervisorGaveUp) is not None
+    assert len(errors) == 2 and isinstance(errors[1].__cause__, SupervisorGaveUp)
+
+
+def test_blocking_calls_get_the_tree_failure_never_a_hang(chip, make_config, database_url, limited_role_url) -> None:
+    from actors import EmitterClosed, EmitterError, SupervisorGaveUp
+
+    url, role = limited_role_url
+    config = make_config(chip, database_url=url, max_restarts=1, restart_period=60, restart_delay=0.05)
+    errors: list[BaseException] = []
+    with pytest.raises(BaseExceptionGroup) as failed, open_blocking_emitter(config) as emitter:
+        _fail_the_tree_soon(database_url, role)
+
+        def work() -> None:
+            for i in range(100_000):  # bounded; ends at the first failed call
+                try:
+                    emitter.emit(f"e{i}".encode(), source="wf", type="t")
+                except EmitterError as exc:  # EmitterClosed; or, for a commit cut short, EmitterError
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "a call hung after the tree failed"
+        with pytest.raises(EmitterClosed) as later:
+            emitter.emit(b"after the failure", source="wf", type="t")
+        errors.append(later.value)
+    assert failed.value.subgroup(SupervisorGaveUp) is not None
+    assert len(errors) == 5 and isinstance(later.value.__cause__, SupervisorGaveUp)

@@ -55,3 +55,23 @@ def test_a_data_directory_of_another_major_version_is_one_clear_error(tmp_path) 
     with pytest.raises(StoreUnavailable, match=r"made by PostgreSQL 16, and the embedded server is PostgreSQL 18"):
         start_embedded(old)
     assert sorted(p.name for p in old.iterdir()) == ["PG_VERSION"]  # nothing touched
+
+
+async def test_a_released_row_waits_longer_the_more_attempts_it_had(database_url: str) -> None:
+    from actors.adapters.store import Store
+    from tests.fix_postgres import query
+
+    store = Store(database_url)
+    try:
+        await store.insert_events(["fresh", "tired", "exhausted"], [b"x"] * 3, owner="me", lease=60, spilled=False)
+        query(database_url, "UPDATE chip_durable_events SET attempts = CASE id WHEN 'tired' THEN 3 "
+                            "WHEN 'exhausted' THEN 40 ELSE 0 END")
+        await store.release(["fresh", "tired", "exhausted"], owner="me", error="UNAVAILABLE", attempts=5,
+                            retry_after=1.0, multiplier=2.0, retry_max=60.0)
+    finally:
+        store.close()
+    waits = dict(query(database_url, "SELECT id, extract(epoch FROM lease_expires_at - now())::float8 "
+                                     "FROM chip_durable_events"))
+    assert waits["fresh"] == pytest.approx(1.0, abs=0.5)
+    assert waits["tired"] == pytest.approx(8.0, abs=0.5)  # 1 s x 2^3
+    assert waits["exhausted"] == pytest.approx(60.0, abs=0.5)  # capped at row_retry_max

@@ -15,6 +15,7 @@ from chipmock.model import (
     Outage,
     decide_call,
     decide_event_failures,
+    decide_ping,
 )
 
 # chipmock's parse_duration is tested beside the library's (tests/unit/test_config.py): they must agree.
@@ -97,3 +98,25 @@ def test_counters_keep_payloads_only_when_asked() -> None:
     sizes_only = Counters()
     sizes_only.record_events([("a", 2)])
     assert sizes_only.payloads == {} and sizes_only.snapshot().bytes == 2
+
+
+def test_unauthenticated_windows_refuse_pings_and_publishes_only_inside_them() -> None:
+    model = ChipModel(unauthenticated=(Outage(10, 5),))
+    assert decide_ping(model, elapsed=12).status == "UNAUTHENTICATED"
+    assert decide_call(model, random.Random(0), elapsed=12).status == "UNAUTHENTICATED"
+    assert decide_ping(model, elapsed=16).status is None
+    assert decide_ping(ChipModel(outages=(Outage(0, 5),)), elapsed=1).status == UNAVAILABLE  # Ping too
+
+
+def test_a_refusing_chip_fails_every_publish_with_its_code_and_a_bad_code_is_refused() -> None:
+    assert decide_call(ChipModel(refuse="FAILED_PRECONDITION"), random.Random(0), elapsed=0).status == \
+        "FAILED_PRECONDITION"
+    with pytest.raises(ValueError, match="refuse must be one of"):
+        ChipModel(refuse="OK")
+
+
+def test_requests_over_the_size_limit_fail_like_grpcs_own_limit() -> None:
+    model = ChipModel(max_request_bytes=100)
+    too_large = decide_call(model, random.Random(0), elapsed=0, request_bytes=101)
+    assert too_large.status == RESOURCE_EXHAUSTED and "larger than max (101 vs. 100)" in too_large.detail
+    assert decide_call(model, random.Random(0), elapsed=0, request_bytes=100).status is None

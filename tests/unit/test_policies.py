@@ -84,9 +84,9 @@ def test_memory_budget_refuses_past_either_limit_and_takes_nothing_then() -> Non
 IDS = [f"id-{i}" for i in range(8)]
 
 
-def _decide(answer, sent=IDS, *, attempt=0, attempts=5, now=0.0, publish_by=100.0, seed=0):
+def _decide(answer, sent=IDS, *, attempt=0, attempts=5, now=0.0, publish_by=100.0, seed=0, paused=False):
     return decide(answer, sent, attempt=attempt, attempts=attempts, now=now, publish_by=publish_by,
-                  backoff=BACKOFF, rng=random.Random(seed))
+                  backoff=BACKOFF, rng=random.Random(seed), paused=paused)
 
 
 def test_all_delivered_settles_everything() -> None:
@@ -112,10 +112,25 @@ def test_a_retry_that_would_outlive_the_lease_is_released_now() -> None:
     assert decision.retry_after == 0.0
 
 
-def test_permanent_whole_call_failure_splits_a_batch_and_dead_letters_a_single_event() -> None:
-    refused = CallFailed("INVALID_ARGUMENT", "bad event")
-    assert _decide(refused).split
-    assert _decide(refused, ["only"]).rejected == (("only", "INVALID_ARGUMENT", "bad event"),)
+@pytest.mark.parametrize("code", ["INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED", "PERMISSION_DENIED"])
+def test_a_refused_whole_call_holds_every_event_and_dead_letters_none(code: str) -> None:
+    """A misconfigured Chip must never move the backlog to the dead-letter table, batch or single event."""
+    for sent in (IDS, ["only"]):
+        decision = _decide(CallFailed(code, "the server is not set up"), sent)
+        assert decision.hold and decision.retry == tuple(range(len(sent)))
+        assert not (decision.rejected or decision.split or decision.release)
+
+
+def test_too_large_splits_a_batch_and_dead_letters_a_single_event() -> None:
+    too_large = CallFailed("RESOURCE_EXHAUSTED", "Received message larger than max (5000 vs. 4000)")
+    assert _decide(too_large).split
+    assert _decide(too_large, ["only"]).rejected == (
+        ("only", "TOO_LARGE", "Received message larger than max (5000 vs. 4000)"),)
+
+
+def test_while_paused_a_transient_failure_holds_instead_of_spending_attempts() -> None:
+    decision = _decide(CallFailed("UNAVAILABLE", "down"), attempt=4, attempts=5, paused=True)
+    assert decision.hold and decision.retry == tuple(range(len(IDS))) and not decision.release
 
 
 def test_partial_answer_settles_some_and_retries_the_rest() -> None:
@@ -127,7 +142,8 @@ def test_partial_answer_settles_some_and_retries_the_rest() -> None:
 
 answers = st.one_of(
     st.builds(CallFailed, st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                                           "INVALID_ARGUMENT", "FAILED_PRECONDITION"]), st.text(max_size=5)),
+                                           "INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED"]),
+              st.sampled_from(["", "down", "Received message larger than max (9 vs. 8)"])),
     st.lists(st.sampled_from(["delivered", "rejected", "retry"]), min_size=1, max_size=8).map(
         lambda kinds: PublishOutcome(
             delivered=[IDS[i] for i, k in enumerate(kinds) if k == "delivered"],
@@ -139,11 +155,17 @@ answers = st.one_of(
 
 
 @given(answer=answers, attempt=st.integers(0, 10), attempts=st.integers(1, 10),
-       now=st.floats(0, 200), seed=st.integers(0, 2**16))
-def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, attempt, attempts, now, seed) -> None:
+       now=st.floats(0, 200), seed=st.integers(0, 2**16), paused=st.booleans())
+def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, attempt, attempts, now, seed,
+                                                                    paused) -> None:
     sent = IDS if isinstance(answer, CallFailed) else IDS[:len(answer.delivered) + len(answer.rejected)
                                                           + len(answer.retry)]
-    decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed)
+    decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed, paused=paused)
+    if isinstance(answer, CallFailed):
+        assert not decision.rejected  # a whole-call failure never dead-letters several events
+    if decision.hold:  # paused: everything waits in memory for Chip, nothing written
+        assert decision.retry == tuple(range(len(sent))) and not (decision.release or decision.rejected)
+        return
     if decision.split:
         assert len(sent) > 1 and not (decision.delivered or decision.rejected or decision.retry or decision.release)
         return

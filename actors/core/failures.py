@@ -1,0 +1,96 @@
+"""Every failure, classified in one place. Pure: codes in, a kind out.
+
+Actors never guess from exception types or message text on their own: they
+ask here what a Postgres SQLSTATE or a Chip status means, and act on the kind.
+
+- Postgres, by SQLSTATE class: connection trouble, shutdowns, lack of
+  resources, serialization failures, timeouts and lock waits are
+  **transient** (retry with backoff); data and integrity errors are
+  **poison** (something in *this* write is at fault: isolate it); missing
+  rights or objects are **permanent** for every write (only a human helps).
+- Chip, by meaning: **transient** (retry with backoff), **too large** (split
+  the call; a single event that is still too large is dead-lettered),
+  **refused** (Chip is misconfigured or refuses us: pause delivery, raise an
+  alert state, never dead-letter the backlog). Per-event permanent errors come
+  in the answer's results and are dead-lettered one by one.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+
+class StoreFailure(enum.Enum):
+    TRANSIENT = "transient"  # retry the same write later
+    POISON = "poison"  # the data of this write is at fault: split it to find the item
+    PERMANENT = "permanent"  # every write of this kind fails until someone acts (rights, schema)
+
+
+# SQLSTATE classes (two first characters) and single codes that are worth retrying.
+_TRANSIENT_CLASSES = frozenset({
+    "08",  # connection exception
+    "40",  # transaction rollback: serialization failure, deadlock
+    "53",  # insufficient resources: disk full, out of memory, too many connections
+    "57",  # operator intervention: admin shutdown, crash shutdown, cannot connect now, query canceled
+    "58",  # system error (I/O error)
+    "HV",  # foreign data wrapper: remote errors
+})
+_TRANSIENT_CODES = frozenset({
+    "55P03",  # lock_not_available: lock_timeout passed
+    "55006",  # object_in_use
+    "25P03",  # idle_in_transaction_session_timeout
+    "25P04",  # transaction_timeout
+    "XX000",  # internal_error: often a server restarting under us
+})
+_POISON_CLASSES = frozenset({
+    "22",  # data exception: bad encoding (NUL byte), value too long, invalid text
+    "23",  # integrity constraint violation
+    "21",  # cardinality violation: ON CONFLICT touching a row twice (duplicate ids in one write)
+})
+
+
+def classify_sqlstate(sqlstate: str | None) -> StoreFailure:
+    """The kind of a Postgres failure by its SQLSTATE; None (no server answer: a broken connection) is transient."""
+    if not sqlstate:
+        return StoreFailure.TRANSIENT
+    if sqlstate in _TRANSIENT_CODES or sqlstate[:2] in _TRANSIENT_CLASSES:
+        return StoreFailure.TRANSIENT
+    if sqlstate[:2] in _POISON_CLASSES:
+        return StoreFailure.POISON
+    return StoreFailure.PERMANENT  # 42 (privilege, undefined table), 0A, 2B, 3D, 28, ...
+
+
+class CallKind(enum.Enum):
+    TRANSIENT = "transient"  # Chip may take the same request later
+    TOO_LARGE = "too_large"  # the request is too big for Chip: split it
+    REFUSED = "refused"  # Chip is misconfigured or refuses us: pause delivery, alert
+
+
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL",
+                             "UNKNOWN", "CANCELLED"})
+# Credentials, rights, or the service itself: a human must act; retrying in a loop cannot help.
+CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+# Everything else on a whole call (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED,
+# NOT_FOUND, ...) is about the request as a whole or the server's set-up, never one event:
+# per-event errors come in the answer's results.
+_TOO_LARGE = re.compile(r"larger than (the )?max|too large|exceeds (the )?max|message length", re.I)
+
+
+def classify_call(code: str, detail: str) -> CallKind:
+    """What a whole-call gRPC status (its name and detail text) means for delivery."""
+    if code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "OUT_OF_RANGE") and _TOO_LARGE.search(detail):
+        return CallKind.TOO_LARGE
+    if code in TRANSIENT_CODES:
+        return CallKind.TRANSIENT
+    return CallKind.REFUSED
+
+
+def storable_text(text: str, limit: int = 2000) -> str:
+    """``text`` made safe for a Postgres text column: no NUL bytes, no lone surrogates, at most ``limit`` chars.
+
+    Chip's reasons are foreign input; one odd byte must not stop a whole batch from being written.
+    """
+    cleaned = text.replace("\x00", "\\x00")
+    cleaned = cleaned.encode("utf-8", "backslashreplace").decode("utf-8")
+    return cleaned[:limit]

@@ -1,0 +1,77 @@
+"""The acker never wedges: odd reasons, duplicate ids, a poison item, revoked rights.
+
+Before, any of these made the acker retry one batch forever: its inbox filled,
+delivery stopped and flush() never returned.
+"""
+
+import trio
+
+from actors import open_emitter
+from actors.adapters.store import Store
+from chipmock import ChipModel
+from tests.fix_emitter import emit_concurrently, wait_until
+from tests.fix_postgres import dead_letters, pending_ids, query
+
+ODD_REASON = "schema \x00missing\x01 for caf\u00e9 \U0001f600"
+
+
+async def test_reasons_with_nul_bytes_are_stored_readably_and_delivery_continues(start_chipmock, make_config,
+                                                                                   database_url) -> None:
+    chip = start_chipmock(ChipModel(event_failure_rate=0.2, reject_reason=ODD_REASON, seed=7))
+    async with open_emitter(make_config(chip)) as emitter:
+        ids = await emit_concurrently(emitter, 300)
+        with trio.fail_after(60):
+            await emitter.flush(timeout=60)
+    letters = dead_letters(database_url)
+    assert letters and chip.counters.seen(ids) | set(letters) == ids and pending_ids(database_url) == set()
+    assert {reason for _, reason in letters.values()} == {"schema \\x00missing\x01 for caf\u00e9 \U0001f600"}
+
+
+async def test_a_poison_reason_is_isolated_recorded_escaped_and_the_rest_moved(start_chipmock, make_config,
+                                                                                database_url) -> None:
+    chip = start_chipmock(ChipModel(event_failure_rate=0.2, reject_reason=ODD_REASON, seed=7))
+    async with open_emitter(make_config(chip)) as emitter:
+        # A rule the emitter does not know: control characters are refused in reasons.
+        query(database_url, "ALTER TABLE chip_durable_events_dead_letter ADD CONSTRAINT printable "
+                            "CHECK (reason !~ '[\\x01-\\x08]')")
+        ids = await emit_concurrently(emitter, 300)
+        with trio.fail_after(60):
+            await emitter.flush(timeout=60)
+        restarts = emitter.statistics().restarts["acker"]
+    letters = dead_letters(database_url)
+    assert letters and chip.counters.seen(ids) | set(letters) == ids and pending_ids(database_url) == set()
+    assert all("\\x01" in reason and "SQLSTATE 23514" in reason for _, reason in letters.values())
+    assert restarts == 0
+
+
+async def test_the_same_id_twice_in_one_dead_letter_batch_is_moved_once(chip, make_config, database_url) -> None:
+    async with open_emitter(make_config(chip)) as emitter:
+        await emitter.emit(b"x", source="wf", type="tick")
+        await emitter.flush(timeout=30)
+    query(database_url, "INSERT INTO chip_durable_events (id, payload, lease_owner, lease_expires_at) "
+                        "VALUES ('twice', 'p', 'me', now() + interval '1 minute')")
+    store = Store(database_url)
+    try:
+        moved = await store.dead_letter([("twice", "SCHEMA_MISSING", "first"), ("twice", "SCHEMA_MISSING", "again")],
+                                        owner="me")
+        deleted = await store.delete(["twice", "twice"], owner="me")
+    finally:
+        store.close()
+    assert (moved, deleted) == (1, 0) and dead_letters(database_url) == {"twice": ("SCHEMA_MISSING", "again")}
+
+
+async def test_revoked_rights_on_the_dead_letter_table_crash_the_acker_but_deliveries_go_on(
+        start_chipmock, make_config, database_url, limited_role_url) -> None:
+    url, role = limited_role_url
+    chip = start_chipmock(ChipModel(event_failure_rate=0.05, seed=3))
+    config = make_config(chip, database_url=url, lease_duration=5.0, max_restarts=50, restart_period=60)
+    async with open_emitter(config) as emitter:
+        query(database_url, "ALTER TABLE chip_durable_events_dead_letter OWNER TO postgres")  # no rights on it
+        ids = await emit_concurrently(emitter, 400)
+        await wait_until(lambda: emitter.statistics().restarts["acker"] >= 1, what="the acker crashed")
+        # Deletes of delivered events went on between the crashes.
+        await wait_until(lambda: len(pending_ids(database_url)) < 100, what="the other events deleted")
+        query(database_url, f'GRANT SELECT, INSERT, UPDATE ON chip_durable_events_dead_letter TO "{role}"')
+        await emitter.flush(timeout=60)
+    letters = dead_letters(database_url)
+    assert letters and chip.counters.seen(ids) | set(letters) == ids and pending_ids(database_url) == set()

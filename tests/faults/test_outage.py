@@ -1,0 +1,107 @@
+"""Outage mode and whole-call refusals, measured: what an outage costs Postgres, the logs, the recovery.
+
+`just chaos` (CHAOS_SCALE=5) runs the issue's scenario: a 20 s Chip outage with
+20,000 events waiting. The default run is a 4 s outage with 4,000 events.
+"""
+
+import structlog
+import trio
+
+from actors import open_emitter
+from chipmock import ChipModel, Outage
+from tests.fix_emitter import CHAOS_SCALE, emit_concurrently, wait_until
+from tests.fix_postgres import dead_letters, pending_ids, query
+
+COUNT_WRITES = """
+CREATE TABLE row_writes (n bigint NOT NULL);
+INSERT INTO row_writes VALUES (0);
+CREATE FUNCTION count_row_writes() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN UPDATE row_writes SET n = n + (SELECT count(*) FROM changed); RETURN NULL; END $$;
+CREATE TRIGGER count_updates AFTER UPDATE ON chip_durable_events REFERENCING NEW TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION count_row_writes();
+CREATE TRIGGER count_deletes AFTER DELETE ON chip_durable_events REFERENCING OLD TABLE AS changed
+    FOR EACH STATEMENT EXECUTE FUNCTION count_row_writes();
+"""
+
+
+def _row_writes(url: str) -> int:
+    return query(url, "SELECT n FROM row_writes")[0][0]
+
+
+def _stat_writes(url: str) -> int:
+    return query(url, "SELECT n_tup_upd + n_tup_del FROM pg_stat_user_tables WHERE relname = 'chip_durable_events'")[0][0]
+
+
+async def test_an_outage_costs_postgres_almost_nothing_logs_little_and_delivery_resumes(
+        start_chipmock, make_config, database_url, capsys) -> None:
+    events, outage_s = 4000 * CHAOS_SCALE, 4.0 * CHAOS_SCALE
+    chip = start_chipmock()
+    # Defaults except the test database and chip: a host's settings.
+    config = make_config(chip, scan_interval=1.0, sample_interval=1.0, retry_initial=0.1, retry_max=5.0,
+                         publish_timeout=5.0, lease_duration=60.0)
+    async with open_emitter(config) as emitter:
+        query(database_url, COUNT_WRITES)
+        with structlog.testing.capture_logs() as logs:
+            chip.set_model(ChipModel(outages=(Outage(0, 3600),)))  # down from now on
+            started = trio.current_time()
+            ids = await emit_concurrently(emitter, events)  # they wait in the table (and memory)
+            await wait_until(lambda: emitter.statistics().delivery == "down", what="delivery paused")
+            writes_before, stat_before = _row_writes(database_url), _stat_writes(database_url)
+            await trio.sleep(max(0.0, outage_s - (trio.current_time() - started)))  # the outage is what is measured
+            outage_writes = _row_writes(database_url) - writes_before
+            outage_s = trio.current_time() - started
+            lines_in_outage = len(logs)
+            chip.set_model(ChipModel())
+            back = trio.current_time()
+            await emitter.flush(timeout=60)
+            drained_s = trio.current_time() - back
+        stats = emitter.statistics()
+    stat_writes = _stat_writes(database_url) - stat_before
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
+    assert stats.delivery == "up" and stats.restarts["dispatcher"] == 0
+    assert outage_writes <= 100 * outage_s, outage_writes  # target: <= 100 row writes/s (before: ~10,000/s)
+    assert lines_in_outage <= 20, logs  # target: <= 20 lines from the emitter
+    with capsys.disabled():
+        print(f"\n  Chip outage {outage_s:.1f}s with {events} events waiting: {outage_writes} row writes "
+              f"({outage_writes / outage_s:.1f}/s; pg_stat_user_tables upd+del over the whole run incl. drain: "
+              f"{stat_writes}), {lines_in_outage} log lines in the outage, {len(logs)} with the recovery; "
+              f"all delivered {drained_s:.2f}s after Chip returned")
+
+
+async def test_a_misconfigured_chip_never_moves_the_backlog_to_the_dead_letter_table(
+        start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock(ChipModel(refuse="FAILED_PRECONDITION"))
+    async with open_emitter(make_config(chip)) as emitter:
+        ids = await emit_concurrently(emitter, 200)
+        await wait_until(lambda: emitter.statistics().delivery == "refused", what="the alert state")
+        await wait_until(lambda: len(pending_ids(database_url)) == 200, what="the backlog waits in the table")
+        chip.set_model(ChipModel())  # Chip's operators fixed it
+        await emitter.flush(timeout=30)
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+
+
+async def test_a_call_larger_than_chip_takes_is_split_and_an_event_too_large_alone_dead_lettered(
+        start_chipmock, make_config, database_url) -> None:
+    chip = start_chipmock(ChipModel(max_request_bytes=20_000))
+    async with open_emitter(make_config(chip, publish_linger=0.05)) as emitter:
+        ids = await emit_concurrently(emitter, 40, emitters=4, size=2000)  # ~80 KB per batch: too large
+        huge = await emitter.emit(b"h" * 30_000, source="wf", type="tick")  # too large on its own
+        await emitter.flush(timeout=30)
+        delivery = emitter.statistics().delivery
+    assert chip.counters.seen(ids) == ids
+    assert dead_letters(database_url) == {huge: ("TOO_LARGE", dead_letters(database_url)[huge][1])}
+    assert "larger than max" in dead_letters(database_url)[huge][1] and delivery == "up"
+
+
+async def test_an_unauthenticated_window_pauses_delivery_without_restarts(start_chipmock, make_config,
+                                                                          database_url) -> None:
+    chip = start_chipmock()
+    async with open_emitter(make_config(chip)) as emitter:
+        chip.set_model(ChipModel(unauthenticated=(Outage(0, 3600),)))  # auth trouble on Chip's side
+        ids = await emit_concurrently(emitter, 100)
+        await wait_until(lambda: emitter.statistics().delivery == "refused", what="the alert state")
+        chip.set_model(ChipModel())  # over
+        await emitter.flush(timeout=30)
+        stats = emitter.statistics()
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+    assert sum(stats.restarts.values()) == 0

@@ -1,0 +1,150 @@
+"""A small TCP proxy between the emitter and Postgres or Chip that can go dark, drop connections, and heal.
+
+``black_hole()`` stops forwarding in both directions while keeping every
+connection open (and accepting new ones that lead nowhere): a path that went
+dark after a failover, where nothing answers and nothing is reset. What is
+sent meanwhile is lost, as dropped packets are.
+``drop_connections()`` resets every open connection, as a restarting server or
+a load balancer does. ``heal()`` forwards again. Threads, not Trio: the proxy
+must keep its sockets whatever the test's event loop is doing.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+
+class TcpProxy:
+    """Listens on 127.0.0.1; forwards to ``target``: ``"host:port"``, or the path of a Unix socket."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._forwarding = threading.Event()
+        self._forwarding.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def black_hole(self) -> None:
+        self._forwarding.clear()
+
+    def heal(self) -> None:
+        self._forwarding.set()
+
+    def drop_connections(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for sock in pair:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.close()  # linger 0: a reset, not a polite close
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        self.drop_connections()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _connect_upstream(self) -> socket.socket:
+        if self.target.startswith("/"):
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            upstream.connect(self.target)
+        else:
+            host, _, port = self.target.rpartition(":")
+            upstream = socket.create_connection((host, int(port)), timeout=5)
+        upstream.settimeout(None)
+        return upstream
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.05)  # so close() is noticed
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, client: socket.socket) -> None:
+        while not self._forwarding.is_set():  # a dark path: the connection leads nowhere yet
+            if self._closed.wait(0.05):
+                client.close()
+                return
+        try:
+            upstream = self._connect_upstream()
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._pairs.append((client, upstream))
+        peers = {client: upstream, upstream: client}
+        with selectors.DefaultSelector() as selector:
+            for sock in peers:
+                selector.register(sock, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                try:
+                    for key, _ in selector.select(timeout=0.05):
+                        sock = key.fileobj
+                        assert isinstance(sock, socket.socket)
+                        data = sock.recv(65536)
+                        if not data:
+                            raise OSError("closed")
+                        if self._forwarding.is_set():  # dark: what was sent is lost, like dropped packets
+                            peers[sock].sendall(data)
+                except (OSError, ValueError):
+                    break
+        for sock in peers:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def through_proxy(database_url: str, proxy: TcpProxy) -> str:
+    """The same database, reached over TCP through ``proxy``."""
+    return make_conninfo(database_url, host="127.0.0.1", port=proxy.port)
+
+
+def postgres_socket(database_url: str) -> str:
+    """Where a URL's server listens: its Unix socket path, or host:port."""
+    params = conninfo_to_dict(database_url)
+    host, port = str(params.get("host") or "localhost"), str(params.get("port") or "5432")
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+@pytest.fixture
+def start_proxy() -> Iterator[Callable[[str], TcpProxy]]:
+    """``start_proxy(target)``: a proxy to ``host:port`` or a Unix socket, on a free local port, closed after the test."""
+    proxies: list[TcpProxy] = []
+
+    def _start(target: str) -> TcpProxy:
+        proxy = TcpProxy(target)
+        proxies.append(proxy)
+        return proxy
+
+    yield _start
+    for proxy in proxies:
+        proxy.close()

@@ -1,0 +1,150 @@
+"""The one classification of failures, and outage mode's state machine. Pure."""
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.core.backoff import Backoff
+from actors.core.failures import (
+    CallKind,
+    StoreFailure,
+    classify_call,
+    classify_sqlstate,
+    storable_text,
+)
+from actors.core.outage import ChipHealth, Delivery
+
+
+@pytest.mark.parametrize(("sqlstate", "kind"), [
+    (None, StoreFailure.TRANSIENT),  # no answer at all: the connection broke
+    ("08006", StoreFailure.TRANSIENT),  # connection failure
+    ("57P01", StoreFailure.TRANSIENT),  # admin shutdown
+    ("57014", StoreFailure.TRANSIENT),  # statement timeout
+    ("53100", StoreFailure.TRANSIENT),  # disk full
+    ("40001", StoreFailure.TRANSIENT),  # serialization failure
+    ("55P03", StoreFailure.TRANSIENT),  # lock timeout
+    ("22021", StoreFailure.POISON),  # invalid byte sequence (a NUL byte)
+    ("21000", StoreFailure.POISON),  # ON CONFLICT touching a row twice
+    ("23505", StoreFailure.POISON),  # unique violation
+    ("42501", StoreFailure.PERMANENT),  # permission denied
+    ("42P01", StoreFailure.PERMANENT),  # undefined table
+    ("P0001", StoreFailure.PERMANENT),  # a trigger raised: nobody said it would pass
+])
+def test_postgres_failures_are_classified_by_sqlstate(sqlstate, kind) -> None:
+    assert classify_sqlstate(sqlstate) is kind
+
+
+@pytest.mark.parametrize(("code", "detail", "kind"), [
+    ("UNAVAILABLE", "", CallKind.TRANSIENT),
+    ("RESOURCE_EXHAUSTED", "overloaded", CallKind.TRANSIENT),
+    ("DEADLINE_EXCEEDED", "", CallKind.TRANSIENT),
+    ("RESOURCE_EXHAUSTED", "Received message larger than max (10485760 vs. 4194304)", CallKind.TOO_LARGE),
+    ("INVALID_ARGUMENT", "batch of 9 exceeds max 3", CallKind.TOO_LARGE),
+    ("INVALID_ARGUMENT", "bad request", CallKind.REFUSED),
+    ("FAILED_PRECONDITION", "topic missing", CallKind.REFUSED),
+    ("UNAUTHENTICATED", "", CallKind.REFUSED),
+    ("PERMISSION_DENIED", "", CallKind.REFUSED),
+    ("UNIMPLEMENTED", "", CallKind.REFUSED),
+])
+def test_chip_answers_are_classified_by_meaning(code, detail, kind) -> None:
+    assert classify_call(code, detail) is kind
+
+
+@given(st.text())
+def test_any_text_becomes_storable_in_postgres(text) -> None:
+    stored = storable_text(text)
+    assert "\x00" not in stored and len(stored) <= 2000
+    stored.encode("utf-8")  # no lone surrogates
+
+
+def test_storable_text_keeps_a_readable_trace_of_odd_bytes() -> None:
+    assert storable_text("bad\x00byte") == "bad\\x00byte"
+
+
+def _health(failures_to_pause=3) -> ChipHealth:
+    return ChipHealth(failures_to_pause=failures_to_pause, probe_backoff=Backoff(0.1, 2, 5.0), reminder_interval=60)
+
+
+def test_a_few_failed_calls_in_a_row_pause_delivery_once() -> None:
+    health = _health()
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0) is None
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1) is None
+    change = health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 2)
+    assert change is not None and change.state is Delivery.DOWN and health.paused
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 3) is None  # no second change
+
+
+def test_a_blip_stays_quiet_and_an_outage_is_announced_when_the_first_probe_fails() -> None:
+    health = _health(failures_to_pause=1)
+    assert health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0).line is None
+    health.probe_answered(0.1)
+    assert health.call_succeeded(0.2).line is None  # paused and back within one probe: no lines
+    health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1)
+    assert health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1.1).line == "paused"
+    assert health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", 1.2) is None
+    health.probe_answered(2)
+    back = health.call_succeeded(2.5)
+    assert back.line == "resumed" and back.down_for == 1.5
+
+
+def test_a_success_between_failures_starts_the_count_again() -> None:
+    health = _health()
+    health.call_failed(CallKind.TRANSIENT, "x", 0)
+    health.call_failed(CallKind.TRANSIENT, "x", 1)
+    assert health.call_succeeded(2) is None
+    assert health.call_failed(CallKind.TRANSIENT, "x", 3) is None and not health.paused
+
+
+def test_one_refusal_pauses_at_once_loudly_and_too_large_never_pauses() -> None:
+    assert _health().call_failed(CallKind.TOO_LARGE, "big", 0) is None
+    health = _health()
+    change = health.call_failed(CallKind.REFUSED, "UNAUTHENTICATED", 0)
+    assert change is not None and change.state is Delivery.REFUSED and change.line == "paused"
+
+
+def test_probes_back_off_to_retry_max_and_remind_once_a_minute() -> None:
+    health = _health(failures_to_pause=1)
+    health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0)
+    rng, now, delays, lines = random.Random(1), 0.0, [], []
+    for _ in range(100):
+        delay = health.next_probe_delay(rng)
+        delays.append(delay)
+        now += delay
+        change = health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", now)
+        if change is not None:
+            lines.append(change.line)
+    assert delays[0] <= 0.1 and max(delays) <= 5.0 and min(delays[20:]) >= 2.5  # grew to the cap
+    assert lines[0] == "paused" and set(lines[1:]) == {"still paused"}
+    assert now // 60 - 1 <= len(lines) - 1 <= now // 60  # reminders once a minute, not once per probe
+    health.probe_answered(now)
+    back = health.call_succeeded(now)
+    assert back is not None and back.state is Delivery.UP and back.line == "resumed"
+    assert back.failed_calls == 101 and back.down_for == pytest.approx(now)
+
+
+def test_probe_backoff_resets_only_when_a_publish_works() -> None:
+    """Chip answering Ping while refusing publishes must not make probes hot."""
+    health = _health(failures_to_pause=1)
+    rng = random.Random(0)
+    for _ in range(10):
+        health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 0)
+        health.next_probe_delay(rng)
+        health.probe_answered(0)
+    assert health.next_probe_delay(rng) >= 2.5
+    health.call_succeeded(0)
+    assert health.next_probe_delay(rng) <= 0.1
+
+
+def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_back() -> None:
+    """Chip answering Ping while refusing publishes must not make the log flap."""
+    health = _health()
+    assert health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 0).line == "paused"
+    trial = health.probe_answered(1)
+    assert trial.line is None and not health.paused  # publishing again, quietly
+    again = health.call_failed(CallKind.REFUSED, "FAILED_PRECONDITION", 2)
+    assert again is not None and again.line is None and health.paused
+    health.probe_answered(3)
+    back = health.call_succeeded(4)
+    assert back is not None and back.state is Delivery.UP and back.line == "resumed" and back.down_for == 4
