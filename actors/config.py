@@ -149,10 +149,10 @@ class EmitterConfig:
     # vanished (half-open after a failover) is dropped after tcp_user_timeout of
     # unacknowledged data, or keepalive probes from tcp_keepalive_idle on.
     statement_timeout: float = _seconds(default=30.0)
-    lock_timeout: float = _seconds(default=5.0)
-    commit_timeout: float = _seconds(default=10.0)
-    tcp_user_timeout: float = _seconds(default=10.0)
-    tcp_keepalive_idle: float = _seconds(default=10.0)
+    lock_timeout: float = _seconds(default=5.0)  # a lock wait's deadline
+    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline: then StoreUnavailable
+    tcp_user_timeout: float = _seconds(default=10.0)  # unacknowledged data before a connection is dropped
+    tcp_keepalive_idle: float = _seconds(default=10.0)  # idle time before keepalive probes start
 
     # Backpressure: emit waits up to backlog_timeout while pending >= max_pending.
     max_pending: int = 1_000_000

@@ -118,8 +118,6 @@ async def test_dispatcher_crashes_return_their_memory_budget_and_spill_nothing(c
     crashes_done = trio.Event()
 
     async with open_emitter(config) as emitter:
-        query(database_url, "ALTER TABLE chip_durable_events OWNER TO postgres")
-        query(database_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON chip_durable_events TO "{role}"')
 
         async def emit_until_the_crashes_are_done() -> None:
             for i in range(50_000):  # bounded; stops as soon as the crashes are done

@@ -87,7 +87,9 @@ async def test_memory_buffer_spills_to_the_table_and_everything_still_arrives(ch
 
 async def test_expired_rows_are_dead_lettered_not_dropped(start_chipmock, make_config, database_url) -> None:
     down_chip = start_chipmock(ChipModel(failure_rate=1.0))
-    async with open_emitter(make_config(down_chip, event_ttl=0.3)) as emitter:
+    # Chip being down pauses delivery with the rows leased to this instance, and the
+    # TTL sweep never takes a row a live lease holds: a short lease lets it see them.
+    async with open_emitter(make_config(down_chip, event_ttl=0.3, lease_duration=5.0)) as emitter:
         ids = {await emitter.emit(b"x", source="wf", type="tick") for _ in range(5)}
         await wait_until(lambda: set(dead_letters(database_url)) == ids, what="expiry to dead-letter")
     assert {code for code, _ in dead_letters(database_url).values()} == {"EXPIRED"}

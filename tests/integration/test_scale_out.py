@@ -70,8 +70,11 @@ async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock,
 
 async def test_flush_waits_for_events_another_instance_claimed(start_chipmock, make_config, database_url) -> None:
     chip_of_a = start_chipmock(ChipModel(failure_rate=1.0))  # a cannot deliver: its rows go back to the table
-    chip_of_b = start_chipmock(ChipModel(latency=3.0))  # b can, slowly: what it claims stays pending a while
-    async with open_emitter(make_config(chip_of_a, instance_id="a")) as a, \
+    chip_of_b = start_chipmock(ChipModel(latency=1.0))  # b can, slowly: what it claims stays pending a while
+    # a keeps retrying and handing rows back soon (no outage pause, which would keep them; no long
+    # per-row waits), so b claims some.
+    async with open_emitter(make_config(chip_of_a, instance_id="a", failures_to_pause=1_000_000,
+                                        row_retry_max=1.0)) as a, \
             open_emitter(make_config(chip_of_b, instance_id="b")):
         ids = {await a.emit(f"event {i}".encode(), source="wf", type="tick") for i in range(20)}
         await wait_until(lambda: query(database_url, "SELECT count(*) FROM chip_durable_events "
@@ -79,5 +82,5 @@ async def test_flush_waits_for_events_another_instance_claimed(start_chipmock, m
                          what="b claiming some of a's events")
         chip_of_a.set_model(ChipModel())  # a delivers what it holds at once
         await a.flush(timeout=30)
-        assert not pending_ids(database_url) & ids  # including what b held, 3 s in flight
+        assert not pending_ids(database_url) & ids  # including what b held, a second in flight
     assert chip_of_a.counters.seen(ids) | chip_of_b.counters.seen(ids) == ids
