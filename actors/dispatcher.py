@@ -267,14 +267,16 @@ class _Dispatcher:
             rows_left = False
             with expiry.watch(crash_unless_transient=False):
                 await self.expire()
-            await self.until_resumed()  # no claims while Chip is away: they would only churn the table
-            with claims.watch(crash_unless_transient=True):
-                deadline = trio.current_time() + config.scan_interval
-                if config.session_liveness and not config.writer_only:
-                    rows_left = await self.claim_orphans(nursery, deadline)
-                rows_left |= await self.claim_all(nursery, partial(
-                    store.claim, owner=config.instance_id, lease=config.lease_duration,
-                    writer_only=config.writer_only), deadline)
+            # No claims while Chip is away (they would only churn the table); the TTL
+            # sweep above still runs every scan.
+            if self.resumed.is_set():
+                with claims.watch(crash_unless_transient=True):
+                    deadline = trio.current_time() + config.scan_interval
+                    if config.session_liveness and not config.writer_only:
+                        rows_left = await self.claim_orphans(nursery, deadline)
+                    rows_left |= await self.claim_all(nursery, partial(
+                        store.claim, owner=config.instance_id, lease=config.lease_duration,
+                        writer_only=config.writer_only), deadline)
             if rows_left:
                 continue
             with trio.move_on_after(self.config.scan_interval):

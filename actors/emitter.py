@@ -6,7 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 import trio
@@ -28,7 +28,7 @@ class Emitter:
     def __init__(self, config: EmitterConfig, *, intake: trio.MemorySendChannel[EmitRequest], admission: Admission,
                  budget: MemoryBudget, emits: EmitState, sources: Sources, store: Store,
                  registry: CollectorRegistry, metrics_port: int | None, database_url: str,
-                 chip_endpoint: str) -> None:
+                 chip_endpoint: str, tree_failure: Callable[[], BaseException | None]) -> None:
         self.config = config
         self.registry = registry  # the Prometheus registry this emitter's metrics are in
         self.metrics_port = metrics_port  # where /metrics is served, if it is
@@ -40,7 +40,17 @@ class Emitter:
         self._emits = emits
         self._sources = sources
         self._store = store
+        self._tree_failure = tree_failure
         self.closing = False
+
+    def _closed(self) -> EmitterClosed:
+        """Shutting down; or, once the tree gave up, that failure (as the cause)."""
+        failure = self._tree_failure()
+        if failure is None:
+            return EmitterClosed("the emitter is shutting down; the event was not written")
+        error = EmitterClosed(f"the emitter failed and stopped: {failure}; the event was not written")
+        error.__cause__ = failure
+        return error
 
     def statistics(self) -> EmitterStatistics:
         budget, dispatcher, acker = self._budget.statistics(), self._sources.dispatcher(), self._sources.acker()
@@ -87,7 +97,7 @@ class Emitter:
         :class:`EmitterClosed` after shutdown began.
         """
         if self.closing:
-            raise EmitterClosed("the emitter is shutting down; the event was not written")
+            raise self._closed()
         emits = self._emits
         started = trio.current_time()
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
@@ -108,7 +118,7 @@ class Emitter:
             except trio.WouldBlock:
                 await self._intake.send(request)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise EmitterClosed("the emitter is shutting down; the event was not written") from None
+            raise self._closed() from self._tree_failure()
         await request.done.wait()
         if request.error is not None:
             emits.failed.add("store")

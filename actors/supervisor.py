@@ -106,6 +106,7 @@ class Supervisor:
         self._intensity = intensity
         self._children: list[_Child] = []
         self.restarts = LabelledCounts()
+        self.failure: BaseException | None = None  # why it gave up, once it has
 
     async def start(self, spec: ChildSpec) -> None:
         child = _Child(spec)
@@ -138,10 +139,11 @@ class Supervisor:
                                       why="stopping" if child.stopping else "temporary")
                             return
                         if not self._intensity.allow(trio.current_time()):
-                            raise SupervisorGaveUp(
+                            self.failure = SupervisorGaveUp(
                                 f"actor {spec.name!r} crashed more than {self._intensity.max_restarts} times "
                                 f"in {self._intensity.period:g}s; last error: {exc!r}"
-                            ) from exc
+                            )
+                            raise self.failure from exc
                         delay = self._intensity.delay()
                         log.error("actor crashed; restarting", actor=spec.name, error=repr(exc),
                                   restart_in_s=round(delay, 3))

@@ -152,7 +152,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
 
             emitter = Emitter(config, intake=intake_send, admission=admission, budget=budget, emits=emits,
                               sources=sources, store=setup, registry=registry, metrics_port=sampled.metrics_port,
-                              database_url=url, chip_endpoint=chip.endpoint)
+                              database_url=url, chip_endpoint=chip.endpoint, tree_failure=lambda: tree.failure)
             try:
                 yield emitter
             finally:
