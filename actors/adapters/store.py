@@ -44,16 +44,11 @@ SELECT id, payload, %(owner)b, %(owner)b,
 FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
 """
 
-# Rows nobody holds: lease lapsed (spilled, released for retry, or lapsed by a
-# restart: see LAPSE_LEASES), oldest lapse first. A range scan of the lease index
-# however few rows are claimable: live leases sit at its far end.
-CLAIM_EVENTS = """
+def _claim(rows: str) -> str:
+    """Lease the rows ``rows`` selects (ids, ordered and limited) to the claimer; SKIP LOCKED keeps claims apart."""
+    return f"""
 WITH claimable AS (
-    SELECT id FROM chip_durable_events
-    WHERE lease_expires_at < now()
-      AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
-    ORDER BY lease_expires_at
-    LIMIT %(limit)s
+    {rows.strip()}
     FOR UPDATE SKIP LOCKED
 )
 UPDATE chip_durable_events e
@@ -61,6 +56,18 @@ SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(
 FROM claimable WHERE e.id = claimable.id
 RETURNING e.id, e.payload, e.created_at
 """
+
+
+# Rows nobody holds: lease lapsed (spilled, released for retry, or lapsed by a
+# restart: see LAPSE_LEASES), oldest lapse first. A range scan of the lease index
+# however few rows are claimable: live leases sit at its far end.
+CLAIM_EVENTS = _claim("""
+    SELECT id FROM chip_durable_events
+    WHERE lease_expires_at < now()
+      AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+""")
 
 # A (re)started dispatcher ends the leases its instance id holds: what an earlier
 # run held in memory or in flight is gone with it, so those rows are claimable
@@ -117,19 +124,12 @@ WHERE owner IS NOT NULL AND owner <> %(me)s AND NOT {_ALIVE.format(owner="owner"
 """
 
 # A dead owner's rows, whatever their lease says, oldest first.
-CLAIM_ORPHANS = """
-WITH claimable AS (
+CLAIM_ORPHANS = _claim("""
     SELECT id FROM chip_durable_events
     WHERE lease_owner = ANY(%(orphans)s::text[])
     ORDER BY lease_owner, created_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE chip_durable_events e
-SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM claimable WHERE e.id = claimable.id
-RETURNING e.id, e.payload, e.created_at
-"""
+""")
 
 # A row's wait grows with the attempts it already had (the value before this update).
 RELEASE_EVENTS = """
