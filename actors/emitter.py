@@ -43,6 +43,11 @@ class Emitter:
         self._tree_failure = tree_failure
         self.closing = False
 
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the actor tree gave up, once it has (None while it runs or after a normal stop)."""
+        return self._tree_failure()
+
     def _closed(self) -> EmitterClosed:
         """Shutting down; or, once the tree gave up, that failure (as the cause)."""
         failure = self._tree_failure()

@@ -39,6 +39,10 @@ class AsyncioEmitter:
         self._failure: BaseException | None = None  # why the tree stopped, if it failed
         self._waiting: set[asyncio.Future[Any]] = set()
 
+    def _why(self) -> BaseException | None:
+        """The tree's failure: told by the run's end, or already known to the emitter before it."""
+        return self._failure or (self.emitter.failure if self.emitter is not None else None)
+
     def _tree_ended(self, failure: BaseException | None) -> None:
         """Every call still waiting, and every later one, gets the tree's end as an exception."""
         self._ended, self._failure = True, failure
@@ -48,7 +52,7 @@ class AsyncioEmitter:
 
     async def _call(self, fn: Callable[[Emitter], Awaitable[_T]]) -> _T:
         if self._ended or self._calls is None or self._token is None or self.emitter is None:
-            raise closed_error(self._failure)
+            raise closed_error(self._why())
         emitter = self.emitter
         future: asyncio.Future[_T] = self._loop.create_future()
         scope = trio.CancelScope()
@@ -75,14 +79,14 @@ class AsyncioEmitter:
                 calls.start_soon(run_in_trio)
             except RuntimeError:  # the nursery closed: the tree is stopping or failed
                 if not future.done():
-                    future.set_exception(closed_error(self._failure))
+                    future.set_exception(closed_error(self._why()))
 
         self._waiting.add(future)
         try:
             try:
                 token.run_sync_soon(start)
             except trio.RunFinishedError:
-                raise closed_error(self._failure) from None
+                raise closed_error(self._why()) from None
             return await future
         except asyncio.CancelledError:
             try:

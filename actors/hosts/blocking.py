@@ -95,9 +95,13 @@ class BlockingEmitter:
                  traceback: TracebackType | None) -> None:
         self.close()
 
+    def _why(self) -> BaseException | None:
+        """The tree's failure: told by the run, or already known to the emitter before it."""
+        return self._tree_failure or (self.emitter.failure if self.emitter is not None else None)
+
     def _running(self) -> tuple[Emitter, trio.lowlevel.TrioToken]:
-        if self._tree_failure is not None or self._token is None or self.emitter is None:
-            raise closed_error(self._tree_failure)
+        if self._why() is not None or self._token is None or self.emitter is None:
+            raise closed_error(self._why())
         return self.emitter, self._token
 
     def _in_trio(self, fn: Callable[[], Awaitable[_T]], token: trio.lowlevel.TrioToken) -> _T:
@@ -105,7 +109,7 @@ class BlockingEmitter:
         try:
             return trio.from_thread.run(fn, trio_token=token)
         except (trio.RunFinishedError, trio.Cancelled):  # the run ended under the call
-            raise closed_error(self._tree_failure) from None
+            raise closed_error(self._why()) from None
 
     def emit(
         self,
