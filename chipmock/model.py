@@ -10,6 +10,7 @@ import builtins
 import random
 import re
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -154,6 +155,12 @@ class Snapshot:
     duplicates: int
     rejected: int
     bytes: int
+    ages: tuple[int, ...]  # events per AGE_BUCKETS bucket (the last: older than the last bound)
+
+
+# Bounds (seconds) of the event-age histogram: fine where delivery latency is judged (1-100 ms).
+AGE_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
+               0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass
@@ -170,6 +177,7 @@ class Counters:
     ids: set[str] = field(default_factory=set)
     # builtins.bytes: inside this class body, ``bytes`` names the counter above.
     payloads: dict[str, builtins.bytes] = field(default_factory=dict)
+    ages: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_call(self, *, failed: bool) -> None:
@@ -177,12 +185,17 @@ class Counters:
             self.calls += 1
             self.failed_calls += failed
 
-    def record_events(self, events: Iterable[tuple[str, builtins.bytes | int]], *, rejected: int = 0) -> None:
+    def record_events(self, events: Iterable[tuple[str, builtins.bytes | int]], *, rejected: int = 0,
+                      ages: Iterable[float] = ()) -> None:
         """Count produced events: (id, serialized bytes, or just their size when not kept).
 
-        ``rejected`` events were refused and are only counted.
+        ``rejected`` events were refused and are only counted. ``ages`` are how old
+        events were on arrival (seconds since their ``recordedtime``).
         """
+        buckets = [bisect_left(AGE_BUCKETS, age) for age in ages]
         with self._lock:
+            for bucket in buckets:
+                self.ages[bucket] += 1
             self.rejected += rejected
             for event_id, payload in events:
                 self.received += 1
@@ -197,7 +210,7 @@ class Counters:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self.calls, self.failed_calls, self.received, len(self.ids),
-                            self.duplicates, self.rejected, self.bytes)
+                            self.duplicates, self.rejected, self.bytes, tuple(self.ages))
 
     def seen(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` were produced."""

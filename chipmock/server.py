@@ -20,13 +20,18 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
-from .model import ChipModel, Counters, decide_call, decide_event_failures, decide_ping
+from .model import AGE_BUCKETS, ChipModel, Counters, decide_call, decide_event_failures, decide_ping
 
 _STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 _REJECT_CODE = pb.SCHEMA_MISSING
@@ -47,8 +52,9 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         self._rng_lock = threading.Lock()
         self._started = time.monotonic()
 
-    def _enter_call(self, context: grpc.ServicerContext, batch_size: int, request_bytes: int = 0) -> None:
-        """Apply latency and whole-call failures; aborts the RPC if it fails."""
+    def _enter_call(self, context: grpc.ServicerContext, batch_size: int, request_bytes: int = 0) -> float:
+        """Apply latency and whole-call failures; aborts the RPC if it fails. Returns the arrival (wall clock)."""
+        arrived = time.time()
         with self._rng_lock:
             decision = decide_call(self.model, self._rng, elapsed=time.monotonic() - self._started,
                                    batch_size=batch_size, request_bytes=request_bytes)
@@ -57,12 +63,14 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         self.counters.record_call(failed=decision.status is not None)
         if decision.status is not None:
             context.abort(_STATUS[decision.status], decision.detail)
+        return arrived
 
-    def _produce(self, events: list[ce.CloudEvent]) -> pb.PublishResponse:
+    def _produce(self, events: list[ce.CloudEvent], arrived: float) -> pb.PublishResponse:
         with self._rng_lock:
             failures = decide_event_failures(self.model, self._rng, len(events))
         response = pb.PublishResponse()
         produced: list[tuple[str, bytes | int]] = []
+        ages: list[float] = []
         keep = self.counters.keep_payloads
         for event, injected in zip(events, failures, strict=True):
             result = response.results.add(event_id=event.id)
@@ -75,18 +83,20 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
                 result.error.reason = self.model.reject_reason
             else:
                 produced.append((event.id, event.SerializeToString() if keep else event.ByteSize()))
-        self.counters.record_events(produced, rejected=len(events) - len(produced))
+                if "recordedtime" in event.attributes:
+                    recorded = event.attributes["recordedtime"].ce_timestamp
+                    ages.append(arrived - recorded.seconds - recorded.nanos / 1e9)
+        self.counters.record_events(produced, rejected=len(events) - len(produced), ages=ages)
         if self.model.short_response is not None:
             del response.results[self.model.short_response:]
         return response
 
     def Publish(self, request: ce.CloudEvent, context: grpc.ServicerContext) -> pb.PublishResponse:
-        self._enter_call(context, 1)
-        return self._produce([request])
+        return self._produce([request], self._enter_call(context, 1))
 
     def PublishBatch(self, request: pb.CloudEventBatch, context: grpc.ServicerContext) -> pb.PublishResponse:
-        self._enter_call(context, len(request.events), request.ByteSize())
-        return self._produce(list(request.events))
+        arrived = self._enter_call(context, len(request.events), request.ByteSize())
+        return self._produce(list(request.events), arrived)
 
     def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
         decision = decide_ping(self.model, elapsed=time.monotonic() - self._started)
@@ -98,8 +108,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         self, request_iterator: Iterator[pb.StreamEventsRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamEventsResponse]:
         for request in request_iterator:
-            self._enter_call(context, 1)
-            response = self._produce([request.event])
+            response = self._produce([request.event], self._enter_call(context, 1))
             ok = not response.results or not response.results[0].HasField("error")
             yield pb.StreamEventsResponse(eventId=request.event.id, status="success" if ok else "error")
 
@@ -153,6 +162,13 @@ class _CountersCollector:
         ]:
             yield CounterMetricFamily(name, doc, value=value)
         yield GaugeMetricFamily("chipmock_events_unique", "distinct event ids produced", value=snap.unique)
+        running, buckets = 0, []
+        for bound, count in zip((*AGE_BUCKETS, float("inf")), snap.ages, strict=True):
+            running += count
+            buckets.append((repr(bound) if bound != float("inf") else "+Inf", running))
+        yield HistogramMetricFamily("chipmock_event_age_seconds",
+                                    "age of produced events on arrival: now - recordedtime (ms precision)",
+                                    buckets=buckets, sum_value=None)
 
 
 @dataclass

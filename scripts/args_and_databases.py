@@ -27,6 +27,11 @@ def duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def durations(text: str) -> list[float]:
+    """``"0,5ms,20ms"`` -> ``[0.0, 0.005, 0.02]`` (a bare 0 needs no unit)."""
+    return [0.0 if part.strip() == "0" else duration(part) for part in text.split(",")]
+
+
 def positive_ints(text: str) -> list[int]:
     """``"100,500,1k"`` -> ``[100, 500, 1000]``."""
     values = [int(float(v.replace("k", "e3"))) for v in text.split(",") if v.strip()]

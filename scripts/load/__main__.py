@@ -5,13 +5,15 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
   ramp       offered load in steps; per step achieved rate, latencies, Q max; names the saturation point
   sustained  N events from C concurrent emitters as fast as possible (--instances 1,2,3: processes)
   tps        hold a target rate, optionally through a Chip outage; time to drain afterwards
+  latency    emit -> received by Chip, p50/p99, at 10 and 1,000 events/s (--rates), per --lingers
   payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
   backlog    1,000,000 events with Chip down: claim, sampler and status timings with their plans, then the drain
 
 ``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
 and commit per emit, one unary Publish per event, one DELETE per ack) and
 ``limit`` (batched COPY then batched DELETE on the same Postgres, no gRPC: the
-ceiling of any Postgres outbox here). Results go to ``results/<scenario>-<time>/``:
+ceiling of any Postgres outbox here). chipmock runs in its own process, as a
+real Chip is remote (``backlog`` alone runs it in-process). Results go to ``results/<scenario>-<time>/``:
 report.md, PNG plots (when matplotlib is installed), and the raw samples as JSON.
 """
 
@@ -29,7 +31,13 @@ from actors.config import default_state_dir
 from actors.logs import configure_logging
 from chipmock import Outage
 from scripts import ROOT
-from scripts.args_and_databases import duration, positive_ints, scratch_database, server_url
+from scripts.args_and_databases import (
+    duration,
+    durations,
+    positive_ints,
+    scratch_database,
+    server_url,
+)
 
 from . import baselines
 from .measure import MAX_SECONDS_PER_PHASE
@@ -46,11 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-going", action="store_true", help="ramp: run every step past saturation")
     parser.add_argument("--events", type=int, default=None,
                         help="sustained/payload: events (default 100,000); backlog: its size (default 1,000,000)")
-    parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--concurrency", type=positive_ints, default=[10],
+                        help="concurrent callers; sustained takes a list, e.g. 10,100 (one row each)")
+    parser.add_argument("--batch", type=positive_ints, default=[1],
+                        help="sustained: events per call, 1 = emit, more = emit_many; a list gives a row each")
+    parser.add_argument("--rates", type=positive_ints, default=[10, 1000], help="latency: offered events/s")
+    parser.add_argument("--lingers", type=durations, default=None,
+                        help="latency: publish_linger values, e.g. 0,5ms,20ms (default: the configured one)")
     parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
     parser.add_argument("--rate", type=float, default=None,
                         help="tps: events/s (default 1000); payload: events/s (default 0: as fast as possible)")
-    parser.add_argument("--duration", type=duration, default=60.0, help="tps: how long")
+    parser.add_argument("--duration", type=duration, default=None, help="tps: how long (60s); latency: per row (20s)")
     parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
     parser.add_argument("--sizes", type=positive_ints,
                         default=[64, 256, 1024, 4096, 16384, 65536, 262144, 1048576])
@@ -69,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.chip_latency is None:
         args.chip_latency = 0.05 if args.scenario == "ramp" else 0.0
+    if args.duration is None:
+        args.duration = 20.0 if args.scenario == "latency" else 60.0
     if args.events is None:
         args.events = 1_000_000 if args.scenario == "backlog" else 100_000
     if args.rate is None:
@@ -78,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             Outage.parse(args.outage)
         except ValueError as exc:
             parser.error(f"--outage: {exc}")
-    if not 0 < args.events <= 10_000_000 or not 0 < args.concurrency <= 1000:
+    if not 0 < args.events <= 10_000_000 or not all(0 < c <= 1000 for c in args.concurrency):
         parser.error("--events must be 1..10,000,000 and --concurrency 1..1000")
+    if args.scenario != "sustained" and (len(args.concurrency) > 1 or args.batch != [1]):
+        parser.error("only sustained takes several --concurrency values or --batch")
     if args.duration > MAX_SECONDS_PER_PHASE or args.step_seconds > MAX_SECONDS_PER_PHASE:
         parser.error(f"--duration and --step-seconds are capped at {MAX_SECONDS_PER_PHASE}s")
     configure_logging("json", level=30)
@@ -92,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(SCENARIOS[args.scenario], args, url, run, progress)
         if args.compare:
             events = args.events if args.scenario == "sustained" else min(args.events, 20_000)
-            run.baselines.append(baselines.naive(url, min(events, 20_000), args.concurrency, args.size,
+            run.baselines.append(baselines.naive(url, min(events, 20_000), args.concurrency[0], args.size,
                                                  args.chip_latency, progress))
             run.baselines.append(baselines.limit(url, events, args.size, progress))
     report = write_report(run, args.out / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -86,7 +86,7 @@ async def _build(args, url: str, mock, progress: Progress) -> dict:
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(show)
-            emitted = await paced_emits(emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, os.urandom(args.size),
+            emitted = await paced_emits(emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency[0], os.urandom(args.size),
                                         latencies, errors, limit=args.events)
             nursery.cancel_scope.cancel()
         took = time.perf_counter() - started
@@ -194,7 +194,7 @@ async def _sustained(args, url: str, mock, progress: Progress) -> float:
     async with open_emitter(config) as emitter:
         progress.show("sustained", 0, 1, f"{events:,} events end to end")
         started = time.perf_counter()
-        emitted = await paced_emits(emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, os.urandom(args.size),
+        emitted = await paced_emits(emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency[0], os.urandom(args.size),
                                     latencies, [], limit=events)
         await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
         took = time.perf_counter() - started

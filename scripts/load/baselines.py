@@ -9,11 +9,10 @@ import uuid
 
 import psycopg
 
-import chipmock
-from chipmock import ChipModel
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
+from .chip import ChipProcess, chip_args
 from .progress import Progress
 
 
@@ -21,13 +20,13 @@ def naive(url: str, events: int, concurrency: int, size: int, latency: float, pr
     """The proof of concept's shape, written plainly: per event INSERT+commit, unary Publish, DELETE."""
     import grpc
 
-    mock = chipmock.start(ChipModel(latency=latency))
+    chip = ChipProcess(*chip_args(latency))
     body = os.urandom(size)
     done = [0]
     lock = threading.Lock()
 
     def worker(count: int) -> None:
-        with psycopg.connect(url, autocommit=True) as conn, grpc.insecure_channel(mock.endpoint) as channel:
+        with psycopg.connect(url, autocommit=True) as conn, grpc.insecure_channel(chip.endpoint) as channel:
             stub = pb_grpc.ChipIngressStub(channel)
             for _ in range(count):
                 event = ce.CloudEvent(id=str(uuid.uuid4()), source="load", spec_version="1.0", type="event",
@@ -51,7 +50,7 @@ def naive(url: str, events: int, concurrency: int, size: int, latency: float, pr
         progress.done()
         return {"implementation": "naive", "events": done[0], "end_to_end_per_s": round(done[0] / took, 1)}
     finally:
-        mock.stop(0)
+        chip.stop()
 
 
 def limit(url: str, events: int, size: int, progress: Progress) -> dict:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import trio
 
-import chipmock
 from actors import EmitterConfig, EmitterError, EmitterStatistics, open_emitter
 from actors.adapters.store import Store
-from chipmock import ChipModel
+
+from .chip import ChipProcess
 
 MAX_SECONDS_PER_PHASE = 600  # every loop here stops by itself
 
@@ -33,6 +33,12 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far (every thread: Trio's, gRPC's, the sampler's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -42,32 +48,37 @@ async def pending_rows(store: Store) -> int:
 
 
 async def paced_emits(emitter, rate: float, seconds: float, concurrency: int, body: bytes,
-                      latencies: list[float], errors: list[str], *, limit: int | None = None) -> int:
+                      latencies: list[float], errors: list[str], *, limit: int | None = None, batch: int = 1) -> int:
     """Offer ``rate`` events/s (0: as fast as possible) for ``seconds``; return how many were emitted.
 
     Open loop: each worker keeps its own schedule and never sleeps when behind,
-    so a saturated system shows up as achieved < offered.
+    so a saturated system shows up as achieved < offered. ``batch`` > 1 emits
+    that many per ``emit_many`` call (latencies are then per call).
     """
     count = claimed = 0
     stop_at = trio.current_time() + min(seconds, MAX_SECONDS_PER_PHASE)
-    gap = concurrency / rate if rate else 0.0
+    gap = concurrency * batch / rate if rate else 0.0
+    bodies = [body] * batch
 
     async def worker(offset: float) -> None:
         nonlocal count, claimed
         next_at = trio.current_time() + offset
         while trio.current_time() < stop_at and (limit is None or claimed < limit):
-            claimed += 1  # before the await, so concurrent workers stop at exactly ``limit``
+            claimed += batch  # before the await, so concurrent workers stop at exactly ``limit``
             if gap:
                 await trio.sleep_until(next_at)
                 next_at += gap
             started = time.perf_counter()
             try:
-                await emitter.emit(body, source="load", type="event")
+                if batch == 1:
+                    await emitter.emit(body, source="load", type="event")
+                else:
+                    await emitter.emit_many(bodies, source="load", type="event")
             except EmitterError as exc:
                 errors.append(type(exc).__name__)
                 continue
             latencies.append(time.perf_counter() - started)
-            count += 1
+            count += batch
 
     async with trio.open_nursery() as nursery:
         for index in range(concurrency):
@@ -97,7 +108,7 @@ class Sampler:
 
 @dataclass
 class Measured:
-    mock: chipmock.ChipMockServer
+    chip: ChipProcess
     emitter: object
     store: Store
     sampler: Sampler
@@ -105,24 +116,24 @@ class Measured:
 
 
 @asynccontextmanager
-async def measured(url: str, model: ChipModel) -> AsyncIterator[Measured]:
-    """A chipmock, an emitter publishing to it, and a sampler of the table beside them."""
-    mock = chipmock.start(model)
+async def measured(url: str, chip_args: list[str], **overrides) -> AsyncIterator[Measured]:
+    """A chipmock process, an emitter publishing to it, and a sampler of the table beside them."""
+    chip = ChipProcess(*chip_args)
     try:
-        async with open_emitter(emitter_config(url, mock.endpoint)) as emitter:
+        async with open_emitter(emitter_config(url, chip.endpoint, **overrides)) as emitter:
             store = Store(url)
             sampler = Sampler(store, emitter)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sampler.run)
-                    yield Measured(mock, emitter, store, sampler, nursery)
+                    yield Measured(chip, emitter, store, sampler, nursery)
                     with trio.move_on_after(MAX_SECONDS_PER_PHASE):  # drain before the next phase
                         await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
                     nursery.cancel_scope.cancel()
             finally:
                 store.close()
     finally:
-        mock.stop(0)
+        chip.stop()
 
 
 def emitter_config(url: str, endpoint: str, **overrides) -> EmitterConfig:

@@ -1,4 +1,4 @@
-"""The four load scenarios: ramp, sustained, tps and payload. Each adds its rows to a Run."""
+"""The load scenarios but backlog (in backlog.py). Each adds its rows to a Run."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from pathlib import Path
 
 import trio
 
-import chipmock
-from actors import open_emitter
+from actors import EmitterConfig, open_emitter
 from actors.adapters.store import Store
-from chipmock import ChipModel, Outage
+from chipmock import Outage
 from scripts import ROOT
 
 from .backlog import backlog
+from .chip import ChipProcess, chip_args, wait_for_unique
 from .measure import (
     MAX_SECONDS_PER_PHASE,
+    cpu_seconds,
     emitter_config,
     measured,
     paced_emits,
@@ -35,7 +36,7 @@ from .report import Run
 async def ramp(args, url: str, run: Run, progress: Progress) -> None:
     """Offered load in steps; per step achieved rate, latencies, Q max; names the saturation point."""
     body = os.urandom(args.size)
-    async with measured(url, ChipModel(latency=args.chip_latency, jitter=args.chip_latency / 10)) as m:
+    async with measured(url, chip_args(args.chip_latency, f"--jitter={args.chip_latency * 100:g}ms")) as m:
         saturated = None
         for step in args.steps:
             latencies: list[float] = []
@@ -43,7 +44,7 @@ async def ramp(args, url: str, run: Run, progress: Progress) -> None:
             before = m.emitter.statistics()
             t0 = time.monotonic() - m.sampler.started
             progress.show(f"ramp {step:,}/s", 0, 1, "running")
-            done = await paced_emits(m.emitter, step, args.step_seconds, args.concurrency, body, latencies, errors)
+            done = await paced_emits(m.emitter, step, args.step_seconds, args.concurrency[0], body, latencies, errors)
             t1 = time.monotonic() - m.sampler.started
             pending_end = await pending_rows(m.store)
             mid = [p for t, p, _, _ in m.sampler.points if t0 + (t1 - t0) / 2 <= t <= t1]
@@ -70,58 +71,65 @@ async def ramp(args, url: str, run: Run, progress: Progress) -> None:
 
 
 async def sustained(args, url: str, run: Run, progress: Progress) -> None:
-    """N events from C concurrent emitters as fast as possible, in one process or several."""
+    """N events as fast as possible: per caller count and emit batch (in one process), or per process count."""
     for instances in args.instances:
         if instances == 1:
-            row = await _sustained_in_process(args, url, progress)
+            for concurrency in args.concurrency:
+                for batch in args.batch:
+                    run.rows.append(await _sustained_in_process(args, url, concurrency, batch, progress))
         else:
-            row = await _sustained_processes(args, url, instances, progress)
-        run.rows.append(row)
+            run.rows.append(await _sustained_processes(args, url, instances, progress))
 
 
-async def _sustained_in_process(args, url: str, progress: Progress) -> dict:
+async def _sustained_in_process(args, url: str, concurrency: int, batch: int, progress: Progress) -> dict:
     latencies: list[float] = []
     errors: list[str] = []
-    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
+    label = f"{concurrency} callers x {'emit' if batch == 1 else f'emit_many({batch})'}"
+    events = args.events // batch * batch
+    async with measured(url, chip_args(args.chip_latency)) as m:
         async def show() -> None:
             while True:  # until measured() cancels it
-                progress.show("sustained x1", len(latencies), args.events, f"{len(latencies):,} emitted")
+                done = len(latencies) * batch
+                progress.show(f"sustained {label}", done, events, f"{done:,} emitted")
                 await trio.sleep(0.5)
 
         m.nursery.start_soon(show)
+        cpu_before = cpu_seconds()
         started = time.perf_counter()
-        emitted = await paced_emits(m.emitter, 0, MAX_SECONDS_PER_PHASE, args.concurrency, os.urandom(args.size),
-                                    latencies, errors, limit=args.events)
+        emitted = await paced_emits(m.emitter, 0, MAX_SECONDS_PER_PHASE, concurrency, os.urandom(args.size),
+                                    latencies, errors, limit=events, batch=batch)
         emit_done = time.perf_counter()
         await m.emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
         finished = time.perf_counter()
+        cpu = cpu_seconds() - cpu_before
+        figures = await trio.to_thread.run_sync(wait_for_unique, m.chip, emitted, 30.0)
     progress.done()
     publish = m.emitter.statistics().publish_seconds
     return {
-        "implementation": "durable-emitter", "instances": 1, "events": emitted,
+        "implementation": "durable-emitter", "instances": 1, "callers": label, "events": emitted,
         "emit_per_s": round(emitted / (emit_done - started), 1),
         "end_to_end_per_s": round(emitted / (finished - started), 1), "emit_errors": len(errors),
-        "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
-        "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+        f"emit{'' if batch == 1 else '_call'}_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+        f"emit{'' if batch == 1 else '_call'}_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
         "publish_mean_ms": round(publish.mean * 1000, 2), "publish_p99_ms": round(publish.quantile(0.99) * 1000, 2),
         "q_max": m.sampler.q_max(), "drain_s": round(finished - emit_done, 2),
-        "delivered_unique": m.mock.counters.snapshot().unique,
+        "cpu_us_per_event": round(cpu / max(emitted, 1) * 1e6, 1), "delivered_unique": figures.unique,
     }
 
 
 async def _sustained_processes(args, url: str, instances: int, progress: Progress) -> dict:
     """N separate emitter processes (``python -m scripts.workload``) on one table and one chipmock."""
-    mock = chipmock.start(ChipModel(latency=args.chip_latency), max_workers=128)
+    chip = ChipProcess(*chip_args(args.chip_latency))
     per_instance = args.events // instances
     folder = Path(tempfile.mkdtemp(prefix="load-ids-"))
     procs: list[subprocess.Popen] = []
     try:
-        env = {**os.environ, "DATABASE_URL": url, "CHIP_INGRESS_ENDPOINT": mock.endpoint}
+        env = {**os.environ, "DATABASE_URL": url, "CHIP_INGRESS_ENDPOINT": chip.endpoint}
         started = time.perf_counter()
         for i in range(instances):
             procs.append(subprocess.Popen(  # noqa: ASYNC220  (starting them does not block)
                 [sys.executable, "-m", "scripts.workload", "--ids-file", str(folder / f"{i}.txt"),
-                 "--events", str(per_instance), "--concurrency", str(args.concurrency), "--size", str(args.size),
+                 "--events", str(per_instance), "--concurrency", str(args.concurrency[0]), "--size", str(args.size),
                  "--duration", f"{MAX_SECONDS_PER_PHASE}s"],
                 cwd=ROOT, env={**env, "DURABLE_EMITTER_INSTANCE_ID": f"load-{i}"}, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL))
@@ -131,28 +139,30 @@ async def _sustained_processes(args, url: str, instances: int, progress: Progres
         with trio.move_on_after(MAX_SECONDS_PER_PHASE):
             while any(p.poll() is None for p in procs):  # noqa: ASYNC110  (child processes)
                 q_max = max(q_max, await pending_rows(store))
-                delivered.append((time.perf_counter(), mock.counters.snapshot().unique))
+                delivered.append((time.perf_counter(), (await trio.to_thread.run_sync(chip.figures)).unique))
                 progress.show(f"sustained x{instances}", delivered[-1][1], args.events,
                               f"{delivered[-1][1]:,} delivered")
                 await trio.sleep(0.1)
             while await pending_rows(store):  # noqa: ASYNC110  (the table, outside Trio)
                 await trio.sleep(0.05)
         finished = time.perf_counter()
-        delivered.append((finished, mock.counters.snapshot().unique))
+        figures = await trio.to_thread.run_sync(wait_for_unique, chip, instances * per_instance, 30.0)
+        delivered.append((finished, figures.unique))
         store.close()
         progress.done()
         total = instances * per_instance
         return {
             "implementation": "durable-emitter", "instances": instances, "events": total,
             "end_to_end_per_s": steady_rate(delivered, total), "emit_errors": 0, "q_max": q_max,
-            "delivered_unique": mock.counters.snapshot().unique,
+            "delivered_unique": figures.unique,
             "wall_s_with_startup": round(finished - started, 2),
             "note": "rate between 10% and 90% delivered (process start-up excluded)",
         }
     finally:
         for proc in procs:
             proc.kill()
-        mock.stop(0)
+            proc.wait()
+        chip.stop()
 
 
 def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
@@ -165,20 +175,12 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
 
 
 async def tps(args, url: str, run: Run, progress: Progress) -> None:
-    """Hold a target rate, optionally through a Chip outage; time to drain afterwards."""
+    """Hold a target rate, optionally through a Chip outage (counted from Chip's start); time to drain afterwards."""
     outage = Outage.parse(args.outage) if args.outage else None
     latencies: list[float] = []
     errors: list[str] = []
-    async with measured(url, ChipModel(latency=args.chip_latency)) as m:
-        if outage:
-            async def chip_goes_down() -> None:
-                await trio.sleep(outage.start)
-                m.mock.set_model(ChipModel(latency=args.chip_latency, outages=(Outage(0, 3600),)))
-                await trio.sleep(outage.duration)
-                m.mock.set_model(ChipModel(latency=args.chip_latency))
-
-            m.nursery.start_soon(chip_goes_down)
-
+    extra = [f"--outage={args.outage}"] if outage else []
+    async with measured(url, chip_args(args.chip_latency, *extra)) as m:
         async def show() -> None:
             while True:  # until measured() cancels it
                 elapsed = time.monotonic() - m.sampler.started
@@ -189,39 +191,71 @@ async def tps(args, url: str, run: Run, progress: Progress) -> None:
 
         m.nursery.start_soon(show)
         started = time.monotonic()
-        emitted = await paced_emits(m.emitter, args.rate, args.duration, args.concurrency, os.urandom(args.size),
+        emitted = await paced_emits(m.emitter, args.rate, args.duration, args.concurrency[0], os.urandom(args.size),
                                     latencies, errors)
         elapsed = time.monotonic() - started
     progress.done()
+    figures = m.chip.figures()
     drain_s = None
     if outage:
-        back = outage.start + outage.duration
-        before = [p for t, p, _, _ in m.sampler.points if t < outage.start] or [0]
+        chip_to_sampler = m.chip.started - m.sampler.started  # Chip's windows count from its own start
+        down, back = chip_to_sampler + outage.start, chip_to_sampler + outage.start + outage.duration
+        before = [p for t, p, _, _ in m.sampler.points if t < down] or [0]
         steady = max(100, 2 * max(before))
         recovered = [t for t, p, _, _ in m.sampler.points if t >= back and p <= steady]
         drain_s = round(recovered[0] - back, 2) if recovered else None
     run.rows.append({
         "target_per_s": args.rate, "achieved_per_s": round(emitted / elapsed, 1),
         "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2), "emit_errors": len(errors),
+        "delivery_p50_ms": round(figures.ages.quantile(0.5) * 1000, 1),
+        "delivery_p99_ms": round(figures.ages.quantile(0.99) * 1000, 1),
         "q_max": m.sampler.q_max(), "outage": args.outage or "none", "drain_after_outage_s": drain_s,
-        "duplicates": m.mock.counters.snapshot().duplicates,
+        "duplicates": figures.duplicates,
     })
     run.series["pending"] = m.sampler.points
 
 
+async def latency(args, url: str, run: Run, progress: Progress) -> None:
+    """Emit -> received by Chip, p50/p99, at each offered rate and each publish linger."""
+    for linger in args.lingers or [EmitterConfig.publish_linger]:
+        for rate in args.rates:
+            latencies: list[float] = []
+            errors: list[str] = []
+            label = f"linger {linger * 1000:g} ms, {rate:,.0f}/s"
+            async with measured(url, chip_args(args.chip_latency), publish_linger=linger) as m:
+                progress.show(f"latency {label}", 0, 1, f"{args.duration:g} s")
+                emitted = await paced_emits(m.emitter, rate, args.duration, args.concurrency[0],
+                                            os.urandom(args.size), latencies, errors)
+                before = m.emitter.statistics()
+            figures = await trio.to_thread.run_sync(wait_for_unique, m.chip, emitted, 30.0)
+            progress.show(f"latency {label}", 1, 1, f"delivery p99 {figures.ages.quantile(0.99) * 1000:.1f} ms")
+            progress.done()
+            batches = before.publish_seconds.count
+            run.rows.append({
+                "publish_linger_ms": linger * 1000, "offered_per_s": rate, "events": emitted,
+                "emit_p50_ms": round(quantile(latencies, 0.5) * 1000, 2),
+                "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
+                "delivery_p50_ms": round(figures.ages.quantile(0.5) * 1000, 1),
+                "delivery_p99_ms": round(figures.ages.quantile(0.99) * 1000, 1),
+                "publish_calls": batches, "events_per_call": round(emitted / max(batches, 1), 1),
+                "emit_errors": len(errors), "delivered_unique": figures.unique,
+            })
+    run.notes.append("delivery = Chip's arrival time - the event's recordedtime (set in emit, ms precision: "
+                     "up to 1 ms more than the true figure); Chip runs in its own process on this machine")
+
+
 async def payload(args, url: str, run: Run, progress: Progress) -> None:
     """Event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS."""
-    mock = chipmock.start(ChipModel(latency=args.chip_latency))
-    try:
+    with ChipProcess(*chip_args(args.chip_latency)) as chip:
         for size in sorted(args.sizes):  # ascending, so the process-lifetime RSS peak is this size's
-            config = emitter_config(url, mock.endpoint, max_event_bytes=max(4 * 1024 * 1024, size + 4096))
+            config = emitter_config(url, chip.endpoint, max_event_bytes=max(4 * 1024 * 1024, size + 4096))
             async with open_emitter(config) as emitter:
                 latencies: list[float] = []
                 errors: list[str] = []
                 count = max(20, min(args.events, int(args.bytes_per_size // size)))
                 progress.show(f"payload {size:,} B", 0, 1, f"{count:,} events")
                 started = time.perf_counter()
-                emitted = await paced_emits(emitter, args.rate, MAX_SECONDS_PER_PHASE, args.concurrency,
+                emitted = await paced_emits(emitter, args.rate, MAX_SECONDS_PER_PHASE, args.concurrency[0],
                                             os.urandom(size), latencies, errors, limit=count)
                 await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
                 took = time.perf_counter() - started
@@ -232,8 +266,7 @@ async def payload(args, url: str, run: Run, progress: Progress) -> None:
                 "mb_per_s": round(emitted * size / took / 1e6, 2), "emit_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
                 "peak_rss_mb": round(peak_rss_mb(), 1), "errors": len(errors),
             })
-    finally:
-        mock.stop(0)
 
 
-SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "payload": payload, "backlog": backlog}
+SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
+             "backlog": backlog}
