@@ -22,7 +22,6 @@ up to ``retry_max``. The first answer resumes delivery at full speed.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,10 +34,17 @@ from .adapters.store import Store, StoredEvent
 from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.backoff import Backoff
-from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
+from .core.events import PublishOutcome, encode_batch, interpret_response
 from .core.failures import StoreFailure, classify_sqlstate
 from .core.outage import Change, ChipHealth, Delivery
-from .core.publishing import CallFailed, claim_limit, decide, publish_deadline, split_by_bytes
+from .core.publishing import (
+    CallFailed,
+    claim_limit,
+    decide,
+    fitting,
+    publish_deadline,
+    split_by_bytes,
+)
 from .errors import StoreUnavailable
 from .logs import get_logger
 from .messages import CommittedGroup, Delivered, Outcome, Outgoing, Rejected
@@ -59,15 +65,6 @@ class Wiring:
     state: DispatcherState
 
 
-def take_fresh(queued: deque[Outgoing], now: float) -> Outgoing | None:
-    """The next queued event still within its lease; older ones are left to the table (claimed later)."""
-    while queued:
-        item = queued.popleft()
-        if now <= item.publish_by:
-            return item
-    return None
-
-
 async def _receive_until(inbox: trio.MemoryReceiveChannel[CommittedGroup],
                          deadline: float) -> CommittedGroup | None:
     """The next committed group; None if the inbox ended or ``deadline`` passed."""
@@ -86,47 +83,65 @@ async def _receive_until(inbox: trio.MemoryReceiveChannel[CommittedGroup],
 
 
 class Gatherer:
-    """Cuts committed groups into publish batches: up to the size limits, or what arrives within the linger."""
+    """Cuts committed groups into publish batches: up to the size limits, or what arrives within the linger.
+
+    Whole groups at a time: a group's events share one deadline, so freshness
+    is checked per group, and a run of events is taken with one slice.
+    """
 
     def __init__(self, inbox: trio.MemoryReceiveChannel[CommittedGroup], budget: MemoryBudget,
                  batch_size: int, max_bytes: int, linger: float) -> None:
         self.inbox, self.budget = inbox, budget
         self.batch_size, self.max_bytes, self.linger = batch_size, max_bytes, linger
-        self.queued: deque[Outgoing] = deque()  # one group at most, taken off the inbox
+        self.group: Outgoing | None = None  # taken off the inbox, partly gathered
+        self.taken = 0  # how many of self.group went into batches
 
     async def _refill(self, deadline: float) -> bool:
-        group = await _receive_until(self.inbox, deadline)
-        if group is None:
-            return False
-        self.budget.give_back(len(group.events), group.size)  # it left the channel the budget bounds
-        self.queued.extend(group.events)
-        return True
+        """Queue the next group still within its lease (older ones are left to the table); False at the deadline."""
+        while True:
+            group = await _receive_until(self.inbox, deadline)
+            if group is None:
+                return False
+            self.budget.give_back(len(group.events), group.size)  # it left the channel the budget bounds
+            if trio.current_time() <= group.events.publish_by:
+                self.group, self.taken = group.events, 0
+                return True
 
-    async def next_fresh(self) -> Outgoing | None:
-        """The next event to publish; None when the inbox has ended."""
-        while (item := take_fresh(self.queued, trio.current_time())) is None:
-            if not await self._refill(float("inf")):
-                return None
-        return item
+    def _queued(self) -> int:
+        return len(self.group) - self.taken if self.group is not None else 0
 
-    async def gather(self, first: Outgoing) -> list[Outgoing]:
-        """``first`` plus whatever arrives within the linger, up to the batch limits."""
-        batch = [first]
-        size = framed_size(first.payload)
+    async def wait_for_work(self) -> bool:
+        """Until a fresh group is queued; False when the inbox has ended."""
+        return bool(self._queued()) or await self._refill(float("inf"))
+
+    async def gather(self) -> Outgoing:
+        """Queued events plus whatever arrives within the linger, up to the batch limits."""
+        ids: list[str] = []
+        payloads: list[bytes] = []
+        publish_by = float("inf")
+        size = 0
         deadline = trio.current_time() + self.linger
-        while len(batch) < self.batch_size:
-            if not self.queued:
-                if not await self._refill(deadline):
-                    break
+        while len(ids) < self.batch_size:
+            if not self._queued() and not await self._refill(deadline):
+                break
+            group = self.group
+            assert group is not None  # _queued() or _refill() made sure
+            if group.publish_by < trio.current_time():
+                self.group = None  # lapsed while queued: left to the table
                 continue
-            item_size = framed_size(self.queued[0].payload)
-            if size + item_size > self.max_bytes:
-                break  # it starts the next batch
-            item = take_fresh(self.queued, trio.current_time())
-            if item is not None:
-                batch.append(item)
-                size += item_size
-        return batch
+            stop = min(len(group), self.taken + self.batch_size - len(ids))
+            count, group_size = fitting(group.payloads, self.taken, stop, self.max_bytes - size)
+            if count == 0 and ids:
+                break  # its next event starts the next batch
+            count = max(count, 1)  # an event alone above the cap still goes (Chip's answer decides)
+            ids += group.event_ids[self.taken:self.taken + count]
+            payloads += group.payloads[self.taken:self.taken + count]
+            publish_by = min(publish_by, group.publish_by)
+            size += group_size
+            self.taken += count
+            if count < stop - (self.taken - count):
+                break  # the byte cap is reached
+        return Outgoing(ids, payloads, publish_by)
 
 
 class _Trouble:
@@ -221,13 +236,16 @@ class _Dispatcher:
         gatherer = Gatherer(self.wiring.inbox, self.wiring.budget, config.publish_batch_size,
                             config.max_request_bytes, config.publish_linger)
         # Wait for work before taking a slot, so an idle inbox never starves recovery.
-        while (first := await gatherer.next_fresh()) is not None:
+        while await gatherer.wait_for_work():
             await self.slots.acquire()
             try:
-                batch = await gatherer.gather(first)
+                batch = await gatherer.gather()
             except BaseException:
                 self.slots.release()
                 raise
+            if not batch:  # every queued event lapsed meanwhile
+                self.slots.release()
+                continue
             nursery.start_soon(self.publish_holding_slot, [batch], "batch")  # gathered within the size cap
 
     # -- rows claimed back from the table ------------------------------------------------
@@ -319,12 +337,13 @@ class _Dispatcher:
             if not rows:
                 self.slots.release()
                 return False
-            self.mean_payload = sum(len(r.payload) for r in rows) / len(rows)
             self.state.claimed += len(rows)
             publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
-            batch = [Outgoing(r.id, r.payload, publish_by) for r in rows]
+            batch = Outgoing([r.id for r in rows], [r.payload for r in rows], publish_by)
+            self.mean_payload = sum(map(len, batch.payloads)) / len(rows)
             # Sized by the mean payload: a few large rows may still need cutting to the cap.
-            nursery.start_soon(self.publish_holding_slot, split_by_bytes(batch, config.max_request_bytes),
+            nursery.start_soon(self.publish_holding_slot, [batch.slice(start, stop) for start, stop
+                                                           in split_by_bytes(batch.payloads, config.max_request_bytes)],
                                "retransmit")
             if len(rows) < limit:
                 return False
@@ -333,7 +352,7 @@ class _Dispatcher:
 
     # -- publishing ----------------------------------------------------------------------
 
-    async def publish_holding_slot(self, batches: list[list[Outgoing]], phase: str) -> None:
+    async def publish_holding_slot(self, batches: list[Outgoing], phase: str) -> None:
         self.state.in_flight += 1
         try:
             for batch in batches:
@@ -342,23 +361,23 @@ class _Dispatcher:
             self.state.in_flight -= 1
             self.slots.release()
 
-    async def call(self, pending: list[Outgoing], phase: str) -> PublishOutcome | CallFailed:
+    async def call(self, pending: Outgoing, phase: str) -> PublishOutcome | CallFailed:
         state = self.state
         state.batch_sizes.observe(len(pending))
         started = trio.current_time()
         try:
-            response = await self.wiring.chip.publish_batch(encode_batch([item.payload for item in pending]))
+            response = await self.wiring.chip.publish_batch(encode_batch(pending.payloads))
         except CallFailed as failed:
             return failed
         finally:
             state.publish_seconds[phase].observe(trio.current_time() - started)
-        return interpret_response([item.event_id for item in pending], response)
+        return interpret_response(pending.event_ids, response)
 
-    async def publish(self, pending: list[Outgoing], phase: str) -> None:
+    async def publish(self, pending: Outgoing, phase: str) -> None:
         """Publish until every event is settled, split, or released to the table."""
         config, state = self.config, self.state
         attempt = 0
-        publish_by = min(item.publish_by for item in pending)
+        publish_by = pending.publish_by
         while pending:
             if trio.current_time() > publish_by:
                 await self.release(pending, "lease lapsing before delivery", attempt, 0.0)
@@ -376,7 +395,7 @@ class _Dispatcher:
                 self._changed(self.health.call_failed(answer.kind, str(answer), now))
             else:
                 self._changed(self.health.call_succeeded(now))
-            decision = decide(answer, [item.event_id for item in pending], attempt=attempt,
+            decision = decide(answer, pending.event_ids, attempt=attempt,
                               attempts=config.publish_attempts, now=now, publish_by=publish_by,
                               backoff=self.backoff, rng=self.rng, paused=self.health.paused)
             state.published.add(phase, len(decision.delivered))
@@ -387,24 +406,24 @@ class _Dispatcher:
                 await self.wiring.outbox.send(Rejected(decision.rejected))
             if decision.split:
                 middle = len(pending) // 2
-                await self.publish(pending[:middle], phase)
-                await self.publish(pending[middle:], phase)
+                await self.publish(pending.slice(0, middle), phase)
+                await self.publish(pending.slice(middle, len(pending)), phase)
                 return
             if decision.hold:
                 continue  # waits for the gate above; the attempt does not count against the rows
             if decision.release:
                 state.retries.add(decision.reason)
-                await self.release([pending[i] for i in decision.release], decision.reason, attempt + 1,
+                await self.release(pending.pick(decision.release), decision.reason, attempt + 1,
                                    decision.retry_after)
                 return
             if not decision.retry:
                 return
             state.retries.add(decision.reason)
             await trio.sleep(decision.delay)
-            pending = [pending[i] for i in decision.retry]
+            pending = pending.pick(decision.retry)
             attempt += 1
 
-    async def release(self, items: list[Outgoing], error: str, attempts: int, retry_after: float) -> None:
+    async def release(self, items: Outgoing, error: str, attempts: int, retry_after: float) -> None:
         """Give rows back to the table and free memory.
 
         A row is claimable again after ``retry_after`` seconds, times ``retry_multiplier``
@@ -414,7 +433,7 @@ class _Dispatcher:
         self.state.released += len(items)
         config = self.config
         try:
-            await self.wiring.store.release([i.event_id for i in items], owner=config.instance_id,
+            await self.wiring.store.release(items.event_ids, owner=config.instance_id,
                                             error=error, attempts=attempts, retry_after=retry_after,
                                             multiplier=config.retry_multiplier, retry_max=config.row_retry_max)
         except StoreUnavailable as exc:  # the lease lapses on its own; the rows are claimed again then

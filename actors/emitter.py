@@ -6,7 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 import trio
@@ -17,7 +17,7 @@ from .config import EmitterConfig
 from .core.admission import Admission, MemoryBudget
 from .core.events import AttributeValue, Body, build_event
 from .core.polling import poll_until
-from .errors import EmitterClosed, EmitterError, EventTooLarge, FlushTimeout
+from .errors import EmitterClosed, EmitterError, EventTooLarge, FlushTimeout, InvalidEvent
 from .messages import EmitRequest
 from .statistics import EmitState, EmitterStatistics, Sources
 
@@ -103,20 +103,65 @@ class Emitter:
         """
         if self.closing:
             raise self._closed()
-        emits = self._emits
         started = trio.current_time()
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
                                         data_schema=data_schema)
+        self._check_size(payload)
+        await self._commit(EmitRequest([event_id], [payload], len(payload)), started)
+        return event_id
+
+    async def emit_many(
+        self,
+        bodies: Iterable[Body],
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> list[str]:
+        """Commit several events, with the same attributes, in one transaction; return their ids in order.
+
+        All or nothing: when this returns, every one is durable, as for
+        :meth:`emit`; when it raises, none was written. Each body is checked
+        before anything is sent, and an error names the first bad one by its
+        index. At most ``persist_batch_size`` bodies per call (split larger
+        groups); an empty one returns ``[]``. Raises as :meth:`emit`.
+        """
+        if self.closing:
+            raise self._closed()
+        started = trio.current_time()
+        ids: list[str] = []
+        payloads: list[bytes] = []
+        for index, body in enumerate(bodies):
+            if index == self.config.persist_batch_size:
+                raise InvalidEvent(f"emit_many takes at most persist_batch_size ({self.config.persist_batch_size}) "
+                                   "events per call; split the call (no event of it was written)")
+            try:
+                event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
+                                                data_schema=data_schema)
+                self._check_size(payload)
+            except InvalidEvent as exc:
+                raise exc.__class__(f"bodies[{index}]: {exc} (no event of this call was written)") from None
+            ids.append(event_id)
+            payloads.append(payload)
+        if ids:
+            await self._commit(EmitRequest(ids, payloads, sum(map(len, payloads))), started)
+        return ids
+
+    def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.config.max_event_bytes:
-            emits.failed.add("too_large")
+            self._emits.failed.add("too_large")
             raise EventTooLarge(f"the serialized event is {len(payload)} bytes; max_event_bytes is "
-                                f"{self.config.max_event_bytes}; nothing was written")
+                                f"{self.config.max_event_bytes}")
+
+    async def _commit(self, request: EmitRequest, started: float) -> None:
+        """Hand the events to the persister, once the backlog has room, and wait for their commit."""
+        emits = self._emits
         try:
             await self._admission.wait_for_room(self.config.backlog_timeout)
         except EmitterError:
             emits.failed.add("backlog_full")
             raise
-        request = EmitRequest(event_id, payload)
         try:
             try:
                 self._intake.send_nowait(request)  # no extra trip through the scheduler
@@ -129,9 +174,8 @@ class Emitter:
             emits.failed.add("store")
             # One error object is shared by the whole failed batch: raise a copy of it.
             raise request.error.__class__(*request.error.args) from request.error
-        emits.succeeded += 1
+        emits.succeeded += len(request.event_ids)
         emits.seconds.observe(trio.current_time() - started)
-        return event_id
 
     async def flush(self, timeout: float) -> None:
         """Wait until every event emitted so far through this instance is settled, whoever delivers it.

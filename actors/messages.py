@@ -6,6 +6,7 @@ is mutable: the persister resolves it once, and the caller waits on ``done``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,13 +14,15 @@ import trio
 
 
 class EmitRequest:
-    """emit() -> persister: commit this event, then set ``done`` (``error`` if it failed)."""
+    """emit()/emit_many() -> persister: commit these events in one transaction, then set ``done``
+    (``error`` if it failed: then none of them was written)."""
 
-    __slots__ = ("event_id", "payload", "done", "error")
+    __slots__ = ("event_ids", "payloads", "size", "done", "error")
 
-    def __init__(self, event_id: str, payload: bytes) -> None:
-        self.event_id = event_id
-        self.payload = payload
+    def __init__(self, event_ids: list[str], payloads: list[bytes], size: int) -> None:
+        self.event_ids = event_ids
+        self.payloads = payloads
+        self.size = size  # payload bytes
         self.done = trio.Event()
         self.error: BaseException | None = None
 
@@ -29,19 +32,29 @@ class EmitRequest:
             self.done.set()
 
 
-class Outgoing(NamedTuple):
-    """persister/claims -> dispatcher: a committed event to publish while our lease holds.
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """persister/claims -> dispatcher: committed events to publish while our lease holds.
 
-    A NamedTuple rather than a frozen dataclass: one is made per event on the
-    hot path, and a tuple is several times cheaper to build.
-
-    ``publish_by`` is on the Trio clock; after it, the row is left to the table
-    (its lease lapses and it is claimed again), never published from memory.
+    Columns, ids and payloads in step: a group of events moves, is cut and is
+    published as two lists, with no object per event. ``publish_by`` is on the
+    Trio clock, the earliest any of them allows; after it the rows are left to
+    the table (their leases lapse and they are claimed again), never published
+    from memory.
     """
 
-    event_id: str
-    payload: bytes
+    event_ids: list[str]
+    payloads: list[bytes]
     publish_by: float
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    def slice(self, start: int, stop: int) -> Outgoing:
+        return Outgoing(self.event_ids[start:stop], self.payloads[start:stop], self.publish_by)
+
+    def pick(self, indexes: Sequence[int]) -> Outgoing:
+        return Outgoing([self.event_ids[i] for i in indexes], [self.payloads[i] for i in indexes], self.publish_by)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +74,7 @@ class Rejected:
 class CommittedGroup(NamedTuple):
     """persister -> dispatcher: one group commit's events, and the payload bytes it holds of the budget."""
 
-    events: list[Outgoing]
+    events: Outgoing
     size: int
 
 

@@ -38,13 +38,29 @@ class Wiring:
 
 
 def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest], limit: int) -> list[EmitRequest]:
+    """``first`` and the requests queued behind it, until about ``limit`` events (an emit_many call is never cut)."""
     batch = [first]
-    while len(batch) < limit:
+    count = len(first.event_ids)
+    while count < limit:
         try:
-            batch.append(inbox.receive_nowait())
+            request = inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             break
+        batch.append(request)
+        count += len(request.event_ids)
     return batch
+
+
+def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
+    """The batch's ids, payloads and payload bytes, in order."""
+    if len(batch) == 1:
+        return batch[0].event_ids, batch[0].payloads, batch[0].size
+    ids: list[str] = []
+    payloads: list[bytes] = []
+    for request in batch:
+        ids += request.event_ids
+        payloads += request.payloads
+    return ids, payloads, sum(request.size for request in batch)
 
 
 async def _write(wiring: Wiring, store: Store) -> None:
@@ -53,15 +69,14 @@ async def _write(wiring: Wiring, store: Store) -> None:
     failing = 0  # commits failed in a row: logged when it starts and when it ends, the callers get each error
     async for first in wiring.inbox:
         batch = _take_batch(first, wiring.inbox, config.persist_batch_size)
-        size = sum(len(r.payload) for r in batch)
+        ids, payloads, size = _columns(batch)
         # Room in memory is taken before the commit, so the committed group can
         # be handed over without waiting after it; without room it is spilled.
-        in_memory = wiring.budget.try_take(len(batch), size)
+        in_memory = wiring.budget.try_take(len(ids), size)
         sent_at = trio.current_time()
         try:
             with trio.move_on_after(config.commit_timeout) as deadline:
-                await store.insert_events([r.event_id for r in batch], [r.payload for r in batch],
-                                          owner=config.instance_id, lease=config.lease_duration,
+                await store.insert_events(ids, payloads, owner=config.instance_id, lease=config.lease_duration,
                                           spilled=not in_memory)
             if deadline.cancelled_caught:  # the store closed the connection mid-statement
                 raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
@@ -70,9 +85,9 @@ async def _write(wiring: Wiring, store: Store) -> None:
                                        "event is still delivered; a retried emit may deliver it twice)")
         except StoreUnavailable as exc:
             if in_memory:
-                wiring.budget.give_back(len(batch), size)
+                wiring.budget.give_back(len(ids), size)
             if not failing:
-                log.warning("commits failing; each emit raises StoreUnavailable", events=len(batch), error=str(exc))
+                log.warning("commits failing; each emit raises StoreUnavailable", events=len(ids), error=str(exc))
             failing += 1
             for request in batch:
                 request.resolve(exc)
@@ -81,7 +96,7 @@ async def _write(wiring: Wiring, store: Store) -> None:
             # Crashing (or cancelled): nobody in this batch may hang. Their rows
             # may or may not be committed; the error says so.
             if in_memory:
-                wiring.budget.give_back(len(batch), size)
+                wiring.budget.give_back(len(ids), size)
             error = EmitterError(f"persister stopped before confirming the commit: {exc!r}")
             for request in batch:
                 request.resolve(error)
@@ -91,15 +106,14 @@ async def _write(wiring: Wiring, store: Store) -> None:
         if failing:
             log.warning("commits work again", failed_commits=failing)
             failing = 0
-        state.committed.add(len(batch))
-        state.group_sizes.observe(len(batch))
+        state.committed.add(len(ids))
+        state.group_sizes.observe(len(ids))
         if in_memory:
             publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
             # The channel holds at most as many groups as the budget allows events: never blocks.
-            wiring.outbox.send_nowait(CommittedGroup([Outgoing(r.event_id, r.payload, publish_by) for r in batch],
-                                                     size))
+            wiring.outbox.send_nowait(CommittedGroup(Outgoing(ids, payloads, publish_by), size))
         else:
-            state.spilled += len(batch)
+            state.spilled += len(ids)
             try:
                 wiring.doorbell.send_nowait(None)
             except trio.WouldBlock:

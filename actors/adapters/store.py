@@ -15,21 +15,65 @@ it was down, not the actor.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from itertools import chain
 from types import TracebackType
 from typing import Any
 
 import psycopg
 import trio
-from psycopg.abc import PQGen
+from psycopg.abc import Buffer, PQGen
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from psycopg.waiting import Ready, Wait
 
 from ..core.failures import storable_text
 from ..errors import StoreUnavailable
 from .postgres import connect
+
+_LENGTH = struct.Struct(">i").pack
+_ONE_DIMENSION = struct.Struct(">iiIii").pack
+_TEXT_OID, _BYTEA_OID = 25, 17
+
+
+def binary_array(items: Sequence[bytes], element_oid: int) -> bytes:
+    """Postgres' binary array format (one dimension, no NULLs), built with no Python step per element.
+
+    psycopg dumps a list element by element in Python; for the thousands of
+    ids and payloads a second that the hot statements carry, that showed in
+    profiles of emit.
+    """
+    header = _ONE_DIMENSION(1, 0, element_oid, len(items), 1)
+    return header + b"".join(chain.from_iterable(zip(map(_LENGTH, map(len, items)), items, strict=True)))
+
+
+class Texts(list[str]):
+    """A ``text[]`` parameter dumped in one go (see :func:`binary_array`)."""
+
+
+class Blobs(list[bytes]):
+    """A ``bytea[]`` parameter dumped in one go (see :func:`binary_array`)."""
+
+
+class _TextsDumper(Dumper):
+    format = Format.BINARY
+    oid = 1009  # text[]
+
+    def dump(self, obj: Texts) -> Buffer:
+        return binary_array(list(map(str.encode, obj)), _TEXT_OID)
+
+
+class _BlobsDumper(Dumper):
+    format = Format.BINARY
+    oid = 1001  # bytea[]
+
+    def dump(self, obj: Blobs) -> Buffer:
+        return binary_array(obj, _BYTEA_OID)
+
 
 # One statement, binary parameters: one round trip, little client CPU, and the
 # lease measured on the database's clock like every comparison made with it.
@@ -411,6 +455,8 @@ class Store:
             except BaseException:
                 conn.close()
                 raise
+            conn.adapters.register_dumper(Texts, _TextsDumper)
+            conn.adapters.register_dumper(Blobs, _BlobsDumper)
             self._conn = conn
         return self._conn
 
@@ -455,7 +501,7 @@ class Store:
     ) -> None:
         """Commit the rows in one statement. ``spilled`` rows are claimable at once."""
         await self._run(INSERT_EVENTS, {
-            "ids": list(ids), "payloads": list(payloads), "owner": owner,
+            "ids": Texts(ids), "payloads": Blobs(payloads), "owner": owner,
             "lease": float(lease), "spilled": spilled,
         })
 
@@ -502,7 +548,7 @@ class Store:
 
     async def delete(self, ids: Sequence[str], *, owner: str) -> int:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
-        return (await self._run(DELETE_EVENTS, {"ids": list(dict.fromkeys(ids)), "owner": owner})).rowcount
+        return (await self._run(DELETE_EVENTS, {"ids": Texts(dict.fromkeys(ids)), "owner": owner})).rowcount
 
     async def dead_letter(self, entries: Sequence[tuple[str, str, str]], *, owner: str) -> int:
         """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason).

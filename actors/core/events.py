@@ -13,10 +13,10 @@ import hashlib
 import re
 import struct
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from random import getrandbits
 from typing import Any
 
 from google.protobuf import json_format
@@ -49,6 +49,23 @@ def idempotency_key(source: str, type_: str, body: bytes) -> str:
     digest.update(struct.pack(">Q", len(body)))
     digest.update(body)
     return digest.hexdigest()
+
+
+def new_event_id() -> str:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, 12 bits of sub-millisecond time, 62 random bits.
+
+    Time-ordered, so new rows land at the right edge of the primary key index
+    instead of all over it; and much cheaper than ``uuid4``, whose
+    ``os.urandom`` call per event was a tenth of the emit path's CPU. The
+    random bits come from the ``random`` module's generator, seeded from the OS
+    and reseeded in a forked child (Python does that for the module-level
+    generator): a collision needs two events in the same ~244 ns step with the
+    same 62 random bits.
+    """
+    millis, below = divmod(time.time_ns(), 1_000_000)
+    random = getrandbits(62) | 0x8000_0000_0000_0000  # the variant's bits, 10
+    return "%08x-%04x-7%03x-%04x-%012x" % (  # noqa: UP031  (measured the quickest way to format it)
+        millis >> 16, millis & 0xFFFF, below * 4096 // 1_000_000, random >> 48, random & 0xFFFF_FFFF_FFFF)
 
 
 def _attribute_entry(name: str, value: ce.CloudEvent.CloudEventAttributeValue) -> bytes:
@@ -117,7 +134,7 @@ def build_event(
             raise InvalidEvent("beholder_data_schema must be a string (a URI)")
         data_schema = schema_attribute
 
-    event = ce.CloudEvent(id=str(uuid.uuid4()), source=source, spec_version=SPEC_VERSION, type=type_)
+    event = ce.CloudEvent(id=new_event_id(), source=source, spec_version=SPEC_VERSION, type=type_)
     if isinstance(body, bytes):
         event.binary_data = body
         raw = body

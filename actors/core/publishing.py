@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
 
 from .backoff import Backoff
 from .events import PublishOutcome, framed_size
@@ -31,14 +30,6 @@ class CallFailed(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"
-
-
-class _HasPayload(Protocol):
-    @property
-    def payload(self) -> bytes: ...
-
-
-_Item = TypeVar("_Item", bound=_HasPayload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +105,35 @@ def claim_limit(publish_batch_size: int, max_request_bytes: int, mean_payload: f
     return max(1, min(publish_batch_size, by_bytes))
 
 
-def split_by_bytes(items: list[_Item], max_bytes: int) -> list[list[_Item]]:
-    """Consecutive chunks whose encoded size stays within ``max_bytes`` (one item at least)."""
-    chunks: list[list[_Item]] = [[]]
+def fitting(payloads: Sequence[bytes], start: int, stop: int, room: int) -> tuple[int, int]:
+    """How many of ``payloads[start:stop]``, in order, fit in ``room`` encoded bytes, and their size
+    (an upper bound when the whole run fits).
+
+    A whole run is taken at once when a cheap upper bound (6 framing bytes per
+    event) fits; only a run near the cap is measured event by event.
+    """
+    count = stop - start
+    if count <= 0:
+        return 0, 0
+    size = sum(map(len, payloads[start:stop]))
+    if size + 6 * count <= room:
+        return count, size + 6 * count
     size = 0
-    for item in items:
-        item_size = framed_size(item.payload)
-        if chunks[-1] and size + item_size > max_bytes:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(item)
-        size += item_size
-    return chunks if chunks[0] else []
+    for index in range(start, stop):
+        item = framed_size(payloads[index])
+        if size + item > room:
+            return index - start, size
+        size += item
+    return count, size
+
+
+def split_by_bytes(payloads: Sequence[bytes], max_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, stop)`` ranges whose encoded size stays within ``max_bytes`` (one event at least)."""
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    while start < len(payloads):
+        count, _ = fitting(payloads, start, len(payloads), max_bytes)
+        stop = start + max(count, 1)
+        ranges.append((start, stop))
+        start = stop
+    return ranges

@@ -10,7 +10,7 @@ and later call raises :class:`EmitterClosed` caused by the failure (e.g.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -114,6 +114,19 @@ class AsyncioEmitter:
         """As :meth:`Emitter.emit`; returns once the event is committed."""
         return await self._call(lambda emitter: emitter.emit(
             body, source=source, type=type, attributes=attributes, data_schema=data_schema))
+
+    async def emit_many(
+        self,
+        bodies: Iterable[Body],
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> list[str]:
+        """As :meth:`Emitter.emit_many`; returns once all are committed (or raises: none was)."""
+        return await self._call(lambda emitter: emitter.emit_many(
+            bodies, source=source, type=type, attributes=attributes, data_schema=data_schema))
 
     async def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`."""

@@ -7,7 +7,7 @@ caused by the failure, never hangs; leaving the ``with`` raises the failure.
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from types import TracebackType
 from typing import TypeVar
@@ -123,6 +123,20 @@ class BlockingEmitter:
         """As :meth:`Emitter.emit`, blocking the calling thread until the event is committed."""
         emitter, token = self._running()
         return self._in_trio(partial(emitter.emit, body, source=source, type=type, attributes=attributes,
+                                     data_schema=data_schema), token)
+
+    def emit_many(
+        self,
+        bodies: Iterable[Body],
+        *,
+        source: str | None = None,
+        type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
+        attributes: Mapping[str, AttributeValue] | None = None,
+        data_schema: str | None = None,
+    ) -> list[str]:
+        """As :meth:`Emitter.emit_many`, blocking the calling thread until all are committed (or none)."""
+        emitter, token = self._running()
+        return self._in_trio(partial(emitter.emit_many, bodies, source=source, type=type, attributes=attributes,
                                      data_schema=data_schema), token)
 
     def flush(self, timeout: float) -> None:

@@ -14,7 +14,7 @@ import trio
 from actors import EmitterConfig, EmitterError, EmitterStatistics, open_emitter
 from actors.adapters.store import Store
 
-from .chip import ChipProcess
+from .chip import ChipFigures, ChipProcess, wait_for_unique
 
 MAX_SECONDS_PER_PHASE = 600  # every loop here stops by itself
 
@@ -113,6 +113,7 @@ class Measured:
     store: Store
     sampler: Sampler
     nursery: trio.Nursery
+    chip_figures: ChipFigures | None = None  # what Chip had received once drained, read before it stops
 
 
 @asynccontextmanager
@@ -126,9 +127,12 @@ async def measured(url: str, chip_args: list[str], **overrides) -> AsyncIterator
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(sampler.run)
-                    yield Measured(chip, emitter, store, sampler, nursery)
+                    m = Measured(chip, emitter, store, sampler, nursery)
+                    yield m
                     with trio.move_on_after(MAX_SECONDS_PER_PHASE):  # drain before the next phase
                         await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+                    m.chip_figures = await trio.to_thread.run_sync(wait_for_unique, chip,
+                                                                   emitter.statistics().emitted, 30.0)
                     nursery.cancel_scope.cancel()
             finally:
                 store.close()

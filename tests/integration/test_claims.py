@@ -33,3 +33,17 @@ async def test_the_ttl_sweep_never_takes_a_row_a_live_lease_holds(database_url) 
     assert moved == 1
     assert set(dead_letters(database_url)) == {"lapsed"}
     assert pending_ids(database_url) == {"in-flight"}  # its publisher may be waiting for Chip's answer
+
+
+async def test_ids_and_payloads_reach_the_table_byte_for_byte(database_url) -> None:
+    """The hot statements dump their arrays themselves: every byte and character must survive."""
+    store = Store(database_url)
+    ids = ["plain", "ünïcødé ✓", "with,comma and \"quotes\"", "x" * 300, "{braces}"]
+    payloads = [b"", b"\x00\xff\x00", "ünïcødé".encode(), bytes(range(256)) * 40, b"\\x00"]
+    await store.insert_events(ids, payloads, owner="a", lease=60, spilled=True)
+    rows = query(database_url, "SELECT id, payload FROM chip_durable_events")
+    assert {row[0]: bytes(row[1]) for row in rows} == dict(zip(ids, payloads, strict=True))
+    assert await store.delete([ids[1], ids[1], ids[2]], owner="a") == 2  # an id given twice is deleted once
+    await store.insert_events([], [], owner="a", lease=60, spilled=False)  # an empty group writes nothing
+    store.close()
+    assert pending_ids(database_url) == {ids[0], ids[3], ids[4]}

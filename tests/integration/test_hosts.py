@@ -91,7 +91,7 @@ def test_host_adapters_have_the_emitters_signatures() -> None:
     from actors import Emitter
     from actors.hosts import AsyncioEmitter, BlockingEmitter
 
-    for method in ("emit", "flush", "statistics"):
+    for method in ("emit", "emit_many", "flush", "statistics"):
         expected = inspect.signature(getattr(Emitter, method))
         for adapter in (AsyncioEmitter, BlockingEmitter):
             assert inspect.signature(getattr(adapter, method)) == expected, (adapter.__name__, method)

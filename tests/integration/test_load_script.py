@@ -33,9 +33,13 @@ def test_ramp_reports_each_step_and_plots(tmp_path, pg_server_url) -> None:
 
 
 def test_sustained_with_baselines_reports_ratios(tmp_path, pg_server_url) -> None:
-    run, report = load(tmp_path, pg_server_url, "sustained", "--events", "600", "--compare")
-    (ours,) = run["rows"]
-    assert ours["events"] == 600 and ours["delivered_unique"] == 600 and ours["emit_errors"] == 0
+    run, report = load(tmp_path, pg_server_url, "sustained", "--events", "600", "--concurrency", "10,20",
+                       "--batch", "1,50", "--compare")
+    assert [row["callers"] for row in run["rows"]] == ["10 callers x emit", "10 callers x emit_many(50)",
+                                                       "20 callers x emit", "20 callers x emit_many(50)"]
+    for ours in run["rows"]:
+        assert ours["events"] == 600 and ours["delivered_unique"] == 600 and ours["emit_errors"] == 0
+        assert ours["cpu_us_per_event"] > 0
     assert {b["implementation"].split()[0] for b in run["baselines"]} == {"naive", "limit"}
     assert "vs naive:" in report and "vs limit" in report
 
@@ -51,6 +55,17 @@ def test_tps_with_an_outage_reports_the_drain(tmp_path, pg_server_url) -> None:
     (row,) = run["rows"]
     assert row["q_max"] > 0 and row["drain_after_outage_s"] is not None and row["emit_errors"] == 0
     assert "rate_and_pending.png" in report
+
+
+def test_latency_reports_delivery_quantiles_per_rate_and_linger(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "latency", "--rates", "20,200", "--lingers", "0,20ms",
+                       "--duration", "1s")
+    assert [(row["publish_linger_ms"], row["offered_per_s"]) for row in run["rows"]] == [
+        (0, 20), (0, 200), (20, 20), (20, 200)]
+    for row in run["rows"]:
+        assert row["delivered_unique"] == row["events"] > 0 and row["emit_errors"] == 0
+        assert 0 < row["delivery_p50_ms"] <= row["delivery_p99_ms"] < 5000
+    assert "recordedtime" in report
 
 
 def test_payload_sizes(tmp_path, pg_server_url) -> None:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from chipmock.model import (
+    AGE_BUCKETS,
     INVALID_ARGUMENT,
     RESOURCE_EXHAUSTED,
     UNAVAILABLE,
@@ -89,6 +90,14 @@ def test_counters_count_duplicates_and_bytes() -> None:
     snap = counters.snapshot()
     assert (snap.received, snap.unique, snap.duplicates, snap.rejected, snap.bytes) == (3, 2, 1, 1, 5)
     assert counters.seen(["a", "c"]) == {"a"}
+
+
+def test_counters_bucket_event_ages() -> None:
+    counters = Counters()
+    counters.record_events([("a", 1), ("b", 1), ("c", 1)], ages=[0.0004, 0.012, 120.0])
+    ages = counters.snapshot().ages
+    assert len(ages) == len(AGE_BUCKETS) + 1 and sum(ages) == 3
+    assert ages[0] == 1 and ages[AGE_BUCKETS.index(0.015)] == 1 and ages[-1] == 1  # <=1 ms, <=15 ms, older
 
 
 def test_counters_keep_payloads_only_when_asked() -> None:

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from actors.core.admission import MemoryBudget, TableSample, pending_estimate
 from actors.core.backoff import Backoff
 from actors.core.events import PublishOutcome, framed_size
-from actors.core.publishing import CallFailed, claim_limit, decide, split_by_bytes
-from actors.messages import Outgoing
+from actors.core.publishing import CallFailed, claim_limit, decide, fitting, split_by_bytes
 from actors.supervisor import RestartIntensity
 
 BACKOFF = Backoff(initial=0.1, multiplier=2, cap=1.0)
@@ -55,12 +54,22 @@ def test_claim_limit_keeps_a_batch_under_the_request_cap() -> None:
 
 
 def test_split_by_bytes_never_exceeds_the_cap_except_for_one_large_item() -> None:
-    items = [Outgoing(str(i), b"x" * size, 0.0) for i, size in enumerate([40, 40, 40, 200, 10])]
-    chunks = split_by_bytes(items, 100)
-    assert [[item.event_id for item in chunk] for chunk in chunks] == [["0", "1"], ["2"], ["3"], ["4"]]
-    for chunk in chunks:
-        assert len(chunk) == 1 or sum(framed_size(i.payload) for i in chunk) <= 100
+    payloads = [b"x" * size for size in [40, 40, 40, 200, 10]]
+    ranges = split_by_bytes(payloads, 100)
+    assert ranges == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    for start, stop in ranges:
+        assert stop - start == 1 or sum(framed_size(p) for p in payloads[start:stop]) <= 100
     assert split_by_bytes([], 100) == []
+
+
+@given(st.lists(st.integers(0, 300), max_size=40), st.integers(1, 600))
+def test_fitting_takes_the_longest_run_within_the_room(sizes: list[int], room: int) -> None:
+    payloads = [b"x" * size for size in sizes]
+    count, size = fitting(payloads, 0, len(payloads), room)
+    exact = sum(framed_size(p) for p in payloads[:count])
+    assert exact <= size <= room or count == 0 and size == 0
+    if count < len(payloads):  # one more would not have fitted
+        assert exact + framed_size(payloads[count]) > room
 
 
 def test_pending_estimate_keeps_commits_made_while_the_table_was_counted() -> None:
