@@ -37,11 +37,20 @@ class Wiring:
     state: PersisterState
 
 
-def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest], limit: int) -> list[EmitRequest]:
-    """``first`` and the requests queued behind it, until about ``limit`` events (an emit_many call is never cut)."""
+def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest], limit: int,
+                share: int) -> list[EmitRequest]:
+    """``first`` and the requests queued behind it: a ``share``-th of them, up to about ``limit`` events.
+
+    With ``share`` writers free, each takes its part of the queue, so their
+    commits run at once and the callers come back in cohorts: one cohort
+    builds its next events while another's commit is in flight (one writer
+    taking everything made callers and Postgres take turns). An emit_many call
+    is never cut.
+    """
     batch = [first]
     count = len(first.event_ids)
-    while count < limit:
+    requests = -(-(inbox.statistics().current_buffer_used + 1) // share)  # this writer's part, rounded up
+    while count < limit and len(batch) < requests:
         try:
             request = inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
@@ -49,6 +58,13 @@ def _take_batch(first: EmitRequest, inbox: trio.MemoryReceiveChannel[EmitRequest
         batch.append(request)
         count += len(request.event_ids)
     return batch
+
+
+class _Idle:
+    """How many writers wait for work: each splits the queue with the others that do."""
+
+    def __init__(self) -> None:
+        self.writers = 0
 
 
 def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
@@ -63,12 +79,19 @@ def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
     return ids, payloads, sum(request.size for request in batch)
 
 
-async def _write(wiring: Wiring, store: Store) -> None:
+async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
     """One writer: its own connection, one commit at a time."""
     config, state = wiring.config, wiring.state
     failing = 0  # commits failed in a row: logged when it starts and when it ends, the callers get each error
-    async for first in wiring.inbox:
-        batch = _take_batch(first, wiring.inbox, config.persist_batch_size)
+    while True:
+        idle.writers += 1
+        try:
+            first = await wiring.inbox.receive()
+        except trio.EndOfChannel:
+            return
+        finally:
+            idle.writers -= 1
+        batch = _take_batch(first, wiring.inbox, config.persist_batch_size, 1 + idle.writers)
         ids, payloads, size = _columns(batch)
         # Room in memory is taken before the commit, so the committed group can
         # be handed over without waiting after it; without room it is spilled.
@@ -128,7 +151,8 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     Postgres one writer measured fastest (groups stay larger, fewer wake-ups),
     hence the default.
     """
+    idle = _Idle()
     async with trio.open_nursery() as nursery:
         for store in wiring.writers:
-            nursery.start_soon(_write, wiring, store)
+            nursery.start_soon(_write, wiring, store, idle)
         task_status.started()

@@ -13,6 +13,7 @@ import trio
 
 from actors import EmitterConfig, EmitterError, EmitterStatistics, open_emitter
 from actors.adapters.store import Store
+from actors.core.instruments import Histogram
 
 from .chip import ChipFigures, ChipProcess, wait_for_unique
 
@@ -25,8 +26,28 @@ def publish_window(before: EmitterStatistics, after: EmitterStatistics) -> tuple
     return round(window.mean * 1000, 2), round(window.quantile(0.99) * 1000, 2)
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of raw samples (nearest rank); 0 for none."""
+class Latencies:
+    """Emit latencies in 0.1 ms buckets (coarser above 100 ms): constant memory, for runs long enough that a
+    list of every sample would show up in the memory being measured."""
+
+    BOUNDS = tuple(i / 10_000 for i in range(1, 1001)) + tuple(0.1 + i / 100 for i in range(1, 991))
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(self.BOUNDS)
+        self.count = 0
+
+    def append(self, seconds: float) -> None:
+        self.histogram.observe(seconds)
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def quantile(values: list[float] | Latencies, q: float) -> float:
+    """The ``q`` quantile of raw samples (nearest rank), or of a :class:`Latencies`; 0 for none."""
+    if isinstance(values, Latencies):
+        return values.histogram.snapshot().quantile(q)
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -37,6 +58,23 @@ def cpu_seconds() -> float:
     """User + system CPU of this process so far (every thread: Trio's, gRPC's, the sampler's)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (Linux: /proc/self/statm), unlike the lifetime peak that getrusage reports."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def rss_trend(samples: list[tuple[float, float]]) -> dict[str, float]:
+    """Resident MB over the first and the last fifth of a run, and the peak: flat memory shows as equal ends."""
+    if len(samples) < 10:
+        return {}
+    fifth = len(samples) // 5
+    first, last = [mb for _, mb in samples[:fifth]], [mb for _, mb in samples[-fifth:]]
+    return {"rss_first_fifth_mb": round(sum(first) / len(first), 1),
+            "rss_last_fifth_mb": round(sum(last) / len(last), 1),
+            "rss_max_mb": round(max(mb for _, mb in samples), 1)}
 
 
 def peak_rss_mb() -> float:
@@ -92,14 +130,16 @@ class Sampler:
     def __init__(self, store: Store, emitter, interval: float = 0.25) -> None:
         self.store, self.emitter, self.interval = store, emitter, interval
         self.points: list[tuple[float, int, int, int]] = []  # (t, pending, emitted, delivered)
+        self.rss: list[tuple[float, float]] = []  # (t, resident MB of this process)
         self.started = time.monotonic()
 
     async def run(self) -> None:
         while True:  # until measured() cancels it
             pending = await pending_rows(self.store)
             figures = self.emitter.statistics()
-            self.points.append((round(time.monotonic() - self.started, 3), pending, figures.emitted,
-                                figures.delivered))
+            elapsed = round(time.monotonic() - self.started, 3)
+            self.points.append((elapsed, pending, figures.emitted, figures.delivered))
+            self.rss.append((elapsed, current_rss_mb()))
             await trio.sleep(self.interval)
 
     def q_max(self, since: float = 0.0) -> int:

@@ -20,6 +20,7 @@ from .backlog import backlog
 from .chip import ChipProcess, chip_args, wait_for_unique
 from .measure import (
     MAX_SECONDS_PER_PHASE,
+    Latencies,
     cpu_seconds,
     emitter_config,
     measured,
@@ -28,6 +29,7 @@ from .measure import (
     pending_rows,
     publish_window,
     quantile,
+    rss_trend,
 )
 from .progress import Progress
 from .report import Run
@@ -177,7 +179,7 @@ def steady_rate(samples: list[tuple[float, int]], total: int) -> float:
 async def tps(args, url: str, run: Run, progress: Progress) -> None:
     """Hold a target rate, optionally through a Chip outage (counted from Chip's start); time to drain afterwards."""
     outage = Outage.parse(args.outage) if args.outage else None
-    latencies: list[float] = []
+    latencies = Latencies()
     errors: list[str] = []
     extra = [f"--outage={args.outage}"] if outage else []
     async with measured(url, chip_args(args.chip_latency, *extra)) as m:
@@ -210,9 +212,10 @@ async def tps(args, url: str, run: Run, progress: Progress) -> None:
         "delivery_p50_ms": round(figures.ages.quantile(0.5) * 1000, 1),
         "delivery_p99_ms": round(figures.ages.quantile(0.99) * 1000, 1),
         "q_max": m.sampler.q_max(), "outage": args.outage or "none", "drain_after_outage_s": drain_s,
-        "duplicates": figures.duplicates,
+        "duplicates": figures.duplicates, **rss_trend(m.sampler.rss),
     })
     run.series["pending"] = m.sampler.points
+    run.series["rss_mb"] = m.sampler.rss
 
 
 async def latency(args, url: str, run: Run, progress: Progress) -> None:
