@@ -123,3 +123,49 @@ def test_event_ids_are_uuid7_in_time_order_and_distinct() -> None:
     # Sub-millisecond time in the next 12 bits: in order except within one ~244 ns step.
     stamps = [(u.int >> 80, (u.int >> 64) & 0xFFF) for u in parsed]
     assert stamps == sorted(stamps)
+
+
+_NAMES = st.from_regex(r"[a-z0-9]{1,12}", fullmatch=True).filter(
+    lambda n: n not in {"id", "source", "specversion", "type", "data", "idempotencykey", "recordedtime", "emitter"})
+_VALUES = st.one_of(st.text(max_size=30), st.booleans(), st.integers(-(2**31), 2**31 - 1), st.binary(max_size=30),
+                    st.datetimes(timezones=st.just(UTC)))
+
+
+@given(body=st.one_of(st.binary(max_size=400), st.text(max_size=200), st.just(ce.CloudEvent(id="inner"))),
+       attributes=st.dictionaries(_NAMES, _VALUES, max_size=4),
+       data_schema=st.one_of(st.none(), st.just("https://schemas.example/v1")),
+       millis=st.integers(0, 2**42))
+def test_framed_bytes_parse_as_the_message_the_protobuf_api_builds(body, attributes, data_schema, millis) -> None:
+    """build_event frames bytes itself; they must mean exactly what the message API would have built."""
+    if not isinstance(body, (bytes, str)) and not data_schema:
+        data_schema = "https://schemas.example/inner"
+    now = datetime.fromtimestamp(millis // 1000, UTC).replace(microsecond=millis % 1000 * 1000)
+    event_id, payload = build_event(body, source="wf", type="tick", attributes=attributes, data_schema=data_schema,
+                                    now=now)
+    expected = ce.CloudEvent(id=event_id, source="wf", spec_version="1.0", type="tick")
+    if isinstance(body, bytes):
+        expected.binary_data, raw = body, body
+    elif isinstance(body, str):
+        expected.text_data, raw = body, body.encode()
+    else:
+        raw = body.SerializeToString(deterministic=True)
+        expected.proto_data.type_url, expected.proto_data.value = data_schema, raw
+    for name, value in attributes.items():
+        attribute = expected.attributes[name]
+        if isinstance(value, bool):
+            attribute.ce_boolean = value
+        elif isinstance(value, int):
+            attribute.ce_integer = value
+        elif isinstance(value, str):
+            attribute.ce_string = value
+        elif isinstance(value, bytes):
+            attribute.ce_bytes = value
+        else:
+            attribute.ce_timestamp.FromDatetime(value)
+    if data_schema:
+        expected.attributes["dataschema"].ce_uri = data_schema
+    stamp = expected.attributes["recordedtime"].ce_timestamp
+    stamp.seconds, stamp.nanos = millis // 1000, millis % 1000 * 1_000_000
+    expected.attributes["idempotencykey"].ce_string = idempotency_key("wf", "tick", raw)
+    expected.attributes["emitter"].ce_string = "durable-emitter"
+    assert ce.CloudEvent.FromString(payload) == expected
