@@ -20,9 +20,9 @@ test *ARGS:
 proto:
     {{python}} scripts/gen_proto.py
 
-# 100,000 events of 1 KiB from 10 emitters against embedded Postgres and in-process chipmock
+# 100,000 events of 1 KiB: 10 and 100 callers, emit and emit_many(100), chipmock in its own process, baselines beside
 bench *ARGS:
-    {{python}} -m scripts.load sustained --events 100000 --concurrency 10 --size 1024 --chip-latency 0 {{ARGS}}
+    {{python}} -m scripts.load sustained --events 100000 --concurrency 10,100 --batch 1,100 --size 1024 --chip-latency 0 --compare {{ARGS}}
 
 # Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
 load SCENARIO *ARGS:
