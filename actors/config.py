@@ -111,7 +111,8 @@ class EmitterConfig:
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000
-    # Connections committing in parallel: overlaps WAL flushes when few callers emit at once.
+    # Connections committing at once; free ones split the queued emits. One measured fastest
+    # on a local Postgres; more can pay when each commit's round trip is long.
     persist_writers: int = 1
     # In-memory hand-off from persister to dispatcher; beyond it, events are
     # read back from the table (memory stays bounded whatever the backlog).
