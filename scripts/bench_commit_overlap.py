@@ -19,6 +19,7 @@ import argparse
 import os
 import select
 import statistics
+import struct
 import threading
 import time
 
@@ -31,20 +32,20 @@ from actors.config import default_state_dir
 from actors.core.events import new_event_id
 from scripts.args_and_databases import scratch_database, server_url
 
-_INSERT = INSERT_EVENTS.replace("%(ids)b", "$1").replace("%(payloads)b", "$2").replace(
-    "%(owner)b", "$3").replace("%(spilled)b", "false").replace("%(lease)b", "60").encode()
+_INSERT = INSERT_EVENTS.sql
+_TYPES = list(INSERT_EVENTS.types)
 
 
 def _params(group: int, body: bytes) -> list[bytes]:
     ids = [new_event_id().encode() for _ in range(group)]
-    return [binary_array(ids, 25), binary_array([body] * group, 17), b"bench"]
+    return [binary_array(ids, 25), binary_array([body] * group, 17), b"bench", struct.pack(">d", 60.0), b"\x00"]
 
 
 def _commit_loop(url: str, group: int, body: bytes, stop_at: float, counts: list[int]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < stop_at:
-            result = conn.pgconn.exec_params(_INSERT, _params(group, body), param_types=[1009, 1001, 25],
-                                             param_formats=[1, 1, 1])
+            result = conn.pgconn.exec_params(_INSERT, _params(group, body), param_types=_TYPES,
+                                             param_formats=[1] * 5)
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise RuntimeError(result.error_message.decode())
             counts.append(group)
@@ -75,7 +76,7 @@ def pipelined(url: str, group: int, body: bytes, seconds: float, depth: int = 2)
         pg.enter_pipeline_mode()
 
         def send() -> None:
-            pg.send_query_params(_INSERT, _params(group, body), param_types=[1009, 1001, 25], param_formats=[1, 1, 1])
+            pg.send_query_params(_INSERT, _params(group, body), param_types=_TYPES, param_formats=[1] * 5)
             pg.pipeline_sync()
             while pg.flush():
                 select.select([], [pg.socket], [])

@@ -26,9 +26,9 @@ from typing import Any
 
 import psycopg
 import trio
-from psycopg.abc import Buffer, PQGen
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
+from psycopg import pq
+from psycopg.abc import PQGen
+from psycopg.generators import execute
 from psycopg.waiting import Ready, Wait
 
 from ..core.failures import storable_text
@@ -51,28 +51,22 @@ def binary_array(items: Sequence[bytes], element_oid: int) -> bytes:
     return header + b"".join(chain.from_iterable(zip(map(_LENGTH, map(len, items)), items, strict=True)))
 
 
-class Texts(list[str]):
-    """A ``text[]`` parameter dumped in one go (see :func:`binary_array`)."""
+@dataclass(frozen=True, slots=True)
+class _Hot:
+    """A statement on every event's path: prepared once per connection and run without a cursor.
+
+    Its parameters are dumped here (binary, :func:`binary_array` for arrays), so
+    a run is one send and one answer with no per-statement Python in between
+    (psycopg's cursor, query conversion and adapters cost more than the
+    10-row INSERT they carried).
+    """
+
+    name: bytes
+    sql: bytes
+    types: tuple[int, ...]  # parameter type oids
 
 
-class Blobs(list[bytes]):
-    """A ``bytea[]`` parameter dumped in one go (see :func:`binary_array`)."""
-
-
-class _TextsDumper(Dumper):
-    format = Format.BINARY
-    oid = 1009  # text[]
-
-    def dump(self, obj: Texts) -> Buffer:
-        return binary_array(list(map(str.encode, obj)), _TEXT_OID)
-
-
-class _BlobsDumper(Dumper):
-    format = Format.BINARY
-    oid = 1001  # bytea[]
-
-    def dump(self, obj: Blobs) -> Buffer:
-        return binary_array(obj, _BYTEA_OID)
+_FLOAT8 = struct.Struct(">d").pack
 
 
 # One statement, binary parameters: one round trip, little client CPU, and the
@@ -80,13 +74,13 @@ class _BlobsDumper(Dumper):
 # Spilled rows are claimable at once, in their turn: their lease lapses as they
 # are written, so claims (oldest lapse first) take them after rows that became
 # claimable earlier (released or spilled before them), never ahead of all of them.
-INSERT_EVENTS = """
+INSERT_EVENTS = _Hot(b"durable_emitter_insert", b"""
 INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
-SELECT id, payload, %(owner)b, %(owner)b,
-       CASE WHEN %(spilled)b THEN now()
-            ELSE now() + make_interval(secs => %(lease)b) END
-FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
-"""
+SELECT id, payload, $3, $3,
+       CASE WHEN $5 THEN now()
+            ELSE now() + make_interval(secs => $4) END
+FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
+""", (1009, 1001, 25, 701, 16))  # ids text[], payloads bytea[], owner text, lease seconds float8, spilled bool
 
 def _claim(rows: str) -> str:
     """Lease the rows ``rows`` selects (ids, ordered and limited) to the claimer; SKIP LOCKED keeps claims apart."""
@@ -185,7 +179,8 @@ WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s
 """
 
 # Only rows this instance holds: a row whose lease lapsed may be another's now.
-DELETE_EVENTS = "DELETE FROM chip_durable_events WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)b"
+DELETE_EVENTS = _Hot(b"durable_emitter_delete",
+                     b"DELETE FROM chip_durable_events WHERE id = ANY($1) AND lease_owner = $2", (1009, 25))
 
 DEAD_LETTER_EVENTS = """
 WITH reasons AS (
@@ -341,6 +336,14 @@ class PendingStats:
     exact: bool = True  # False: the planner's estimate (a large table)
 
 
+def _answer(results: list[pq.abc.PGresult]) -> pq.abc.PGresult:
+    """The last result of a statement; a failed one raised as psycopg raises it."""
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result)
+    return results[-1]
+
+
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     reason = " ".join(str(exc).split()) or type(exc).__name__
     return StoreUnavailable(f"Postgres: {reason}", sqlstate=exc.sqlstate)
@@ -437,6 +440,7 @@ class Store:
         self._url = url
         self._session = session or Session()
         self._conn: psycopg.Connection | None = None
+        self._prepared: set[bytes] = set()  # _Hot statements prepared on this connection
         self._turn = trio.Lock()
 
     async def _connection(self) -> psycopg.Connection:
@@ -455,9 +459,8 @@ class Store:
             except BaseException:
                 conn.close()
                 raise
-            conn.adapters.register_dumper(Texts, _TextsDumper)
-            conn.adapters.register_dumper(Blobs, _BlobsDumper)
             self._conn = conn
+            self._prepared = set()
         return self._conn
 
     def close(self) -> None:
@@ -496,14 +499,40 @@ class Store:
         finally:
             self._turn.release()
 
+    async def _run_hot(self, statement: _Hot, params: list[bytes]) -> int:
+        """Run a :class:`_Hot` statement (preparing it on a new connection first); return its row count."""
+        try:
+            self._turn.acquire_nowait()
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        try:
+            with trio.move_on_after(self._session.answer_timeout):
+                conn = await self._connection()
+                pgconn = conn.pgconn
+                try:
+                    if statement.name not in self._prepared:
+                        pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
+                        _answer(await _wait(execute(pgconn), pgconn.socket))
+                        self._prepared.add(statement.name)
+                    pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
+                    return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
+                except psycopg.Error as exc:
+                    raise _unavailable(exc) from exc
+                except BaseException:
+                    self.close()  # cancelled mid-statement: the protocol state is unknown
+                    raise
+            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
+                                   "(statement_timeout plus 5 s); the connection was dropped")
+        finally:
+            self._turn.release()
+
     async def insert_events(
         self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool
     ) -> None:
         """Commit the rows in one statement. ``spilled`` rows are claimable at once."""
-        await self._run(INSERT_EVENTS, {
-            "ids": Texts(ids), "payloads": Blobs(payloads), "owner": owner,
-            "lease": float(lease), "spilled": spilled,
-        })
+        await self._run_hot(INSERT_EVENTS, [
+            binary_array(list(map(str.encode, ids)), _TEXT_OID), binary_array(payloads, _BYTEA_OID),
+            owner.encode(), _FLOAT8(lease), b"\x01" if spilled else b"\x00"])
 
     async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool) -> list[StoredEvent]:
         """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
@@ -548,7 +577,8 @@ class Store:
 
     async def delete(self, ids: Sequence[str], *, owner: str) -> int:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
-        return (await self._run(DELETE_EVENTS, {"ids": Texts(dict.fromkeys(ids)), "owner": owner})).rowcount
+        unique = [event_id.encode() for event_id in dict.fromkeys(ids)]
+        return await self._run_hot(DELETE_EVENTS, [binary_array(unique, _TEXT_OID), owner.encode()])
 
     async def dead_letter(self, entries: Sequence[tuple[str, str, str]], *, owner: str) -> int:
         """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason).
