@@ -43,12 +43,18 @@ AttributeValue = str | bool | int | bytes | datetime
 
 def idempotency_key(source: str, type_: str, body: bytes) -> str:
     """Hex SHA-256 over the length-prefixed source, type and body, as upstream derives it."""
-    source_bytes, type_bytes = source.encode(), type_.encode()
-    prefix = struct.pack(">Q", len(source_bytes)) + source_bytes + struct.pack(">Q", len(type_bytes)) + type_bytes
-    digest = hashlib.sha256(prefix)
+    digest = _key_prefix(source, type_).copy()
     digest.update(struct.pack(">Q", len(body)))
     digest.update(body)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_prefix(source: str, type_: str) -> hashlib._Hash:
+    """The digest state after the length-prefixed source and type, shared by every event of that pair."""
+    source_bytes, type_bytes = source.encode(), type_.encode()
+    return hashlib.sha256(struct.pack(">Q", len(source_bytes)) + source_bytes
+                          + struct.pack(">Q", len(type_bytes)) + type_bytes)
 
 
 def new_event_id() -> str:
@@ -190,6 +196,8 @@ def _shared_fields(source: str, type_: str, data_schema: str | None,
 def _varint(n: int) -> bytes:
     if n < 0x80:
         return bytes((n,))
+    if n < 0x4000:  # most payloads: two bytes, without the loop
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
