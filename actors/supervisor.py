@@ -111,7 +111,7 @@ class Supervisor:
     async def start(self, spec: ChildSpec) -> None:
         child = _Child(spec)
         self.restarts.add(spec.name, 0)  # a series from the start, not from the first restart
-        await self._nursery.start(self._supervise, child)
+        await self._nursery.start(self._supervise, child, name=f"durable-emitter {spec.name}")  # in task dumps
         self._children.append(child)
 
     async def stop(self) -> None:
