@@ -76,12 +76,12 @@ def write_report(run: Run, folder: Path) -> Path:
             "## Results", "", markdown_table(run.rows)]
     if run.baselines:
         text += ["## Baselines (same run, same machine)", "", markdown_table(run.baselines)]
-        ours = next((r["end_to_end_per_s"] for r in run.rows if r.get("instances", 1) == 1
-                     and "end_to_end_per_s" in r), None)
+        ours = [r for r in run.rows if r.get("end_to_end_per_s")]
         if ours:
             text += ["Ratios (ours / baseline, end to end):", ""]
-            text += [f"- vs {b['implementation']}: {ours / b['end_to_end_per_s']:.2f}x" for b in run.baselines
-                     if b.get("end_to_end_per_s")]
+            text += [f"- {r.get('callers') or str(r.get('instances', 1)) + ' instance(s)'} vs {b['implementation']}: "
+                     f"{r['end_to_end_per_s'] / b['end_to_end_per_s']:.2f}x"
+                     for r in ours for b in run.baselines if b.get("end_to_end_per_s")]
             text.append("")
     if run.notes:
         text += ["## Notes", "", *(f"- {n}" for n in run.notes), ""]

@@ -41,7 +41,7 @@ def test_sustained_with_baselines_reports_ratios(tmp_path, pg_server_url) -> Non
         assert ours["events"] == 600 and ours["delivered_unique"] == 600 and ours["emit_errors"] == 0
         assert ours["cpu_us_per_event"] > 0
     assert {b["implementation"].split()[0] for b in run["baselines"]} == {"naive", "limit"}
-    assert "vs naive:" in report and "vs limit" in report
+    assert "- 10 callers x emit_many(50) vs naive:" in report and "- 20 callers x emit vs limit" in report
 
 
 def test_sustained_across_instances(tmp_path, pg_server_url) -> None:
