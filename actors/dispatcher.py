@@ -34,7 +34,7 @@ from .adapters.store import Store, StoredEvent
 from .config import EmitterConfig
 from .core.admission import MemoryBudget
 from .core.backoff import Backoff
-from .core.events import PublishOutcome, encode_batch, interpret_response
+from .core.events import PublishOutcome, encode_batch, framed_size, interpret_response
 from .core.failures import StoreFailure, classify_sqlstate
 from .core.outage import Change, ChipHealth, Delivery
 from .core.publishing import (
@@ -131,9 +131,11 @@ class Gatherer:
                 continue
             stop = min(len(group), self.taken + self.batch_size - len(ids))
             count, group_size = fitting(group.payloads, self.taken, stop, self.max_bytes - size)
-            if count == 0 and ids:
-                break  # its next event starts the next batch
-            count = max(count, 1)  # an event alone above the cap still goes (Chip's answer decides)
+            if count == 0:
+                if ids:
+                    break  # its next event starts the next batch
+                # An event alone above the cap still goes, alone (Chip's answer decides).
+                count, group_size = 1, framed_size(group.payloads[self.taken])
             ids += group.event_ids[self.taken:self.taken + count]
             payloads += group.payloads[self.taken:self.taken + count]
             publish_by = min(publish_by, group.publish_by)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 import trio
+from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from .adapters.store import Store
@@ -125,10 +126,14 @@ class Emitter:
         :meth:`emit`; when it raises, none was written. Each body is checked
         before anything is sent, and an error names the first bad one by its
         index. At most ``persist_batch_size`` bodies per call (split larger
-        groups); an empty one returns ``[]``. Raises as :meth:`emit`.
+        groups); an empty one returns ``[]``. Raises as :meth:`emit`. A call is
+        admitted as one emit: ``max_pending`` may be passed by up to one call's
+        events per caller.
         """
         if self.closing:
             raise self._closed()
+        if isinstance(bodies, (bytes, str, Message)):
+            raise InvalidEvent("emit_many takes a list of bodies, not one body (use emit); nothing was written")
         started = trio.current_time()
         ids: list[str] = []
         payloads: list[bytes] = []
@@ -141,18 +146,19 @@ class Emitter:
                                                 data_schema=data_schema)
                 self._check_size(payload)
             except InvalidEvent as exc:
-                raise exc.__class__(f"bodies[{index}]: {exc} (no event of this call was written)") from None
+                reason = str(exc).removesuffix("; nothing was written")
+                raise exc.__class__(f"bodies[{index}]: {reason} (no event of this call was written)") from None
             ids.append(event_id)
             payloads.append(payload)
         if ids:
             await self._commit(EmitRequest(ids, payloads, sum(map(len, payloads))), started)
-        return ids
+        return list(ids)  # the caller's own copy: the request's list travels on to the dispatcher
 
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.config.max_event_bytes:
             self._emits.failed.add("too_large")
             raise EventTooLarge(f"the serialized event is {len(payload)} bytes; max_event_bytes is "
-                                f"{self.config.max_event_bytes}")
+                                f"{self.config.max_event_bytes}; nothing was written")
 
     async def _commit(self, request: EmitRequest, started: float) -> None:
         """Hand the events to the persister, once the backlog has room, and wait for their commit."""

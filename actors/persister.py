@@ -1,8 +1,8 @@
 """Persister: group commit. Every emit waiting now goes into one INSERT and one commit.
 
 While one commit runs, new emits queue in the inbox; the next batch takes all
-of them (up to ``persist_batch_size``), so batches grow exactly as fast as
-Postgres is slow. Each caller is resolved after its commit; a failed commit
+of them (up to about ``persist_batch_size`` events; with several writers free,
+each takes its share), so batches grow exactly as fast as Postgres is slow. Each caller is resolved after its commit; a failed commit
 fails exactly the emits in it. Committed events go on to the dispatcher in
 memory when its buffer has room, else they are written "spilled" (claimable
 at once) and the dispatcher reads them back from the table.

@@ -6,7 +6,9 @@ threads (reused, so a call costs a hand-off, not a thread start). grpcio's
 the number of calls in flight rises from zero, which between bursts was every
 call: about 300 us each, and up to 3 ms during which the event loop (and every
 waiting emit) stood still. A cancelled call is abandoned to its thread and ends
-at its deadline, or when the channel closes. Batches go out pre-encoded (the
+at its deadline (``publish_timeout``, within the lease margin of
+``publish_deadline``), or when the channel closes; its events may still reach
+Chip, so they may be delivered twice: at least once, as with any cancelled call. Batches go out pre-encoded (the
 stored bytes, framed by :func:`events.encode_batch`), never parsed again on our
 side.
 """

@@ -374,6 +374,7 @@ class Session:
         return (f"SET statement_timeout = {round(self.statement_timeout * 1000)}; "
                 f"SET lock_timeout = {round(self.lock_timeout * 1000)}; "
                 f"SET synchronous_commit = {'on' if self.synchronous_commit else 'off'}; "
+                "SET client_encoding = 'UTF8'; "  # hot statements send their text encoded as UTF-8
                 f'SET search_path TO "{self.schema}"')
 
 
@@ -517,6 +518,8 @@ class Store:
                     pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
                     return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
                 except psycopg.Error as exc:
+                    if exc.sqlstate == "26000":  # the statement is gone (DISCARD ALL, a pooler): prepare it again
+                        self._prepared.discard(statement.name)
                     raise _unavailable(exc) from exc
                 except BaseException:
                     self.close()  # cancelled mid-statement: the protocol state is unknown

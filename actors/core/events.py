@@ -8,6 +8,7 @@ are stored and later sent unchanged, so a retried event carries the same
 
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
 import re
@@ -158,10 +159,11 @@ def build_event(
     else:
         raise InvalidEvent(f"body must be bytes, str or a protobuf message, not {body.__class__.__name__}")
     items = tuple(attributes.items())
+    types = tuple(map(builtins.type, attributes.values()))  # in the key: True, 1 and 1.0 are equal, yet not the same
     try:
-        shared = _shared_fields(source, type_, data_schema, items)
+        shared = _shared_fields(source, type_, data_schema, items, types)
     except TypeError:  # an unhashable value: not cacheable, and _attribute refuses it
-        shared = _shared_fields.__wrapped__(source, type_, data_schema, items)
+        shared = _shared_fields.__wrapped__(source, type_, data_schema, items, types)
     millis = time.time_ns() // 1_000_000 if now is None else (now.astimezone(UTC) - _EPOCH) // _MILLISECOND  # exact
     event_id = new_event_id()
     key = idempotency_key(source, type_, raw).encode()
@@ -176,8 +178,11 @@ def _field(number: int, payload: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=1024)
 def _shared_fields(source: str, type_: str, data_schema: str | None,
-                   attributes: tuple[tuple[str, AttributeValue], ...]) -> bytes:
-    """source, spec_version, type and the given attributes, serialized: the same for every event sharing them."""
+                   attributes: tuple[tuple[str, AttributeValue], ...], types: tuple[type, ...]) -> bytes:
+    """source, spec_version, type and the given attributes, serialized: the same for every event sharing them.
+
+    ``types`` are the attribute values' types, part of the cache key only.
+    """
     event = ce.CloudEvent(source=source, spec_version=SPEC_VERSION, type=type_)
     extensions = event.attributes
     for name, value in attributes:

@@ -25,6 +25,9 @@ async def test_one_call_is_one_transaction_and_its_ids_follow_the_bodies(start_c
     async with open_emitter(make_config(chip)) as emitter:
         ids = await emitter.emit_many(bodies, source="wf", type="tick", attributes={"run": "r1"})
         assert len(ids) == len(set(ids)) == 100
+        returned = list(ids)
+        ids.clear()  # the caller's list is its own: the events in flight keep theirs
+        ids = returned
         assert pending_ids(database_url) == set(ids)  # committed when the call returned
         (transactions,) = query(database_url, "SELECT count(DISTINCT xmin::text) FROM chip_durable_events")[0]
         assert transactions == 1
@@ -47,6 +50,8 @@ async def test_a_bad_body_refuses_the_whole_call_and_names_it(chip, make_config,
             await emitter.emit_many([b"x"] * 1001, source="wf", type="tick")
         with pytest.raises(InvalidEvent, match="source"):
             await emitter.emit_many([b"x"], type="tick")
+        with pytest.raises(InvalidEvent, match="a list of bodies, not one body"):
+            await emitter.emit_many("one text body", source="wf", type="tick")
         assert await emitter.emit_many([], source="wf", type="tick") == []
         assert pending_ids(database_url) == set()
         assert emitter.statistics().emitted == 0

@@ -169,3 +169,14 @@ def test_framed_bytes_parse_as_the_message_the_protobuf_api_builds(body, attribu
     expected.attributes["idempotencykey"].ce_string = idempotency_key("wf", "tick", raw)
     expected.attributes["emitter"].ce_string = "durable-emitter"
     assert ce.CloudEvent.FromString(payload) == expected
+
+
+def test_equal_attribute_values_of_other_types_are_not_mixed_up() -> None:
+    """The shared part is cached by value *and* type: True == 1 == 1.0 in Python, not on the wire."""
+    kinds = []
+    for value in (1, True):
+        _, payload = build_event(b"x", source="wf", type="tick", attributes={"n": value})
+        kinds.append(_parse(payload).attributes["n"].WhichOneof("attr"))
+    assert kinds == ["ce_integer", "ce_boolean"]
+    with pytest.raises(InvalidEvent, match="float values are not supported"):
+        build_event(b"x", source="wf", type="tick", attributes={"n": 1.0})

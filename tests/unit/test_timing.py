@@ -63,6 +63,16 @@ async def test_a_batch_stops_at_the_byte_cap_and_the_next_takes_the_rest(autojum
     assert sizes == [["a", "b"], ["c"], ["d"]]  # c alone above the cap still goes: Chip's answer decides
 
 
+async def test_an_event_above_the_cap_goes_alone_even_when_its_group_ends_with_it(autojump_clock) -> None:
+    send, receive = trio.open_memory_channel[CommittedGroup](10)
+    gatherer = Gatherer(receive, MemoryBudget(100, 10_000), batch_size=100, max_bytes=100, linger=5.0)
+    send.send_nowait(CommittedGroup(Outgoing(["big"], [b"x" * 200], 100.0), 200))
+    send.send_nowait(CommittedGroup(Outgoing(["next"], [b"x" * 40], 100.0), 40))
+    assert await gatherer.wait_for_work()
+    assert (await gatherer.gather()).event_ids == ["big"]  # the next group does not ride on a full batch
+    assert (await gatherer.gather()).event_ids == ["next"]
+
+
 async def test_events_past_their_lease_margin_are_left_to_the_table(autojump_clock) -> None:
     send, receive = trio.open_memory_channel[CommittedGroup](10)
     budget = MemoryBudget(100, 100)
