@@ -19,7 +19,6 @@ import argparse
 import os
 import select
 import statistics
-import struct
 import threading
 import time
 
@@ -27,7 +26,7 @@ import psycopg
 from psycopg import pq
 
 from actors.adapters import schema
-from actors.adapters.store import INSERT_EVENTS, binary_array
+from actors.adapters.store import INSERT_EVENTS, insert_parameters
 from actors.config import default_state_dir
 from actors.core.events import new_event_id
 from scripts.args_and_databases import scratch_database, server_url
@@ -37,8 +36,8 @@ _TYPES = list(INSERT_EVENTS.types)
 
 
 def _params(group: int, body: bytes) -> list[bytes]:
-    ids = [new_event_id().encode() for _ in range(group)]
-    return [binary_array(ids, 25), binary_array([body] * group, 17), b"bench", struct.pack(">d", 60.0), b"\x00"]
+    return insert_parameters([new_event_id() for _ in range(group)], [body] * group, owner="bench", lease=60.0,
+                             spilled=False)
 
 
 def _commit_loop(url: str, group: int, body: bytes, stop_at: float, counts: list[int]) -> None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from functools import partial
 from itertools import chain
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import trio
@@ -35,6 +35,7 @@ from ..core.failures import storable_text
 from ..errors import StoreUnavailable
 from .postgres import connect
 
+_T = TypeVar("_T")
 _LENGTH = struct.Struct(">i").pack
 _ONE_DIMENSION = struct.Struct(">iiIii").pack
 _TEXT_OID, _BYTEA_OID = 25, 17
@@ -67,6 +68,13 @@ class _Hot:
 
 
 _FLOAT8 = struct.Struct(">d").pack
+
+
+def insert_parameters(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
+                      spilled: bool) -> list[bytes]:
+    """:data:`INSERT_EVENTS`' parameters, binary, in its order."""
+    return [binary_array(list(map(str.encode, ids)), _TEXT_OID), binary_array(payloads, _BYTEA_OID),
+            owner.encode(), _FLOAT8(lease), b"\x01" if spilled else b"\x00"]
 
 
 # One statement, binary parameters: one round trip, little client CPU, and the
@@ -469,6 +477,33 @@ class Store:
             self._conn.close()
             self._conn = None
 
+    async def _exchange(self, talk: Callable[[psycopg.Connection], Awaitable[_T]]) -> _T:
+        """Run ``talk`` on this store's connection: one exchange at a time, within ``answer_timeout``.
+
+        The server cancels a statement after statement_timeout; this deadline covers a
+        server that cannot answer at all (a path that went dark without a reset). A
+        psycopg error becomes :class:`StoreUnavailable`; an exchange cancelled midway
+        closes the connection (its protocol state is unknown).
+        """
+        try:
+            self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        try:
+            with trio.move_on_after(self._session.answer_timeout):
+                conn = await self._connection()
+                try:
+                    return await talk(conn)
+                except psycopg.Error as exc:
+                    raise _unavailable(exc) from exc
+                except BaseException:
+                    self.close()
+                    raise
+            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
+                                   "(statement_timeout plus 5 s); the connection was dropped")
+        finally:
+            self._turn.release()
+
     async def _run(self, sql: str, params: dict[str, Any] | None = None, *,
                    prepare: bool | None = None) -> psycopg.Cursor[Any]:
         """Run one statement. ``prepare=False``: plan it for these parameters every time.
@@ -477,65 +512,36 @@ class Store:
         keep one generic plan: for a query on one owner's rows, with one owner
         holding a million, that plan is a sequential scan.
         """
-        try:
-            self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
-        except trio.WouldBlock:
-            await self._turn.acquire()
-        try:
-            # The server cancels a statement after statement_timeout; this deadline covers a
-            # server that cannot answer at all (a path that went dark without a reset).
-            with trio.move_on_after(self._session.answer_timeout):
-                conn = await self._connection()
-                cursor = conn.cursor()
-                try:
-                    await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
-                except psycopg.Error as exc:
-                    raise _unavailable(exc) from exc
-                except BaseException:
-                    self.close()  # cancelled mid-statement: the protocol state is unknown
-                    raise
-                return cursor
-            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
-                                   "(statement_timeout plus 5 s); the connection was dropped")
-        finally:
-            self._turn.release()
+        async def talk(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+            cursor = conn.cursor()
+            await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
+            return cursor
+
+        return await self._exchange(talk)
 
     async def _run_hot(self, statement: _Hot, params: list[bytes]) -> int:
         """Run a :class:`_Hot` statement (preparing it on a new connection first); return its row count."""
-        try:
-            self._turn.acquire_nowait()
-        except trio.WouldBlock:
-            await self._turn.acquire()
-        try:
-            with trio.move_on_after(self._session.answer_timeout):
-                conn = await self._connection()
-                pgconn = conn.pgconn
-                try:
-                    if statement.name not in self._prepared:
-                        pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
-                        _answer(await _wait(execute(pgconn), pgconn.socket))
-                        self._prepared.add(statement.name)
-                    pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
-                    return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
-                except psycopg.Error as exc:
-                    if exc.sqlstate == "26000":  # the statement is gone (DISCARD ALL, a pooler): prepare it again
-                        self._prepared.discard(statement.name)
-                    raise _unavailable(exc) from exc
-                except BaseException:
-                    self.close()  # cancelled mid-statement: the protocol state is unknown
-                    raise
-            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
-                                   "(statement_timeout plus 5 s); the connection was dropped")
-        finally:
-            self._turn.release()
+        async def talk(conn: psycopg.Connection) -> int:
+            pgconn = conn.pgconn
+            try:
+                if statement.name not in self._prepared:
+                    pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
+                    _answer(await _wait(execute(pgconn), pgconn.socket))
+                    self._prepared.add(statement.name)
+                pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
+                return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
+            except psycopg.Error as exc:
+                if exc.sqlstate == "26000":  # the statement is gone (DISCARD ALL, a pooler): prepare it again
+                    self._prepared.discard(statement.name)
+                raise
+
+        return await self._exchange(talk)
 
     async def insert_events(
         self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool
     ) -> None:
         """Commit the rows in one statement. ``spilled`` rows are claimable at once."""
-        await self._run_hot(INSERT_EVENTS, [
-            binary_array(list(map(str.encode, ids)), _TEXT_OID), binary_array(payloads, _BYTEA_OID),
-            owner.encode(), _FLOAT8(lease), b"\x01" if spilled else b"\x00"])
+        await self._run_hot(INSERT_EVENTS, insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
 
     async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool) -> list[StoredEvent]:
         """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
