@@ -108,7 +108,7 @@ class Emitter:
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
                                         data_schema=data_schema)
         self._check_size(payload)
-        await self._commit(EmitRequest([event_id], [payload], len(payload)), started)
+        await self._commit(EmitRequest([event_id], [payload]), started)
         return event_id
 
     async def emit_many(
@@ -151,7 +151,7 @@ class Emitter:
             ids.append(event_id)
             payloads.append(payload)
         if ids:
-            await self._commit(EmitRequest(ids, payloads, sum(map(len, payloads))), started)
+            await self._commit(EmitRequest(ids, payloads), started)
         return list(ids)  # the caller's own copy: the request's list travels on to the dispatcher
 
     def _check_size(self, payload: bytes) -> None:

@@ -17,12 +17,11 @@ class EmitRequest:
     """emit()/emit_many() -> persister: commit these events in one transaction, then set ``done``
     (``error`` if it failed: then none of them was written)."""
 
-    __slots__ = ("event_ids", "payloads", "size", "done", "error")
+    __slots__ = ("event_ids", "payloads", "done", "error")
 
-    def __init__(self, event_ids: list[str], payloads: list[bytes], size: int) -> None:
+    def __init__(self, event_ids: list[str], payloads: list[bytes]) -> None:
         self.event_ids = event_ids
         self.payloads = payloads
-        self.size = size  # payload bytes
         self.done = trio.Event()
         self.error: BaseException | None = None
 

@@ -70,13 +70,13 @@ class _Idle:
 def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
     """The batch's ids, payloads and payload bytes, in order."""
     if len(batch) == 1:
-        return batch[0].event_ids, batch[0].payloads, batch[0].size
-    ids: list[str] = []
-    payloads: list[bytes] = []
-    for request in batch:
-        ids += request.event_ids
-        payloads += request.payloads
-    return ids, payloads, sum(request.size for request in batch)
+        ids, payloads = batch[0].event_ids, batch[0].payloads
+    else:
+        ids, payloads = [], []
+        for request in batch:
+            ids += request.event_ids
+            payloads += request.payloads
+    return ids, payloads, sum(map(len, payloads))
 
 
 async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
