@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import trio
@@ -59,3 +60,10 @@ async def emit_concurrently(emitter, count: int, *, emitters: int = 10, size: in
         for _ in range(emitters):
             nursery.start_soon(emit_some, count // emitters)
     return ids
+
+
+def ids_from_threads(call: Callable[[], list[str]], threads: int) -> list[str]:
+    """Run ``call`` in ``threads`` threads at once (a threaded host's callers); every id they returned."""
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(call) for _ in range(threads)]
+        return [event_id for future in futures for event_id in future.result()]

@@ -1,7 +1,6 @@
 """emit_many: one call, one transaction, ids in order; all of the call's events or none of them."""
 
 import asyncio
-import threading
 
 import pytest
 
@@ -15,6 +14,7 @@ from actors import (
 )
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
+from tests.fix_emitter import ids_from_threads
 from tests.fix_postgres import pending_ids, query
 
 
@@ -83,19 +83,8 @@ def test_both_hosts_emit_many(chip, make_config, database_url) -> None:
             return ids
 
     from_asyncio = asyncio.run(asyncio_host())
-    from_threads: list[str] = []
-    lock = threading.Lock()
     with open_blocking_emitter(make_config(chip)) as emitter:
-        def work() -> None:
-            ids = emitter.emit_many([b"c"] * 10, source="wf", type="tick")
-            with lock:
-                from_threads.extend(ids)
-
-        threads = [threading.Thread(target=work) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        from_threads = ids_from_threads(lambda: emitter.emit_many([b"c"] * 10, source="wf", type="tick"), 3)
         emitter.flush(timeout=30)
     every = set(from_asyncio) | set(from_threads)
     assert len(from_asyncio) == 2 and len(from_threads) == 30 and len(every) == 32

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from actors import open_asyncio_emitter, open_blocking_emitter
+from tests.fix_emitter import ids_from_threads
 from tests.fix_postgres import pending_ids, query
 
 
@@ -56,20 +57,8 @@ def test_cancelling_an_asyncio_caller_cancels_the_trio_side(start_chipmock, make
 
 
 def test_blocking_host_emits_from_many_threads(chip, make_config, database_url) -> None:
-    ids: list[str] = []
-    lock = threading.Lock()
     with open_blocking_emitter(make_config(chip)) as emitter:
-        def work() -> None:
-            for i in range(20):
-                event_id = emitter.emit(f"e{i}".encode(), source="wf", type="t")
-                with lock:
-                    ids.append(event_id)
-
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        ids = ids_from_threads(lambda: [emitter.emit(f"e{i}".encode(), source="wf", type="t") for i in range(20)], 4)
         emitter.flush(timeout=30)
     assert len(set(ids)) == 80
     assert chip.counters.seen(ids) == set(ids)
