@@ -22,6 +22,7 @@ import trio
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.backoff import Backoff
+from .core.events import Rejection
 from .core.failures import StoreFailure, classify_sqlstate, storable_text
 from .errors import StoreUnavailable
 from .logs import get_logger
@@ -41,22 +42,28 @@ class Wiring:
 
 
 def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
-             limit: int) -> tuple[list[str], list[tuple[str, str, str]]]:
-    delivered: list[str] = []
-    rejected: list[tuple[str, str, str]] = []
+             limit: int) -> tuple[list[str], list[Rejection]]:
+    """``first`` and the outcomes queued behind it, up to about ``limit`` deliveries, each id once.
+
+    An event can be in flight twice (a lapsed lease claimed again), and one
+    statement may not touch a row twice: the one place ids are de-duplicated
+    (a rejection given twice keeps its last reason).
+    """
+    delivered: dict[str, None] = {}
+    rejected: dict[str, Rejection] = {}
     item: Outcome | None = first
     while item is not None:
         if isinstance(item, Delivered):
-            delivered.extend(item.event_ids)
+            delivered.update(dict.fromkeys(item.event_ids))
         else:
-            rejected.extend(item.entries)
+            rejected.update((entry.event_id, entry) for entry in item.entries)
         if len(delivered) >= limit:
             break
         try:
             item = inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             item = None
-    return delivered, rejected
+    return list(delivered), list(rejected.values())
 
 
 class _Writer:
@@ -108,16 +115,15 @@ class _Writer:
             return await self.retrying(partial(write, [last_resort(items[0], exc)]))
 
 
-def plain_entry(entry: tuple[str, str, str], error: StoreUnavailable) -> tuple[str, str, str]:
+def plain_entry(entry: Rejection, error: StoreUnavailable) -> Rejection:
     """A dead-letter entry whose code and reason Postgres refused, in ASCII Postgres cannot refuse."""
-    event_id, code, reason = entry
 
     def escaped(text: str) -> str:  # control characters and non-ASCII as \x.. / \u.. escapes
         return text.encode("unicode_escape").decode("ascii")
 
-    return event_id, escaped(code)[:100], storable_text(
-        f"Chip's reason, escaped: {escaped(reason)} "
-        f"(stored escaped because Postgres refused it as given: SQLSTATE {error.sqlstate})")
+    return Rejection(entry.event_id, escaped(entry.code)[:100], storable_text(
+        f"Chip's reason, escaped: {escaped(entry.reason)} "
+        f"(stored escaped because Postgres refused it as given: SQLSTATE {error.sqlstate})"))
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,13 +137,12 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     async for first in wiring.inbox:
         delivered, rejected = _collect(first, wiring.inbox, config.delete_batch_size)
         if delivered:
-            deleted = await writer.isolating(delete, list(dict.fromkeys(delivered)), None)
+            deleted = await writer.isolating(delete, delivered, None)
             state.deleted += deleted
             state.settled.add(deleted)
         if rejected:
-            entries = list({entry[0]: entry for entry in rejected}.values())  # one event in flight twice
-            moved = await writer.isolating(dead_letter, entries, plain_entry)
-            for _, code, _ in entries:
-                state.dead_lettered.add(code)
+            moved = await writer.isolating(dead_letter, rejected, plain_entry)
+            for entry in rejected:
+                state.dead_lettered.add(entry.code)
             state.settled.add(moved)
-            log.warning("events dead-lettered", count=moved, codes=sorted({code for _, code, _ in entries}))
+            log.warning("events dead-lettered", count=moved, codes=sorted({entry.code for entry in rejected}))

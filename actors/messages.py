@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import trio
 
+from .core.events import Rejection
+
 
 class EmitRequest:
     """emit()/emit_many() -> persister: commit these events in one transaction, then set ``done``
@@ -67,7 +69,7 @@ class Delivered:
 class Rejected:
     """dispatcher -> acker: Chip refused these for good; move them to the dead-letter table."""
 
-    entries: tuple[tuple[str, str, str], ...]  # (event id, reason code, reason), as Chip answered
+    entries: tuple[Rejection, ...]  # as Chip answered
 
 
 class CommittedGroup(NamedTuple):

@@ -31,6 +31,7 @@ from psycopg.abc import PQGen
 from psycopg.generators import execute
 from psycopg.waiting import Ready, Wait
 
+from ..core.events import Rejection
 from ..core.failures import storable_text
 from ..errors import StoreUnavailable
 from .postgres import connect
@@ -586,18 +587,18 @@ class Store:
 
     async def delete(self, ids: Sequence[str], *, owner: str) -> int:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
-        unique = [event_id.encode() for event_id in dict.fromkeys(ids)]
-        return await self._run_hot(DELETE_EVENTS, [binary_array(unique, _TEXT_OID), owner.encode()])
+        return await self._run_hot(DELETE_EVENTS, [binary_array(list(map(str.encode, ids)), _TEXT_OID),
+                                                   owner.encode()])
 
-    async def dead_letter(self, entries: Sequence[tuple[str, str, str]], *, owner: str) -> int:
-        """Move rows ``owner`` holds to the dead-letter table: ``entries`` are (id, reason code, reason).
+    async def dead_letter(self, entries: Sequence[Rejection], *, owner: str) -> int:
+        """Move rows ``owner`` holds to the dead-letter table, each with its code and reason.
 
-        Reasons and codes are made storable (no NUL bytes); an id given twice is moved once, with its last reason.
+        Reasons and codes are made storable (no NUL bytes). Each id once: Postgres refuses
+        one statement that moves a row twice (the acker de-duplicates what it gathers).
         """
-        unique = {e[0]: e for e in entries}
         return (await self._run(DEAD_LETTER_EVENTS, {
-            "ids": list(unique), "codes": [storable_text(e[1], 100) for e in unique.values()],
-            "reasons": [storable_text(e[2]) for e in unique.values()], "owner": owner,
+            "ids": [e.event_id for e in entries], "codes": [storable_text(e.code, 100) for e in entries],
+            "reasons": [storable_text(e.reason) for e in entries], "owner": owner,
         })).rowcount
 
     async def expire(self, *, ttl: float, limit: int = 10_000) -> int:

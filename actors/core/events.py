@@ -240,12 +240,25 @@ def framed_size(payload: bytes) -> int:
     return 1 + len(_varint(len(payload))) + len(payload)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Chip refused one event for good: its id, the error code's name and Chip's reason.
+
+    Travels from Chip's answer through the dispatcher and the acker to the
+    dead-letter table's ``reason_code`` and ``reason`` columns.
+    """
+
+    event_id: str
+    code: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class PublishOutcome:
     """What one PublishBatch answer means for each event we sent."""
 
     delivered: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (id, code name, reason)
+    rejected: list[Rejection] = field(default_factory=list)
     retry: list[int] = field(default_factory=list)  # indexes into what was sent
 
 
@@ -272,7 +285,7 @@ def interpret_response(event_ids: Sequence[str], response: pb.PublishResponse) -
             outcome.delivered.append(event_id)
         elif result.error.error_code in PERMANENT_ERRORS:
             code = pb.PublishErrorCode.Name(result.error.error_code)
-            outcome.rejected.append((event_id, code, result.error.reason))
+            outcome.rejected.append(Rejection(event_id, code, result.error.reason))
         else:
             outcome.retry.append(index)
     return outcome

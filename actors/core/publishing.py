@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .backoff import Backoff
-from .events import PublishOutcome, framed_size
+from .events import PublishOutcome, Rejection, framed_size
 from .failures import CallKind, classify_call
 
 
@@ -37,7 +37,7 @@ class Decision:
     """What to do with the events of one attempt: settled ones by id, the others by index in what was sent."""
 
     delivered: tuple[str, ...] = ()  # acknowledged: delete
-    rejected: tuple[tuple[str, str, str], ...] = ()  # (id, code, reason): dead-letter
+    rejected: tuple[Rejection, ...] = ()  # dead-letter
     retry: tuple[int, ...] = ()  # publish again after ``delay`` seconds
     delay: float = 0.0
     release: tuple[int, ...] = ()  # back to the table, claimable after ``retry_after`` seconds
@@ -66,7 +66,7 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
         kind = answer.kind
         if kind is CallKind.TOO_LARGE:
             if len(sent) == 1:
-                return Decision(rejected=((sent[0], "TOO_LARGE", answer.detail or answer.code),))
+                return Decision(rejected=(Rejection(sent[0], "TOO_LARGE", answer.detail or answer.code),))
             return Decision(split=True)
         if paused or kind is CallKind.REFUSED:
             return Decision(retry=tuple(range(len(sent))), hold=True, reason=answer.code)

@@ -7,7 +7,6 @@ delivery stopped and flush() never returned.
 import trio
 
 from actors import open_emitter
-from actors.adapters.store import Store
 from chipmock import ChipModel
 from tests.fix_emitter import emit_concurrently, wait_until
 from tests.fix_postgres import dead_letters, pending_ids, query
@@ -42,22 +41,6 @@ async def test_a_poison_reason_is_isolated_recorded_escaped_and_the_rest_moved(s
     assert letters and chip.counters.seen(ids) | set(letters) == ids and pending_ids(database_url) == set()
     assert all("\\x01" in reason and "SQLSTATE 23514" in reason for _, reason in letters.values())
     assert restarts == 0
-
-
-async def test_the_same_id_twice_in_one_dead_letter_batch_is_moved_once(chip, make_config, database_url) -> None:
-    async with open_emitter(make_config(chip)) as emitter:
-        await emitter.emit(b"x", source="wf", type="tick")
-        await emitter.flush(timeout=30)
-    query(database_url, "INSERT INTO chip_durable_events (id, payload, lease_owner, lease_expires_at) "
-                        "VALUES ('twice', 'p', 'me', now() + interval '1 minute')")
-    store = Store(database_url)
-    try:
-        moved = await store.dead_letter([("twice", "SCHEMA_MISSING", "first"), ("twice", "SCHEMA_MISSING", "again")],
-                                        owner="me")
-        deleted = await store.delete(["twice", "twice"], owner="me")
-    finally:
-        store.close()
-    assert (moved, deleted) == (1, 0) and dead_letters(database_url) == {"twice": ("SCHEMA_MISSING", "again")}
 
 
 async def test_revoked_rights_on_the_dead_letter_table_crash_the_acker_but_deliveries_go_on(

@@ -7,6 +7,7 @@ import sys
 
 import actors
 from actors.adapters.store import Store
+from actors.core.events import Rejection
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
 from tests.fix_postgres import dead_letters, pending_ids
@@ -27,7 +28,7 @@ async def _seed(database_url: str) -> None:
     store = Store(database_url)
     ids = ["p1", "p2", "d1", "d2"]
     await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
-    await store.dead_letter([("d1", "SCHEMA_MISSING", "no schema"), ("d2", "EXPIRED", "too old")], owner="node-a")
+    await store.dead_letter([Rejection("d1", "SCHEMA_MISSING", "no schema"), Rejection("d2", "EXPIRED", "too old")], owner="node-a")
     store.close()
 
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.core.events import (
+    Rejection,
     build_event,
     encode_batch,
     framed_size,
@@ -103,7 +104,7 @@ def test_interpret_response_is_positional() -> None:
     ])
     outcome = interpret_response(["a", "b", "c", "d", "e"], response)
     assert outcome.delivered == ["a"]
-    assert outcome.rejected == [("b", "SCHEMA_MISSING", "why")]
+    assert outcome.rejected == [Rejection("b", "SCHEMA_MISSING", "why")]
     assert outcome.retry == [2, 3, 4]  # unknown error, wrong id, and no result at all
 
 

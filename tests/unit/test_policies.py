@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from actors.core.admission import MemoryBudget, TableSample, pending_estimate
 from actors.core.backoff import Backoff
-from actors.core.events import PublishOutcome, framed_size
+from actors.core.events import PublishOutcome, Rejection, framed_size
 from actors.core.publishing import CallFailed, claim_limit, decide, fitting, split_by_bytes
 from actors.supervisor import RestartIntensity
 
@@ -134,7 +134,7 @@ def test_too_large_splits_a_batch_and_dead_letters_a_single_event() -> None:
     too_large = CallFailed("RESOURCE_EXHAUSTED", "Received message larger than max (5000 vs. 4000)")
     assert _decide(too_large).split
     assert _decide(too_large, ["only"]).rejected == (
-        ("only", "TOO_LARGE", "Received message larger than max (5000 vs. 4000)"),)
+        Rejection("only", "TOO_LARGE", "Received message larger than max (5000 vs. 4000)"),)
 
 
 def test_while_paused_a_transient_failure_holds_instead_of_spending_attempts() -> None:
@@ -143,9 +143,9 @@ def test_while_paused_a_transient_failure_holds_instead_of_spending_attempts() -
 
 
 def test_partial_answer_settles_some_and_retries_the_rest() -> None:
-    outcome = PublishOutcome(delivered=["id-0"], rejected=[("id-1", "SCHEMA_MISSING", "why")], retry=[2, 3])
+    outcome = PublishOutcome(delivered=["id-0"], rejected=[Rejection("id-1", "SCHEMA_MISSING", "why")], retry=[2, 3])
     decision = _decide(outcome, IDS[:4])
-    assert decision.delivered == ("id-0",) and decision.rejected == (("id-1", "SCHEMA_MISSING", "why"),)
+    assert decision.delivered == ("id-0",) and decision.rejected == (Rejection("id-1", "SCHEMA_MISSING", "why"),)
     assert decision.retry == (2, 3) and decision.reason == "NOT_ACKNOWLEDGED"
 
 
@@ -156,7 +156,7 @@ answers = st.one_of(
     st.lists(st.sampled_from(["delivered", "rejected", "retry"]), min_size=1, max_size=8).map(
         lambda kinds: PublishOutcome(
             delivered=[IDS[i] for i, k in enumerate(kinds) if k == "delivered"],
-            rejected=[(IDS[i], "SCHEMA_MISSING", "r") for i, k in enumerate(kinds) if k == "rejected"],
+            rejected=[Rejection(IDS[i], "SCHEMA_MISSING", "r") for i, k in enumerate(kinds) if k == "rejected"],
             retry=[i for i, k in enumerate(kinds) if k == "retry"],
         )
     ),
@@ -178,7 +178,7 @@ def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, atte
     if decision.split:
         assert len(sent) > 1 and not (decision.delivered or decision.rejected or decision.retry or decision.release)
         return
-    fates = ([sent.index(i) for i in decision.delivered] + [sent.index(r[0]) for r in decision.rejected]
+    fates = ([sent.index(i) for i in decision.delivered] + [sent.index(r.event_id) for r in decision.rejected]
              + list(decision.retry) + list(decision.release))
     assert sorted(fates) == list(range(len(sent)))  # nothing dropped, nothing twice
     if decision.retry:  # a retry happens only within the attempts and before the lease lapses
