@@ -17,10 +17,10 @@ from .errors import FlushTimeout as FlushTimeout
 from .errors import InvalidEvent as InvalidEvent
 from .errors import SchemaError as SchemaError
 from .errors import StoreUnavailable as StoreUnavailable
+from .errors import SupervisorGaveUp as SupervisorGaveUp
 from .hosts import open_asyncio_emitter as open_asyncio_emitter
 from .hosts import open_blocking_emitter as open_blocking_emitter
 from .statistics import EmitterStatistics as EmitterStatistics
-from .supervisor import SupervisorGaveUp as SupervisorGaveUp
 from .tree import open_emitter as open_emitter
 
 try:

@@ -69,6 +69,14 @@ class EmitterClosed(EmitterError):
     """``emit`` was called on an emitter that is shutting down or has failed."""
 
 
+class SupervisorGaveUp(EmitterError):
+    """An actor crashed more often than the restart intensity allows: the tree failed.
+
+    ``open_emitter`` raises it; the asyncio and blocking adapters' calls raise
+    :class:`EmitterClosed` caused by it.
+    """
+
+
 class SchemaError(EmitterError):
     """The database's schema is not what this code needs, and was not changed.
 

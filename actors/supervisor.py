@@ -28,14 +28,10 @@ from dataclasses import dataclass, field
 import trio
 
 from .core.instruments import LabelledCounts
-from .errors import EmitterError
+from .errors import SupervisorGaveUp
 from .logs import get_logger
 
 log = get_logger("durable_emitter.supervisor")
-
-
-class SupervisorGaveUp(EmitterError):
-    """An actor crashed more often than the restart intensity allows."""
 
 
 class Restart(enum.Enum):

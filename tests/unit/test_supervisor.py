@@ -3,11 +3,11 @@
 import pytest
 import trio
 
+from actors.errors import SupervisorGaveUp
 from actors.supervisor import (
     ChildSpec,
     Restart,
     RestartIntensity,
-    SupervisorGaveUp,
     open_supervisor,
 )
 
