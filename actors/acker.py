@@ -23,9 +23,9 @@ from .adapters.store import Store
 from .config import EmitterConfig
 from .core.backoff import Backoff
 from .core.events import Rejection
-from .core.failures import StoreFailure, classify_sqlstate, storable_text
+from .core.failures import StoreFailure, storable_text
 from .errors import StoreUnavailable
-from .logs import get_logger
+from .logs import FailureLog, get_logger
 from .messages import Delivered, Outcome
 from .statistics import AckerState
 
@@ -79,6 +79,8 @@ class _Writer:
     def __init__(self, backoff: Backoff) -> None:
         self.backoff = backoff
         self.rng = random.Random()
+        self.trouble = FailureLog(log, "acker cannot write to Postgres; retrying with backoff",
+                                  "acker writes to Postgres again")
 
     async def retrying(self, write: Callable[[], Awaitable[int]]) -> int:
         attempt = 0
@@ -86,15 +88,13 @@ class _Writer:
             try:
                 written = await write()
             except StoreUnavailable as exc:
-                if classify_sqlstate(exc.sqlstate) is not StoreFailure.TRANSIENT:
+                if exc.kind is not StoreFailure.TRANSIENT:
                     raise
-                if attempt == 0:
-                    log.warning("acker cannot write to Postgres; retrying with backoff", error=str(exc))
+                self.trouble.failed(exc)
                 await trio.sleep(self.backoff.delay(attempt, self.rng))
                 attempt += 1
                 continue
-            if attempt:
-                log.warning("acker writes to Postgres again", attempts=attempt + 1)
+            self.trouble.worked()
             return written
 
     async def isolating(self, write: Callable[[Sequence[_Item]], Awaitable[int]], items: Sequence[_Item],
@@ -103,7 +103,7 @@ class _Writer:
         try:
             return await self.retrying(partial(write, items))
         except StoreUnavailable as exc:
-            if classify_sqlstate(exc.sqlstate) is not StoreFailure.POISON:
+            if exc.kind is not StoreFailure.POISON:
                 raise
             if len(items) > 1:
                 middle = len(items) // 2

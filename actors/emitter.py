@@ -6,7 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
 import trio
@@ -15,19 +15,49 @@ from prometheus_client import CollectorRegistry
 
 from .adapters.store import Store
 from .config import EmitterConfig
-from .core.admission import Admission, MemoryBudget
+from .core.admission import Admission
 from .core.events import AttributeValue, Body, build_event
-from .core.polling import poll_until
-from .errors import EmitterClosed, EmitterError, EventTooLarge, FlushTimeout, InvalidEvent
+from .errors import (
+    EmitterClosed,
+    EmitterError,
+    EventTooLarge,
+    FlushTimeout,
+    InvalidEvent,
+    StoreUnavailable,
+    closed_error,
+)
+from .handoff import BudgetStatistics
 from .messages import EmitRequest
 from .statistics import EmitState, EmitterStatistics, Sources
+
+
+async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, *, first_delay: float = 0.005,
+                     max_delay: float = 0.1) -> str | None:
+    """Check ``done`` until it is true (return None) or ``timeout`` passes (return the last error, or "").
+
+    The delay between checks doubles from ``first_delay`` to ``max_delay``: quick
+    answers stay quick, long waits cost at most ten checks a second. A
+    :class:`StoreUnavailable` from a check only delays the answer.
+    """
+    last_error = ""
+    delay = first_delay
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                if await done():
+                    return None
+            except StoreUnavailable as exc:
+                last_error = str(exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+    return last_error
 
 
 class Emitter:
     """Handle to a running emitter. Get one from :func:`open_emitter`."""
 
     def __init__(self, config: EmitterConfig, *, intake: trio.MemorySendChannel[EmitRequest], admission: Admission,
-                 budget: MemoryBudget, emits: EmitState, sources: Sources, store: Store,
+                 buffer: Callable[[], BudgetStatistics], emits: EmitState, sources: Sources, store: Store,
                  registry: CollectorRegistry, metrics_port: int | None, database_url: str,
                  chip_endpoint: str, tree_failure: Callable[[], BaseException | None]) -> None:
         self.config = config
@@ -37,29 +67,28 @@ class Emitter:
         self.chip_endpoint = chip_endpoint
         self._intake = intake
         self._admission = admission
-        self._budget = budget
+        self._buffer = buffer  # the hand-off's room, as the dispatcher last took from it
         self._emits = emits
         self._sources = sources
         self._store = store
         self._tree_failure = tree_failure
-        self.closing = False
+        self._closing = False
 
     @property
     def failure(self) -> BaseException | None:
         """Why the actor tree gave up, once it has (None while it runs or after a normal stop)."""
         return self._tree_failure()
 
+    def stop_accepting(self) -> None:
+        """From now on every emit raises :class:`EmitterClosed` (the tree calls this as shutdown begins)."""
+        self._closing = True
+
     def _closed(self) -> EmitterClosed:
         """Shutting down; or, once the tree gave up, that failure (as the cause)."""
-        failure = self._tree_failure()
-        if failure is None:
-            return EmitterClosed("the emitter is shutting down; the event was not written")
-        error = EmitterClosed(f"the emitter failed and stopped: {failure}; the event was not written")
-        error.__cause__ = failure
-        return error
+        return closed_error(self._tree_failure(), consequence="; the event was not written")
 
     def statistics(self) -> EmitterStatistics:
-        budget, dispatcher, acker = self._budget.statistics(), self._sources.dispatcher(), self._sources.acker()
+        budget, dispatcher, acker = self._buffer(), self._sources.dispatcher(), self._sources.acker()
         emits = self._emits.statistics()
         return EmitterStatistics(
             pending_rows=self._admission.pending,
@@ -102,7 +131,7 @@ class Emitter:
         ``commit_timeout`` (a locked table fails within ``lock_timeout``), and
         :class:`EmitterClosed` after shutdown began.
         """
-        if self.closing:
+        if self._closing:
             raise self._closed()
         started = trio.current_time()
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
@@ -130,7 +159,7 @@ class Emitter:
         admitted as one emit: ``max_pending`` may be passed by up to one call's
         events per caller.
         """
-        if self.closing:
+        if self._closing:
             raise self._closed()
         if isinstance(bodies, (bytes, str, Message)):
             raise InvalidEvent("emit_many takes a list of bodies, not one body (use emit); nothing was written")

@@ -6,6 +6,8 @@ that only wants "did my event become durable?" catches that one class.
 
 from __future__ import annotations
 
+from .core.failures import classify_sqlstate
+
 
 class EmitterError(Exception):
     """Base class of every error durable-emitter raises on purpose."""
@@ -43,12 +45,15 @@ class StoreUnavailable(EmitterError):
 
     When raised by ``emit``, the event was NOT committed (the transaction was
     rolled back), so retrying is safe. ``sqlstate`` is the server's error code
-    when the server answered (None: no answer, e.g. a broken connection).
+    when the server answered (None: no answer, e.g. a broken connection);
+    ``kind`` is what that means (transient, poison or permanent), decided once,
+    where the error is made.
     """
 
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.kind = classify_sqlstate(sqlstate)
 
 
 class ChipRejected(EmitterError):
@@ -84,3 +89,24 @@ class SchemaError(EmitterError):
     foreign shape, or not usable by this role. The message names what was found
     and what to do (usually ``durable-emitter schema apply``).
     """
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The error worth naming inside Trio's exception groups: the first EmitterError, else the first leaf."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [root_cause(inner) for inner in error.exceptions]
+        return next((leaf for leaf in leaves if isinstance(leaf, EmitterError)), leaves[0])
+    return error
+
+
+def closed_error(failure: BaseException | None, *, consequence: str = "") -> EmitterClosed:
+    """What a call gets once the tree is stopping or gone: EmitterClosed, caused by the tree's failure if it failed.
+
+    ``consequence`` is appended to the message (e.g. "; the event was not written").
+    """
+    if failure is None:
+        return EmitterClosed(f"the emitter is shutting down or not running{consequence}")
+    cause = root_cause(failure)
+    error = EmitterClosed(f"the emitter failed and stopped: {cause}{consequence}")
+    error.__cause__ = cause
+    return error

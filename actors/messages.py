@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import trio
 
@@ -70,13 +69,6 @@ class Rejected:
     """dispatcher -> acker: Chip refused these for good; move them to the dead-letter table."""
 
     entries: tuple[Rejection, ...]  # as Chip answered
-
-
-class CommittedGroup(NamedTuple):
-    """persister -> dispatcher: one group commit's events, and the payload bytes it holds of the budget."""
-
-    events: Outgoing
-    size: int
 
 
 Outcome = Delivered | Rejected

@@ -16,11 +16,11 @@ import trio
 
 from .adapters.store import Store
 from .config import EmitterConfig
-from .core.admission import MemoryBudget
 from .core.publishing import publish_deadline
 from .errors import EmitterError, StoreUnavailable
-from .logs import get_logger
-from .messages import CommittedGroup, EmitRequest, Outgoing
+from .handoff import HandOffSender
+from .logs import FailureLog, get_logger
+from .messages import EmitRequest, Outgoing
 from .statistics import PersisterState
 
 log = get_logger("durable_emitter.persister")
@@ -30,9 +30,8 @@ log = get_logger("durable_emitter.persister")
 class Wiring:
     config: EmitterConfig
     inbox: trio.MemoryReceiveChannel[EmitRequest]
-    outbox: trio.MemorySendChannel[CommittedGroup]  # to the dispatcher, within the budget
+    outbox: HandOffSender  # to the dispatcher, within the memory budget
     doorbell: trio.MemorySendChannel[None]  # tells the dispatcher spilled rows wait in the table
-    budget: MemoryBudget
     writers: list[Store]  # one connection each, committing in parallel
     state: PersisterState
 
@@ -82,7 +81,8 @@ def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
 async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
     """One writer: its own connection, one commit at a time."""
     config, state = wiring.config, wiring.state
-    failing = 0  # commits failed in a row: logged when it starts and when it ends, the callers get each error
+    # Logged when commits start and stop failing; the callers get each error.
+    trouble = FailureLog(log, "commits failing; each emit raises StoreUnavailable", "commits work again")
     while True:
         idle.writers += 1
         try:
@@ -95,52 +95,43 @@ async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
         ids, payloads, size = _columns(batch)
         # Room in memory is taken before the commit, so the committed group can
         # be handed over without waiting after it; without room it is spilled.
-        in_memory = wiring.budget.try_take(len(ids), size)
-        sent_at = trio.current_time()
-        try:
-            with trio.move_on_after(config.commit_timeout) as deadline:
-                await store.insert_events(ids, payloads, owner=config.instance_id, lease=config.lease_duration,
-                                          spilled=not in_memory)
-            if deadline.cancelled_caught:  # the store closed the connection mid-statement
-                raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
-                                       f"({config.commit_timeout:g}s); the connection was dropped, which rolls "
-                                       "the insert back unless Postgres had committed it just before (then the "
-                                       "event is still delivered; a retried emit may deliver it twice)")
-        except StoreUnavailable as exc:
-            if in_memory:
-                wiring.budget.give_back(len(ids), size)
-            if not failing:
-                log.warning("commits failing; each emit raises StoreUnavailable", events=len(ids), error=str(exc))
-            failing += 1
-            for request in batch:
-                request.resolve(exc)
-            continue
-        except BaseException as exc:
-            # Crashing (or cancelled): nobody in this batch may hang. Their rows
-            # may or may not be committed; the error says so.
-            if in_memory:
-                wiring.budget.give_back(len(ids), size)
-            error = EmitterError(f"persister stopped before confirming the commit: {exc!r}")
-            for request in batch:
-                request.resolve(error)
-            raise
-        for request in batch:
-            request.resolve()
-        if failing:
-            log.warning("commits work again", failed_commits=failing)
-            failing = 0
-        state.committed.add(len(ids))
-        state.group_sizes.observe(len(ids))
-        if in_memory:
-            publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
-            # The channel holds at most as many groups as the budget allows events: never blocks.
-            wiring.outbox.send_nowait(CommittedGroup(Outgoing(ids, payloads, publish_by), size))
-        else:
-            state.spilled += len(ids)
+        with wiring.outbox.reserve(len(ids), size) as room:
+            sent_at = trio.current_time()
             try:
-                wiring.doorbell.send_nowait(None)
-            except trio.WouldBlock:
-                pass  # already rung
+                with trio.move_on_after(config.commit_timeout) as deadline:
+                    await store.insert_events(ids, payloads, owner=config.instance_id,
+                                              lease=config.lease_duration, spilled=room is None)
+                if deadline.cancelled_caught:  # the store closed the connection mid-statement
+                    raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
+                                           f"({config.commit_timeout:g}s); the connection was dropped, which rolls "
+                                           "the insert back unless Postgres had committed it just before (then "
+                                           "the event is still delivered; a retried emit may deliver it twice)")
+            except StoreUnavailable as exc:
+                trouble.failed(exc, events=len(ids))
+                for request in batch:
+                    request.resolve(exc)
+                continue
+            except BaseException as exc:
+                # Crashing (or cancelled): nobody in this batch may hang. Their rows
+                # may or may not be committed; the error says so.
+                error = EmitterError(f"persister stopped before confirming the commit: {exc!r}")
+                for request in batch:
+                    request.resolve(error)
+                raise
+            for request in batch:
+                request.resolve()
+            trouble.worked()
+            state.committed.add(len(ids))
+            state.group_sizes.observe(len(ids))
+            if room is not None:
+                room.send(Outgoing(ids, payloads, publish_deadline(sent_at, config.lease_duration,
+                                                                   config.publish_timeout)))
+            else:
+                state.spilled += len(ids)
+                try:
+                    wiring.doorbell.send_nowait(None)
+                except trio.WouldBlock:
+                    pass  # already rung
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

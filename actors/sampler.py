@@ -21,7 +21,7 @@ from .config import EmitterConfig
 from .core.admission import TableSample
 from .core.instruments import Tally
 from .errors import StoreUnavailable
-from .logs import get_logger
+from .logs import FailureLog, get_logger
 from .statistics import DispatcherStatistics, SamplerState
 
 log = get_logger("durable_emitter.sampler")
@@ -60,7 +60,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         log.info("metrics serving", url=f"http://{config.metrics_host}:{server.server_port}/metrics")
     task_status.started()
     next_log = time.monotonic() + config.log_interval
-    failing = False
+    trouble = FailureLog(log, "cannot sample the table; the last sample stands", "sampling the table again")
     try:
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
@@ -69,13 +69,9 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
                     await keep_liveness(wiring.store, config.instance_id, state)
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
-                if not failing:
-                    log.warning("cannot sample the table; the last sample stands", error=str(exc))
-                failing = True
+                trouble.failed(exc)
             else:
-                if failing:
-                    log.warning("sampling the table again")
-                failing = False
+                trouble.worked()
                 state.sample = TableSample(stats.rows, stats.payload_bytes, stats.oldest_age_seconds,
                                            committed, settled)
                 if time.monotonic() >= next_log:

@@ -32,11 +32,12 @@ from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
 from .adapters.store import Session, Store
 from .config import EmitterConfig
-from .core.admission import Admission, MemoryBudget
+from .core.admission import Admission
 from .emitter import Emitter
 from .errors import ConfigError
+from .handoff import open_hand_off
 from .logs import get_logger
-from .messages import CommittedGroup, EmitRequest, Outcome
+from .messages import EmitRequest, Outcome
 from .statistics import (
     AckerState,
     DispatcherState,
@@ -114,13 +115,12 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             log.warning("Chip does not answer yet; events will wait in the table", chip=chip.endpoint, error=problem)
 
         intake_send, intake = trio.open_memory_channel[EmitRequest](config.persist_batch_size)
-        groups_send, groups = trio.open_memory_channel[CommittedGroup](config.dispatch_buffer)
+        groups_send, groups = open_hand_off(config.dispatch_buffer, config.dispatch_buffer_bytes)
         doorbell_send, doorbell = trio.open_memory_channel[None](1)
         outcomes_send, outcomes = trio.open_memory_channel[Outcome](config.publishes_in_flight * 4)
 
         emits, persisted, dispatched = EmitState(), PersisterState(), DispatcherState()
         acked, sampled = AckerState(), SamplerState()
-        budget = MemoryBudget(config.dispatch_buffer, config.dispatch_buffer_bytes)
         admission = Admission(config.max_pending, sampled.statistics, persisted.committed, acked.settled,
                               config.sample_interval)
         intensity = RestartIntensity(config.max_restarts, config.restart_period,
@@ -143,20 +143,20 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 config, outcomes, store(synchronous_commit=False), acked)),
                 shutdown=grace))
             await tree.start(ChildSpec("dispatcher", partial(dispatcher.run, dispatcher.Wiring(
-                config, groups, doorbell, outcomes_send, budget, chip, store(), dispatched)),
+                config, groups, doorbell, outcomes_send, chip, store(), dispatched)),
                 shutdown=grace, on_exit=outcomes_send.close))
             await tree.start(ChildSpec("persister", partial(persister.run, persister.Wiring(
-                config, intake, groups_send, doorbell_send, budget,
+                config, intake, groups_send, doorbell_send,
                 [store() for _ in range(config.persist_writers)], persisted)),
                 shutdown=grace, stop=intake_send.close, on_exit=groups_send.close))
 
-            emitter = Emitter(config, intake=intake_send, admission=admission, budget=budget, emits=emits,
+            emitter = Emitter(config, intake=intake_send, admission=admission, buffer=groups.statistics, emits=emits,
                               sources=sources, store=setup, registry=registry, metrics_port=sampled.metrics_port,
                               database_url=url, chip_endpoint=chip.endpoint, tree_failure=lambda: tree.failure)
             try:
                 yield emitter
             finally:
-                emitter.closing = True
+                emitter.stop_accepting()
                 with trio.CancelScope(shield=True):
                     await tree.stop()
                 log.info("emitter stopped")

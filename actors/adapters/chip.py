@@ -25,8 +25,7 @@ import trio
 from chippb import chipingress_pb2 as pb
 
 from ..config import EmitterConfig
-from ..core.failures import CREDENTIAL_CODES
-from ..core.publishing import CallFailed
+from ..core.failures import CREDENTIAL_CODES, CallFailed
 from ..errors import ChipRejected
 
 PUBLISH_BATCH = "/chipingress.pb.ChipIngress/PublishBatch"

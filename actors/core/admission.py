@@ -1,12 +1,9 @@
-"""Admission (``max_pending``) and the memory budget of the persister -> dispatcher hand-off.
+"""Admission (``max_pending``): whether an emit may add a row now.
 
-Neither keeps a count that several actors write. Admission derives the
-pending-row estimate from three counts, each with one writer: the sampler's
-last count of the table, the persister's commits and the acker's removals
-since that count began. The memory budget is the hand-off channel's bound,
-counted in events and bytes: room is taken for a group before its commit and
-given back the moment the dispatcher takes the group off the channel, so no
-actor holds a share it could die with.
+It keeps no count that several actors write: it derives the pending-row
+estimate from three counts, each with one writer: the sampler's last count of
+the table, the persister's commits and the acker's removals since that count
+began. (The memory budget of the hand-off is :mod:`actors.handoff`'s.)
 """
 
 from __future__ import annotations
@@ -68,41 +65,3 @@ class Admission:
             f"{self.pending} events are pending (max_pending={self.limit}) and none drained "
             f"for {timeout:g}s: Chip is down or slower than the emit rate; nothing was written"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetStatistics:
-    events: int
-    bytes: int
-    max_events: int
-    max_bytes: int
-
-
-class MemoryBudget:
-    """Events and payload bytes waiting in the hand-off channel.
-
-    Past either limit the persister writes groups "spilled" (claimable at
-    once) and the dispatcher reads them back from the table, so neither many
-    small events nor a few large ones pile up in memory. The dispatcher holds
-    at most one group beyond the budget while it cuts it into batches.
-    """
-
-    def __init__(self, max_events: int, max_bytes: int) -> None:
-        self.max_events = max_events
-        self.max_bytes = max_bytes
-        self._events = 0
-        self._bytes = 0
-
-    def try_take(self, events: int, size: int) -> bool:
-        if self._events + events > self.max_events or self._bytes + size > self.max_bytes:
-            return False
-        self._events += events
-        self._bytes += size
-        return True
-
-    def give_back(self, events: int, size: int) -> None:
-        self._events -= events
-        self._bytes -= size
-
-    def statistics(self) -> BudgetStatistics:
-        return BudgetStatistics(self._events, self._bytes, self.max_events, self.max_bytes)

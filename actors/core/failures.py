@@ -86,6 +86,18 @@ def classify_call(code: str, detail: str) -> CallKind:
     return CallKind.REFUSED
 
 
+class CallFailed(Exception):
+    """A whole PublishBatch (or Ping) failed with gRPC status ``code``; ``kind`` says what that means."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+        self.kind = classify_call(code, detail)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
 def storable_text(text: str, limit: int = 2000) -> str:
     """``text`` made safe for a Postgres text column: no NUL bytes, no lone surrogates, at most ``limit`` chars.
 

@@ -14,22 +14,7 @@ from dataclasses import dataclass
 
 from .backoff import Backoff
 from .events import PublishOutcome, Rejection, framed_size
-from .failures import CallKind, classify_call
-
-
-class CallFailed(Exception):
-    """A whole PublishBatch (or Ping) failed with gRPC status ``code``."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(code, detail)
-        self.code, self.detail = code, detail
-
-    @property
-    def kind(self) -> CallKind:
-        return classify_call(self.code, self.detail)
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.detail}"
+from .failures import CallFailed, CallKind
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import EmitterClosed
+from ..errors import EmitterClosed, closed_error
 from ..statistics import EmitterStatistics
-from .serve import closed_error, serve
+from .serve import serve
 
 _T = TypeVar("_T")
 

@@ -9,26 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from ..config import EmitterConfig
 from ..emitter import Emitter
-from ..errors import EmitterClosed, EmitterError
 from ..tree import open_emitter
-
-
-def root_cause(error: BaseException) -> BaseException:
-    """The error worth naming inside Trio's exception groups: the first EmitterError, else the first leaf."""
-    if isinstance(error, BaseExceptionGroup):
-        leaves = [root_cause(inner) for inner in error.exceptions]
-        return next((leaf for leaf in leaves if isinstance(leaf, EmitterError)), leaves[0])
-    return error
-
-
-def closed_error(failure: BaseException | None) -> EmitterClosed:
-    """What a host's call gets once the tree is gone: EmitterClosed, caused by the tree's failure if it failed."""
-    if failure is None:
-        return EmitterClosed("the emitter is not running")
-    cause = root_cause(failure)
-    error = EmitterClosed(f"the emitter failed and stopped: {cause}")
-    error.__cause__ = cause
-    return error
 
 
 async def serve(config: EmitterConfig | None, ready: Callable[[Emitter, trio.Nursery], None],

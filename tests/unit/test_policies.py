@@ -6,10 +6,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.core.admission import MemoryBudget, TableSample, pending_estimate
+from actors.core.admission import TableSample, pending_estimate
 from actors.core.backoff import Backoff
 from actors.core.events import PublishOutcome, Rejection, framed_size
-from actors.core.publishing import CallFailed, claim_limit, decide, fitting, split_by_bytes
+from actors.core.failures import CallFailed
+from actors.core.publishing import claim_limit, decide, fitting, split_by_bytes
+from actors.handoff import open_hand_off
+from actors.messages import Outgoing
 from actors.supervisor import RestartIntensity
 
 BACKOFF = Backoff(initial=0.1, multiplier=2, cap=1.0)
@@ -79,13 +82,22 @@ def test_pending_estimate_keeps_commits_made_while_the_table_was_counted() -> No
     assert pending_estimate(sample, committed=100, settled=90) == 0  # never negative
 
 
-def test_memory_budget_refuses_past_either_limit_and_takes_nothing_then() -> None:
-    budget = MemoryBudget(max_events=10, max_bytes=1000)
-    assert budget.try_take(8, 100)
-    assert not budget.try_take(3, 100)  # events
-    assert not budget.try_take(1, 901)  # bytes
-    budget.give_back(8, 100)
-    assert (budget.statistics().events, budget.statistics().bytes) == (0, 0)
+def test_hand_off_room_is_refused_past_either_limit_and_given_back_unless_sent() -> None:
+    send, receive = open_hand_off(max_events=10, max_bytes=1000)
+    with send.reserve(8, 100) as room:
+        assert room is not None
+        with send.reserve(3, 100) as over_events, send.reserve(1, 901) as over_bytes:
+            assert over_events is None and over_bytes is None  # and they took nothing
+        assert (receive.statistics().events, receive.statistics().bytes) == (8, 100)
+    assert (receive.statistics().events, receive.statistics().bytes) == (0, 0)  # not sent: given back
+    with pytest.raises(RuntimeError), send.reserve(2, 10):
+        raise RuntimeError("a writer crashed mid-commit")
+    assert receive.statistics().events == 0  # a crash cannot keep room
+    with send.reserve(2, 10) as room:
+        assert room is not None
+        room.send(Outgoing(["a", "b"], [b"12345", b"12345"], 1.0))
+    assert receive.statistics().events == 2  # sent: held until the dispatcher takes it
+    assert receive.receive_nowait().event_ids == ["a", "b"] and receive.statistics().events == 0
 
 
 # -- the decision after each Chip answer ----------------------------------------------------

@@ -1,0 +1,154 @@
+"""Rows claimed back from the table: startup recovery, spilled events, lapsed leases, dead instances' rows.
+
+Every ``scan_interval`` (or when the persister rings the doorbell for spilled
+rows) one scan runs the TTL sweep, claims the rows of instances that died,
+then rows whose lease lapsed, oldest first, and publishes them through the
+same slots as fresh events. A failing step is logged when it starts and stops
+failing. The TTL sweep failing (e.g. no rights on the dead-letter table) never
+stops delivery; claims failing transiently wait for the next scan, failing for
+good (rights, schema) is beyond the dispatcher and crashes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+
+import trio
+
+from ..adapters.store import Store, StoredEvent
+from ..config import EmitterConfig
+from ..core.failures import StoreFailure
+from ..core.publishing import claim_limit, publish_deadline, split_by_bytes
+from ..errors import StoreUnavailable
+from ..handoff import HandOffReceiver
+from ..logs import FailureLog, get_logger
+from ..messages import Outgoing
+from ..statistics import DispatcherState
+from .gate import DeliveryGate
+from .publisher import Publisher
+
+log = get_logger("durable_emitter.dispatcher")
+
+
+@contextmanager
+def _watched(step: FailureLog, *, crash_unless_transient: bool) -> Iterator[None]:
+    """Run one recurring step: log when it starts and stops failing; crash on what a retry cannot mend."""
+    try:
+        yield
+    except StoreUnavailable as exc:
+        transient = exc.kind is StoreFailure.TRANSIENT
+        if crash_unless_transient and not transient:
+            raise
+        step.failed(exc, transient=transient)
+    else:
+        step.worked()
+
+
+async def leave_to_the_table(store: Store, inbox: HandOffReceiver, instance_id: str) -> None:
+    """Leave what an earlier run held to the table, claimable at once.
+
+    An earlier run of this dispatcher (or of this instance id) held rows in
+    memory or in flight, leased to this id; they went with it. Groups still in
+    the inbox were committed before their leases are ended here, so the table
+    covers them too: publishing them from memory as well would only send them
+    twice.
+    """
+    while True:
+        try:
+            inbox.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    lapsed = await store.lapse_leases(instance_id)
+    if lapsed:
+        log.info("rows an earlier run held are claimable again", count=lapsed)
+
+
+class Recovery:
+    def __init__(self, config: EmitterConfig, *, store: Store, doorbell: trio.MemoryReceiveChannel[None],
+                 gate: DeliveryGate, publisher: Publisher, slots: trio.Semaphore, state: DispatcherState) -> None:
+        self.config, self.store, self.doorbell = config, store, doorbell
+        self.gate, self.publisher, self.slots, self.state = gate, publisher, slots, state
+        self.mean_payload = float(config.max_event_bytes)
+        self.orphans_seen: set[str] = set()  # dead owners already logged
+
+    async def recover_forever(self, nursery: trio.Nursery) -> None:
+        """Scan: expire, claim the dead's rows, claim lapsed leases; sleep until the next interval or the doorbell.
+
+        A scan claims for at most one interval, so under continuous load the TTL
+        sweep still runs on schedule; when it stopped with rows left, the next
+        starts at once.
+        """
+        config, store = self.config, self.store
+        expiry = FailureLog(log, "TTL sweep: failing; retrying each scan", "TTL sweep: working again")
+        claims = FailureLog(log, "claims: failing; retrying each scan", "claims: working again")
+        while True:
+            rows_left = False
+            with _watched(expiry, crash_unless_transient=False):
+                await self.expire()
+            # No claims while Chip is away (they would only churn the table); the TTL
+            # sweep above still runs every scan.
+            if self.gate.open:
+                with _watched(claims, crash_unless_transient=True):
+                    deadline = trio.current_time() + config.scan_interval
+                    if config.session_liveness and not config.writer_only:
+                        rows_left = await self.claim_orphans(nursery, deadline)
+                    rows_left |= await self.claim_all(nursery, partial(
+                        store.claim, owner=config.instance_id, lease=config.lease_duration,
+                        writer_only=config.writer_only), deadline)
+            if rows_left:
+                continue
+            with trio.move_on_after(config.scan_interval):
+                await self.doorbell.receive()
+
+    async def expire(self) -> None:
+        expired = await self.store.expire(ttl=self.config.event_ttl)
+        if expired:
+            log.warning("events expired to the dead-letter table", count=expired)
+            self.state.expired += expired
+
+    async def claim_orphans(self, nursery: trio.Nursery, deadline: float) -> bool:
+        """Claim at once the rows of owners with no live session: instances that died."""
+        config, store = self.config, self.store
+        orphans = await store.orphaned_owners(me=config.instance_id)
+        if not orphans:
+            return False
+        if newly := sorted(set(orphans) - self.orphans_seen):
+            log.warning("claiming the rows of instances that are not running", owners=newly)
+            self.orphans_seen.update(newly)
+        return await self.claim_all(nursery, partial(store.claim_orphans, orphans, owner=config.instance_id,
+                                                     lease=config.lease_duration), deadline)
+
+    async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]],
+                        deadline: float) -> bool:
+        """Claim with ``claim(limit=...)`` and publish, while full batches come back and until ``deadline``.
+
+        True if it stopped at the deadline with rows still to claim.
+        """
+        config = self.config
+        while True:
+            await self.slots.acquire()
+            sent_at = trio.current_time()
+            try:
+                limit = claim_limit(config.publish_batch_size, config.max_request_bytes, self.mean_payload)
+                rows = await claim(limit=limit)
+            except BaseException:
+                self.slots.release()
+                raise
+            if not rows:
+                self.slots.release()
+                return False
+            self.state.claimed += len(rows)
+            publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
+            batch = Outgoing([r.id for r in rows], [r.payload for r in rows], publish_by)
+            self.mean_payload = sum(map(len, batch.payloads)) / len(rows)
+            # Sized by the mean payload: a few large rows may still need cutting to the cap.
+            nursery.start_soon(self.publisher.publish_holding_slot,
+                               [batch.slice(start, stop)
+                                for start, stop in split_by_bytes(batch.payloads, config.max_request_bytes)],
+                               "retransmit")
+            if len(rows) < limit:
+                return False
+            if trio.current_time() >= deadline:
+                return True
