@@ -105,6 +105,7 @@ class Emitter:
             delivery=dispatcher.delivery,
             emit_seconds=emits.seconds,
             publish_seconds=dispatcher.publish_seconds["batch"],
+            paused_by=dispatcher.paused_by,
         )
 
     async def emit(

@@ -25,7 +25,8 @@ from .core.instruments import (
 
 PHASES = ("batch", "retransmit")  # fresh events from memory; rows claimed back from the table
 EMIT_FAILURES = ("store", "too_large", "backlog_full")
-RETRY_REASONS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_ACKNOWLEDGED")
+RETRY_REASONS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_ACKNOWLEDGED", "SCHEMA_MISSING",
+                 "DOMAIN_MISCONFIGURATION")
 DEAD_LETTER_REASONS = ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED",
                        "TOO_LARGE")
 DELIVERY_STATES = ("up", "down", "refused")
@@ -81,6 +82,7 @@ class DispatcherStatistics:
     delivery: str  # "up"; "down" (Chip does not answer) or "refused" (Chip refuses us): delivery paused
     held: int  # events held in memory while delivery is paused
     paused_calls: int  # calls that failed since delivery last worked
+    paused_by: str  # while paused: the code that paused it (e.g. UNAVAILABLE, UNAUTHENTICATED, SCHEMA_MISSING)
 
 
 class DispatcherState:
@@ -97,13 +99,14 @@ class DispatcherState:
         self.delivery = "up"
         self.held = 0
         self.paused_calls = 0
+        self.paused_by = ""
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
             self.in_flight, self.published.snapshot(), self.not_published.snapshot(), self.retries.snapshot(),
             self.released, self.claimed, self.expired,
             {phase: h.snapshot() for phase, h in self.publish_seconds.items()}, self.batch_sizes.snapshot(),
-            self.delivery, self.held, self.paused_calls,
+            self.delivery, self.held, self.paused_calls, self.paused_by,
         )
 
 
@@ -151,6 +154,7 @@ class EmitterStatistics:
     delivery: str  # "up", or why delivery is paused: "down" (Chip does not answer), "refused" (alert: Chip refuses us)
     emit_seconds: HistogramSnapshot
     publish_seconds: HistogramSnapshot  # PublishBatch calls of fresh events
+    paused_by: str = ""  # while paused: the code that paused delivery (a rejection storm names its per-event code)
 
 
 @dataclass(frozen=True)

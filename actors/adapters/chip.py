@@ -25,7 +25,7 @@ import trio
 from chippb import chipingress_pb2 as pb
 
 from ..config import EmitterConfig
-from ..core.failures import CREDENTIAL_CODES, CallFailed
+from ..core.failures import CREDENTIAL_CODES, CallFailed, retry_hint
 from ..errors import ChipRejected
 
 PUBLISH_BATCH = "/chipingress.pb.ChipIngress/PublishBatch"
@@ -105,7 +105,9 @@ class ChipClient:
         try:
             return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
         except grpc.RpcError as exc:
-            raise CallFailed(exc.code().name, exc.details() or "") from None
+            trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+            raise CallFailed(exc.code().name, exc.details() or "",
+                             retry_after=retry_hint(trailing or ())) from None
 
     def close(self) -> None:
         self._channel.close()

@@ -8,17 +8,20 @@ ask here what a Postgres SQLSTATE or a Chip status means, and act on the kind.
   **transient** (retry with backoff); data and integrity errors are
   **poison** (something in *this* write is at fault: isolate it); missing
   rights or objects are **permanent** for every write (only a human helps).
-- Chip, by meaning: **transient** (retry with backoff), **too large** (split
-  the call; a single event that is still too large is dead-lettered),
-  **refused** (Chip is misconfigured or refuses us: pause delivery, raise an
-  alert state, never dead-letter the backlog). Per-event permanent errors come
-  in the answer's results and are dead-lettered one by one.
+- Chip, by meaning: **transient** (retry with backoff; a rate limit too),
+  **too large** (only gRPC's own message-size error, or a cap named by an
+  invalid-argument answer: split the call; a single event that is still too
+  large is dead-lettered), **refused** (Chip is misconfigured or refuses us:
+  pause delivery, raise an alert state, never dead-letter the backlog).
+  Per-event codes come in the answer's results (see ``core.events``): only
+  those that blame the event's own bytes are dead-lettered at once.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 
 
 class StoreFailure(enum.Enum):
@@ -62,7 +65,7 @@ def classify_sqlstate(sqlstate: str | None) -> StoreFailure:
 
 
 class CallKind(enum.Enum):
-    TRANSIENT = "transient"  # Chip may take the same request later
+    TRANSIENT = "transient"  # Chip may take the same request later (down, overloaded, rate-limiting us)
     TOO_LARGE = "too_large"  # the request is too big for Chip: split it
     REFUSED = "refused"  # Chip is misconfigured or refuses us: pause delivery, alert
 
@@ -74,24 +77,58 @@ CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 # Everything else on a whole call (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED,
 # NOT_FOUND, ...) is about the request as a whole or the server's set-up, never one event:
 # per-event errors come in the answer's results.
-_TOO_LARGE = re.compile(r"larger than (the )?max|too large|exceeds (the )?max|message length", re.I)
+#
+# RESOURCE_EXHAUSTED is a rate limit or an overload unless its detail is gRPC's own
+# message-size error ("Received message larger than max (5000 vs. 4000)", "Sent message
+# larger than max ..."): a rate limiter's "request rate exceeds the maximum allowed" must
+# never split batches down to single events and dead-letter them as too large.
+_GRPC_MESSAGE_SIZE = re.compile(r"message larger than max|message length \d+ exceeds", re.I)
+# A request-shape refusal (INVALID_ARGUMENT, OUT_OF_RANGE) that names a size or count cap.
+_OVER_A_CAP = re.compile(r"larger than (the )?max|too large|exceeds (the )?max", re.I)
+# Server pushback on a failed call, in trailing metadata: gRPC's own key, then common ones.
+RETRY_HINT_KEYS = ("grpc-retry-pushback-ms", "retry-after-ms", "retry-after")
 
 
 def classify_call(code: str, detail: str) -> CallKind:
     """What a whole-call gRPC status (its name and detail text) means for delivery."""
-    if code in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "OUT_OF_RANGE") and _TOO_LARGE.search(detail):
+    if code == "RESOURCE_EXHAUSTED":
+        return CallKind.TOO_LARGE if _GRPC_MESSAGE_SIZE.search(detail) else CallKind.TRANSIENT
+    if code in ("INVALID_ARGUMENT", "OUT_OF_RANGE") and (_OVER_A_CAP.search(detail)
+                                                       or _GRPC_MESSAGE_SIZE.search(detail)):
         return CallKind.TOO_LARGE
     if code in TRANSIENT_CODES:
         return CallKind.TRANSIENT
     return CallKind.REFUSED
 
 
-class CallFailed(Exception):
-    """A whole PublishBatch (or Ping) failed with gRPC status ``code``; ``kind`` says what that means."""
+def retry_hint(metadata: Sequence[tuple[str, str | bytes]]) -> float | None:
+    """Seconds the server asked us to wait, from trailing metadata (``*-ms`` keys in milliseconds,
+    ``retry-after`` in seconds); None when it gave no usable hint. A negative or absurd value is ignored."""
+    found = {key.lower(): value for key, value in metadata}
+    for key in RETRY_HINT_KEYS:
+        value = found.get(key)
+        if value is None:
+            continue
+        try:
+            seconds = float(value.decode() if isinstance(value, bytes) else value)
+        except ValueError:
+            continue
+        if key.endswith("-ms"):
+            seconds /= 1000
+        if 0 <= seconds <= 3600:
+            return seconds
+    return None
 
-    def __init__(self, code: str, detail: str) -> None:
+
+class CallFailed(Exception):
+    """A whole PublishBatch (or Ping) failed with gRPC status ``code``; ``kind`` says what that means.
+
+    ``retry_after``: the server's own hint, in seconds, if it gave one.
+    """
+
+    def __init__(self, code: str, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(code, detail)
-        self.code, self.detail = code, detail
+        self.code, self.detail, self.retry_after = code, detail, retry_after
         self.kind = classify_call(code, detail)
 
     def __str__(self) -> str:

@@ -22,31 +22,54 @@ class Decision:
     """What to do with the events of one attempt: settled ones by id, the others by index in what was sent."""
 
     delivered: tuple[str, ...] = ()  # acknowledged: delete
-    rejected: tuple[Rejection, ...] = ()  # dead-letter
+    rejected: tuple[Rejection, ...] = ()  # the event itself is bad: dead-letter
     retry: tuple[int, ...] = ()  # publish again after ``delay`` seconds
     delay: float = 0.0
-    release: tuple[int, ...] = ()  # back to the table, claimable after ``retry_after`` seconds
+    reason: str = ""  # why the retried events were not delivered
+    release: tuple[int, ...] = ()  # back to the table, claimable after ``retry_after`` seconds (row backoff)
     retry_after: float = 0.0
-    reason: str = ""  # why the retried or released events were not delivered
+    release_reason: str = ""  # recorded on the released rows (their last error)
     split: bool = False  # the call was too large: publish each half on its own
     hold: bool = False  # delivery is paused (outage, or Chip refuses us): keep them, retry once Chip is back
+
+
+def refusal(answer: PublishOutcome, sent: int) -> CallFailed | None:
+    """A rejection storm, as a refused call: every event of a batch (two or more) deferred with one code.
+
+    A schema registry outage or a domain configuration pushed wrong answers
+    every event so; treated like a call Chip refused, it pauses delivery with
+    an alert naming the code instead of cycling each event through the table.
+    """
+    if sent < 2 or len(answer.deferred) != sent:
+        return None
+    codes = {rejection.code for _, rejection in answer.deferred}
+    if len(codes) != 1:
+        return None
+    code = codes.pop()
+    return CallFailed(code, f"Chip rejected all {sent} events of a batch: {answer.deferred[0][1].reason}")
 
 
 def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt: int, attempts: int, now: float,
            publish_by: float, backoff: Backoff, rng: random.Random, paused: bool = False) -> Decision:
     """The decision after attempt number ``attempt`` (0 for the first) of the events ``sent`` (their ids).
 
-    - Chip answered: delivered and permanently rejected events are settled;
-      the rest are retried.
-    - The call was too large: several events are split in halves; a single
-      event is dead-lettered (code ``TOO_LARGE``), as no split can help it.
+    - Chip answered: delivered events and events rejected for their own bytes
+      are settled; events Chip deferred for its own state (schema registry,
+      domain configuration) go back to the table on the row backoff, recorded
+      with Chip's reason, until delivered or past the TTL; the rest are retried.
+    - The call was too large (gRPC's own size error): several events are split
+      in halves; a single event is dead-lettered (``TOO_LARGE``), as it alone is over.
     - The call failed while delivery is ``paused`` (Chip is down, or refuses
       us): every event is held in memory until Chip is back; nothing is
       written, nothing dead-lettered.
-    - The call failed transiently: every event is retried.
+    - The call failed transiently (a rate limit too): every event is retried
+      after the backoff, or the server's retry hint if that is longer.
     - A retry that would run past ``publish_by`` (our lease minus a margin),
       or past ``attempts`` calls, becomes a release to the table.
     """
+    deferred: tuple[int, ...] = ()
+    deferred_reason = ""
+    hint = 0.0
     if isinstance(answer, CallFailed):
         kind = answer.kind
         if kind is CallKind.TOO_LARGE:
@@ -57,19 +80,27 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
             return Decision(retry=tuple(range(len(sent))), hold=True, reason=answer.code)
         settled = Decision()
         retry, reason = tuple(range(len(sent))), answer.code
+        hint = answer.retry_after or 0.0
     else:
-        settled = Decision(delivered=tuple(answer.delivered),
-                           rejected=tuple(answer.rejected))
+        settled = Decision(delivered=tuple(answer.delivered), rejected=tuple(answer.rejected))
         retry, reason = tuple(answer.retry), "NOT_ACKNOWLEDGED"
+        if answer.deferred:
+            deferred = tuple(index for index, _ in answer.deferred)
+            first = answer.deferred[0][1]
+            deferred_reason = f"{first.code}: {first.reason}"
+    deferral = Decision(settled.delivered, settled.rejected, release=deferred, retry_after=backoff.ceiling(attempt),
+                        release_reason=deferred_reason)
     if not retry:
-        return settled
-    delay = backoff.delay(attempt, rng)
+        return deferral
+    delay = max(backoff.delay(attempt, rng), hint)
     if attempt + 1 >= attempts or now + delay > publish_by:
         lapsing = attempt + 1 < attempts
-        return Decision(settled.delivered, settled.rejected, release=retry,
+        why = "lease lapsing before delivery" if lapsing else reason
+        return Decision(settled.delivered, settled.rejected, release=retry + deferred,
                         retry_after=0.0 if lapsing else backoff.ceiling(attempt),
-                        reason="lease lapsing before delivery" if lapsing else reason)
-    return Decision(settled.delivered, settled.rejected, retry=retry, delay=delay, reason=reason)
+                        reason=why, release_reason=deferred_reason or why)
+    return Decision(settled.delivered, settled.rejected, retry=retry, delay=delay, reason=reason,
+                    release=deferred, retry_after=deferral.retry_after, release_reason=deferred_reason)
 
 
 def publish_deadline(sent_at: float, lease: float, publish_timeout: float) -> float:

@@ -59,6 +59,7 @@ class DeliveryGate:
             return
         self.state.delivery = self.health.state.value  # "up" only once a publish worked again
         self.state.paused_calls = change.failed_calls
+        self.state.paused_by = "" if change.state is Delivery.UP else change.reason.partition(":")[0]
         if change.state is Delivery.UP:
             if change.line:
                 log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
@@ -71,7 +72,8 @@ class DeliveryGate:
             self._probing = True
             self.nursery.start_soon(self._probe_until_answered)
         if change.line:
-            what = ("Chip refuses our calls; delivery {} (check credentials and Chip's configuration)"
+            what = ("Chip refuses our calls, or every event in them; delivery {} (check credentials, "
+                    "Chip's configuration and its schema registry)"
                     if change.state is Delivery.REFUSED else "Chip does not answer; delivery {}")
             log.warning(what.format(change.line), reason=change.reason, down_for_s=round(change.down_for, 1),
                         failed_calls=change.failed_calls, held_events=self.state.held)

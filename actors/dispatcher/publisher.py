@@ -20,7 +20,7 @@ from ..config import EmitterConfig
 from ..core.backoff import Backoff
 from ..core.events import PublishOutcome, encode_batch, interpret_response
 from ..core.failures import CallFailed, StoreFailure
-from ..core.publishing import decide
+from ..core.publishing import decide, refusal
 from ..errors import StoreUnavailable
 from ..logs import get_logger
 from ..messages import Delivered, Outcome, Outgoing, Rejected
@@ -57,7 +57,8 @@ class Publisher:
             return failed
         finally:
             state.publish_seconds[phase].observe(trio.current_time() - started)
-        return interpret_response(pending.event_ids, response)
+        outcome = interpret_response(pending.event_ids, response)
+        return refusal(outcome, len(pending)) or outcome
 
     async def publish(self, pending: Outgoing, phase: str) -> None:
         """Publish until every event is settled, split, or released to the table."""
@@ -94,10 +95,9 @@ class Publisher:
             if decision.hold:
                 continue  # waits for the gate above; the attempt does not count against the rows
             if decision.release:
-                state.retries.add(decision.reason)
-                await self.release(pending.pick(decision.release), decision.reason, attempt + 1,
+                state.retries.add(decision.release_reason.partition(":")[0])
+                await self.release(pending.pick(decision.release), decision.release_reason, attempt + 1,
                                    decision.retry_after)
-                return
             if not decision.retry:
                 return
             state.retries.add(decision.reason)

@@ -29,24 +29,25 @@ async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chip
     assert chip.counters.seen(ids) == ids
 
 
-async def test_flaky_chip_every_event_is_delivered_or_dead_lettered_exactly(start_chipmock, make_config, database_url,
-                                                                           capsys) -> None:
+async def test_flaky_chip_every_event_is_delivered_and_none_dead_lettered_for_chips_state(
+        start_chipmock, make_config, database_url, capsys) -> None:
+    # 1% of events answered SCHEMA_MISSING at random: Chip's registry, not the event, is at fault,
+    # so each such event waits in the table and goes again; none may reach the dead-letter table.
     chip = start_chipmock(ChipModel(failure_rate=0.30, resource_exhausted_rate=0.05, event_failure_rate=0.01,
                                     latency=0.005, jitter=0.005))
     config = make_config(chip, publish_batch_size=50, publish_attempts=4)
     async with open_emitter(config) as emitter:
         ids = await emit_concurrently(emitter, 2000 * CHAOS_SCALE)
         await emitter.flush(timeout=120)
-    letters = set(dead_letters(database_url))
-    delivered = chip.counters.seen(ids)
+        retried = emitter.statistics()
     snap = chip.counters.snapshot()
-    assert snap.failed_calls > 0 and letters, "the model injected nothing: the test proves nothing"
-    assert delivered | letters == ids and not delivered & letters  # emitted = delivered + dead-lettered
-    assert len(ids) == snap.unique + len(letters)
-    assert {code for code, _ in dead_letters(database_url).values()} == {"SCHEMA_MISSING"}
-    assert pending_ids(database_url) == set()
+    assert snap.failed_calls > 0 and snap.rejected > 0, "the model injected nothing: the test proves nothing"
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+    assert snap.unique == len(ids) and pending_ids(database_url) == set()
+    assert retried.publish_retries > 0
     with capsys.disabled():
-        print(f"\n  flaky Chip: {len(ids)} emitted = {snap.unique} delivered + {len(letters)} dead-lettered; "
+        print(f"\n  flaky Chip: {len(ids)} emitted = {snap.unique} delivered, 0 dead-lettered; {snap.rejected} "
+              f"answered SCHEMA_MISSING and retried; "
               f"{snap.failed_calls} of {snap.calls} calls failed on purpose")
 
 

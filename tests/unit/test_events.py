@@ -87,8 +87,11 @@ def test_protobuf_body_needs_a_data_schema() -> None:
 def test_encode_batch_is_a_cloud_event_batch_of_those_events(bodies: list[bytes]) -> None:
     payloads = [build_event(body, source="wf", type="t")[1] for body in bodies]
     encoded = encode_batch(payloads)
-    assert pb.CloudEventBatch.FromString(encoded) == pb.CloudEventBatch(events=[_parse(p) for p in payloads])
-    assert sum(framed_size(p) for p in payloads) == len(encoded)
+    expected = pb.CloudEventBatch(events=[_parse(p) for p in payloads],
+                                  options=pb.PublishOptions(transaction_enabled=False))
+    decoded = pb.CloudEventBatch.FromString(encoded)
+    assert decoded == expected and decoded.options.HasField("transaction_enabled")  # said, not left unset
+    assert sum(framed_size(p) for p in payloads) + 4 == len(encoded)  # the events, then the options
 
 
 def _result(event_id: str, code: int | None = None) -> pb.PublishResult:
@@ -97,15 +100,33 @@ def _result(event_id: str, code: int | None = None) -> pb.PublishResult:
     return pb.PublishResult(event_id=event_id, error=pb.PublishError(error_code=code, reason="why"))
 
 
-def test_interpret_response_is_positional() -> None:
+def test_interpret_response_is_positional_and_sorts_codes_by_who_is_at_fault() -> None:
     response = pb.PublishResponse(results=[
-        _result("a"), _result("b", pb.SCHEMA_MISSING), _result("c", pb.PUBLISH_ERROR_CODE_UNKNOWN),
+        _result("a"), _result("b", pb.VALIDATION_FAILED), _result("c", pb.SCHEMA_MISSING),
+        _result("d", pb.ENCODE_ERROR), _result("e", pb.DOMAIN_MISCONFIGURATION), _result("f", 99),
         _result("zzz"),  # names another id: not trusted
     ])
-    outcome = interpret_response(["a", "b", "c", "d", "e"], response)
+    outcome = interpret_response(["a", "b", "c", "d", "e", "f", "g", "h"], response)
     assert outcome.delivered == ["a"]
-    assert outcome.rejected == [Rejection("b", "SCHEMA_MISSING", "why")]
-    assert outcome.retry == [2, 3, 4]  # unknown error, wrong id, and no result at all
+    # The event's own bytes are at fault: dead-letter.
+    assert outcome.rejected == [Rejection("b", "VALIDATION_FAILED", "why"), Rejection("d", "ENCODE_ERROR", "why")]
+    # Chip's registry or configuration is at fault (and codes we do not know): wait in the table.
+    assert outcome.deferred == [(2, Rejection("c", "SCHEMA_MISSING", "why")),
+                                (4, Rejection("e", "DOMAIN_MISCONFIGURATION", "why")), (5, Rejection("f", "CODE_99", "why"))]
+    assert outcome.retry == [6, 7]  # wrong id, and no result at all
+
+
+def test_results_that_do_not_line_up_settle_only_events_they_name() -> None:
+    unnamed = pb.PublishResult()
+    # One result too many, or too few, without ids: nothing can be matched, nothing is settled.
+    assert interpret_response(["a", "b"], pb.PublishResponse(results=[unnamed] * 3)).retry == [0, 1]
+    assert interpret_response(["a", "b"], pb.PublishResponse(results=[unnamed])).retry == [0, 1]
+    failed = pb.PublishResult(error=pb.PublishError(error_code=pb.VALIDATION_FAILED, reason="bad"))
+    assert not interpret_response(["a", "b"], pb.PublishResponse(results=[failed])).rejected  # no dead letter on a guess
+    # Results that name their ids are believed, however many there are.
+    named = pb.PublishResponse(results=[_result("a"), _result("b", pb.VALIDATION_FAILED), _result("x")])
+    outcome = interpret_response(["a", "b"], named)
+    assert outcome.delivered == ["a"] and outcome.rejected == [Rejection("b", "VALIDATION_FAILED", "why")]
 
 
 def test_interpret_response_accepts_results_without_ids() -> None:

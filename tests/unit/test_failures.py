@@ -8,10 +8,12 @@ from hypothesis import strategies as st
 
 from actors.core.backoff import Backoff
 from actors.core.failures import (
+    CallFailed,
     CallKind,
     StoreFailure,
     classify_call,
     classify_sqlstate,
+    retry_hint,
     storable_text,
 )
 from actors.core.outage import ChipHealth, Delivery
@@ -41,6 +43,10 @@ def test_postgres_failures_are_classified_by_sqlstate(sqlstate, kind) -> None:
     ("RESOURCE_EXHAUSTED", "overloaded", CallKind.TRANSIENT),
     ("DEADLINE_EXCEEDED", "", CallKind.TRANSIENT),
     ("RESOURCE_EXHAUSTED", "Received message larger than max (10485760 vs. 4194304)", CallKind.TOO_LARGE),
+    ("RESOURCE_EXHAUSTED", "Sent message larger than max (5000 vs. 4000)", CallKind.TOO_LARGE),
+    # A rate limiter's words are not a size error, however much they sound like one.
+    ("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", CallKind.TRANSIENT),
+    ("RESOURCE_EXHAUSTED", "quota exceeded: too large a share of the limit", CallKind.TRANSIENT),
     ("INVALID_ARGUMENT", "batch of 9 exceeds max 3", CallKind.TOO_LARGE),
     ("INVALID_ARGUMENT", "bad request", CallKind.REFUSED),
     ("FAILED_PRECONDITION", "topic missing", CallKind.REFUSED),
@@ -148,3 +154,13 @@ def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_
     health.probe_answered(3)
     back = health.call_succeeded(4)
     assert back is not None and back.state is Delivery.UP and back.line == "resumed" and back.down_for == 4
+
+
+def test_a_server_retry_hint_is_read_from_trailing_metadata() -> None:
+    assert retry_hint([("grpc-retry-pushback-ms", "1500")]) == 1.5
+    assert retry_hint([("Retry-After-Ms", b"250")]) == 0.25
+    assert retry_hint([("retry-after", "2")]) == 2.0
+    assert retry_hint([("retry-after", "soon"), ("x", "1")]) is None  # unusable: the backoff decides
+    assert retry_hint([("grpc-retry-pushback-ms", "-1")]) is None
+    assert retry_hint([]) is None
+    assert CallFailed("RESOURCE_EXHAUSTED", "slow down", retry_after=1.5).retry_after == 1.5

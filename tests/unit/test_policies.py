@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from actors.core.admission import TableSample, pending_estimate
 from actors.core.backoff import Backoff
 from actors.core.events import PublishOutcome, Rejection, framed_size
-from actors.core.failures import CallFailed
-from actors.core.publishing import claim_limit, decide, fitting, split_by_bytes
+from actors.core.failures import CallFailed, CallKind
+from actors.core.publishing import claim_limit, decide, fitting, refusal, split_by_bytes
 from actors.handoff import open_hand_off
 from actors.messages import Outgoing
 from actors.supervisor import RestartIntensity
@@ -155,20 +155,52 @@ def test_while_paused_a_transient_failure_holds_instead_of_spending_attempts() -
 
 
 def test_partial_answer_settles_some_and_retries_the_rest() -> None:
-    outcome = PublishOutcome(delivered=["id-0"], rejected=[Rejection("id-1", "SCHEMA_MISSING", "why")], retry=[2, 3])
+    outcome = PublishOutcome(delivered=["id-0"], rejected=[Rejection("id-1", "VALIDATION_FAILED", "why")], retry=[2, 3])
     decision = _decide(outcome, IDS[:4])
-    assert decision.delivered == ("id-0",) and decision.rejected == (Rejection("id-1", "SCHEMA_MISSING", "why"),)
+    assert decision.delivered == ("id-0",) and decision.rejected == (Rejection("id-1", "VALIDATION_FAILED", "why"),)
     assert decision.retry == (2, 3) and decision.reason == "NOT_ACKNOWLEDGED"
+
+
+def test_events_chip_defers_for_its_own_state_wait_in_the_table_and_are_never_dead_lettered() -> None:
+    outcome = PublishOutcome(delivered=["id-0"], deferred=[(1, Rejection("id-1", "SCHEMA_MISSING", "no schema"))],
+                             retry=[2])
+    decision = _decide(outcome, IDS[:3], attempt=2)
+    assert decision.delivered == ("id-0",) and not decision.rejected
+    assert decision.release == (1,) and decision.retry_after == BACKOFF.ceiling(2)  # the row backoff
+    assert decision.release_reason == "SCHEMA_MISSING: no schema"  # recorded as the row's last error
+    assert decision.retry == (2,)  # unanswered events still retry in memory
+
+
+def test_a_whole_batch_deferred_with_one_code_is_a_refusal_that_pauses_delivery() -> None:
+    storm = PublishOutcome(deferred=[(i, Rejection(IDS[i], "SCHEMA_MISSING", "registry down")) for i in range(3)])
+    refused = refusal(storm, 3)
+    assert refused is not None and refused.kind is CallKind.REFUSED and refused.code == "SCHEMA_MISSING"
+    assert _decide(refused, IDS[:3]).hold  # held in memory, nothing written, nothing dead-lettered
+    mixed = PublishOutcome(deferred=[(0, Rejection(IDS[0], "SCHEMA_MISSING", "r")),
+                                     (1, Rejection(IDS[1], "DOMAIN_MISCONFIGURATION", "r"))])
+    assert refusal(mixed, 2) is None  # two causes: each event waits on its own
+    assert refusal(PublishOutcome(deferred=storm.deferred[:1]), 1) is None  # one event is no storm
+    assert refusal(PublishOutcome(delivered=["x"], deferred=storm.deferred[1:]), 3) is None
+
+
+def test_a_rate_limit_retries_after_the_backoff_or_the_servers_hint_whichever_is_longer() -> None:
+    limited = CallFailed("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", retry_after=3.0)
+    decision = _decide(limited, IDS[:2])
+    assert decision.retry == (0, 1) and decision.delay == 3.0 and not (decision.split or decision.rejected)
+    assert _decide(CallFailed("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed"), IDS[:1]).retry == (0,)
 
 
 answers = st.one_of(
     st.builds(CallFailed, st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                            "INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED"]),
-              st.sampled_from(["", "down", "Received message larger than max (9 vs. 8)"])),
-    st.lists(st.sampled_from(["delivered", "rejected", "retry"]), min_size=1, max_size=8).map(
+              st.sampled_from(["", "down", "Received message larger than max (9 vs. 8)",
+                               "request rate exceeds the maximum allowed"]),
+              retry_after=st.none() | st.floats(0, 10)),
+    st.lists(st.sampled_from(["delivered", "rejected", "deferred", "retry"]), min_size=1, max_size=8).map(
         lambda kinds: PublishOutcome(
             delivered=[IDS[i] for i, k in enumerate(kinds) if k == "delivered"],
-            rejected=[Rejection(IDS[i], "SCHEMA_MISSING", "r") for i, k in enumerate(kinds) if k == "rejected"],
+            rejected=[Rejection(IDS[i], "VALIDATION_FAILED", "r") for i, k in enumerate(kinds) if k == "rejected"],
+            deferred=[(i, Rejection(IDS[i], "SCHEMA_MISSING", "r")) for i, k in enumerate(kinds) if k == "deferred"],
             retry=[i for i, k in enumerate(kinds) if k == "retry"],
         )
     ),
@@ -180,10 +212,12 @@ answers = st.one_of(
 def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, attempt, attempts, now, seed,
                                                                     paused) -> None:
     sent = IDS if isinstance(answer, CallFailed) else IDS[:len(answer.delivered) + len(answer.rejected)
-                                                          + len(answer.retry)]
+                                                          + len(answer.deferred) + len(answer.retry)]
     decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed, paused=paused)
     if isinstance(answer, CallFailed):
         assert not decision.rejected  # a whole-call failure never dead-letters several events
+    else:  # only events whose own bytes are bad are dead-lettered
+        assert {r.event_id for r in decision.rejected} == {r.event_id for r in answer.rejected}
     if decision.hold:  # paused: everything waits in memory for Chip, nothing written
         assert decision.retry == tuple(range(len(sent))) and not (decision.release or decision.rejected)
         return
@@ -195,7 +229,8 @@ def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, atte
     assert sorted(fates) == list(range(len(sent)))  # nothing dropped, nothing twice
     if decision.retry:  # a retry happens only within the attempts and before the lease lapses
         assert attempt + 1 < attempts and now + decision.delay <= 100.0
-        assert 0 <= decision.delay <= BACKOFF.ceiling(attempt)
+        hint = answer.retry_after if isinstance(answer, CallFailed) and answer.retry_after else 0.0
+        assert 0 <= decision.delay <= max(BACKOFF.ceiling(attempt), hint)
 
 
 def test_the_publish_deadline_counts_from_before_the_statement_was_sent() -> None:
