@@ -67,3 +67,10 @@ def test_publish_options_keep_an_explicit_false() -> None:
     assert said_false == b"\x12\x02\x08\x00"
     assert pb.CloudEventBatch.FromString(said_false).options.HasField("transaction_enabled")
     assert not pb.CloudEventBatch.FromString(b"\x12\x00").options.HasField("transaction_enabled")
+
+
+def test_chipmocks_per_event_codes_are_the_protos() -> None:
+    from chipmock.model import ERROR_CODES
+    from chippb import chipingress_pb2 as pb
+
+    assert dict(ERROR_CODES) == dict(pb.PublishErrorCode.items())
