@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from chipmock.__main__ import build_model, build_parser
 from chipmock.model import (
     AGE_BUCKETS,
     INVALID_ARGUMENT,
@@ -354,3 +355,44 @@ def test_a_model_describes_the_knobs_it_changes_with_units() -> None:
     for window in (Outage(0, 3600), Outage(0.0005, 1.5)):  # what the banner shows reads back as a flag would
         assert Outage.parse(str(window)) == window
     assert parse_duration("0") == 0
+
+
+def test_every_knob_but_the_test_only_one_has_a_flag_named_after_it() -> None:
+    dests = {action.dest for action in build_parser()._actions}
+    knobs = {name for name in ChipModel.__dataclass_fields__}
+    assert knobs - dests == {"short_response"}
+
+
+def test_the_cli_maps_each_flag_to_its_keyword() -> None:
+    parser = build_parser()
+    argv = ["--latency", "50ms", "--jitter", "10ms", "--failure-rate", "0.1", "--resource-exhausted-rate", "0.2",
+            "--event-failure-rate", "0.3", "--event-failure-code", "ENCODE_ERROR", "--outage", "1s:2s",
+            "--outage", "3s:4s", "--max-batch", "7", "--unauthenticated", "5s:6s", "--refuse", "NOT_FOUND",
+            "--max-request-bytes", "1000", "--reject-reason", "x\\x00y", "--rate-limit", "20/s",
+            "--reject", "SCHEMA_MISSING@1s:2s", "--reject-containing", "VALIDATION_FAILED=poison",
+            "--require-schemas", "--schema", "s1", "--schema", "/p/v1", "--seed", "9"]
+    assert build_model(parser, parser.parse_args(argv)) == ChipModel(
+        latency=0.05, jitter=0.01, failure_rate=0.1, resource_exhausted_rate=0.2, event_failure_rate=0.3,
+        event_failure_code="ENCODE_ERROR", outages=(Outage(1, 2), Outage(3, 4)), max_batch=7,
+        unauthenticated=(Outage(5, 6),), refuse="NOT_FOUND", max_request_bytes=1000, reject_reason="x\x00y",
+        rate_limit=20, reject_windows=(RejectWindow("SCHEMA_MISSING", Outage(1, 2)),),
+        reject_containing=(RejectContaining("VALIDATION_FAILED", "poison"),), require_schemas=True,
+        schemas=("s1", "/p/v1"), seed=9)
+    assert build_model(parser, parser.parse_args([])) == ChipModel()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--refuse", "OK"], "--refuse must be one of"),
+    (["--failure-rate", "0.6", "--resource-exhausted-rate", "0.6"],
+     "--failure-rate + --resource-exhausted-rate must not exceed 1"),
+    (["--event-failure-code", "NOPE"], "--event-failure-code: 'NOPE' is not a per-event error code"),
+    (["--rate-limit", "5"], "argument --rate-limit: '5' is not a rate"),
+    (["--reject", "SCHEMA_MISSING@1s"], "argument --reject: 'SCHEMA_MISSING@1s' is not CODE@START:DURATION"),
+    (["--reject-containing", "poison"], "argument --reject-containing: 'poison' is not CODE=TEXT"),
+    (["--max-batch", "0"], "argument --max-batch: invalid positive integer value: '0'"),
+])
+def test_a_bad_flag_value_is_a_usage_error_naming_the_flag(argv: list[str], message: str, capsys) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exit_:
+        build_model(parser, parser.parse_args(argv))
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
