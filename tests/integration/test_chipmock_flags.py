@@ -155,24 +155,24 @@ def test_a_seed_replays_the_random_failures_the_rates_ask_for() -> None:
     assert (pb.VALIDATION_FAILED, "odd\x00reason") in [a for s in seen if isinstance(s, list) for a in s]
 
 
-def test_an_outage_window_covering_now_fails_every_call_and_a_later_window_does_not_yet() -> None:
-    with chipmock("--outage", "0s:1h", "--unauthenticated", "1h:1s") as chip:
-        assert chip.model == ChipModel(outages=(Outage(0, 3600),), unauthenticated=(Outage(3600, 1),)).describe()
+@pytest.mark.parametrize(("now", "later", "status", "detail"), [
+    ("--outage", "--unauthenticated", grpc.StatusCode.UNAVAILABLE, "chipmock: outage window"),
+    ("--unauthenticated", "--outage", grpc.StatusCode.UNAUTHENTICATED, "chipmock: credentials refused (window)"),
+])
+def test_a_window_covering_now_fails_every_call_and_a_later_window_does_not_yet(now: str, later: str, status,
+                                                                                 detail: str) -> None:
+    with chipmock(now, "0s:1h", later, "1h:1s") as chip:
+        windows = {now: (Outage(0, 3600),), later: (Outage(3600, 1),)}
+        assert chip.model == ChipModel(outages=windows["--outage"], unauthenticated=windows["--unauthenticated"]
+                                       ).describe()
         for call in (lambda: chip.stub.Ping(pb.EmptyRequest(), timeout=CALL_TIMEOUT),
-                     lambda: chip.stub.PublishBatch(_batch(_event("a")), timeout=CALL_TIMEOUT),
+                     lambda: chip.stub.Publish(_event("a"), timeout=CALL_TIMEOUT),
+                     lambda: chip.stub.PublishBatch(_batch(_event("b")), timeout=CALL_TIMEOUT),
                      lambda: chip.stub.RegisterSchema(pb.RegisterSchemaRequest(schemas=[pb.Schema(subject="s")]),
                                                       timeout=CALL_TIMEOUT)):
             failure = _failure(call)
-            assert (failure.code(), failure.details()) == (grpc.StatusCode.UNAVAILABLE, "chipmock: outage window")
-    assert "1 calls (1 failed on purpose), 0 events received" in chip.summary
-
-
-def test_an_unauthenticated_window_covering_now_refuses_pings_and_publishes() -> None:
-    with chipmock("--unauthenticated", "0s:1h", "--outage", "1h:1s") as chip:
-        assert chip.model == ChipModel(outages=(Outage(3600, 1),), unauthenticated=(Outage(0, 3600),)).describe()
-        for call in (lambda: chip.stub.Ping(pb.EmptyRequest(), timeout=CALL_TIMEOUT),
-                     lambda: chip.stub.Publish(_event("a"), timeout=CALL_TIMEOUT)):
-            assert _failure(call).code() == grpc.StatusCode.UNAUTHENTICATED
+            assert (failure.code(), failure.details()) == (status, detail)
+    assert "2 calls (2 failed on purpose), 0 events received" in chip.summary
 
 
 def test_refuse_fails_every_publish_with_its_code_while_pings_answer() -> None:
