@@ -6,11 +6,17 @@ Serves until SIGINT or SIGTERM, then stops cleanly and prints what it received.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import re
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from .model import ChipModel, Outage, parse_duration
-from .server import start
+from .model import ChipModel, Outage, RejectContaining, RejectWindow, parse_duration, parse_rate
+from .server import RETRY_AFTER_KEY, start
+
+_T = TypeVar("_T")
 
 
 def _fraction(text: str) -> float:
@@ -18,13 +24,6 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError
     return value
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:  # its message says what is wrong ("has no unit: write 50s or 50ms")
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -39,55 +38,103 @@ _fraction.__name__ = "fraction between 0 and 1"
 _positive_int.__name__ = "positive integer"
 
 
-def _outage(text: str) -> Outage:
-    try:
-        return Outage.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _parsed_by(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """An argparse type whose error is ``parse``'s own message ("'50' has no unit: write 50s or 50ms")."""
+    def convert(text: str) -> _T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
+
+
+def _escaped(text: str) -> str:
+    r"""Backslash escapes decoded (``\x00`` is a NUL byte), so a reason can hold any character."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chipmock", description=__doc__.splitlines()[0])
+    """The flags. Each ``dest`` is the ChipModel keyword it sets, so the model is built from them by name."""
+    parser = argparse.ArgumentParser(prog="chipmock", description=__doc__.splitlines()[0],
+                                     epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks one)")
     parser.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (default 9464; -1 disables)")
-    parser.add_argument("--latency", type=_duration, default=0.0, help="added to every call, e.g. 50ms")
-    parser.add_argument("--jitter", type=_duration, default=0.0, help="uniform +/- around --latency")
+    parser.add_argument("--latency", type=_parsed_by(parse_duration), default=0.0, help="added to every call, e.g. 50ms")
+    parser.add_argument("--jitter", type=_parsed_by(parse_duration), default=0.0, help="uniform +/- around --latency")
     parser.add_argument("--failure-rate", type=_fraction, default=0.0, help="fraction of calls failing UNAVAILABLE")
     parser.add_argument("--resource-exhausted-rate", type=_fraction, default=0.0,
                         help="fraction of calls failing RESOURCE_EXHAUSTED")
     parser.add_argument("--event-failure-rate", type=_fraction, default=0.0,
-                        help="fraction of events answered with a permanent per-event error")
-    parser.add_argument("--outage", type=_outage, action="append", default=[], metavar="START:DURATION",
-                        help="fail every call in this window after start, e.g. 10s:15s (repeatable)")
+                        help="fraction of events answered with --event-failure-code")
+    parser.add_argument("--event-failure-code", default="SCHEMA_MISSING", metavar="CODE",
+                        help="the per-event code of --event-failure-rate (default SCHEMA_MISSING)")
+    parser.add_argument("--outage", dest="outages", type=_parsed_by(Outage.parse), action="append", default=[],
+                        metavar="START:DURATION", help="fail every call in this window after start, e.g. 10s:15s (repeatable)")
     parser.add_argument("--max-batch", type=_positive_int, default=None,
                         help="larger PublishBatch calls fail with INVALID_ARGUMENT")
-    parser.add_argument("--unauthenticated", type=_outage, action="append", default=[], metavar="START:DURATION",
+    parser.add_argument("--unauthenticated", type=_parsed_by(Outage.parse), action="append", default=[],
+                        metavar="START:DURATION",
                         help="refuse every call, Ping included, with UNAUTHENTICATED in this window (repeatable)")
     parser.add_argument("--refuse", default=None, metavar="CODE",
                         help="fail every publish with this status, e.g. FAILED_PRECONDITION (a misconfigured server)")
     parser.add_argument("--max-request-bytes", type=_positive_int, default=None,
                         help="larger requests fail RESOURCE_EXHAUSTED 'message larger than max'")
-    parser.add_argument("--reject-reason", default="chipmock: injected permanent error",
+    parser.add_argument("--reject-reason", type=_escaped, default="chipmock: injected permanent error",
                         help="reason text of --event-failure-rate rejections (escapes like \\x00 are decoded)")
+    parser.add_argument("--rate-limit", type=_parsed_by(parse_rate), default=None, metavar="N/s",
+                        help="past N events a second, whole calls fail RESOURCE_EXHAUSTED (see below)")
+    parser.add_argument("--reject", dest="reject_windows", type=_parsed_by(RejectWindow.parse), action="append",
+                        default=[], metavar="CODE@START:DURATION",
+                        help="answer every event with CODE in this window, e.g. SCHEMA_MISSING@5s:10s (repeatable)")
+    parser.add_argument("--reject-containing", type=_parsed_by(RejectContaining.parse), action="append", default=[],
+                        metavar="CODE=TEXT",
+                        help="answer events whose id or data contains TEXT with CODE, e.g. VALIDATION_FAILED=poison "
+                             "(repeatable)")
+    parser.add_argument("--require-schemas", action="store_true",
+                        help="answer SCHEMA_MISSING to an event whose dataschema is not registered (see below)")
+    parser.add_argument("--schema", dest="schemas", action="append", default=[], metavar="SUBJECT",
+                        help="a subject (or path) registered from the start (repeatable)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible failures")
     return parser
+
+
+_EPILOG = f"""\
+Per-event codes (CODE): PUBLISH_ERROR_CODE_UNKNOWN, VALIDATION_FAILED, SCHEMA_MISSING,
+ENCODE_ERROR, DOMAIN_MISCONFIGURATION, or a number for a code this proto does not name.
+An event gets the first that applies: required attributes missing (VALIDATION_FAILED),
+--reject-containing, a --reject window, --require-schemas, --event-failure-rate.
+
+--rate-limit N/s: a bucket of N events (at least 1) refilled at N a second. A call of k
+events passes when the bucket holds min(k, N) and takes k; otherwise the whole call fails
+RESOURCE_EXHAUSTED "request rate exceeds the maximum allowed (N events/s)" with trailing
+metadata {RETRY_AFTER_KEY} (milliseconds until it would pass). Ping is never limited.
+
+--require-schemas: an event's dataschema attribute (ce_uri, ce_uri_ref or ce_string) must
+equal the subject or the path of a schema registered with RegisterSchema or --schema;
+an event without dataschema is answered SCHEMA_MISSING too (a real Chip encodes every
+event against a registered schema)."""
+
+
+def build_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ChipModel:
+    """The ChipModel the flags ask for; a refused value ends in a usage error naming its flag."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    knobs = {knob.name for knob in dataclasses.fields(ChipModel)}
+    values: dict[str, Any] = {name: tuple(value) if isinstance(value, list) else value
+                              for name, value in vars(args).items() if name in knobs}
+    try:
+        return ChipModel(**values)
+    except ValueError as exc:
+        message = str(exc)
+        for name, flag in flags.items():  # the model speaks of keywords, the user typed flags
+            message = re.sub(rf"\b{name}\b", flag, message)
+        parser.error(message)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        model = ChipModel(
-            latency=args.latency, jitter=args.jitter, failure_rate=args.failure_rate,
-            resource_exhausted_rate=args.resource_exhausted_rate,
-            event_failure_rate=args.event_failure_rate, outages=tuple(args.outage),
-            max_batch=args.max_batch, seed=args.seed, unauthenticated=tuple(args.unauthenticated),
-            refuse=args.refuse, max_request_bytes=args.max_request_bytes,
-            reject_reason=args.reject_reason.encode("latin-1", "backslashreplace").decode("unicode_escape"),
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
+    model = build_model(parser, args)
     # Signals are taken with sigwait, never by a handler: a handler that sets an
     # Event the main thread waits on deadlocked when a second signal came while
     # stopping. Blocked before start(), so the server's threads inherit the mask.
@@ -100,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chipmock: {exc}", file=sys.stderr)
         return 2
     metrics = f", metrics on http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"chipmock listening on {server.endpoint} (latency {args.latency * 1000:g} ms, "
-          f"failure rate {args.failure_rate:g}){metrics}", flush=True)
+    print(f"chipmock listening on {server.endpoint} ({model.describe()}){metrics}", flush=True)
     signal.sigwait(stop_signals)
     server.stop(grace=1.0)  # further signals stay pending (blocked) and end with the process
     snap = server.counters.snapshot()
     print(f"chipmock stopped: {snap.calls} calls ({snap.failed_calls} failed on purpose), "
           f"{snap.received} events received, {snap.unique} unique, {snap.duplicates} duplicates, "
-          f"{snap.rejected} rejected, {snap.bytes} bytes", flush=True)
+          f"{snap.rejected} rejected, {snap.bytes} bytes, {snap.rate_limited} calls rate limited; "
+          f"PublishBatch calls by options.transaction_enabled: "
+          f"{' '.join(f'{kind}={count}' for kind, count in snap.batch_options.items())}", flush=True)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The chipmock's behaviour as pure decisions: latency, failures, outages, counters.
+"""The chipmock's behaviour as pure decisions: latency, failures, windows, rate limit, schemas, counters.
 
-No sockets here, so every rule is unit-tested directly; ``server.py`` asks
-these functions what to do and does it.
+No sockets and no clock here, so every rule is unit-tested directly; ``server.py``
+asks these functions what to do (passing the time since it started) and does it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import random
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import NamedTuple
 
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -21,6 +23,13 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 # Whole-call codes a misconfigured server answers with; the mock can be told to answer one.
 REFUSING = frozenset({INVALID_ARGUMENT, "FAILED_PRECONDITION", "PERMISSION_DENIED", UNAUTHENTICATED,
                       "UNIMPLEMENTED", "NOT_FOUND"})
+
+# PublishErrorCode by name (tests/unit/test_proto_stubs.py keeps this in step with the proto).
+ERROR_CODES: Mapping[str, int] = MappingProxyType({
+    "PUBLISH_ERROR_CODE_UNKNOWN": 0, "VALIDATION_FAILED": 1, "SCHEMA_MISSING": 2, "ENCODE_ERROR": 3,
+    "DOMAIN_MISCONFIGURATION": 4,
+})
+RATE_LIMITED = "request rate exceeds the maximum allowed"  # a real Chip's words; never "larger than max"
 
 _DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
 _DURATION = re.compile(f"(?:{_DURATION_PART})+")
@@ -61,6 +70,98 @@ class Outage:
     def covers(self, elapsed: float) -> bool:
         return self.start <= elapsed < self.start + self.duration
 
+    def __str__(self) -> str:
+        return f"{format_duration(self.start)}:{format_duration(self.duration)}"
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as ``parse_duration`` reads it back: ``0``, ``50ms``, ``2.5s``."""
+    if not seconds:
+        return "0"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def code_number(code: str) -> int:
+    """A PublishErrorCode's number from its name, or from digits (a code this proto does not know). Raises ValueError."""
+    if code in ERROR_CODES:
+        return ERROR_CODES[code]
+    if code.isdigit():
+        return int(code)
+    raise ValueError(f"{code!r} is not a per-event error code: one of {', '.join(ERROR_CODES)}, "
+                     "or a number for a code unknown to this proto")
+
+
+def parse_rate(text: str) -> float:
+    """Events per second from ``N/s`` (``100/s``, ``2.5/s``). Raises ValueError."""
+    number, _, unit = text.strip().partition("/")
+    try:
+        rate = float(number)
+    except ValueError:
+        rate = 0.0
+    if unit != "s" or not rate > 0:
+        raise ValueError(f"{text!r} is not a rate: write N/s with N > 0 (example: 100/s)")
+    return rate
+
+
+@dataclass(frozen=True)
+class RejectWindow:
+    """Between ``window``'s start and end (after server start), every event is answered ``code``.
+
+    A registry outage is ``SCHEMA_MISSING`` for everyone, a wrong domain configuration
+    ``DOMAIN_MISCONFIGURATION``: the event's bytes are fine, Chip is not.
+    """
+
+    code: str
+    window: Outage
+
+    def __post_init__(self) -> None:
+        code_number(self.code)
+
+    @classmethod
+    def parse(cls, text: str) -> RejectWindow:
+        """``"SCHEMA_MISSING@5s:10s"``: from 5 s after start, for 10 s."""
+        code, sep, window = text.partition("@")
+        try:
+            if not sep:
+                raise ValueError("no @")
+            parsed = Outage.parse(window)
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not CODE@START:DURATION (example: SCHEMA_MISSING@5s:10s): {exc}") from None
+        return cls(code.strip(), parsed)
+
+    def __str__(self) -> str:
+        return f"{self.code}@{self.window}"
+
+
+@dataclass(frozen=True)
+class RejectContaining:
+    """Every event whose id or data contains ``text`` is answered ``code``, at any time: a test's chosen events.
+
+    Data is the event's ``binary_data``, its ``text_data`` (UTF-8) or its ``proto_data`` value.
+    """
+
+    code: str
+    text: str
+
+    def __post_init__(self) -> None:
+        code_number(self.code)
+        if not self.text:
+            raise ValueError("an empty text would match every event")
+
+    @classmethod
+    def parse(cls, text: str) -> RejectContaining:
+        """``"VALIDATION_FAILED=poison"``; the text is everything after the first ``=``."""
+        code, sep, needle = text.partition("=")
+        if not sep:
+            raise ValueError(f"{text!r} is not CODE=TEXT (example: VALIDATION_FAILED=poison)")
+        return cls(code.strip(), needle)
+
+    def matches(self, event: EventView) -> bool:
+        return self.text in event.id or self.text.encode() in event.data
+
+    def __str__(self) -> str:
+        return f"{self.code}={self.text}"
+
 
 @dataclass(frozen=True)
 class ChipModel:
@@ -70,7 +171,7 @@ class ChipModel:
     jitter: float = 0.0
     failure_rate: float = 0.0  # whole call fails with UNAVAILABLE
     resource_exhausted_rate: float = 0.0  # whole call fails with RESOURCE_EXHAUSTED
-    event_failure_rate: float = 0.0  # per event: permanent error in its result
+    event_failure_rate: float = 0.0  # per event: answered event_failure_code with reject_reason
     outages: tuple[Outage, ...] = ()
     max_batch: int | None = None  # larger batches fail with INVALID_ARGUMENT
     # Answer only the first N results of a batch (a short response), for tests.
@@ -83,6 +184,19 @@ class ChipModel:
     max_request_bytes: int | None = None
     # The reason given with injected per-event errors (may hold any text: NUL bytes, control characters).
     reject_reason: str = "chipmock: injected permanent error"
+    # The code of event_failure_rate's errors: a PublishErrorCode name (or digits for an unknown code).
+    event_failure_code: str = "SCHEMA_MISSING"
+    # Windows in which every event is answered with a code (a registry outage, a wrong domain config).
+    reject_windows: tuple[RejectWindow, ...] = ()
+    # Chosen events (id or data containing a text) answered with a code, at any time.
+    reject_containing: tuple[RejectContaining, ...] = ()
+    # Events per second past which a whole call fails RESOURCE_EXHAUSTED (see RateLimiter). None: no limit.
+    rate_limit: float | None = None
+    # Every event needs a registered schema: its dataschema attribute must equal a registered subject
+    # or path (or one of ``schemas``), else SCHEMA_MISSING. An event without dataschema is SCHEMA_MISSING too.
+    require_schemas: bool = False
+    # Subjects (or paths) known from the start, as if registered before the first call.
+    schemas: tuple[str, ...] = ()
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -98,6 +212,37 @@ class ChipModel:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.refuse is not None and self.refuse not in REFUSING:
             raise ValueError(f"refuse must be one of {', '.join(sorted(REFUSING))}, got {self.refuse!r}")
+        try:
+            code_number(self.event_failure_code)
+        except ValueError as exc:
+            raise ValueError(f"event_failure_code: {exc}") from None
+        if self.rate_limit is not None and not self.rate_limit > 0:
+            raise ValueError(f"rate_limit must be above 0 events/s, got {self.rate_limit}")
+
+    @property
+    def reads_contents(self) -> bool:
+        """Whether a rule looks at events' data or dataschema (else EventView needs only id and missing)."""
+        return self.require_schemas or bool(self.reject_containing)
+
+    def describe(self) -> str:
+        """The knobs that differ from the defaults as ``name=value``, durations with units (the banner's words)."""
+        shown = []
+        for knob in fields(self):
+            value = getattr(self, knob.name)
+            if value == knob.default:
+                continue
+            if knob.name in ("latency", "jitter"):
+                text = format_duration(value)
+            elif knob.name == "rate_limit":
+                text = f"{value:g}/s"
+            elif isinstance(value, tuple):
+                text = ",".join(map(str, value))
+            elif isinstance(value, str):
+                text = repr(value)
+            else:
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+            shown.append(f"{knob.name}={text}")
+        return " ".join(shown) or "defaults"
 
 
 @dataclass(frozen=True)
@@ -105,6 +250,34 @@ class CallDecision:
     delay: float
     status: str | None  # None: the call succeeds
     detail: str = ""
+    retry_after: float | None = None  # rate limited: seconds until this call would pass (a hint for the client)
+
+
+class RateLimiter:
+    """A token bucket of events: ``rate`` a second, holding one second's worth (at least one event).
+
+    A call of ``n`` events passes when the bucket holds ``min(n, burst)`` tokens, and then
+    takes all ``n``: a batch larger than a second's worth passes once the bucket is full,
+    and later calls wait out its debt. So the events let through converge on ``rate`` a
+    second whatever the batch sizes, and no batch is refused for ever. A refused call
+    takes nothing. The clock is the caller's (``now``, seconds, never going back).
+    """
+
+    def __init__(self, rate: float, now: float = 0.0) -> None:
+        self.rate = rate
+        self.burst = max(rate, 1.0)
+        self._tokens = self.burst
+        self._at = now
+
+    def admit(self, events: int, now: float) -> float:
+        """0.0 when a call of ``events`` may pass (its tokens are taken); otherwise seconds until it would."""
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.rate)
+        self._at = max(self._at, now)
+        needed = min(events, self.burst)
+        if self._tokens >= needed:
+            self._tokens -= events
+            return 0.0
+        return (needed - self._tokens) / self.rate
 
 
 def decide_ping(model: ChipModel, *, elapsed: float) -> CallDecision:
@@ -117,8 +290,13 @@ def decide_ping(model: ChipModel, *, elapsed: float) -> CallDecision:
 
 
 def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_size: int = 1,
-                request_bytes: int = 0) -> CallDecision:
-    """What one RPC does: how long it takes and whether it fails as a whole."""
+                request_bytes: int = 0, limiter: RateLimiter | None = None) -> CallDecision:
+    """What one RPC does: how long it takes and whether it fails as a whole.
+
+    In this order: outage and UNAUTHENTICATED windows, ``refuse``, the size limit,
+    ``max_batch``, the rate limit (``limiter``, holding ``model.rate_limit``'s bucket;
+    None: no limit), then the random failures.
+    """
     delay = model.latency + (rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0)
     delay = max(0.0, delay)
     ping = decide_ping(model, elapsed=elapsed)
@@ -131,6 +309,11 @@ def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_s
                             f"Received message larger than max ({request_bytes} vs. {model.max_request_bytes})")
     if model.max_batch is not None and batch_size > model.max_batch:
         return CallDecision(delay, INVALID_ARGUMENT, f"batch of {batch_size} exceeds max {model.max_batch}")
+    if limiter is not None:
+        wait = limiter.admit(batch_size, elapsed)
+        if wait:
+            return CallDecision(delay, RESOURCE_EXHAUSTED, f"{RATE_LIMITED} ({limiter.rate:g} events/s)",
+                                retry_after=wait)
     roll = rng.random()
     if roll < model.failure_rate:
         return CallDecision(delay, UNAVAILABLE, "chipmock: injected failure")
@@ -146,6 +329,135 @@ def decide_event_failures(model: ChipModel, rng: random.Random, count: int) -> l
     return [rng.random() < model.event_failure_rate for _ in range(count)]
 
 
+class EventView(NamedTuple):  # a tuple, not a dataclass: one per event, built at load-test rates
+    """What the model reads of one event; the server takes it from the CloudEvent."""
+
+    id: str
+    data: bytes = b""  # binary_data, text_data as UTF-8, or proto_data's value (read only when a rule needs it)
+    dataschema: str | None = None  # the dataschema attribute (ce_uri, ce_uri_ref or ce_string)
+    missing: tuple[str, ...] = ()  # required attributes left empty
+
+
+@dataclass(frozen=True)
+class EventError:
+    """Why one event was not produced: a PublishErrorCode name (or digits) and a reason."""
+
+    code: str
+    reason: str
+
+
+class SchemaRegistry:
+    """Schemas registered through RegisterSchema. Not thread-safe: the server decides under one lock."""
+
+    def __init__(self) -> None:
+        self._versions: dict[str, list[str]] = {}  # subject -> schema texts, version i+1 at [i]
+        self._paths: dict[str, str] = {}  # path -> subject
+
+    def register(self, schemas: Sequence[tuple[str, str, str]]) -> list[int]:
+        """Register (subject, path, schema text) entries, all or none; return each one's version.
+
+        Re-registering a subject's latest text returns its version again; a new text is
+        the next version. Raises ValueError (nothing registered) for an empty request or
+        an entry without a subject.
+        """
+        if not schemas:
+            raise ValueError("no schemas to register")
+        for i, (subject, _, _) in enumerate(schemas):
+            if not subject:
+                raise ValueError(f"schemas[{i}] has no subject")
+        versions = []
+        for subject, path, text in schemas:
+            texts = self._versions.setdefault(subject, [])
+            if not texts or texts[-1] != text:
+                texts.append(text)
+            if path:
+                self._paths[path] = subject
+            versions.append(len(texts))
+        return versions
+
+    def knows(self, dataschema: str) -> bool:
+        """Whether ``dataschema`` is a registered subject or path (exact string match)."""
+        return dataschema in self._versions or dataschema in self._paths
+
+
+def decide_events(model: ChipModel, rng: random.Random, events: Sequence[EventView], *, elapsed: float,
+                  registry: SchemaRegistry | None = None, transactional: bool = False) -> list[EventError | None]:
+    """Each event's answer, positional: None when produced, else why not.
+
+    The first that applies wins: required attributes missing (VALIDATION_FAILED); a
+    ``reject_containing`` rule; a ``reject_windows`` window covering ``elapsed``; with
+    ``require_schemas``, a dataschema that is absent or neither in ``model.schemas`` nor
+    in ``registry`` (SCHEMA_MISSING); the ``event_failure_rate`` roll (one draw per event
+    whatever the rest, so a seed replays). ``transactional`` (the batch's
+    ``transaction_enabled``): all or nothing, so when one event fails the others are
+    answered PUBLISH_ERROR_CODE_UNKNOWN (not produced, nothing wrong with them).
+    """
+    rolls = decide_event_failures(model, rng, len(events))
+    window = next((w for w in model.reject_windows if w.window.covers(elapsed)), None)
+    if window is None and not model.reads_contents and not model.event_failure_rate:  # the common case, made cheap
+        answers = [_decide_event(model, registry, event, None, False) if event.missing else None for event in events]
+    else:
+        answers = [_decide_event(model, registry, event, window, rolled)
+                   for event, rolled in zip(events, rolls, strict=True)]
+    failed = next((answer for answer in answers if answer is not None), None)
+    if transactional and failed is not None:
+        aborted = EventError("PUBLISH_ERROR_CODE_UNKNOWN",
+                             f"chipmock: not produced: the transaction failed ({failed.code} on another event)")
+        answers = [answer or aborted for answer in answers]
+    return answers
+
+
+def _decide_event(model: ChipModel, registry: SchemaRegistry | None, event: EventView,
+                  window: RejectWindow | None, rolled: bool) -> EventError | None:
+    if event.missing:
+        return EventError("VALIDATION_FAILED", f"missing {', '.join(event.missing)}")
+    for rule in model.reject_containing:
+        if rule.matches(event):
+            return EventError(rule.code, f"chipmock: chosen event (contains {rule.text!r})")
+    if window is not None:
+        return EventError(window.code, f"chipmock: {window.code} window {window.window}")
+    if model.require_schemas:
+        if not event.dataschema:
+            return EventError("SCHEMA_MISSING", "chipmock: the event names no dataschema and schemas are required")
+        if event.dataschema not in model.schemas and not (registry and registry.knows(event.dataschema)):
+            return EventError("SCHEMA_MISSING", f"chipmock: no registered schema for {event.dataschema!r}")
+    if rolled:
+        return EventError(model.event_failure_code, model.reject_reason)
+    return None
+
+
+class ChipState:
+    """What chipmock remembers between calls: its random stream, the rate limiter's bucket, the registry.
+
+    Not thread-safe: the server calls it under one lock. Each call passes the model in
+    force (tests change it while running) and the seconds since start.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.rng = random.Random(seed)
+        self.registry = SchemaRegistry()
+        self._limiter: RateLimiter | None = None
+
+    def call(self, model: ChipModel, *, elapsed: float, batch_size: int = 1, request_bytes: int = 0) -> CallDecision:
+        """``decide_call`` with the bucket of ``model.rate_limit`` (a new, full one when the limit changed)."""
+        if model.rate_limit is None:
+            self._limiter = None
+        elif self._limiter is None or self._limiter.rate != model.rate_limit:
+            self._limiter = RateLimiter(model.rate_limit, elapsed)
+        return decide_call(model, self.rng, elapsed=elapsed, batch_size=batch_size, request_bytes=request_bytes,
+                           limiter=self._limiter)
+
+    def events(self, model: ChipModel, events: Sequence[EventView], *, elapsed: float,
+               transactional: bool = False) -> list[EventError | None]:
+        return decide_events(model, self.rng, events, elapsed=elapsed, registry=self.registry,
+                             transactional=transactional)
+
+
+# How a PublishBatch carried CloudEventBatch.options: none at all, options without
+# transaction_enabled, or transaction_enabled said false / true.
+OPTIONS_KINDS = ("absent", "unset", "false", "true")
+
+
 @dataclass(frozen=True)
 class Snapshot:
     calls: int
@@ -156,6 +468,8 @@ class Snapshot:
     rejected: int
     bytes: int
     ages: tuple[int, ...]  # events per AGE_BUCKETS bucket (the last: older than the last bound)
+    rate_limited: int  # calls refused by the rate limit (also in failed_calls)
+    batch_options: Mapping[str, int]  # PublishBatch calls by how they carried options (OPTIONS_KINDS)
 
 
 # Bounds (seconds) of the event-age histogram: fine where delivery latency is judged (1-100 ms).
@@ -178,12 +492,20 @@ class Counters:
     # builtins.bytes: inside this class body, ``bytes`` names the counter above.
     payloads: dict[str, builtins.bytes] = field(default_factory=dict)
     ages: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
+    rate_limited: int = 0
+    batch_options: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPTIONS_KINDS, 0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def record_call(self, *, failed: bool) -> None:
+    def record_call(self, *, failed: bool, rate_limited: bool = False) -> None:
         with self._lock:
             self.calls += 1
             self.failed_calls += failed
+            self.rate_limited += rate_limited
+
+    def record_batch_options(self, kind: str) -> None:
+        """One PublishBatch received, with its options as one of OPTIONS_KINDS."""
+        with self._lock:
+            self.batch_options[kind] += 1
 
     def record_events(self, events: Iterable[tuple[str, builtins.bytes | int]], *, rejected: int = 0,
                       ages: Iterable[float] = ()) -> None:
@@ -210,7 +532,8 @@ class Counters:
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(self.calls, self.failed_calls, self.received, len(self.ids),
-                            self.duplicates, self.rejected, self.bytes, tuple(self.ages))
+                            self.duplicates, self.rejected, self.bytes, tuple(self.ages), self.rate_limited,
+                            MappingProxyType(dict(self.batch_options)))
 
     def seen(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` were produced."""

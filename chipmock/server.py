@@ -8,14 +8,14 @@ by :mod:`chipmock.model`; what it received is in ``server.counters``.
 from __future__ import annotations
 
 import base64
-import random
+import math
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -31,56 +31,85 @@ from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
-from .model import AGE_BUCKETS, ChipModel, Counters, decide_call, decide_event_failures, decide_ping
+from .model import AGE_BUCKETS, ChipModel, ChipState, Counters, EventView, code_number, decide_ping
 
 _STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
-_REJECT_CODE = pb.SCHEMA_MISSING
+# Trailing metadata of a rate-limited call: milliseconds until the same call would pass.
+RETRY_AFTER_KEY = "retry-after-ms"
+_SCHEMA_ATTRIBUTE_KINDS = ("ce_uri", "ce_uri_ref", "ce_string")
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 
-def _missing_fields(event: ce.CloudEvent) -> list[str]:
-    return [name for name in ("id", "source", "spec_version", "type") if not getattr(event, name)]
+def _view(event: ce.CloudEvent, *, full: bool) -> EventView:
+    """What the model reads of ``event``; its data and dataschema only when a rule of the model looks at them."""
+    missing = tuple(name for name in ("id", "source", "spec_version", "type") if not getattr(event, name))
+    if not full:
+        return EventView(event.id, missing=missing)
+    kind = event.WhichOneof("data")
+    data = (event.binary_data if kind == "binary_data" else event.text_data.encode() if kind == "text_data"
+            else event.proto_data.value if kind == "proto_data" else b"")
+    dataschema = None
+    if "dataschema" in event.attributes:  # membership first: reading a missing key of a proto map inserts it
+        value = event.attributes["dataschema"]
+        if value.WhichOneof("attr") in _SCHEMA_ATTRIBUTE_KINDS:
+            dataschema = str(getattr(value, value.WhichOneof("attr")))
+    return EventView(event.id, data, dataschema, missing)
+
+
+def _options_kind(batch: pb.CloudEventBatch) -> str:
+    if not batch.HasField("options"):
+        return "absent"
+    if not batch.options.HasField("transaction_enabled"):
+        return "unset"
+    return "true" if batch.options.transaction_enabled else "false"
 
 
 class ChipIngressMock(pb_grpc.ChipIngressServicer):
     def __init__(self, model: ChipModel, counters: Counters) -> None:
         self.model = model
         self.counters = counters
-        self._rng = random.Random(model.seed)
-        self._rng_lock = threading.Lock()
+        self.state = ChipState(model.seed)
+        self._lock = threading.Lock()  # every decision, one at a time: the state is not thread-safe
         self._started = time.monotonic()
+        self.stopped = threading.Event()  # wakes handlers still sleeping out their latency after stop
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self._started
 
     def _enter_call(self, context: grpc.ServicerContext, batch_size: int, request_bytes: int = 0) -> float:
         """Apply latency and whole-call failures; aborts the RPC if it fails. Returns the arrival (wall clock)."""
         arrived = time.time()
-        with self._rng_lock:
-            decision = decide_call(self.model, self._rng, elapsed=time.monotonic() - self._started,
-                                   batch_size=batch_size, request_bytes=request_bytes)
-        if decision.delay:
-            time.sleep(decision.delay)
-        self.counters.record_call(failed=decision.status is not None)
+        with self._lock:
+            decision = self.state.call(self.model, elapsed=self._elapsed(), batch_size=batch_size,
+                                       request_bytes=request_bytes)
+        if decision.delay and self.stopped.wait(decision.delay):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "chipmock: stopped")
+        self.counters.record_call(failed=decision.status is not None, rate_limited=decision.retry_after is not None)
+        if decision.retry_after is not None:
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(math.ceil(decision.retry_after * 1000))),))
         if decision.status is not None:
             context.abort(_STATUS[decision.status], decision.detail)
         return arrived
 
-    def _produce(self, events: list[ce.CloudEvent], arrived: float) -> pb.PublishResponse:
-        with self._rng_lock:
-            failures = decide_event_failures(self.model, self._rng, len(events))
+    def _produce(self, events: list[ce.CloudEvent], arrived: float, *, transactional: bool = False
+                 ) -> pb.PublishResponse:
+        model = self.model
+        full = model.reads_contents
+        views = [_view(event, full=full) for event in events]
+        with self._lock:
+            answers = self.state.events(model, views, elapsed=self._elapsed(), transactional=transactional)
         response = pb.PublishResponse()
         produced: list[tuple[str, bytes | int]] = []
         ages: list[float] = []
         keep = self.counters.keep_payloads
-        for event, injected in zip(events, failures, strict=True):
+        for event, answer in zip(events, answers, strict=True):
             result = response.results.add(event_id=event.id)
-            missing = _missing_fields(event)
-            if missing:
-                result.error.error_code = pb.VALIDATION_FAILED
-                result.error.reason = f"missing {', '.join(missing)}"
-            elif injected:
-                result.error.error_code = _REJECT_CODE
-                result.error.reason = self.model.reject_reason
+            if answer is not None:
+                # An open enum: numbers this proto does not name go on the wire too.
+                result.error.error_code = cast(pb.PublishErrorCode, code_number(answer.code))
+                result.error.reason = answer.reason
             else:
                 produced.append((event.id, event.SerializeToString() if keep else event.ByteSize()))
                 if "recordedtime" in event.attributes:
@@ -95,13 +124,18 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         return self._produce([request], self._enter_call(context, 1))
 
     def PublishBatch(self, request: pb.CloudEventBatch, context: grpc.ServicerContext) -> pb.PublishResponse:
+        self.counters.record_batch_options(_options_kind(request))
         arrived = self._enter_call(context, len(request.events), request.ByteSize())
-        return self._produce(list(request.events), arrived)
+        return self._produce(list(request.events), arrived, transactional=request.options.transaction_enabled)
 
-    def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
-        decision = decide_ping(self.model, elapsed=time.monotonic() - self._started)
+    def _check_windows(self, context: grpc.ServicerContext) -> None:
+        """Outage and UNAUTHENTICATED windows, as for Ping: the calls that carry no events."""
+        decision = decide_ping(self.model, elapsed=self._elapsed())
         if decision.status is not None:
             context.abort(_STATUS[decision.status], decision.detail)
+
+    def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        self._check_windows(context)
         return pb.PingResponse(message="pong")
 
     def StreamEvents(
@@ -112,8 +146,19 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
             ok = not response.results or not response.results[0].HasField("error")
             yield pb.StreamEventsResponse(eventId=request.event.id, status="success" if ok else "error")
 
-    def RegisterSchema(self, request: pb.RegisterSchemaRequest, context: grpc.ServicerContext) -> NoReturn:
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "chipmock has no schema registry")
+    def RegisterSchema(self, request: pb.RegisterSchemaRequest, context: grpc.ServicerContext
+                       ) -> pb.RegisterSchemaResponse:
+        """Store the schemas (all or none): an event's dataschema then matches a subject or a path."""
+        self._check_windows(context)
+        entries = [(schema.subject, schema.path.path, schema.schema) for schema in request.schemas]
+        try:
+            with self._lock:
+                versions = self.state.registry.register(entries)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"chipmock: {exc}")
+        return pb.RegisterSchemaResponse(registered=[
+            pb.RegisteredSchema(subject=subject, version=version)
+            for (subject, _, _), version in zip(entries, versions, strict=True)])
 
 
 class _BasicAuth(grpc.ServerInterceptor):
@@ -159,8 +204,15 @@ class _CountersCollector:
             ("chipmock_events_duplicate", snap.duplicates, "events whose id was already produced"),
             ("chipmock_events_rejected", snap.rejected, "events answered with a permanent error"),
             ("chipmock_received_bytes", snap.bytes, "bytes of produced events"),
+            ("chipmock_rate_limited_calls", snap.rate_limited, "RPCs refused by --rate-limit (also failed_calls)"),
         ]:
             yield CounterMetricFamily(name, doc, value=value)
+        options = CounterMetricFamily("chipmock_publish_batch_options",
+                                      "PublishBatch calls by how they carried options.transaction_enabled",
+                                      labels=["transaction_enabled"])
+        for kind, count in snap.batch_options.items():
+            options.add_metric([kind], count)
+        yield options
         yield GaugeMetricFamily("chipmock_events_unique", "distinct event ids produced", value=snap.unique)
         running, buckets = 0, []
         for bound, count in zip((*AGE_BUCKETS, float("inf")), snap.ages, strict=True):
@@ -202,6 +254,7 @@ class ChipMockServer:
 
     def stop(self, grace: float = 1.0) -> None:
         self.server.stop(grace).wait()
+        self.servicer.stopped.set()  # calls still sleeping out their latency end now, not after it
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None

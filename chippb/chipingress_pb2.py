@@ -25,15 +25,21 @@ _sym_db = _symbol_database.Default()
 from chippb import cloudevent_pb2 as chippb_dot_cloudevent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hippb/chipingress.proto\x12\x0e\x63hipingress.pb\x1a\x17\x63hippb/cloudevent.proto\"q\n\x0f\x43loudEventBatch\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.chipingress.pb.PublishOptions\"J\n\x0ePublishOptions\x12 \n\x13transaction_enabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_transaction_enabled\"A\n\x0fPublishResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.chipingress.pb.PublishResult\"N\n\rPublishResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1c.chipingress.pb.PublishError\"T\n\x0cPublishError\x12\x34\n\nerror_code\x18\x01 \x01(\x0e\x32 .chipingress.pb.PublishErrorCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0e\n\x0c\x45mptyRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"C\n\x13StreamEventsRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\"7\n\x14StreamEventsResponse\x12\x0f\n\x07\x65ventId\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"8\n\x15RegisterSchemaRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0e\n\x06schema\x18\x02 \x01(\t\"$\n\x16RegisterSchemaResponse\x12\n\n\x02id\x18\x01 \x01(\x05*\x8c\x01\n\x10PublishErrorCode\x12\x1e\n\x1aPUBLISH_ERROR_CODE_UNKNOWN\x10\x00\x12\x15\n\x11VALIDATION_FAILED\x10\x01\x12\x12\n\x0eSCHEMA_MISSING\x10\x02\x12\x10\n\x0c\x45NCODE_ERROR\x10\x03\x12\x1b\n\x17\x44OMAIN_MISCONFIGURATION\x10\x04\x32\xae\x03\n\x0b\x43hipIngress\x12I\n\x07Publish\x12\x1d.io.cloudevents.v1.CloudEvent\x1a\x1f.chipingress.pb.PublishResponse\x12P\n\x0cPublishBatch\x12\x1f.chipingress.pb.CloudEventBatch\x1a\x1f.chipingress.pb.PublishResponse\x12\x42\n\x04Ping\x12\x1c.chipingress.pb.EmptyRequest\x1a\x1c.chipingress.pb.PingResponse\x12]\n\x0cStreamEvents\x12#.chipingress.pb.StreamEventsRequest\x1a$.chipingress.pb.StreamEventsResponse(\x01\x30\x01\x12_\n\x0eRegisterSchema\x12%.chipingress.pb.RegisterSchemaRequest\x1a&.chipingress.pb.RegisterSchemaResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63hippb/chipingress.proto\x12\x0e\x63hipingress.pb\x1a\x17\x63hippb/cloudevent.proto\"q\n\x0f\x43loudEventBatch\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.chipingress.pb.PublishOptions\"J\n\x0ePublishOptions\x12 \n\x13transaction_enabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x42\x16\n\x14_transaction_enabled\"A\n\x0fPublishResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.chipingress.pb.PublishResult\"N\n\rPublishResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1c.chipingress.pb.PublishError\"T\n\x0cPublishError\x12\x34\n\nerror_code\x18\x01 \x01(\x0e\x32 .chipingress.pb.PublishErrorCode\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x0e\n\x0c\x45mptyRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07message\x18\x01 \x01(\t\"C\n\x13StreamEventsRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.io.cloudevents.v1.CloudEvent\"7\n\x14StreamEventsResponse\x12\x0f\n\x07\x65ventId\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\"@\n\x15RegisterSchemaRequest\x12\'\n\x07schemas\x18\x01 \x03(\x0b\x32\x16.chipingress.pb.Schema\"N\n\x16RegisterSchemaResponse\x12\x34\n\nregistered\x18\x01 \x03(\x0b\x32 .chipingress.pb.RegisteredSchema\"\xda\x01\n\x06Schema\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\"\n\x04path\x18\x02 \x01(\x0b\x32\x14.chipingress.pb.Path\x12*\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1a.chipingress.pb.SchemaType\x12\x0e\n\x06schema\x18\x05 \x01(\t\x12\x33\n\nreferences\x18\x06 \x03(\x0b\x32\x1f.chipingress.pb.SchemaReference\x12*\n\x08metadata\x18\x07 \x01(\x0b\x32\x18.chipingress.pb.MetaData\"A\n\x0fSchemaReference\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"\x86\x01\n\x08MetaData\x12\x34\n\x06stores\x18\x01 \x03(\x0b\x32$.chipingress.pb.MetaData.StoresEntry\x1a\x44\n\x0bStoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.chipingress.pb.Store:\x02\x38\x01\")\n\x05Store\x12\r\n\x05index\x18\x01 \x03(\t\x12\x11\n\tpartition\x18\x02 \x03(\t\"<\n\x04Path\x12\x0c\n\x04path\x18\x01 \x01(\t\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.chipingress.pb.PathType\"4\n\x10RegisteredSchema\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05*\x8c\x01\n\x10PublishErrorCode\x12\x1e\n\x1aPUBLISH_ERROR_CODE_UNKNOWN\x10\x00\x12\x15\n\x11VALIDATION_FAILED\x10\x01\x12\x12\n\x0eSCHEMA_MISSING\x10\x02\x12\x10\n\x0c\x45NCODE_ERROR\x10\x03\x12\x1b\n\x17\x44OMAIN_MISCONFIGURATION\x10\x04*.\n\nSchemaType\x12\x0c\n\x08PROTOBUF\x10\x00\x12\x08\n\x04\x41VRO\x10\x01\x12\x08\n\x04JSON\x10\x02*4\n\x08PathType\x12\x06\n\x02S3\x10\x00\x12\t\n\x05LOCAL\x10\x01\x12\n\n\x06GITHUB\x10\x03\x12\t\n\x05OTHER\x10\x04\x32\xae\x03\n\x0b\x43hipIngress\x12I\n\x07Publish\x12\x1d.io.cloudevents.v1.CloudEvent\x1a\x1f.chipingress.pb.PublishResponse\x12P\n\x0cPublishBatch\x12\x1f.chipingress.pb.CloudEventBatch\x1a\x1f.chipingress.pb.PublishResponse\x12\x42\n\x04Ping\x12\x1c.chipingress.pb.EmptyRequest\x1a\x1c.chipingress.pb.PingResponse\x12]\n\x0cStreamEvents\x12#.chipingress.pb.StreamEventsRequest\x1a$.chipingress.pb.StreamEventsResponse(\x01\x30\x01\x12_\n\x0eRegisterSchema\x12%.chipingress.pb.RegisterSchemaRequest\x1a&.chipingress.pb.RegisterSchemaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'chippb.chipingress_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUBLISHERRORCODE']._serialized_start=765
-  _globals['_PUBLISHERRORCODE']._serialized_end=905
+  _globals['_METADATA_STORESENTRY']._loaded_options = None
+  _globals['_METADATA_STORESENTRY']._serialized_options = b'8\001'
+  _globals['_PUBLISHERRORCODE']._serialized_start=1399
+  _globals['_PUBLISHERRORCODE']._serialized_end=1539
+  _globals['_SCHEMATYPE']._serialized_start=1541
+  _globals['_SCHEMATYPE']._serialized_end=1587
+  _globals['_PATHTYPE']._serialized_start=1589
+  _globals['_PATHTYPE']._serialized_end=1641
   _globals['_CLOUDEVENTBATCH']._serialized_start=69
   _globals['_CLOUDEVENTBATCH']._serialized_end=182
   _globals['_PUBLISHOPTIONS']._serialized_start=184
@@ -53,9 +59,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMEVENTSRESPONSE']._serialized_start=611
   _globals['_STREAMEVENTSRESPONSE']._serialized_end=666
   _globals['_REGISTERSCHEMAREQUEST']._serialized_start=668
-  _globals['_REGISTERSCHEMAREQUEST']._serialized_end=724
-  _globals['_REGISTERSCHEMARESPONSE']._serialized_start=726
-  _globals['_REGISTERSCHEMARESPONSE']._serialized_end=762
-  _globals['_CHIPINGRESS']._serialized_start=908
-  _globals['_CHIPINGRESS']._serialized_end=1338
+  _globals['_REGISTERSCHEMAREQUEST']._serialized_end=732
+  _globals['_REGISTERSCHEMARESPONSE']._serialized_start=734
+  _globals['_REGISTERSCHEMARESPONSE']._serialized_end=812
+  _globals['_SCHEMA']._serialized_start=815
+  _globals['_SCHEMA']._serialized_end=1033
+  _globals['_SCHEMAREFERENCE']._serialized_start=1035
+  _globals['_SCHEMAREFERENCE']._serialized_end=1100
+  _globals['_METADATA']._serialized_start=1103
+  _globals['_METADATA']._serialized_end=1237
+  _globals['_METADATA_STORESENTRY']._serialized_start=1169
+  _globals['_METADATA_STORESENTRY']._serialized_end=1237
+  _globals['_STORE']._serialized_start=1239
+  _globals['_STORE']._serialized_end=1280
+  _globals['_PATH']._serialized_start=1282
+  _globals['_PATH']._serialized_end=1342
+  _globals['_REGISTEREDSCHEMA']._serialized_start=1344
+  _globals['_REGISTEREDSCHEMA']._serialized_end=1396
+  _globals['_CHIPINGRESS']._serialized_start=1644
+  _globals['_CHIPINGRESS']._serialized_end=2074
 # @@protoc_insertion_point(module_scope)

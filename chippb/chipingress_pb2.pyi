@@ -15,11 +15,31 @@ class PublishErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCHEMA_MISSING: _ClassVar[PublishErrorCode]
     ENCODE_ERROR: _ClassVar[PublishErrorCode]
     DOMAIN_MISCONFIGURATION: _ClassVar[PublishErrorCode]
+
+class SchemaType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOBUF: _ClassVar[SchemaType]
+    AVRO: _ClassVar[SchemaType]
+    JSON: _ClassVar[SchemaType]
+
+class PathType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    S3: _ClassVar[PathType]
+    LOCAL: _ClassVar[PathType]
+    GITHUB: _ClassVar[PathType]
+    OTHER: _ClassVar[PathType]
 PUBLISH_ERROR_CODE_UNKNOWN: PublishErrorCode
 VALIDATION_FAILED: PublishErrorCode
 SCHEMA_MISSING: PublishErrorCode
 ENCODE_ERROR: PublishErrorCode
 DOMAIN_MISCONFIGURATION: PublishErrorCode
+PROTOBUF: SchemaType
+AVRO: SchemaType
+JSON: SchemaType
+S3: PathType
+LOCAL: PathType
+GITHUB: PathType
+OTHER: PathType
 
 class CloudEventBatch(_message.Message):
     __slots__ = ("events", "options")
@@ -82,15 +102,76 @@ class StreamEventsResponse(_message.Message):
     def __init__(self, eventId: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class RegisterSchemaRequest(_message.Message):
-    __slots__ = ("subject", "schema")
-    SUBJECT_FIELD_NUMBER: _ClassVar[int]
-    SCHEMA_FIELD_NUMBER: _ClassVar[int]
-    subject: str
-    schema: str
-    def __init__(self, subject: _Optional[str] = ..., schema: _Optional[str] = ...) -> None: ...
+    __slots__ = ("schemas",)
+    SCHEMAS_FIELD_NUMBER: _ClassVar[int]
+    schemas: _containers.RepeatedCompositeFieldContainer[Schema]
+    def __init__(self, schemas: _Optional[_Iterable[_Union[Schema, _Mapping]]] = ...) -> None: ...
 
 class RegisterSchemaResponse(_message.Message):
-    __slots__ = ("id",)
-    ID_FIELD_NUMBER: _ClassVar[int]
-    id: int
-    def __init__(self, id: _Optional[int] = ...) -> None: ...
+    __slots__ = ("registered",)
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    registered: _containers.RepeatedCompositeFieldContainer[RegisteredSchema]
+    def __init__(self, registered: _Optional[_Iterable[_Union[RegisteredSchema, _Mapping]]] = ...) -> None: ...
+
+class Schema(_message.Message):
+    __slots__ = ("subject", "path", "format", "schema", "references", "metadata")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    path: Path
+    format: SchemaType
+    schema: str
+    references: _containers.RepeatedCompositeFieldContainer[SchemaReference]
+    metadata: MetaData
+    def __init__(self, subject: _Optional[str] = ..., path: _Optional[_Union[Path, _Mapping]] = ..., format: _Optional[_Union[SchemaType, str]] = ..., schema: _Optional[str] = ..., references: _Optional[_Iterable[_Union[SchemaReference, _Mapping]]] = ..., metadata: _Optional[_Union[MetaData, _Mapping]] = ...) -> None: ...
+
+class SchemaReference(_message.Message):
+    __slots__ = ("name", "subject", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    subject: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., subject: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class MetaData(_message.Message):
+    __slots__ = ("stores",)
+    class StoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Store
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Store, _Mapping]] = ...) -> None: ...
+    STORES_FIELD_NUMBER: _ClassVar[int]
+    stores: _containers.MessageMap[str, Store]
+    def __init__(self, stores: _Optional[_Mapping[str, Store]] = ...) -> None: ...
+
+class Store(_message.Message):
+    __slots__ = ("index", "partition")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    index: _containers.RepeatedScalarFieldContainer[str]
+    partition: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[_Iterable[str]] = ..., partition: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Path(_message.Message):
+    __slots__ = ("path", "type")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    type: PathType
+    def __init__(self, path: _Optional[str] = ..., type: _Optional[_Union[PathType, str]] = ...) -> None: ...
+
+class RegisteredSchema(_message.Message):
+    __slots__ = ("subject", "version")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    subject: str
+    version: int
+    def __init__(self, subject: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...

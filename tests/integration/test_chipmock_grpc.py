@@ -1,11 +1,10 @@
 """A grpcio client built from our proto/ against a real chipmock server."""
 
-import time
-
 import grpc
 import pytest
 
 from chipmock import ChipModel
+from chipmock.model import RejectContaining
 from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
@@ -69,14 +68,15 @@ def test_stream_events_answers_each_event(start_chipmock) -> None:
 
 
 def test_configured_latency_is_observed(start_chipmock) -> None:
-    server = start_chipmock(ChipModel(latency=0.2))
+    """A deadline shorter than the latency expires; the call itself still arrives (no timing asserted)."""
+    server = start_chipmock(ChipModel(latency=0.5))
     channel, stub = _stub(server)
     with channel:
-        stub.Ping(pb.EmptyRequest())  # connect first; Ping has no latency
-        started = time.monotonic()
-        stub.PublishBatch(pb.CloudEventBatch(events=[_event(1)]))
-        took = time.monotonic() - started
-    assert 0.2 <= took < 2.0
+        stub.Ping(pb.EmptyRequest(), timeout=10)  # connect first; Ping has no latency
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PublishBatch(pb.CloudEventBatch(events=[_event(1)]), timeout=0.05)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert stub.PublishBatch(pb.CloudEventBatch(events=[_event(2)]), timeout=30).results[0].event_id == "id-2"
 
 
 def test_failure_rate_over_2000_calls_lands_in_band(start_chipmock) -> None:
@@ -139,3 +139,69 @@ def test_metrics_endpoint_serves_the_counters(start_chipmock) -> None:
     body = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
     assert "chipmock_events_received_total 2.0" in body
     assert "chipmock_events_duplicate_total 1.0" in body
+
+
+def _with_schema(i: int, dataschema: str) -> ce.CloudEvent:
+    event = _event(i)
+    event.attributes["dataschema"].ce_uri = dataschema
+    return event
+
+
+def test_registered_schemas_let_events_through_when_schemas_are_required(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(require_schemas=True))
+    channel, stub = _stub(server)
+    events = [_with_schema(1, "/workflows/v1"), _with_schema(2, "tick-value"), _event(3)]
+    with channel:
+        before = stub.PublishBatch(pb.CloudEventBatch(events=events))
+        registered = stub.RegisterSchema(pb.RegisterSchemaRequest(schemas=[
+            pb.Schema(subject="tick-value", path=pb.Path(path="/workflows/v1", type=pb.GITHUB), format=pb.PROTOBUF,
+                      schema="syntax = \"proto3\";"),
+        ]))
+        again = stub.RegisterSchema(pb.RegisterSchemaRequest(schemas=[pb.Schema(subject="tick-value", schema="v2")]))
+        server.set_model(ChipModel(require_schemas=True))  # the registry outlives a model change
+        after = stub.PublishBatch(pb.CloudEventBatch(events=events))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RegisterSchema(pb.RegisterSchemaRequest(schemas=[pb.Schema(path=pb.Path(path="/x"))]))
+    assert [r.error.error_code for r in before.results] == [pb.SCHEMA_MISSING] * 3
+    assert [(r.subject, r.version) for r in registered.registered] == [("tick-value", 1)]
+    assert [(r.subject, r.version) for r in again.registered] == [("tick-value", 2)]
+    assert [r.HasField("error") for r in after.results] == [False, False, True]  # by path, by subject; none named
+    assert "names no dataschema" in after.results[2].error.reason
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no subject" in info.value.details()
+
+
+def test_batches_are_counted_by_their_options_and_a_transactional_one_is_all_or_nothing(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(reject_containing=(RejectContaining("VALIDATION_FAILED", "poison"),)))
+    channel, stub = _stub(server)
+    events = [_event(1), _event("poison"), _event(3)]
+    with channel:
+        partial = stub.PublishBatch(pb.CloudEventBatch(events=events,
+                                                       options=pb.PublishOptions(transaction_enabled=False)))
+        whole = stub.PublishBatch(pb.CloudEventBatch(events=events, options=pb.PublishOptions(transaction_enabled=True)))
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(4)]))
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(5)], options=pb.PublishOptions()))
+    assert [r.error.error_code for r in partial.results] == [0, pb.VALIDATION_FAILED, 0]
+    assert [r.HasField("error") for r in partial.results] == [False, True, False]
+    assert [r.error.error_code for r in whole.results] == [pb.PUBLISH_ERROR_CODE_UNKNOWN, pb.VALIDATION_FAILED,
+                                                           pb.PUBLISH_ERROR_CODE_UNKNOWN]
+    assert all(r.HasField("error") for r in whole.results)
+    snap = server.counters.snapshot()
+    assert dict(snap.batch_options) == {"absent": 1, "unset": 1, "false": 1, "true": 1}
+    assert snap.unique == 4  # 1 and 3 once (the transaction produced nothing), 4 and 5
+
+
+def test_a_rate_limited_call_says_so_and_when_to_come_back(start_chipmock) -> None:
+    server = start_chipmock(ChipModel(rate_limit=1))
+    channel, stub = _stub(server)
+    with channel:
+        stub.PublishBatch(pb.CloudEventBatch(events=[_event(i) for i in range(30)]))  # a full bucket: 29 of debt
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PublishBatch(pb.CloudEventBatch(events=[_event(30)]))
+        assert stub.Ping(pb.EmptyRequest()).message == "pong"  # never limited
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.details().startswith("request rate exceeds the maximum allowed")
+    assert "larger than max" not in info.value.details()
+    retry_after = dict(info.value.trailing_metadata())["retry-after-ms"]
+    assert 20_000 < int(retry_after) <= 30_000
+    snap = server.counters.snapshot()
+    assert (snap.rate_limited, snap.failed_calls, snap.received) == (1, 1, 30)
