@@ -6,6 +6,8 @@ that only wants "did my event become durable?" catches that one class.
 
 from __future__ import annotations
 
+from .core.failures import StoreFailure, classify_sqlstate
+
 
 class EmitterError(Exception):
     """Base class of every error durable-emitter raises on purpose."""
@@ -44,11 +46,17 @@ class StoreUnavailable(EmitterError):
     When raised by ``emit``, the event was NOT committed (the transaction was
     rolled back), so retrying is safe. ``sqlstate`` is the server's error code
     when the server answered (None: no answer, e.g. a broken connection).
+    ``kind`` says what the failure means, decided once where the error is made:
+    ``TRANSIENT`` (retrying later may succeed; every failure without a server
+    answer), ``POISON`` (the data of this write is at fault) or ``PERMANENT``
+    (every such write fails until someone acts: rights, schema). Left out, it
+    is the classification of ``sqlstate``.
     """
 
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, sqlstate: str | None = None, kind: StoreFailure | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
+        self.kind = classify_sqlstate(sqlstate) if kind is None else kind
 
 
 class ChipRejected(EmitterError):
