@@ -165,10 +165,7 @@ async def dlq_purge(config: EmitterConfig, args: argparse.Namespace) -> int:
 async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
     store = await _store(config, writer=True)
     try:
-        moved = await store.replay_dead_letters(None if args.all else args.id)
-    except KeyError as exc:
-        print(f"durable-emitter: no dead letter with id {exc.args[0]}; nothing was replayed", file=sys.stderr)
-        return 1
+        moved = await store.replay_dead_letters(None if args.all else args.id)  # UnknownDeadLetter: main says it
     finally:
         store.close()
     print(f"replayed {len(moved)} event(s): they are pending again and will be delivered")

@@ -6,6 +6,8 @@ that only wants "did my event become durable?" catches that one class.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .core.failures import StoreFailure, classify_sqlstate
 
 
@@ -57,6 +59,20 @@ class StoreUnavailable(EmitterError):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.kind = classify_sqlstate(sqlstate) if kind is None else kind
+
+
+class UnknownDeadLetter(EmitterError, KeyError):
+    """``dlq replay`` was given ids that are not in the dead-letter table; nothing was moved.
+
+    ``ids`` names them. A ``KeyError`` too, for code written against earlier versions.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"no dead letter with id {', '.join(ids)}; nothing was replayed")
+        self.ids = tuple(ids)
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as it shows a missing key
+        return str(self.args[0])
 
 
 class ChipRejected(EmitterError):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..errors import UnknownDeadLetter
 from .driver import Transaction, one_row
 from .queries import (
     CLAIM_EVENTS,
@@ -84,13 +85,13 @@ class Operations(Store):
     async def replay_dead_letters(self, ids: Sequence[str] | None) -> list[str]:
         """Move dead letters back to pending (``ids`` None: all of them); return the ids moved.
 
-        Unknown ids are an error and nothing is moved.
+        Ids not in the dead-letter table raise :class:`UnknownDeadLetter`, and nothing is moved.
         """
         async with self._db.transaction():
             if ids is not None:
                 (unknown,) = one_row(await self._db.run(UNKNOWN_DEAD_LETTERS, {"ids": list(ids)}))
                 if unknown:
-                    raise KeyError(", ".join(unknown))
+                    raise UnknownDeadLetter(unknown)
             cursor = await self._db.run(REPLAY_DEAD_LETTERS, {"all": ids is None, "ids": list(ids or [])})
             return [row[0] for row in cursor.fetchall()]
 
