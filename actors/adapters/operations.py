@@ -46,7 +46,7 @@ class TableActivity:
 
 @dataclass(frozen=True, slots=True)
 class ReadPlans:
-    """EXPLAIN (ANALYZE, BUFFERS) of the reads that run every second or on every flush, as they ran."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the reads that must stay index scans however large the table, as they ran."""
 
     claim: str  # the dispatcher's claim
     flush_poll: str  # has_pending_before, which flush() polls
