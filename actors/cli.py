@@ -29,8 +29,9 @@ import trio
 
 from . import __version__
 from .adapters import schema
+from .adapters.driver import Session
+from .adapters.operations import LEASE_OWNERS_CAP, Operations
 from .adapters.postgres import describe, embedded_exists, start_embedded
-from .adapters.store import LEASE_OWNERS_CAP, Session, Store
 from .config import EmitterConfig, parse_duration
 from .core.events import decode_event
 from .errors import ConfigError, EmitterError
@@ -58,11 +59,11 @@ async def _url(config: EmitterConfig) -> str:
     return await trio.to_thread.run_sync(start_embedded, config.data_dir)
 
 
-async def _store(config: EmitterConfig, *, writer: bool) -> Store:
+async def _store(config: EmitterConfig, *, writer: bool) -> Operations:
     """A store on a current schema (checked by catalog reads only; never migrated here)."""
     url = await _url(config)
     await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
-    return Store(url, Session(schema=config.schema))
+    return Operations(url, Session(schema=config.schema))
 
 
 def _counted(n: int) -> str:
@@ -164,10 +165,7 @@ async def dlq_purge(config: EmitterConfig, args: argparse.Namespace) -> int:
 async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
     store = await _store(config, writer=True)
     try:
-        moved = await store.replay_dead_letters(None if args.all else args.id)
-    except KeyError as exc:
-        print(f"durable-emitter: no dead letter with id {exc.args[0]}; nothing was replayed", file=sys.stderr)
-        return 1
+        moved = await store.replay_dead_letters(None if args.all else args.id)  # UnknownDeadLetter: main says it
     finally:
         store.close()
     print(f"replayed {len(moved)} event(s): they are pending again and will be delivered")
@@ -183,7 +181,7 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     """
     left = -1
     async with open_emitter(config) as emitter:
-        store = Store(emitter.database_url, Session(schema=config.schema))
+        store = Operations(emitter.database_url, Session(schema=config.schema))
         try:
             with trio.move_on_after(args.timeout):
                 while (left := (await store.pending_stats()).rows):

@@ -6,7 +6,9 @@ that only wants "did my event become durable?" catches that one class.
 
 from __future__ import annotations
 
-from .core.failures import classify_sqlstate
+from collections.abc import Sequence
+
+from .core.failures import StoreFailure, classify_sqlstate
 
 
 class EmitterError(Exception):
@@ -45,15 +47,32 @@ class StoreUnavailable(EmitterError):
 
     When raised by ``emit``, the event was NOT committed (the transaction was
     rolled back), so retrying is safe. ``sqlstate`` is the server's error code
-    when the server answered (None: no answer, e.g. a broken connection);
-    ``kind`` is what that means (transient, poison or permanent), decided once,
-    where the error is made.
+    when the server answered (None: no answer, e.g. a broken connection).
+    ``kind`` says what the failure means, decided once where the error is made:
+    ``TRANSIENT`` (retrying later may succeed; every failure without a server
+    answer), ``POISON`` (the data of this write is at fault) or ``PERMANENT``
+    (every such write fails until someone acts: rights, schema). Left out, it
+    is the classification of ``sqlstate``.
     """
 
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, sqlstate: str | None = None, kind: StoreFailure | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
-        self.kind = classify_sqlstate(sqlstate)
+        self.kind = classify_sqlstate(sqlstate) if kind is None else kind
+
+
+class UnknownDeadLetter(EmitterError, KeyError):
+    """``dlq replay`` was given ids that are not in the dead-letter table; nothing was moved.
+
+    ``ids`` names them. A ``KeyError`` too, for code written against earlier versions.
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"no dead letter with id {', '.join(ids)}; nothing was replayed")
+        self.ids = tuple(ids)
+
+    def __str__(self) -> str:  # KeyError would show the message quoted, as it shows a missing key
+        return str(self.args[0])
 
 
 class ChipRejected(EmitterError):

@@ -26,25 +26,24 @@ import psycopg
 from psycopg import pq
 
 from actors.adapters import schema
-from actors.adapters.store import INSERT_EVENTS, insert_parameters
+from actors.adapters.driver import HotStatement
+from actors.adapters.store import insert_statement
 from actors.config import default_state_dir
 from actors.core.events import new_event_id
 from scripts.args_and_databases import scratch_database, server_url
 
-_INSERT = INSERT_EVENTS.sql
-_TYPES = list(INSERT_EVENTS.types)
 
-
-def _params(group: int, body: bytes) -> list[bytes]:
-    return insert_parameters([new_event_id() for _ in range(group)], [body] * group, owner="bench", lease=60.0,
-                             spilled=False)
+def _insert(group: int, body: bytes) -> tuple[HotStatement, list[bytes]]:
+    """The persister's INSERT of ``group`` rows, and its binary parameters."""
+    return insert_statement([new_event_id() for _ in range(group)], [body] * group, owner="bench", lease=60.0,
+                            spilled=False)
 
 
 def _commit_loop(url: str, group: int, body: bytes, stop_at: float, counts: list[int]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while time.monotonic() < stop_at:
-            result = conn.pgconn.exec_params(_INSERT, _params(group, body), param_types=_TYPES,
-                                             param_formats=[1] * 5)
+            insert, params = _insert(group, body)
+            result = conn.pgconn.exec_params(insert.sql, params, param_types=insert.types, param_formats=[1] * 5)
             if result.status != pq.ExecStatus.COMMAND_OK:
                 raise RuntimeError(result.error_message.decode())
             counts.append(group)
@@ -75,7 +74,8 @@ def pipelined(url: str, group: int, body: bytes, seconds: float, depth: int = 2)
         pg.enter_pipeline_mode()
 
         def send() -> None:
-            pg.send_query_params(_INSERT, _params(group, body), param_types=_TYPES, param_formats=[1] * 5)
+            insert, params = _insert(group, body)
+            pg.send_query_params(insert.sql, params, param_types=insert.types, param_formats=[1] * 5)
             pg.pipeline_sync()
             while pg.flush():
                 select.select([], [pg.socket], [])

@@ -39,8 +39,9 @@ import trio
 
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
+from actors.adapters.driver import Session
+from actors.adapters.operations import Operations
 from actors.adapters.postgres import start_embedded
-from actors.adapters.store import Session, Store
 from actors.logs import LOG_FORMATS, configure_logging
 from scripts.args_and_databases import duration
 
@@ -193,7 +194,7 @@ async def run(args: argparse.Namespace) -> int:
             }
             if not interactive:
                 print(json.dumps({"event": "run-local started", **where}), flush=True)
-            store = Store(emitter.database_url, Session(schema=config.schema))
+            store = Operations(emitter.database_url, Session(schema=config.schema))
             stack.callback(store.close)
             summary = await watch(args, emitter, store, mock, where, interactive)
         pending = (await store.pending_stats()).rows  # after shutdown: what stays for the next run
@@ -211,7 +212,7 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def watch(args, emitter, store: Store, mock, where, interactive: bool) -> Sample:
+async def watch(args, emitter, store: Operations, mock, where, interactive: bool) -> Sample:
     async def counters() -> tuple[int, int]:
         activity = await store.table_activity()
         return activity.inserts, activity.deletes

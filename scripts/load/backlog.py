@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -25,15 +26,7 @@ import trio
 import chipmock
 from actors import open_emitter
 from actors.adapters import schema
-from actors.adapters.store import (
-    CLAIM_EVENTS,
-    EXACT_COUNT_BELOW_BYTES,
-    HAS_PENDING_BEFORE,
-    LEASE_OWNERS,
-    LEASE_OWNERS_CAP,
-    PENDING_STATS,
-    Store,
-)
+from actors.adapters.operations import Operations
 from chipmock import ChipModel, Outage
 from scripts import ROOT
 
@@ -44,6 +37,7 @@ from .report import Run
 CLAIM_RUNS = 200
 SAMPLER_RUNS = 200
 STATUS_RUNS = 20
+CLAIM = {"owner": "probe", "lease": 60.0, "limit": 500, "writer_only": False}
 
 
 async def backlog(args, url: str, run: Run, progress: Progress) -> None:
@@ -96,45 +90,21 @@ async def _build(args, url: str, mock, progress: Progress) -> dict:
     return {"events": emitted, "seconds": took}
 
 
-def _timed(runs: int, call: Callable[[], Any]) -> tuple[float, float]:
+async def _timed(runs: int, call: Callable[[], Awaitable[Any]]) -> tuple[float, float]:
     """p50 and p99 in ms of ``runs`` calls."""
     seconds = []
     for _ in range(runs):
         started = time.perf_counter()
-        call()
+        await call()
         seconds.append(time.perf_counter() - started)
     return round(quantile(seconds, 0.5) * 1000, 2), round(quantile(seconds, 0.99) * 1000, 2)
-
-
-def _plan(conn: psycopg.Connection, sql: str, params: dict | None) -> str:
-    with conn.transaction(force_rollback=True):
-        rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, params, prepare=False).fetchall()
-    return "\n".join(row[0] for row in rows)
 
 
 def _measure_reads(conn: psycopg.Connection, url: str, run: Run, progress: Progress) -> dict:
     """Claim, sampler and status timings on the full table, with their plans."""
     progress.show("backlog reads", 0, 1, "claim, sampler, status")
-    claim = {"owner": "probe", "lease": 60.0, "limit": 500, "writer_only": False}
-
-    def claim_once() -> None:
-        with conn.transaction(force_rollback=True):  # measured, then undone: the backlog stays as it is
-            conn.execute(CLAIM_EVENTS, claim, prepare=False).fetchall()
-
-    pending = {"exact_below": EXACT_COUNT_BELOW_BYTES}
     figures: dict[str, Any] = {"pending_rows": conn.execute("SELECT count(*) FROM chip_durable_events").fetchone()[0]}
-    figures["claim_many_p50_ms"], figures["claim_many_p99_ms"] = _timed(CLAIM_RUNS, claim_once)
-    run.plans["claim, every row claimable"] = _plan(conn, CLAIM_EVENTS, claim)
-    figures["sampler_p50_ms"], figures["sampler_p99_ms"] = _timed(
-        SAMPLER_RUNS, lambda: conn.execute(PENDING_STATS, pending).fetchall())
-    run.plans["sampler (pending count, bytes, oldest age)"] = _plan(conn, PENDING_STATS, pending)
-    flush = {"before": datetime.now(UTC), "owner": "probe"}
-    figures["flush_poll_p99_ms"] = _timed(SAMPLER_RUNS, lambda: conn.execute(
-        HAS_PENDING_BEFORE, flush, prepare=False).fetchall())[1]
-    run.plans["flush poll (has this owner rows older than the flush)"] = _plan(conn, HAS_PENDING_BEFORE, flush)
-    run.plans["status: lease owners"] = _plan(conn, LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP})
-    figures["status_queries_p50_ms"], figures["status_queries_p99_ms"] = _timed(
-        STATUS_RUNS, lambda: trio.run(_status_queries, url))
+    figures.update(trio.run(partial(_store_reads, url, run, every_row_claimable=True)))
     walls = []
     for _ in range(3):
         started = time.perf_counter()
@@ -146,18 +116,49 @@ def _measure_reads(conn: psycopg.Connection, url: str, run: Run, progress: Progr
     progress.show("backlog reads", 0, 1, "few claimable: every lease pushed an hour ahead")
     conn.execute("UPDATE chip_durable_events SET lease_expires_at = now() + interval '1 hour'")
     conn.execute("VACUUM (ANALYZE) chip_durable_events")
-    figures["claim_few_p50_ms"], figures["claim_few_p99_ms"] = _timed(CLAIM_RUNS, claim_once)
-    run.plans["claim, no row claimable (every lease live)"] = _plan(conn, CLAIM_EVENTS, claim)
+    figures.update(trio.run(partial(_store_reads, url, run, every_row_claimable=False)))
     conn.execute("UPDATE chip_durable_events SET lease_expires_at = '-infinity'")
     conn.execute("VACUUM (ANALYZE) chip_durable_events")
     progress.done()
     return figures
 
 
+async def _store_reads(url: str, run: Run, *, every_row_claimable: bool) -> dict[str, Any]:
+    """The reads timed on the library's own connection, with their plans: the claim (each one rolled back,
+    so the backlog stays as it is); on the full table also the sampler's, the flush poll and status's."""
+    ops = Operations(url)
+    try:
+        async def claim_once() -> None:
+            async with ops.rolled_back():
+                await ops.claim(**CLAIM)
+
+        before = datetime.now(UTC)
+        figures: dict[str, Any] = {}
+        if not every_row_claimable:
+            figures["claim_few_p50_ms"], figures["claim_few_p99_ms"] = await _timed(CLAIM_RUNS, claim_once)
+            plans = await ops.read_plans(**CLAIM, before=before)
+            run.plans["claim, no row claimable (every lease live)"] = plans.claim
+            return figures
+        figures["claim_many_p50_ms"], figures["claim_many_p99_ms"] = await _timed(CLAIM_RUNS, claim_once)
+        figures["sampler_p50_ms"], figures["sampler_p99_ms"] = await _timed(SAMPLER_RUNS, ops.pending_stats)
+        figures["flush_poll_p99_ms"] = (await _timed(SAMPLER_RUNS, partial(
+            ops.has_pending_before, before, owner=CLAIM["owner"])))[1]
+        plans = await ops.read_plans(**CLAIM, before=before)
+        run.plans["claim, every row claimable"] = plans.claim
+        run.plans["sampler (pending count, bytes, oldest age)"] = plans.pending_stats
+        run.plans["flush poll (has this owner rows older than the flush)"] = plans.flush_poll
+        run.plans["status: lease owners"] = plans.lease_owners
+        figures["status_queries_p50_ms"], figures["status_queries_p99_ms"] = await _timed(
+            STATUS_RUNS, partial(_status_queries, url))
+        return figures
+    finally:
+        ops.close()
+
+
 async def _status_queries(url: str) -> None:
     """What ``durable-emitter status`` asks the database, from its schema check on."""
     await trio.to_thread.run_sync(lambda: schema.check(url, "public", auto_migrate=False, writer=False))
-    store = Store(url)
+    store = Operations(url)
     try:
         await store.pending_stats()
         await store.table_activity()

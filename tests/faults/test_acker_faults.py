@@ -16,7 +16,7 @@ ODD_REASON = "schema \x00missing\x01 for caf\u00e9 \U0001f600"
 
 async def test_reasons_with_nul_bytes_are_stored_readably_and_delivery_continues(start_chipmock, make_config,
                                                                                    database_url) -> None:
-    chip = start_chipmock(ChipModel(event_failure_rate=0.2, reject_reason=ODD_REASON, seed=7))
+    chip = start_chipmock(ChipModel(event_failure_rate=0.2, event_failure_code="VALIDATION_FAILED", reject_reason=ODD_REASON, seed=7))
     async with open_emitter(make_config(chip)) as emitter:
         ids = await emit_concurrently(emitter, 300)
         with trio.fail_after(60):
@@ -28,7 +28,7 @@ async def test_reasons_with_nul_bytes_are_stored_readably_and_delivery_continues
 
 async def test_a_poison_reason_is_isolated_recorded_escaped_and_the_rest_moved(start_chipmock, make_config,
                                                                                 database_url) -> None:
-    chip = start_chipmock(ChipModel(event_failure_rate=0.2, reject_reason=ODD_REASON, seed=7))
+    chip = start_chipmock(ChipModel(event_failure_rate=0.2, event_failure_code="VALIDATION_FAILED", reject_reason=ODD_REASON, seed=7))
     async with open_emitter(make_config(chip)) as emitter:
         # A rule the emitter does not know: control characters are refused in reasons.
         query(database_url, "ALTER TABLE chip_durable_events_dead_letter ADD CONSTRAINT printable "
@@ -46,7 +46,7 @@ async def test_a_poison_reason_is_isolated_recorded_escaped_and_the_rest_moved(s
 async def test_revoked_rights_on_the_dead_letter_table_crash_the_acker_but_deliveries_go_on(
         start_chipmock, make_config, database_url, limited_role_url) -> None:
     url, role = limited_role_url
-    chip = start_chipmock(ChipModel(event_failure_rate=0.05, seed=3))
+    chip = start_chipmock(ChipModel(event_failure_rate=0.05, event_failure_code="VALIDATION_FAILED", seed=3))
     config = make_config(chip, database_url=url, lease_duration=5.0, max_restarts=50, restart_period=60)
     async with open_emitter(config) as emitter:
         query(database_url, f'REVOKE INSERT ON chip_durable_events_dead_letter FROM "{role}"')  # no moves

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from actors import StoreUnavailable, open_emitter
-from actors.adapters.store import Store
+from actors.adapters.operations import Operations
 from tests.fix_emitter import wait_until
 from tests.fix_postgres import pending_ids, query
 
@@ -24,7 +24,7 @@ async def test_held_mvcc_horizon_delivery_continues_and_status_shows_it(chip, ma
                 ids = {await emitter.emit(b"x" * 200, source="wf", type="tick") for _ in range(200)}
                 await emitter.flush(timeout=30)  # still delivering and deleting
                 assert chip.counters.seen(ids) == ids
-            store = Store(database_url)
+            store = Operations(database_url)
             try:
                 assert await store.oldest_transaction_seconds() > 0
             finally:

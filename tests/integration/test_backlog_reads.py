@@ -2,9 +2,8 @@
 
 from datetime import UTC, datetime
 
-import psycopg
-
-from actors.adapters.store import CLAIM_EVENTS, HAS_PENDING_BEFORE, Store
+from actors.adapters.operations import Operations
+from actors.adapters.store import Store
 from tests.fix_postgres import query
 
 ROWS = 40_000  # about 13 MB of 256-byte payloads: past the exact-count threshold
@@ -15,11 +14,6 @@ def _fill(url: str, lease: str) -> None:
                f"SELECT 'e' || i, convert_to(repeat('x', 256), 'UTF8'), 'holder', {lease} "
                f"FROM generate_series(1, {ROWS}) i")
     query(url, "VACUUM (ANALYZE) chip_durable_events")
-
-
-def _plan(url: str, sql: str, params: dict) -> str:
-    with psycopg.connect(url) as conn:  # rolled back at exit: EXPLAIN ANALYZE of an UPDATE changes nothing
-        return "\n".join(r[0] for r in conn.execute("EXPLAIN (ANALYZE) " + sql, params, prepare=False))
 
 
 async def test_the_sampler_estimates_a_large_table_and_counts_a_small_one(database_url) -> None:
@@ -38,10 +32,13 @@ async def test_the_sampler_estimates_a_large_table_and_counts_a_small_one(databa
         store.close()
 
 
-def test_claims_and_flush_polls_are_index_scans_when_nothing_matches(database_url) -> None:
+async def test_claims_and_flush_polls_are_index_scans_when_nothing_matches(database_url) -> None:
     _fill(database_url, "now() + interval '1 hour'")  # every lease live: nothing claimable
-    claim = _plan(database_url, CLAIM_EVENTS, {"owner": "other", "reclaim_before": None, "lease": 60.0,
-                                               "limit": 500, "writer_only": False})
-    assert "Index Scan using chip_durable_events_lease_idx" in claim and "Seq Scan" not in claim, claim
-    flush = _plan(database_url, HAS_PENDING_BEFORE, {"before": datetime.now(UTC), "owner": "other"})
-    assert "chip_durable_events_owner_created_idx" in flush and "Seq Scan" not in flush, flush
+    operations = Operations(database_url)
+    try:
+        plans = await operations.read_plans(owner="other", lease=60.0, limit=500, writer_only=False,
+                                            before=datetime.now(UTC))
+    finally:
+        operations.close()
+    assert "Index Scan using chip_durable_events_lease_idx" in plans.claim and "Seq Scan" not in plans.claim, plans.claim
+    assert "chip_durable_events_owner_created_idx" in plans.flush_poll and "Seq Scan" not in plans.flush_poll, plans.flush_poll

@@ -72,7 +72,7 @@ async def test_drain_delivers_everything_pending(database_url, chip) -> None:
 
 async def test_drain_says_when_everything_was_dead_lettered(database_url, start_chipmock) -> None:
     await _seed(database_url)
-    rejecting = start_chipmock(ChipModel(event_failure_rate=1.0))
+    rejecting = start_chipmock(ChipModel(event_failure_rate=1.0, event_failure_code="VALIDATION_FAILED"))
     done = cli(database_url, "drain", "--timeout", "60s", CHIP_INGRESS_ENDPOINT=rejecting.endpoint,
                DURABLE_EMITTER_INSTANCE_ID="node-a")
     assert done.returncode == 0, done.stderr

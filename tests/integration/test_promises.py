@@ -38,13 +38,13 @@ async def test_rows_are_deleted_only_after_chip_acknowledged(start_chipmock, mak
 
 
 async def test_permanent_rejections_move_to_dead_letter_with_reason(start_chipmock, make_config, database_url) -> None:
-    rejecting_chip = start_chipmock(ChipModel(event_failure_rate=1.0))
+    rejecting_chip = start_chipmock(ChipModel(event_failure_rate=1.0, event_failure_code="VALIDATION_FAILED"))
     async with open_emitter(make_config(rejecting_chip)) as emitter:
         ids = {await emitter.emit(b"x", source="wf", type="tick") for _ in range(10)}
         await emitter.flush(timeout=30)
     letters = dead_letters(database_url)
     assert set(letters) == ids
-    assert {code for code, _ in letters.values()} == {"SCHEMA_MISSING"}
+    assert {code for code, _ in letters.values()} == {"VALIDATION_FAILED"}
     assert all("injected permanent error" in reason for _, reason in letters.values())
     assert pending_ids(database_url) == set()
 

@@ -17,6 +17,7 @@ from actors.core.failures import (
     storable_text,
 )
 from actors.core.outage import ChipHealth, Delivery
+from actors.errors import StoreUnavailable
 
 
 @pytest.mark.parametrize(("sqlstate", "kind"), [
@@ -36,6 +37,13 @@ from actors.core.outage import ChipHealth, Delivery
 ])
 def test_postgres_failures_are_classified_by_sqlstate(sqlstate, kind) -> None:
     assert classify_sqlstate(sqlstate) is kind
+
+
+def test_a_store_error_says_its_kind_decided_once_where_it_is_made() -> None:
+    assert StoreUnavailable("Postgres: the connection broke").kind is StoreFailure.TRANSIENT  # no answer
+    assert StoreUnavailable("Postgres: duplicate key", sqlstate="23505").kind is StoreFailure.POISON
+    said = StoreUnavailable("Postgres: no answer in time", sqlstate=None, kind=StoreFailure.TRANSIENT)
+    assert (said.sqlstate, said.kind) == (None, StoreFailure.TRANSIENT)
 
 
 @pytest.mark.parametrize(("code", "detail", "kind"), [

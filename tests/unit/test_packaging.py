@@ -52,9 +52,9 @@ def test_psycopg_is_pinned_below_its_next_minor() -> None:
 
 
 def test_the_psycopg_internals_the_store_drives_are_still_there() -> None:
-    """actors/adapters/store.py drives psycopg's sans-I/O generators itself. If this fails, psycopg moved
-    them: read its changelog, fix store._wait / Store._run, and only then raise the upper bound."""
-    from psycopg.abc import PQGen  # noqa: F401  (the generator type the store annotates with)
+    """actors/adapters/driver.py drives psycopg's sans-I/O generators itself. If this fails, psycopg moved
+    them: read its changelog, fix driver._wait / Connection.run, and only then raise the upper bound."""
+    from psycopg.abc import PQGen  # noqa: F401  (the generator type the driver annotates with)
     from psycopg.waiting import Ready, Wait
 
     execute_gen = getattr(psycopg.Cursor, "_execute_gen", None)

@@ -1,0 +1,270 @@
+"""psycopg on Trio: one connection, its statements and transactions; the one module on psycopg's internals.
+
+Statements run on Trio itself: psycopg builds every operation as a sans-I/O
+generator that says when it needs the socket readable or writable, and
+:func:`_wait` answers it with ``trio.lowlevel.wait_readable``/``wait_writable``.
+No worker thread, no hand-off through the GIL per statement (measured: a thread
+hop cost about 80 us, as much as the 10-row INSERT it wrapped). Only connecting,
+which resolves names, runs in a thread. A broken or cancelled connection is
+closed and reopened on the next call, so a Postgres restart costs the calls made
+while it was down, not the actor.
+
+This leans on psycopg internals (``Cursor._execute_gen``, ``psycopg.generators``,
+``psycopg.waiting``, ``PGconn.socket``), which is why psycopg is pinned below its
+next minor; ``tests/unit/test_packaging.py`` fails loudly if they move. Nothing
+else in the library touches them. Every psycopg error leaves here as a
+:class:`StoreUnavailable` whose ``kind`` says what it means.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from itertools import chain
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psycopg
+import trio
+from psycopg import pq
+from psycopg.abc import PQGen
+from psycopg.generators import execute
+from psycopg.waiting import Ready, Wait
+
+from ..core.failures import StoreFailure, classify_sqlstate
+from ..errors import StoreUnavailable
+from .postgres import connect
+
+_T = TypeVar("_T")
+_LENGTH = struct.Struct(">i").pack
+_ONE_DIMENSION = struct.Struct(">iiIii").pack
+TEXT_OID, BYTEA_OID = 25, 17
+
+
+def binary_array(items: Sequence[bytes], element_oid: int) -> bytes:
+    """Postgres' binary array format (one dimension, no NULLs), built with no Python step per element.
+
+    psycopg dumps a list element by element in Python; for the thousands of
+    ids and payloads a second that the hot statements carry, that showed in
+    profiles of emit.
+    """
+    header = _ONE_DIMENSION(1, 0, element_oid, len(items), 1)
+    return header + b"".join(chain.from_iterable(zip(map(_LENGTH, map(len, items)), items, strict=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class HotStatement:
+    """A statement on every event's path: prepared once per connection and run without a cursor.
+
+    Its parameters are dumped by the caller (binary, :func:`binary_array` for
+    arrays), so a run is one send and one answer with no per-statement Python in
+    between (psycopg's cursor, query conversion and adapters cost more than the
+    10-row INSERT they carried).
+    """
+
+    name: bytes
+    sql: bytes
+    types: tuple[int, ...]  # parameter type oids
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What every connection of a Store sets: deadlines on each wait, and the commit durability.
+
+    Writers set ``synchronous_commit = on`` themselves, so a role- or
+    database-level ``off`` cannot silently weaken "emit returned: durable".
+    """
+
+    statement_timeout: float = 30.0
+    lock_timeout: float = 5.0
+    tcp_user_timeout: float = 10.0
+    keepalive_idle: float = 10.0
+    synchronous_commit: bool = True
+    schema: str = "public"  # a plain identifier (EmitterConfig checks it): the tables' schema
+    application_name: str = "durable-emitter"  # shown in pg_stat_activity
+
+    @property
+    def answer_timeout(self) -> float:
+        """How long the client waits for any answer: the server's own deadline first, plus a margin."""
+        return self.statement_timeout + 5.0
+
+    def statements(self) -> str:
+        return (f"SET statement_timeout = {round(self.statement_timeout * 1000)}; "
+                f"SET lock_timeout = {round(self.lock_timeout * 1000)}; "
+                f"SET synchronous_commit = {'on' if self.synchronous_commit else 'off'}; "
+                "SET client_encoding = 'UTF8'; "  # hot statements send their text encoded as UTF-8
+                f'SET search_path TO "{self.schema}"')
+
+
+def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The single row a statement returns by its shape (an aggregate, EXISTS, now())."""
+    row: tuple[Any, ...] | None = cursor.fetchone()
+    if row is None:
+        raise StoreUnavailable("Postgres returned no row where one was certain")
+    return row
+
+
+def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    """The server's answer (or its absence: no SQLSTATE) as our error, classified here once."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return StoreUnavailable(f"Postgres: {reason}", sqlstate=exc.sqlstate, kind=classify_sqlstate(exc.sqlstate))
+
+
+def _answer(results: list[pq.abc.PGresult]) -> pq.abc.PGresult:
+    """The last result of a statement; a failed one raised as psycopg raises it."""
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result)
+    return results[-1]
+
+
+async def _wait(gen: PQGen[Any], fileno: int) -> Any:
+    """Drive a psycopg generator on Trio's I/O; return what it returns."""
+    try:
+        state = next(gen)
+        while True:
+            if state == Wait.R:
+                await trio.lowlevel.wait_readable(fileno)
+                state = gen.send(Ready.R)
+            elif state == Wait.W:
+                await trio.lowlevel.wait_writable(fileno)
+                state = gen.send(Ready.W)
+            else:  # RW: a large send the server may answer while it is under way
+                ready = await _wait_either(fileno)
+                state = gen.send(ready)
+    except StopIteration as done:
+        return done.value
+
+
+async def _wait_either(fileno: int) -> Ready:
+    result: list[Ready] = []
+    async with trio.open_nursery() as nursery:
+        async def wait(waiter: Callable[[int], Awaitable[None]], ready: Ready) -> None:
+            await waiter(fileno)
+            result.append(ready)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(wait, trio.lowlevel.wait_readable, Ready.R)
+        nursery.start_soon(wait, trio.lowlevel.wait_writable, Ready.W)
+    return result[0]
+
+
+class Connection:
+    """One Postgres connection driven on Trio, opened on first use and reopened after a break.
+
+    It runs one exchange at a time; tasks sharing it take turns.
+    """
+
+    def __init__(self, url: str, session: Session | None = None) -> None:
+        self._url = url
+        self._session = session or Session()
+        self._conn: psycopg.Connection | None = None
+        self._prepared: set[bytes] = set()  # HotStatements prepared on this connection
+        self._turn = trio.Lock()
+
+    async def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            session = self._session
+            # Connecting resolves names, so it runs in a thread; connect_timeout bounds it.
+            conn = await trio.to_thread.run_sync(partial(
+                connect, self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle,
+                application_name=session.application_name))
+            try:
+                await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
+            except psycopg.Error as exc:
+                conn.close()
+                raise _unavailable(exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+            self._prepared = set()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _exchange(self, talk: Callable[[psycopg.Connection], Awaitable[_T]]) -> _T:
+        """Run ``talk`` on the connection: one exchange at a time, within ``answer_timeout``.
+
+        The server cancels a statement after statement_timeout; this deadline covers a
+        server that cannot answer at all (a path that went dark without a reset). A
+        psycopg error becomes :class:`StoreUnavailable`; an exchange cancelled midway
+        closes the connection (its protocol state is unknown).
+        """
+        try:
+            self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
+        except trio.WouldBlock:
+            await self._turn.acquire()
+        try:
+            with trio.move_on_after(self._session.answer_timeout):
+                conn = await self._connection()
+                try:
+                    return await talk(conn)
+                except psycopg.Error as exc:
+                    raise _unavailable(exc) from exc
+                except BaseException:
+                    self.close()
+                    raise
+            raise StoreUnavailable(f"Postgres did not answer within {self._session.answer_timeout:g}s "
+                                   "(statement_timeout plus 5 s); the connection was dropped",
+                                   kind=StoreFailure.TRANSIENT)
+        finally:
+            self._turn.release()
+
+    async def run(self, sql: str, params: dict[str, Any] | None = None, *,
+                  prepare: bool | None = None) -> psycopg.Cursor[Any]:
+        """Run one statement. ``prepare=False``: plan it for these parameters every time.
+
+        psycopg prepares a statement after a few runs, and Postgres may then
+        keep one generic plan: for a query on one owner's rows, with one owner
+        holding a million, that plan is a sequential scan.
+        """
+        async def talk(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
+            cursor = conn.cursor()
+            await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
+            return cursor
+
+        return await self._exchange(talk)
+
+    async def run_hot(self, statement: HotStatement, params: list[bytes]) -> int:
+        """Run a :class:`HotStatement` (preparing it on a new connection first); return its row count."""
+        async def talk(conn: psycopg.Connection) -> int:
+            pgconn = conn.pgconn
+            try:
+                if statement.name not in self._prepared:
+                    pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
+                    _answer(await _wait(execute(pgconn), pgconn.socket))
+                    self._prepared.add(statement.name)
+                pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
+                return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
+            except psycopg.Error as exc:
+                if exc.sqlstate == "26000":  # the statement is gone (DISCARD ALL, a pooler): prepare it again
+                    self._prepared.discard(statement.name)
+                raise
+
+        return await self._exchange(talk)
+
+    def transaction(self, *, rollback: bool = False) -> Transaction:
+        """BEGIN ... COMMIT around the statements run inside (ROLLBACK on error, or always with ``rollback``)."""
+        return Transaction(self, rollback)
+
+
+class Transaction:
+    """What :meth:`Connection.transaction` returns: an async context manager, one statement at each end."""
+
+    def __init__(self, connection: Connection, rollback: bool) -> None:
+        self._connection = connection
+        self._rollback = rollback
+
+    async def __aenter__(self) -> None:
+        await self._connection.run("BEGIN")
+
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                        traceback: TracebackType | None) -> None:
+        await self._connection.run("ROLLBACK" if kind or self._rollback else "COMMIT")

@@ -1,0 +1,269 @@
+"""The SQL of the running emitter and its operators, each statement named for what it does.
+
+Text only: :mod:`.store` and :mod:`.operations` run these through :mod:`.driver`;
+the schema itself (``schema.sql``, migrations, catalog reads) is ``schema.py``'s.
+"""
+
+from __future__ import annotations
+
+from .driver import HotStatement
+
+# The running emitter's statements (store.py).
+
+# One statement, binary parameters: one round trip, little client CPU, and the
+# lease measured on the database's clock like every comparison made with it.
+# Spilled rows are claimable at once, in their turn: their lease lapses as they
+# are written, so claims (oldest lapse first) take them after rows that became
+# claimable earlier (released or spilled before them), never ahead of all of them.
+INSERT_EVENTS = HotStatement(b"durable_emitter_insert", b"""
+INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
+SELECT id, payload, $3, $3,
+       CASE WHEN $5 THEN now()
+            ELSE now() + make_interval(secs => $4) END
+FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
+""", (1009, 1001, 25, 701, 16))  # ids text[], payloads bytea[], owner text, lease seconds float8, spilled bool
+
+
+def _claim(rows: str) -> str:
+    """Lease the rows ``rows`` selects (ids, ordered and limited) to the claimer; SKIP LOCKED keeps claims apart."""
+    return f"""
+WITH claimable AS (
+    {rows.strip()}
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE chip_durable_events e
+SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+FROM claimable WHERE e.id = claimable.id
+RETURNING e.id, e.payload, e.created_at
+"""
+
+
+# Rows nobody holds: lease lapsed (spilled, released for retry, or lapsed by a
+# restart: see LAPSE_LEASES), oldest lapse first. A range scan of the lease index
+# however few rows are claimable: live leases sit at its far end.
+CLAIM_EVENTS = _claim("""
+    SELECT id FROM chip_durable_events
+    WHERE lease_expires_at < now()
+      AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+""")
+
+# A (re)started dispatcher ends the leases its instance id holds: what an earlier
+# run held in memory or in flight is gone with it, so those rows are claimable
+# at once (by it, or by any instance) instead of after their lease.
+LAPSE_LEASES = """
+UPDATE chip_durable_events SET lease_expires_at = now()
+WHERE lease_owner = %(owner)s AND lease_expires_at > now()
+"""
+
+# Liveness: each running instance holds pg_advisory_lock(LIVENESS_KEY, hashtext(its
+# instance id)) on a session it keeps for its lifetime. A process that dies ends its
+# session and frees the lock, so its rows can be claimed at once instead of after
+# their lease (Que frees a dead worker's jobs the same way).
+LIVENESS_KEY = 0x64656D74
+_ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
+               WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2
+                 AND l.objid = hashtext({{owner}})::oid AND l.granted
+                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
+
+# Take the lock, or keep it: true while this session holds it. Taken again after a
+# reconnect; false means another live session holds this instance id.
+HOLD_LIVENESS = f"""
+SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
+                           AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
+            THEN true
+            ELSE pg_try_advisory_lock({LIVENESS_KEY}, hashtext(%(owner)s)) END
+"""
+
+# Whether the lock taken by the previous statement is still this backend's: a
+# pooler in transaction mode hands each statement to any backend, and session
+# locks mean nothing there.
+SESSION_IS_OURS = f"""
+SELECT EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
+                 AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
+"""
+
+# Every owner that holds rows, by a skip scan of the owner index: one probe per
+# owner, however many rows each holds.
+_OWNERS = """
+WITH RECURSIVE owners AS (
+    SELECT min(lease_owner) AS owner FROM chip_durable_events
+    UNION ALL
+    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
+    FROM owners WHERE owners.owner IS NOT NULL
+)
+"""
+
+# Owners that hold rows but no liveness lock: dead instances, and 'replay'.
+ORPHANED_OWNERS = _OWNERS + f"""
+SELECT owner FROM owners
+WHERE owner IS NOT NULL AND owner <> %(me)s AND NOT {_ALIVE.format(owner="owner")}
+"""
+
+# A dead owner's rows, whatever their lease says, oldest first.
+CLAIM_ORPHANS = _claim("""
+    SELECT id FROM chip_durable_events
+    WHERE lease_owner = ANY(%(orphans)s::text[])
+    ORDER BY lease_owner, created_at
+    LIMIT %(limit)s
+""")
+
+# A row's wait grows with the attempts it already had (the value before this update).
+RELEASE_EVENTS = """
+UPDATE chip_durable_events
+SET attempts = attempts + %(attempts)s, last_error = %(error)s,
+    lease_expires_at = now() + make_interval(secs => least(
+        %(retry_max)s::float8, %(retry_after)s::float8 * power(%(multiplier)s::float8, least(attempts, 64))))
+WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s
+"""
+
+# Only rows this instance holds: a row whose lease lapsed may be another's now.
+DELETE_EVENTS = HotStatement(b"durable_emitter_delete",
+                             b"DELETE FROM chip_durable_events WHERE id = ANY($1) AND lease_owner = $2", (1009, 25))
+
+DEAD_LETTER_EVENTS = """
+WITH reasons AS (
+    SELECT * FROM unnest(%(ids)b::text[], %(codes)b::text[], %(reasons)b::text[])
+        AS r(id, reason_code, reason)
+), moved AS (
+    DELETE FROM chip_durable_events e USING reasons r WHERE e.id = r.id AND e.lease_owner = %(owner)s
+    RETURNING e.id, e.payload, e.created_at, e.attempts
+)
+INSERT INTO chip_durable_events_dead_letter (id, payload, created_at, attempts, reason_code, reason)
+SELECT m.id, m.payload, m.created_at, m.attempts, r.reason_code, r.reason
+FROM moved m JOIN reasons r USING (id)
+ON CONFLICT (id) DO UPDATE SET reason_code = EXCLUDED.reason_code, reason = EXCLUDED.reason,
+    dead_lettered_at = now()
+"""
+
+EXPIRE_EVENTS = """
+WITH moved AS (
+    DELETE FROM chip_durable_events
+    WHERE id IN (SELECT id FROM chip_durable_events
+                 WHERE created_at < now() - make_interval(secs => %(ttl)s)
+                   AND lease_expires_at < now()  -- never a row a live lease holds: it may be in flight
+                 ORDER BY created_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+    RETURNING id, payload, created_at, attempts, last_error
+)
+INSERT INTO chip_durable_events_dead_letter (id, payload, created_at, attempts, reason_code, reason)
+SELECT id, payload, created_at, attempts, 'EXPIRED',
+       'not delivered within the TTL; last error: ' || coalesce(last_error, 'none')
+FROM moved
+ON CONFLICT (id) DO NOTHING
+"""
+
+# Counted exactly while the table is small (a few ms); beyond, the planner's own
+# estimate (rows per page at the last vacuum or analyze, times the pages now),
+# so a sample is a catalog read, not a scan of a million rows. Never analyzed:
+# exact. The oldest row is the first entry of the created_at index.
+PENDING_STATS = """
+WITH size AS (
+    SELECT c.reltuples, c.relpages, pg_relation_size(c.oid) AS bytes,
+           pg_relation_size(c.oid) / current_setting('block_size')::int AS pages
+    FROM pg_class c WHERE c.oid = 'chip_durable_events'::regclass
+), estimate AS (
+    SELECT CASE WHEN bytes <= %(exact_below)s OR reltuples < 0 OR relpages = 0 THEN NULL
+                ELSE (reltuples / relpages * pages)::bigint END AS rows
+    FROM size
+), counted AS (
+    SELECT count(*) AS rows, sum(octet_length(payload)) AS bytes FROM chip_durable_events
+    WHERE (SELECT rows FROM estimate) IS NULL
+)
+SELECT coalesce((SELECT rows FROM estimate), (SELECT rows FROM counted)),
+       coalesce((SELECT bytes FROM counted),
+                (SELECT rows FROM estimate) * (SELECT avg_width FROM pg_stats WHERE schemaname = current_schema()
+                    AND tablename = 'chip_durable_events' AND attname = 'payload'), 0)::bigint,
+       coalesce(extract(epoch FROM now() - (SELECT min(created_at) FROM chip_durable_events)), 0)::float8,
+       (SELECT rows FROM estimate) IS NULL
+"""
+
+# Rows this instance holds, and rows it emitted that another instance holds now
+# (claimed after a spill, a release, or a lapse): one probe of each index.
+HAS_PENDING_BEFORE = """
+SELECT EXISTS (SELECT 1 FROM chip_durable_events
+               WHERE created_at <= %(before)s AND lease_owner = %(owner)s)
+    OR EXISTS (SELECT 1 FROM chip_durable_events
+               WHERE created_at <= %(before)s AND emitted_by = %(owner)s AND lease_owner <> emitted_by)
+"""
+
+# The database's clock (not the transaction's start): flush compares row times with it.
+DATABASE_NOW = "SELECT clock_timestamp()"
+
+
+# The operators' reads and dead-letter maintenance (operations.py).
+
+# Upstream's acceptance tests read these counters; so do run-local and `status`.
+TABLE_ACTIVITY = """
+SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
+       coalesce(sum(n_dead_tup), 0)::bigint, max(greatest(last_autovacuum, last_vacuum))
+FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
+"""
+
+# Each owner's rows and lapsed leases, and whether it is alive; the rows
+# counted up to a cap, so a million-row backlog is not counted row by row.
+LEASE_OWNERS = _OWNERS + f"""
+SELECT owner,
+       (SELECT count(*) FROM (SELECT FROM chip_durable_events
+                              WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
+       (SELECT count(*) FROM (SELECT FROM chip_durable_events
+                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
+       {_ALIVE.format(owner="owners.owner")}
+FROM owners WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
+"""
+
+DEAD_LETTERS_BY_REASON = """
+SELECT reason_code, count(*) FROM chip_durable_events_dead_letter GROUP BY reason_code ORDER BY count(*) DESC
+"""
+
+LIST_DEAD_LETTERS = """
+SELECT id, reason_code, reason, attempts, created_at, dead_lettered_at
+FROM chip_durable_events_dead_letter
+WHERE %(reason_code)s::text IS NULL OR reason_code = %(reason_code)s
+ORDER BY dead_lettered_at DESC LIMIT %(limit)s
+"""
+
+DEAD_LETTER_BY_ID = """
+SELECT id, payload, reason_code, reason, attempts, created_at, dead_lettered_at
+FROM chip_durable_events_dead_letter WHERE id = %(id)s
+"""
+
+PURGE_DEAD_LETTERS = """
+DELETE FROM chip_durable_events_dead_letter
+WHERE dead_lettered_at < now() - make_interval(secs => %(older_than)s)
+  AND (%(reason_code)s::text IS NULL OR reason_code = %(reason_code)s)
+"""
+
+# The asked ids that are not in the dead-letter table (NULL: none): replay moves all or nothing.
+UNKNOWN_DEAD_LETTERS = """
+SELECT array_agg(i) FROM unnest(%(ids)s::text[]) i WHERE i NOT IN (SELECT id FROM chip_durable_events_dead_letter)
+"""
+
+# Replayed rows are new pending rows (created now, so the TTL starts again),
+# claimable at once by any instance.
+REPLAY_DEAD_LETTERS = """
+WITH moved AS (
+    DELETE FROM chip_durable_events_dead_letter
+    WHERE %(all)s OR id = ANY(%(ids)s::text[])
+    RETURNING id, payload, attempts
+)
+INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, lease_expires_at)
+SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', now()
+FROM moved
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# How long the oldest open transaction has pinned the MVCC horizon: while it
+# does, vacuum cannot remove the dead tuples our deletes leave.
+OLDEST_TRANSACTION = """
+SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
+FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
+"""
+
+
+def explain(statement: str) -> str:
+    """``statement``'s plan as it ran: ANALYZE executes it, so run this in a transaction rolled back after."""
+    return "EXPLAIN (ANALYZE, BUFFERS) " + statement
