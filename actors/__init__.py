@@ -27,6 +27,8 @@ from .errors import SupervisorGaveUp as SupervisorGaveUp
 if _typing.TYPE_CHECKING:
     from .config import EmitterConfig as EmitterConfig
     from .emitter import Emitter as Emitter
+    from .hosts import AsyncioEmitter as AsyncioEmitter
+    from .hosts import BlockingEmitter as BlockingEmitter
     from .hosts import open_asyncio_emitter as open_asyncio_emitter
     from .hosts import open_blocking_emitter as open_blocking_emitter
     from .statistics import EmitterStatistics as EmitterStatistics
@@ -36,6 +38,8 @@ if _typing.TYPE_CHECKING:
 _LAZY = {
     "EmitterConfig": ".config",
     "Emitter": ".emitter",
+    "AsyncioEmitter": ".hosts",
+    "BlockingEmitter": ".hosts",
     "open_asyncio_emitter": ".hosts",
     "open_blocking_emitter": ".hosts",
     "EmitterStatistics": ".statistics",

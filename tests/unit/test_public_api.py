@@ -4,6 +4,7 @@ import ast
 import subprocess
 import sys
 import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ def test_public_names_are_pinned() -> None:
     public = {name for name in dir(actors)
               if not name.startswith("_") and not isinstance(getattr(actors, name), types.ModuleType)}
     assert public == set(actors.__all__) == {"EmitterStatistics",
-        "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
+        "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "AsyncioEmitter", "BlockingEmitter",
+        "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
         "EmitterClosed", "SupervisorGaveUp", "SchemaError",
     }
@@ -25,6 +27,13 @@ def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
                  "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
+
+
+def test_the_types_the_open_functions_return_are_public() -> None:
+    """A host can annotate what it holds: ``e: actors.AsyncioEmitter``, ``e: actors.BlockingEmitter``."""
+    (yielded,) = typing.get_args(typing.get_type_hints(actors.open_asyncio_emitter)["return"])
+    assert yielded is actors.AsyncioEmitter
+    assert typing.get_type_hints(actors.open_blocking_emitter)["return"] is actors.BlockingEmitter
 
 
 def test_importing_the_face_loads_no_runtime() -> None:
