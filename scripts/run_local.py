@@ -39,6 +39,7 @@ import trio
 
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
+from actors.adapters import schema
 from actors.adapters.postgres import start_embedded
 from actors.adapters.store import Session, Store
 from actors.logs import LOG_FORMATS, configure_logging
@@ -111,20 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def workflow(emitter, index: int, interval: float, body: bytes) -> None:
-    """A cron workflow: one beholder-style event per tick, like a CRE trigger."""
+async def workflow(emitter, index: int, interval: float, body: bytes, stop: trio.Event) -> None:
+    """A cron workflow: one beholder-style event per tick, like a CRE trigger, until ``stop``.
+
+    It stops between ticks: an emit under way is never cancelled, because a
+    cancelled emit may still be committed (and delivered) without being counted
+    as emitted.
+    """
     attributes = {
         "beholder_domain": "workflows", "beholder_entity": "cron.TriggerEvent",
         "beholder_data_schema": "/cre/workflows/cron/v1", "workflowid": f"wf-{index:04d}",
     }
     next_tick = trio.current_time()
-    while True:
+    while not stop.is_set():
         try:
             await emitter.emit(body, attributes=attributes)
         except EmitterError as exc:  # the host keeps running; the view shows the failures
             print(f"workflow {index}: emit failed: {exc}", file=sys.stderr)
         next_tick += interval
-        await trio.sleep_until(next_tick)
+        with trio.move_on_at(next_tick):
+            await stop.wait()
 
 
 def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> str:
@@ -164,16 +171,27 @@ def usable_port(port: int, what: str) -> int:
     return free
 
 
+async def rows_waiting(url: str, schema_name: str) -> int:
+    """Rows in the table before the emitter starts (an earlier run's); 0 when there is no table yet."""
+    if (await trio.to_thread.run_sync(schema.inspect, url, schema_name)).install:
+        return 0
+    store = Store(url, Session(schema=schema_name))
+    try:
+        return (await store.pending_stats()).rows
+    finally:
+        store.close()
+
+
 async def run(args: argparse.Namespace) -> int:
     mock = None
     try:
         config = EmitterConfig.from_env(
             metrics_port=usable_port(args.metrics_port, "emitter metrics"), log_interval=3600.0,
             embedded_postgres=not os.environ.get("DATABASE_URL"))
-        if config.embedded_postgres:
-            # Before chipmock starts gRPC: Postgres' start forks, and a fork while
-            # gRPC threads run prints grpc's fork_posix warnings.
-            await trio.to_thread.run_sync(start_embedded, config.data_dir)
+        # Before chipmock starts gRPC: Postgres' start forks, and a fork while
+        # gRPC threads run prints grpc's fork_posix warnings.
+        url = config.database_url or await trio.to_thread.run_sync(start_embedded, config.data_dir)
+        waiting = await rows_waiting(url, config.schema)  # before the emitter delivers any of them
     except EmitterError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
@@ -205,7 +223,14 @@ async def run(args: argparse.Namespace) -> int:
         if mock is not None:
             mock.stop(grace=1)
     figures = emitter_figures(emitter)
-    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {figures.emitted:,} emitted, "
+    # The delivered count includes rows an earlier run left pending: say so, so that
+    # emitted + waiting = delivered + dead-lettered + pending when run-local is the table's only user.
+    if not interactive:
+        print(json.dumps({"event": "run-local stopped", "elapsed_s": summary.elapsed_s, "emitted": figures.emitted,
+                          "waiting_before": waiting, "delivered": figures.delivered,
+                          "dead_lettered": figures.dead_lettered, "pending": pending}), flush=True)
+    earlier = f", plus {waiting:,} left pending by an earlier run" if waiting else ""
+    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {figures.emitted:,} emitted{earlier}; "
           f"{figures.delivered:,} delivered and deleted, {figures.dead_lettered:,} dead-lettered; "
           f"{pending:,} pending rows stay in the table for the next run.", flush=True)
     return 0
@@ -219,9 +244,10 @@ async def watch(args, emitter, store: Store, mock, where, interactive: bool) -> 
     base_ins, base_del = await counters()
     started = time.monotonic()
     last: Sample | None = None
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         for index in range(args.workflows):
-            nursery.start_soon(workflow, emitter, index, args.interval, os.urandom(args.payload_size))
+            nursery.start_soon(workflow, emitter, index, args.interval, os.urandom(args.payload_size), stop)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             with trio.move_on_after(args.duration or float("inf")):
                 async with trio.open_nursery() as waiter:
@@ -233,8 +259,8 @@ async def watch(args, emitter, store: Store, mock, where, interactive: bool) -> 
                             print(render(last, args, where), end="", flush=True)
                         else:
                             print(json.dumps({"event": "run-local interval", **asdict(last)}), flush=True)
-        nursery.cancel_scope.cancel()
-    return last or await sample(emitter, store, mock, counters, base_ins, base_del, started, None)
+        stop.set()  # the workflows finish the emit under way
+    return await sample(emitter, store, mock, counters, base_ins, base_del, started, last)  # at the stop
 
 
 async def _first_signal(signals, scope: trio.CancelScope) -> None:
