@@ -6,9 +6,12 @@ prints exactly those counters, one JSON line per interval, so these tests read
 its output as an operator would.
 """
 
+import contextlib
 import json
 import os
+import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,7 +48,7 @@ class Lines:
                 raise AssertionError(f"no output before the deadline; so far: {self.buffer[-2000:]!r}")
             try:
                 chunk = os.read(self.fd, 65536)
-            except OSError:
+            except OSError:  # a terminal's side reads EIO once the child closed its end
                 chunk = b""
             self.buffer += chunk
             self.ended = not chunk
@@ -89,7 +92,7 @@ def run_local(args: list[str], env: dict[str, str], until, timeout: float = 90.0
         proc = subprocess.Popen(
             [sys.executable, "-m", "scripts.run_local", "--metrics-port", "0", "--chipmock-metrics-port", "0", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=ROOT,
-        )
+        )  # stdin: never the terminal pytest runs in, whose Ctrl-C run-local would take over
         try:
             lines = Lines(proc.stdout.fileno())
             records = _records(lines, time.monotonic() + timeout, until)
@@ -146,6 +149,41 @@ def test_rows_an_earlier_run_left_are_counted_apart_and_the_counts_add_up(databa
     assert (summary["emitted"] + summary["waiting_before"]
             == summary["delivered"] + summary["dead_lettered"] + summary["pending"]), summary
     assert f"plus {left['pending']:,} left pending by an earlier run" in rest
+
+
+def test_ctrl_c_on_a_terminal_under_just_ends_with_the_summary_and_exit_0(tmp_path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground group, just included; just then said
+    "error: interrupted by SIGINT" and exited 130 after run-local's clean stop."""
+    just = shutil.which("just", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert just, "just comes with the dev extras (rust-just)"
+    state = tmp_path / "state"
+    terminal, child_side = pty.openpty()
+    take_the_terminal = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                         "os.execv(sys.argv[1], sys.argv[1:])")  # a session leader's controlling terminal
+    proc = subprocess.Popen(
+        [sys.executable, "-c", take_the_terminal, just, "run-local", "--json", "--refresh", "300ms",
+         "--metrics-port", "0", "--chipmock-metrics-port", "0"],
+        stdin=child_side, stdout=child_side, stderr=child_side, start_new_session=True, cwd=ROOT,
+        env=_env(XDG_STATE_HOME=str(state), PYTHON=sys.executable))
+    os.close(child_side)
+    try:
+        lines = Lines(terminal)
+        _records(lines, time.monotonic() + 90, until=lambda r: r[-1]["emitted"] > 0)
+        os.write(terminal, b"\x03")
+        deadline = time.monotonic() + 30
+        rest = lines.rest(deadline)
+        code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the session's group: just and run-local, if still there
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        os.close(terminal)
+    assert code == 0, rest
+    assert "run-local stopped after" in rest.splitlines()[-1], rest
+    assert "error:" not in rest and "Traceback" not in rest, rest
+    summary = stopped_record(rest)
+    assert summary["emitted"] == summary["delivered"] + summary["dead_lettered"] + summary["pending"], summary
+    assert _processes_mentioning(str(state)) == [], "the embedded Postgres was left running"
 
 
 def test_smoke_inserts_and_deletes_rise_while_pending_stays_small(database_url) -> None:
