@@ -2,7 +2,9 @@
 
 python := env_var_or_default("PYTHON", "python")
 
+# (no-exit-message: run-local says itself why it stopped, just adds no "recipe failed" line)
 # Start Postgres (embedded unless DATABASE_URL) and chipmock (unless CHIP_INGRESS_ENDPOINT), then cron workflows emitting
+[no-exit-message]
 run-local *ARGS:
     exec {{python}} -m scripts.run_local {{ARGS}}
 

@@ -1,12 +1,17 @@
 """durable-emitter: ``emit()`` commits to Postgres; supervised Trio actors deliver to Chip Ingress.
 
 The public face. Everything else in this package is private and may move.
+
+The errors are imported here; every other name is imported on first use
+(PEP 562), so ``import actors`` (and the CLI's ``--help``) does not load trio,
+psycopg, grpc and prometheus_client. Type checkers and IDEs read the imports
+under ``TYPE_CHECKING``, which name the same things.
 """
 
+import typing as _typing
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
-from .config import EmitterConfig as EmitterConfig
-from .emitter import Emitter as Emitter
 from .errors import BacklogFull as BacklogFull
 from .errors import ChipRejected as ChipRejected
 from .errors import ConfigError as ConfigError
@@ -18,10 +23,49 @@ from .errors import InvalidEvent as InvalidEvent
 from .errors import SchemaError as SchemaError
 from .errors import StoreUnavailable as StoreUnavailable
 from .errors import SupervisorGaveUp as SupervisorGaveUp
-from .hosts import open_asyncio_emitter as open_asyncio_emitter
-from .hosts import open_blocking_emitter as open_blocking_emitter
-from .statistics import EmitterStatistics as EmitterStatistics
-from .tree import open_emitter as open_emitter
+
+if _typing.TYPE_CHECKING:
+    from .config import EmitterConfig as EmitterConfig
+    from .emitter import Emitter as Emitter
+    from .hosts import AsyncioEmitter as AsyncioEmitter
+    from .hosts import BlockingEmitter as BlockingEmitter
+    from .hosts import open_asyncio_emitter as open_asyncio_emitter
+    from .hosts import open_blocking_emitter as open_blocking_emitter
+    from .statistics import EmitterStatistics as EmitterStatistics
+    from .tree import open_emitter as open_emitter
+
+# name -> the private module it lives in (tests/unit/test_public_api.py checks this against the imports above)
+_LAZY = {
+    "EmitterConfig": ".config",
+    "Emitter": ".emitter",
+    "AsyncioEmitter": ".hosts",
+    "BlockingEmitter": ".hosts",
+    "open_asyncio_emitter": ".hosts",
+    "open_blocking_emitter": ".hosts",
+    "EmitterStatistics": ".statistics",
+    "open_emitter": ".tree",
+}
+
+__all__ = [
+    "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EventTooLarge",
+    "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "SupervisorGaveUp",
+    *_LAZY,
+]
+
+if not _typing.TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error for them
+
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(_import_module(module, __name__), name)
+        globals()[name] = value  # imported once: later lookups do not come here
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 try:
     __version__ = _metadata.version("durable-emitter")

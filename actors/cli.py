@@ -24,25 +24,27 @@ import dataclasses
 import json
 import sys
 from functools import partial
-
-import trio
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .adapters import schema
-from .adapters.driver import Session
-from .adapters.operations import LEASE_OWNERS_CAP, Operations
-from .adapters.postgres import describe, embedded_exists, start_embedded
 from .config import EmitterConfig, parse_duration
-from .core.events import decode_event
 from .errors import ConfigError, EmitterError
 from .logs import LOG_FORMATS, configure_logging
-from .tree import open_emitter
+
+if TYPE_CHECKING:
+    from .adapters.operations import Operations
+
+# The runtime (trio, psycopg, grpc, prometheus_client) is imported inside the
+# commands that use it, so --version and --help answer without loading it;
+# status and dlq load the store alone, and only drain loads the actor tree.
 
 
 def choose_database(config: EmitterConfig, *, embedded: bool) -> EmitterConfig:
     """``DATABASE_URL``, or run-local's embedded PostgreSQL when asked or when it exists; else refuse."""
     if config.database_url:
         return config
+    from .adapters.postgres import embedded_exists
+
     if embedded or config.embedded_postgres or embedded_exists(config.data_dir):
         print(f"durable-emitter: using the embedded PostgreSQL in {config.data_dir} (no DATABASE_URL)",
               file=sys.stderr)
@@ -54,6 +56,10 @@ def choose_database(config: EmitterConfig, *, embedded: bool) -> EmitterConfig:
 
 
 async def _url(config: EmitterConfig) -> str:
+    import trio
+
+    from .adapters.postgres import start_embedded
+
     if config.database_url:
         return config.database_url
     return await trio.to_thread.run_sync(start_embedded, config.data_dir)
@@ -61,12 +67,20 @@ async def _url(config: EmitterConfig) -> str:
 
 async def _store(config: EmitterConfig, *, writer: bool) -> Operations:
     """A store on a current schema (checked by catalog reads only; never migrated here)."""
+    import trio
+
+    from .adapters import schema
+    from .adapters.driver import Session
+    from .adapters.operations import Operations
+
     url = await _url(config)
     await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
     return Operations(url, Session(schema=config.schema))
 
 
 def _counted(n: int) -> str:
+    from .adapters.operations import LEASE_OWNERS_CAP
+
     return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
 
 
@@ -115,6 +129,8 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 def _where(config: EmitterConfig) -> str:
+    from .adapters.postgres import describe
+
     return describe(config.database_url) if config.database_url else f"embedded ({config.data_dir})"
 
 
@@ -136,6 +152,8 @@ async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def dlq_show(config: EmitterConfig, args: argparse.Namespace) -> int:
+    from .core.events import decode_event
+
     store = await _store(config, writer=False)
     try:
         row = await store.dead_letter_by_id(args.event_id)
@@ -179,6 +197,12 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     runs (rows of a running instance wait for it or for their lease); the
     summary (delivered, dead-lettered, left) goes to stdout.
     """
+    import trio
+
+    from .adapters.driver import Session
+    from .adapters.operations import Operations
+    from .tree import open_emitter
+
     left = -1
     async with open_emitter(config) as emitter:
         store = Operations(emitter.database_url, Session(schema=config.schema))
@@ -200,6 +224,10 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def schema_show(config: EmitterConfig, args: argparse.Namespace) -> int:
+    import trio
+
+    from .adapters import schema
+
     found = await trio.to_thread.run_sync(schema.inspect, await _url(config), config.schema)
     print(f"schema          {config.schema}")
     print(f"version found   {found.found}" + (" (no durable-emitter tables)" if found.install else ""))
@@ -210,6 +238,10 @@ async def schema_show(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def schema_sql(config: EmitterConfig, args: argparse.Namespace) -> int:
+    import trio
+
+    from .adapters import schema
+
     found = await trio.to_thread.run_sync(schema.inspect, await _url(config), config.schema)
     for name, text in schema.statements(found):
         print(f"-- {name}\n{text.rstrip()}\n")
@@ -219,6 +251,10 @@ async def schema_sql(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def schema_apply(config: EmitterConfig, args: argparse.Namespace) -> int:
+    import trio
+
+    from .adapters import schema
+
     found = await trio.to_thread.run_sync(partial(schema.apply, await _url(config), config.schema,
                                                   lock_timeout=args.lock_timeout, dry_run=args.dry_run))
     steps = ", ".join(name for name, _ in schema.statements(found))
@@ -297,7 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and --version end here, before the runtime loads
+    import trio
+
     configure_logging(args.log_format)
     try:
         config = choose_database(EmitterConfig.from_env(), embedded=args.embedded)

@@ -7,6 +7,11 @@ that embeds the emitter: N simulated cron workflows, each emitting one
 beholder-style event per interval. Shows a live view (or one JSON line per
 interval when stdout is not a terminal); Ctrl-C stops everything and prints a
 summary. Events still pending stay in the table and go out on the next run.
+
+On a terminal, Ctrl-C is read as a key while the view runs instead of being a
+SIGINT to the whole foreground process group: ``just`` (in that group) would
+otherwise report "interrupted by SIGINT" and exit 130 however cleanly run-local
+stopped. ``kill -INT`` / ``kill -TERM`` stop it the same way.
 """
 
 from __future__ import annotations
@@ -31,14 +36,17 @@ import dataclasses
 import json
 import os
 import socket
+import termios
 import time
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 
 import trio
 
 import chipmock
 from actors import EmitterConfig, EmitterError, open_emitter
+from actors.adapters import schema
 from actors.adapters.driver import Session
 from actors.adapters.operations import Operations
 from actors.adapters.postgres import start_embedded
@@ -47,6 +55,7 @@ from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
 CHIPMOCK_METRICS_PORT = 9464
+STDIN = 0
 
 
 @dataclass(frozen=True)
@@ -112,20 +121,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def workflow(emitter, index: int, interval: float, body: bytes) -> None:
-    """A cron workflow: one beholder-style event per tick, like a CRE trigger."""
+async def workflow(emitter, index: int, interval: float, body: bytes, stop: trio.Event) -> None:
+    """A cron workflow: one beholder-style event per tick, like a CRE trigger, until ``stop``.
+
+    It stops between ticks: an emit under way is never cancelled, because a
+    cancelled emit may still be committed (and delivered) without being counted
+    as emitted.
+    """
     attributes = {
         "beholder_domain": "workflows", "beholder_entity": "cron.TriggerEvent",
         "beholder_data_schema": "/cre/workflows/cron/v1", "workflowid": f"wf-{index:04d}",
     }
     next_tick = trio.current_time()
-    while True:
+    while not stop.is_set():
         try:
             await emitter.emit(body, attributes=attributes)
         except EmitterError as exc:  # the host keeps running; the view shows the failures
             print(f"workflow {index}: emit failed: {exc}", file=sys.stderr)
         next_tick += interval
-        await trio.sleep_until(next_tick)
+        with trio.move_on_at(next_tick):
+            await stop.wait()
 
 
 def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> str:
@@ -165,16 +180,27 @@ def usable_port(port: int, what: str) -> int:
     return free
 
 
+async def rows_waiting(url: str, schema_name: str) -> int:
+    """Rows in the table before the emitter starts (an earlier run's); 0 when there is no table yet."""
+    if (await trio.to_thread.run_sync(schema.inspect, url, schema_name)).install:
+        return 0
+    store = Operations(url, Session(schema=schema_name))
+    try:
+        return (await store.pending_stats()).rows
+    finally:
+        store.close()
+
+
 async def run(args: argparse.Namespace) -> int:
     mock = None
     try:
         config = EmitterConfig.from_env(
             metrics_port=usable_port(args.metrics_port, "emitter metrics"), log_interval=3600.0,
             embedded_postgres=not os.environ.get("DATABASE_URL"))
-        if config.embedded_postgres:
-            # Before chipmock starts gRPC: Postgres' start forks, and a fork while
-            # gRPC threads run prints grpc's fork_posix warnings.
-            await trio.to_thread.run_sync(start_embedded, config.data_dir)
+        # Before chipmock starts gRPC: Postgres' start forks, and a fork while
+        # gRPC threads run prints grpc's fork_posix warnings.
+        url = config.database_url or await trio.to_thread.run_sync(start_embedded, config.data_dir)
+        waiting = await rows_waiting(url, config.schema)  # before the emitter delivers any of them
     except EmitterError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
@@ -206,7 +232,14 @@ async def run(args: argparse.Namespace) -> int:
         if mock is not None:
             mock.stop(grace=1)
     figures = emitter_figures(emitter)
-    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {figures.emitted:,} emitted, "
+    # The delivered count includes rows an earlier run left pending: say so, so that
+    # emitted + waiting = delivered + dead-lettered + pending when run-local is the table's only user.
+    if not interactive:
+        print(json.dumps({"event": "run-local stopped", "elapsed_s": summary.elapsed_s, "emitted": figures.emitted,
+                          "waiting_before": waiting, "delivered": figures.delivered,
+                          "dead_lettered": figures.dead_lettered, "pending": pending}), flush=True)
+    earlier = f", plus {waiting:,} left pending by an earlier run" if waiting else ""
+    print(f"\nrun-local stopped after {summary.elapsed_s:,.0f} s: {figures.emitted:,} emitted{earlier}; "
           f"{figures.delivered:,} delivered and deleted, {figures.dead_lettered:,} dead-lettered; "
           f"{pending:,} pending rows stay in the table for the next run.", flush=True)
     return 0
@@ -220,13 +253,16 @@ async def watch(args, emitter, store: Operations, mock, where, interactive: bool
     base_ins, base_del = await counters()
     started = time.monotonic()
     last: Sample | None = None
+    stop = trio.Event()
     async with trio.open_nursery() as nursery:
         for index in range(args.workflows):
-            nursery.start_soon(workflow, emitter, index, args.interval, os.urandom(args.payload_size))
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            nursery.start_soon(workflow, emitter, index, args.interval, os.urandom(args.payload_size), stop)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, ctrl_c_as_a_key() as take_ctrl_c:
             with trio.move_on_after(args.duration or float("inf")):
                 async with trio.open_nursery() as waiter:
                     waiter.start_soon(_first_signal, signals, waiter.cancel_scope)
+                    if take_ctrl_c is not None:
+                        waiter.start_soon(_ctrl_c_typed, take_ctrl_c, waiter.cancel_scope)
                     while True:
                         await trio.sleep(args.refresh)
                         last = await sample(emitter, store, mock, counters, base_ins, base_del, started, last)
@@ -234,14 +270,80 @@ async def watch(args, emitter, store: Operations, mock, where, interactive: bool
                             print(render(last, args, where), end="", flush=True)
                         else:
                             print(json.dumps({"event": "run-local interval", **asdict(last)}), flush=True)
-        nursery.cancel_scope.cancel()
-    return last or await sample(emitter, store, mock, counters, base_ins, base_del, started, None)
+        stop.set()  # the workflows finish the emit under way; from here a second Ctrl-C interrupts
+    return await sample(emitter, store, mock, counters, base_ins, base_del, started, last)  # at the stop
 
 
 async def _first_signal(signals, scope: trio.CancelScope) -> None:
     async for _ in signals:
         scope.cancel()
         return
+
+
+@contextmanager
+def ctrl_c_as_a_key() -> Iterator[Callable[[], None] | None]:
+    """While the view runs, a terminal's Ctrl-C is a key run-local reads (on stdin), not a SIGINT.
+
+    The terminal sends SIGINT to its whole foreground process group, ``just``
+    included, and just then ends a cleanly stopped run with "error: interrupted by
+    SIGINT" and exit 130. With the terminal's interrupt character switched off
+    (and line buffering and echo with it), Ctrl-C arrives as the byte 0x03;
+    Ctrl-Z and Ctrl-\\ keep their signals. The terminal is restored on the way out.
+    Yields how to set that mode again (a shell resets the terminal when Ctrl-Z
+    stops a job), or None when stdin is not a terminal this process has in the
+    foreground. In the background (Ctrl-Z, then ``bg``) the terminal is the shell's.
+    """
+    if not os.isatty(STDIN) or not _in_the_foreground():
+        yield None
+        return
+    saved = termios.tcgetattr(STDIN)
+    mode = termios.tcgetattr(STDIN)
+    mode[3] &= ~(termios.ICANON | termios.ECHO)
+    mode[6][termios.VINTR] = 0  # _POSIX_VDISABLE: no key sends SIGINT
+    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+
+    def take_ctrl_c() -> None:
+        if _in_the_foreground():  # else changing the terminal would stop us (SIGTTOU)
+            termios.tcsetattr(STDIN, termios.TCSANOW, mode)
+
+    take_ctrl_c()
+    try:
+        yield take_ctrl_c
+    finally:
+        if _in_the_foreground():
+            termios.tcsetattr(STDIN, termios.TCSANOW, saved)
+
+
+def _in_the_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(STDIN) == os.getpgrp()
+    except OSError:
+        return False
+
+
+async def _ctrl_c_typed(take_ctrl_c: Callable[[], None], scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` at the first Ctrl-C typed.
+
+    Twice a second it sets the terminal's mode again: after Ctrl-Z and ``fg``
+    (or ``bg`` and ``fg``) the shell has reset it. In the background, what is
+    typed is the shell's, and reading it would stop us (SIGTTIN).
+    """
+    while True:
+        take_ctrl_c()
+        with trio.move_on_after(0.5):
+            await trio.lowlevel.wait_readable(STDIN)
+            if not _in_the_foreground():
+                await trio.sleep(0.5)
+                continue
+            try:
+                typed = os.read(STDIN, 64)
+            except OSError:  # the terminal went away (its SIGHUP ends us)
+                return
+            if not typed:
+                return
+            if b"\x03" in typed:
+                scope.cancel()
+                return
 
 
 async def sample(emitter, store, mock, counters, base_ins, base_del, started, last) -> Sample:

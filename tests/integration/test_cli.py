@@ -124,6 +124,36 @@ def test_version() -> None:
     assert actors.__version__ != "0+unknown"
 
 
+RUNTIME = {"trio", "psycopg", "grpc", "prometheus_client"}
+
+
+def imports_of(database_url: str, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run the CLI under ``-X importtime``; return the result and every module it imported."""
+    environment = {**os.environ, "DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "actors.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=environment)
+    modules = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+               if line.startswith("import time:") and not line.endswith("| imported package")}
+    return done, modules
+
+
+def test_version_and_help_answer_without_loading_the_runtime() -> None:
+    nowhere = "postgresql://ops@127.0.0.1:1/events"
+    for args in (["--version"], ["--help"], ["status", "--help"], ["dlq", "list", "--help"], ["drain", "--help"],
+                 ["schema", "apply", "--help"]):
+        done, modules = imports_of(nowhere, *args)
+        assert done.returncode == 0 and "durable-emitter" in done.stdout, (args, done.stderr[-2000:])
+        assert {name.split(".")[0] for name in modules} & RUNTIME == set(), args
+
+
+async def test_status_loads_the_store_but_neither_grpc_nor_the_actor_tree(database_url) -> None:
+    await _seed(database_url)
+    done, modules = imports_of(database_url, "status")
+    assert done.returncode == 0 and "pending rows    2" in done.stdout, done.stderr[-2000:]
+    assert "psycopg" in modules and "actors.adapters.store" in modules
+    assert not {"grpc", "prometheus_client", "actors.tree", "actors.adapters.chip"} & modules
+
+
 def test_drain_without_a_chip_endpoint_is_a_clear_error(database_url) -> None:
     done = cli(database_url, "drain")
     assert done.returncode == 1 and "CHIP_INGRESS_ENDPOINT" in done.stderr and "Traceback" not in done.stderr

@@ -1,6 +1,13 @@
 """The public face: exactly these names, so private modules can move freely."""
 
+import ast
+import subprocess
+import sys
 import types
+import typing
+from pathlib import Path
+
+import pytest
 
 import actors
 
@@ -8,8 +15,9 @@ import actors
 def test_public_names_are_pinned() -> None:
     public = {name for name in dir(actors)
               if not name.startswith("_") and not isinstance(getattr(actors, name), types.ModuleType)}
-    assert public == {"EmitterStatistics",
-        "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
+    assert public == set(actors.__all__) == {"EmitterStatistics",
+        "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "AsyncioEmitter", "BlockingEmitter",
+        "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
         "EmitterClosed", "SupervisorGaveUp", "SchemaError",
     }
@@ -19,3 +27,34 @@ def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
                  "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
+
+
+def test_the_types_the_open_functions_return_are_public() -> None:
+    """A host can annotate what it holds: ``e: actors.AsyncioEmitter``, ``e: actors.BlockingEmitter``."""
+    (yielded,) = typing.get_args(typing.get_type_hints(actors.open_asyncio_emitter)["return"])
+    assert yielded is actors.AsyncioEmitter
+    assert typing.get_type_hints(actors.open_blocking_emitter)["return"] is actors.BlockingEmitter
+
+
+def test_importing_the_face_loads_no_runtime() -> None:
+    probe = ("import sys, actors; print(sorted({'trio', 'psycopg', 'grpc', 'prometheus_client'} & set(sys.modules)));"
+             "actors.open_emitter; print('trio' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]  # loaded on first use of a name that needs it
+
+
+def test_type_checkers_see_the_names_the_face_serves() -> None:
+    """The ``TYPE_CHECKING`` imports (what mypy and IDEs read) name the same things as the lazy table."""
+    tree = ast.parse(Path(actors.__file__).read_text())
+    (block,) = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "_typing.TYPE_CHECKING"]
+    seen = {(alias.asname, f".{node.module}") for node in block.body if isinstance(node, ast.ImportFrom)
+            for alias in node.names if alias.asname == alias.name}
+    assert seen == set(actors._LAZY.items())
+    for name, module in actors._LAZY.items():
+        assert getattr(actors, name) is getattr(sys.modules[f"actors{module}"], name)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="open_emiter"):
+        actors.open_emiter  # noqa: B018
