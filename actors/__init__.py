@@ -12,6 +12,7 @@ import typing as _typing
 from importlib import import_module as _import_module
 from importlib import metadata as _metadata
 
+from .core.failures import StoreFailure as StoreFailure
 from .errors import BacklogFull as BacklogFull
 from .errors import ChipRejected as ChipRejected
 from .errors import ConfigError as ConfigError
@@ -23,6 +24,7 @@ from .errors import InvalidEvent as InvalidEvent
 from .errors import SchemaError as SchemaError
 from .errors import StoreUnavailable as StoreUnavailable
 from .errors import SupervisorGaveUp as SupervisorGaveUp
+from .errors import UnknownDeadLetter as UnknownDeadLetter
 
 if _typing.TYPE_CHECKING:
     from .config import EmitterConfig as EmitterConfig
@@ -48,7 +50,8 @@ _LAZY = {
 
 __all__ = [
     "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EventTooLarge",
-    "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "SupervisorGaveUp",
+    "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "StoreFailure", "SupervisorGaveUp",
+    "UnknownDeadLetter",
     *_LAZY,
 ]
 

@@ -19,13 +19,14 @@ def test_public_names_are_pinned() -> None:
         "open_emitter", "open_asyncio_emitter", "open_blocking_emitter", "AsyncioEmitter", "BlockingEmitter",
         "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
-        "EmitterClosed", "SupervisorGaveUp", "SchemaError",
+        "EmitterClosed", "SupervisorGaveUp", "SchemaError", "UnknownDeadLetter", "StoreFailure",
     }
 
 
 def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
-                 "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError"]:
+                 "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError",
+                 "UnknownDeadLetter"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
 
 
