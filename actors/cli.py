@@ -78,10 +78,11 @@ async def _store(config: EmitterConfig, *, writer: bool) -> Operations:
     return Operations(url, Session(schema=config.schema))
 
 
-def _counted(n: int) -> str:
+def _counted(n: int, *, cap: int | None = None) -> str:
+    """``n``, with a ``+`` when counting stopped at ``cap`` (default: lease owners' cap)."""
     from .adapters.operations import LEASE_OWNERS_CAP
 
-    return f"{n:,}+" if n >= LEASE_OWNERS_CAP else f"{n:,}"
+    return f"{n:,}+" if n >= (cap or LEASE_OWNERS_CAP) else f"{n:,}"
 
 
 def _owner_line(owner: str, rows: int, lapsed: int, alive: bool) -> str:
@@ -200,7 +201,7 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     import trio
 
     from .adapters.driver import Session
-    from .adapters.operations import Operations
+    from .adapters.operations import PENDING_COUNT_CAP, Operations
     from .tree import open_emitter
 
     left = -1
@@ -208,10 +209,14 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
         store = Operations(emitter.database_url, Session(schema=config.schema))
         try:
             with trio.move_on_after(args.timeout):
-                while (left := (await store.pending_stats()).rows):
+                # Done on an exact count; the progress line may show the planner's estimate.
+                while (left := await store.count_pending(cap=1)):
                     held = "; ".join(_owner_line(*owner) for owner in (await store.lease_owners())[:3])
-                    print(f"\rdraining: {left:,} pending ({held})", end="", file=sys.stderr, flush=True)
+                    about = (await store.pending_stats()).rows
+                    print(f"\rdraining: {about:,} pending ({held})", end="", file=sys.stderr, flush=True)
                     await trio.sleep(0.5)
+            if left:
+                left = await store.count_pending()
         finally:
             store.close()
         done = emitter.statistics()
@@ -219,7 +224,7 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
     if sys.stderr.isatty():
         print(file=sys.stderr)
     print(f"drain {'timed out after ' + format(args.timeout, 'g') + ' s' if timed_out else 'finished'}: "
-          f"{done.delivered:,} delivered, {done.dead_lettered:,} dead-lettered, {max(left, 0):,} left pending")
+          f"{done.delivered:,} delivered, {done.dead_lettered:,} dead-lettered, {_counted(max(left, 0), cap=PENDING_COUNT_CAP)} left pending")
     return 1 if timed_out else 0
 
 

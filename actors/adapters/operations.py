@@ -18,6 +18,7 @@ from ..errors import UnknownDeadLetter
 from .driver import Transaction, one_row
 from .queries import (
     CLAIM_EVENTS,
+    COUNT_PENDING_UP_TO,
     DEAD_LETTER_BY_ID,
     DEAD_LETTERS_BY_REASON,
     HAS_PENDING_BEFORE,
@@ -34,6 +35,7 @@ from .queries import (
 from .store import EXACT_COUNT_BELOW_BYTES, Store
 
 LEASE_OWNERS_CAP = 10_000  # lease_owners counts each owner's rows up to this
+PENDING_COUNT_CAP = 1_000_000  # count_pending stops here
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +120,7 @@ class Operations(Store):
             pending_stats=await plan(PENDING_STATS, {"exact_below": EXACT_COUNT_BELOW_BYTES}),
             lease_owners=await plan(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}),
         )
+
+    async def count_pending(self, *, cap: int = PENDING_COUNT_CAP) -> int:
+        """Pending rows, counted exactly up to ``cap`` (``cap`` means at least that many)."""
+        return int(one_row(await self._db.run(COUNT_PENDING_UP_TO, {"cap": cap}))[0])

@@ -267,3 +267,9 @@ FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
 def explain(statement: str) -> str:
     """``statement``'s plan as it ran: ANALYZE executes it, so run this in a transaction rolled back after."""
     return "EXPLAIN (ANALYZE, BUFFERS) " + statement
+
+# drain's answer: whether any row is left, and how many, counted exactly up to a cap
+# (the planner's estimate stays above zero on an emptied table until it is vacuumed).
+COUNT_PENDING_UP_TO = """
+SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
+"""

@@ -10,7 +10,7 @@ from actors.adapters.store import Store
 from actors.core.events import Rejection
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_postgres import dead_letters, pending_ids
+from tests.fix_postgres import dead_letters, pending_ids, query
 
 
 def cli(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -68,6 +68,20 @@ async def test_drain_delivers_everything_pending(database_url, chip) -> None:
     assert pending_ids(database_url) == set()
     assert chip.counters.seen(["p1", "p2", "d1", "d2"]) == {"p1", "p2", "d1", "d2"}
     assert done.stdout == "drain finished: 4 delivered, 0 dead-lettered, 0 left pending\n"  # progress: stderr
+
+
+async def test_drain_ends_on_an_exact_count_when_the_estimate_still_sees_rows(database_url, chip) -> None:
+    # A table past the exact-count size, analyzed full and then emptied without a vacuum:
+    # the planner's estimate still says tens of thousands of rows; the table holds none.
+    query(database_url, "ALTER TABLE chip_durable_events SET (autovacuum_enabled = false)")
+    query(database_url, "INSERT INTO chip_durable_events (id, payload, lease_owner, lease_expires_at) "
+                        "SELECT 'gone-' || g, convert_to(repeat('p', 400), 'UTF8'), 'gone', now() "
+                        "FROM generate_series(1, 30000) g")
+    query(database_url, "ANALYZE chip_durable_events")
+    query(database_url, "DELETE FROM chip_durable_events")
+    done = cli(database_url, "drain", "--timeout", "20s", CHIP_INGRESS_ENDPOINT=chip.endpoint)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "drain finished: 0 delivered, 0 dead-lettered, 0 left pending\n"
 
 
 async def test_drain_says_when_everything_was_dead_lettered(database_url, start_chipmock) -> None:
