@@ -18,6 +18,7 @@ from .errors import ChipRejected as ChipRejected
 from .errors import ConfigError as ConfigError
 from .errors import EmitterClosed as EmitterClosed
 from .errors import EmitterError as EmitterError
+from .errors import EmitterForked as EmitterForked
 from .errors import EventTooLarge as EventTooLarge
 from .errors import FlushTimeout as FlushTimeout
 from .errors import InvalidEvent as InvalidEvent
@@ -49,7 +50,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EventTooLarge",
+    "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EmitterForked", "EventTooLarge",
     "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "StoreFailure", "SupervisorGaveUp",
     "UnknownDeadLetter",
     *_LAZY,

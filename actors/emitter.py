@@ -6,6 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
@@ -25,6 +26,7 @@ from .errors import (
     InvalidEvent,
     StoreUnavailable,
     closed_error,
+    refuse_after_fork,
 )
 from .handoff import BudgetStatistics
 from .messages import EmitRequest
@@ -73,6 +75,7 @@ class Emitter:
         self._store = store
         self._tree_failure = tree_failure
         self._closing = False
+        self._opened_in = os.getpid()  # the one process that may use it
 
     @property
     def failure(self) -> BaseException | None:
@@ -132,6 +135,7 @@ class Emitter:
         ``commit_timeout`` (a locked table fails within ``lock_timeout``), and
         :class:`EmitterClosed` after shutdown began.
         """
+        refuse_after_fork(self._opened_in)
         if self._closing:
             raise self._closed()
         started = trio.current_time()
@@ -160,6 +164,7 @@ class Emitter:
         admitted as one emit: ``max_pending`` may be passed by up to one call's
         events per caller.
         """
+        refuse_after_fork(self._opened_in)
         if self._closing:
             raise self._closed()
         if isinstance(bodies, (bytes, str, Message)):
@@ -225,6 +230,7 @@ class Emitter:
         stay in the table and keep being delivered. Postgres being briefly
         unreachable only delays the answer.
         """
+        refuse_after_fork(self._opened_in)
         before: list[datetime] = []
 
         async def settled() -> bool:

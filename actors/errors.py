@@ -6,6 +6,7 @@ that only wants "did my event become durable?" catches that one class.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from .core.failures import StoreFailure, classify_sqlstate
@@ -93,6 +94,16 @@ class EmitterClosed(EmitterError):
     """``emit`` was called on an emitter that is shutting down or has failed."""
 
 
+class EmitterForked(EmitterClosed):
+    """The emitter was opened in another process, before a fork: this process may not use it.
+
+    Its connections, threads and gRPC channel belong to the parent, which keeps
+    using them. Open the emitter after the fork, in each process that emits
+    (gunicorn's ``post_fork``, Celery's ``worker_process_init``, the target of a
+    ``multiprocessing.Process``). Nothing was written.
+    """
+
+
 class SupervisorGaveUp(EmitterError):
     """An actor crashed more often than the restart intensity allows: the tree failed.
 
@@ -129,3 +140,12 @@ def closed_error(failure: BaseException | None, *, consequence: str = "") -> Emi
     error = EmitterClosed(f"the emitter failed and stopped: {cause}{consequence}")
     error.__cause__ = cause
     return error
+
+
+def refuse_after_fork(opened_in: int) -> None:
+    """Raise :class:`EmitterForked` when called in another process than ``opened_in`` (a pid)."""
+    if os.getpid() != opened_in:
+        raise EmitterForked(
+            f"this emitter was opened in process {opened_in}, before a fork; process {os.getpid()} may not use "
+            "it (its connections and threads are the parent's): open an emitter after the fork, e.g. in "
+            "gunicorn's post_fork or Celery's worker_process_init hook; nothing was written")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+import weakref
 from pathlib import Path
 from types import ModuleType
 
@@ -105,7 +106,7 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
     """
     idle = max(1, round(keepalive_idle))
     try:
-        return psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
+        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
                                application_name=application_name[:63],
                                keepalives=1, keepalives_idle=idle, keepalives_interval=max(1, idle // 3),
                                keepalives_count=3, tcp_user_timeout=max(1, round(tcp_user_timeout * 1000)))
@@ -113,6 +114,33 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
         raise StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}") from None
     except psycopg.Error as exc:
         raise StoreUnavailable(f"cannot reach Postgres at {describe(url)}: {_one_line(exc)}") from None
+    _ours.add(conn)
+    return conn
+
+
+# Every connection this process opened. A forked child inherits their sockets: if it
+# closed one (psycopg does when the object is collected) it would send Postgres a
+# Terminate on the parent's session. The child's copies are pointed at /dev/null
+# instead, so nothing it does reaches the parent's sessions.
+_ours: weakref.WeakSet[psycopg.Connection] = weakref.WeakSet()
+
+
+def _cut_off_inherited_sockets() -> None:
+    if not _ours:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in list(_ours):
+            try:
+                os.dup2(devnull, conn.pgconn.socket)
+            except (OSError, psycopg.Error):  # already closed: nothing inherited
+                pass
+    finally:
+        os.close(devnull)
+    _ours.clear()
+
+
+os.register_at_fork(after_in_child=_cut_off_inherited_sockets)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ and later call raises :class:`EmitterClosed` caused by the failure (e.g.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import EmitterClosed, closed_error
+from ..errors import EmitterClosed, closed_error, refuse_after_fork
 from ..statistics import EmitterStatistics
 from .serve import serve
 
@@ -38,6 +39,7 @@ class AsyncioEmitter:
         self._ended = False
         self._failure: BaseException | None = None  # why the tree stopped, if it failed
         self._waiting: set[asyncio.Future[Any]] = set()
+        self._opened_in = os.getpid()
 
     def _why(self) -> BaseException | None:
         """The tree's failure: told by the run's end, or already known to the emitter before it."""
@@ -51,6 +53,7 @@ class AsyncioEmitter:
                 future.set_exception(closed_error(failure))
 
     async def _call(self, fn: Callable[[Emitter], Awaitable[_T]]) -> _T:
+        refuse_after_fork(self._opened_in)
         if self._ended or self._calls is None or self._token is None or self.emitter is None:
             raise closed_error(self._why())
         emitter = self.emitter

@@ -6,6 +6,7 @@ caused by the failure, never hangs; leaving the ``with`` raises the failure.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import closed_error
+from ..errors import closed_error, refuse_after_fork
 from ..statistics import EmitterStatistics
 from .serve import serve
 
@@ -43,6 +44,7 @@ class BlockingEmitter:
         self._failure: list[BaseException] = []  # the run's own end, raised by start() or close()
         self.emitter: Emitter | None = None
         self._tree_failure: BaseException | None = None  # why the tree stopped, told as it happens
+        self._opened_in = os.getpid()  # the tree's thread lives in this process only
 
     def start(self) -> BlockingEmitter:
         """Start the tree in a background thread; return once it accepts emits (or raise why it cannot)."""
@@ -101,6 +103,7 @@ class BlockingEmitter:
         return self._tree_failure or (self.emitter.failure if self.emitter is not None else None)
 
     def _running(self) -> tuple[Emitter, trio.lowlevel.TrioToken]:
+        refuse_after_fork(self._opened_in)  # in a forked child the tree's thread does not exist: never wait on it
         if self._why() is not None or self._token is None or self.emitter is None:
             raise closed_error(self._why())
         return self.emitter, self._token

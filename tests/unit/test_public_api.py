@@ -20,13 +20,14 @@ def test_public_names_are_pinned() -> None:
         "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
         "EmitterClosed", "SupervisorGaveUp", "SchemaError", "UnknownDeadLetter", "StoreFailure",
+        "EmitterForked",
     }
 
 
 def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
                  "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError",
-                 "UnknownDeadLetter"]:
+                 "UnknownDeadLetter", "EmitterForked"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
 
 
