@@ -9,8 +9,14 @@ import trio
 
 from actors import open_emitter
 from chipmock import ChipModel, Outage
-from tests.fix_emitter import CHAOS_SCALE, emit_concurrently, wait_until
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import (
+    CHAOS_SCALE,
+    dead_letters,
+    emit_concurrently,
+    pending_ids,
+    query,
+    wait_until,
+)
 
 COUNT_WRITES = """
 CREATE TABLE row_writes (n bigint NOT NULL);

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from actors.adapters.store import CLAIM_EVENTS, HAS_PENDING_BEFORE, Store
-from tests.fix_postgres import query
+from tests.helpers import query
 
 ROWS = 40_000  # about 13 MB of 256-byte payloads: past the exact-count threshold
 

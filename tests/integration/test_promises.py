@@ -6,8 +6,7 @@ import struct
 from actors import open_emitter
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, emit_concurrently, pending_ids, query, wait_until
 
 
 async def test_emit_returns_only_after_commit(start_chipmock, make_config, database_url) -> None:
