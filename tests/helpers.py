@@ -127,8 +127,9 @@ class ChildOutput:
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
     def _pump(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._lines.put(line)
+        with stream:
+            for line in stream:
+                self._lines.put(line)
         self._lines.put("")  # end of stream
 
     def line(self, timeout: float, what: str = "a line of output") -> str:
