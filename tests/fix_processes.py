@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import selectors
 import subprocess
 import sys
 import time
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ChildOutput
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +20,7 @@ class Workload:
     def __init__(self, proc: subprocess.Popen, ids_file: Path) -> None:
         self.proc = proc
         self.ids_file = ids_file
+        self.progress = ChildOutput(proc.stdout)  # drained from the start: a full pipe would stall the workload
 
     def ids(self) -> list[str]:
         if not self.ids_file.exists():
@@ -28,14 +30,11 @@ class Workload:
     def wait_for_ids(self, count: int, timeout: float = 60.0) -> None:
         """Block until ``count`` ids are recorded, woken by the progress lines the workload prints."""
         deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while len(self.ids()) < count:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(timeout=remaining):
-                    raise AssertionError(f"workload emitted {len(self.ids())} < {count} in {timeout}s")
-                if not self.proc.stdout.readline():
-                    raise AssertionError(f"workload exited early: {self.proc.stderr.read()}")
+        while (emitted := len(self.ids())) < count:
+            what = f"the workload to emit {count} events (it emitted {emitted})"
+            if not self.progress.line(deadline - time.monotonic(), what=what):
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"workload exited early: {ChildOutput(self.proc.stderr).rest(timeout=30)}")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 
 class TcpProxy:
@@ -121,18 +120,6 @@ class TcpProxy:
                 sock.close()
             except OSError:
                 pass
-
-
-def through_proxy(database_url: str, proxy: TcpProxy) -> str:
-    """The same database, reached over TCP through ``proxy``."""
-    return make_conninfo(database_url, host="127.0.0.1", port=proxy.port)
-
-
-def postgres_socket(database_url: str) -> str:
-    """Where a URL's server listens: its Unix socket path, or host:port."""
-    params = conninfo_to_dict(database_url)
-    host, port = str(params.get("host") or "localhost"), str(params.get("port") or "5432")
-    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
 
 
 @pytest.fixture

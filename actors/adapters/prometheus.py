@@ -91,9 +91,8 @@ class EmitterCollector(Collector):
             delivery.add_metric([state], 1.0 if dispatcher.delivery == state else 0.0)
         yield delivery
         paused_by = GaugeMetricFamily(P + "delivery_paused_by", "1 while delivery is paused, labelled with the "
-                                      "code that paused it (UNAVAILABLE, UNAUTHENTICATED, SCHEMA_MISSING, ...)",
-                                      labels=["code"])
-        if dispatcher.paused_by:
-            paused_by.add_metric([dispatcher.paused_by], 1.0)
+                                      "code that paused it (UNAVAILABLE, UNAUTHENTICATED, SCHEMA_MISSING, ...); "
+                                      "0 with an empty code while delivery is up", labels=["code"])
+        paused_by.add_metric([dispatcher.paused_by], 1.0 if dispatcher.paused_by else 0.0)
         yield paused_by
         yield _gauge("delivery_held_events", "events held in memory while delivery is paused", dispatcher.held)

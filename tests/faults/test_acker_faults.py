@@ -8,8 +8,7 @@ import trio
 
 from actors import open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, emit_concurrently, pending_ids, query, wait_until
 
 ODD_REASON = "schema \x00missing\x01 for caf\u00e9 \U0001f600"
 

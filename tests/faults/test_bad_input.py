@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from actors import EventTooLarge, InvalidEvent, open_blocking_emitter
 from chippb import cloudevent_pb2 as ce
-from tests.fix_postgres import query
+from tests.helpers import query
 
 anything = st.text(alphabet=st.characters(codec="utf-8"), min_size=0, max_size=20)
 names = st.one_of(st.from_regex(r"[a-zA-Z0-9._-]{1,20}", fullmatch=True), anything)

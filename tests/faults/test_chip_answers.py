@@ -10,8 +10,7 @@ import trio
 from actors import open_emitter
 from chipmock import ChipModel, Outage
 from chipmock.model import RejectContaining, RejectWindow
-from tests.fix_emitter import emit_concurrently
-from tests.fix_postgres import dead_letters, pending_ids
+from tests.helpers import dead_letters, emit_concurrently, pending_ids
 
 WINDOW = 10.0  # seconds of the bad answer, as the issue reproduced them
 

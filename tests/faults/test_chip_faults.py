@@ -4,8 +4,7 @@ import trio
 
 from actors import open_emitter
 from chipmock import ChipModel, Outage
-from tests.fix_emitter import CHAOS_SCALE, emit_concurrently
-from tests.fix_postgres import dead_letters, pending_ids
+from tests.helpers import CHAOS_SCALE, dead_letters, emit_concurrently, pending_ids
 
 
 async def test_outage_backlog_grows_in_the_table_and_retries_back_off(start_chipmock, make_config, database_url) -> None:

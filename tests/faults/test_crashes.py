@@ -12,8 +12,7 @@ import trio
 from actors import StoreUnavailable, open_emitter
 from actors.adapters import schema
 from chipmock import ChipModel
-from tests.fix_emitter import CHAOS_SCALE, wait_until
-from tests.fix_postgres import pending_ids
+from tests.helpers import CHAOS_SCALE, pending_ids, wait_until
 
 
 def test_sigkill_at_random_points_loses_no_acknowledged_event(database_url, start_chipmock, start_workload, capsys) -> None:

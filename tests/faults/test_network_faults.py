@@ -4,9 +4,14 @@ import pytest
 import trio
 
 from actors import StoreUnavailable, open_emitter
-from tests.fix_emitter import CHAOS_SCALE, emit_concurrently, wait_until
-from tests.fix_postgres import pending_ids
-from tests.fix_proxy import postgres_socket, through_proxy
+from tests.helpers import (
+    CHAOS_SCALE,
+    emit_concurrently,
+    pending_ids,
+    postgres_socket,
+    through_proxy,
+    wait_until,
+)
 
 
 async def test_a_dark_path_to_postgres_fails_emit_within_its_deadline_and_heals(chip, make_config, database_url,

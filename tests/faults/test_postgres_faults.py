@@ -9,8 +9,7 @@ import trio
 
 from actors import StoreUnavailable, open_emitter
 from actors.adapters.operations import Operations
-from tests.fix_emitter import wait_until
-from tests.fix_postgres import pending_ids, query
+from tests.helpers import pending_ids, query, wait_until
 
 
 async def test_held_mvcc_horizon_delivery_continues_and_status_shows_it(chip, make_config, database_url) -> None:

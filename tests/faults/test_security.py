@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from actors import ChipRejected, EmitterConfig, open_emitter
-from tests.fix_postgres import pending_ids
+from tests.helpers import pending_ids
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ def _rules() -> list[dict]:
 def test_the_promised_alerts_are_there() -> None:
     names = {rule["alert"] for rule in _rules()}
     assert names == {"DurableEmitterOldestPendingTooOld", "DurableEmitterDeadLettersRising",
-                     "DurableEmitterActorRestarting", "DurableEmitterBacklogFull", "DurableEmitterDeliveryPaused"}
+                     "DurableEmitterActorRestarting", "DurableEmitterBacklogFull", "DurableEmitterDeliveryPaused",
+                     "DurableEmitterRejectionStorm"}
 
 
 async def test_every_alert_expression_names_only_exported_metrics(chip, make_config) -> None:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 from actors.adapters.operations import Operations
 from actors.adapters.store import Store
-from tests.fix_postgres import query
+from tests.helpers import query
 
 ROWS = 40_000  # about 13 MB of 256-byte payloads: past the exact-count threshold
 

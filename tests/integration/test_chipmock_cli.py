@@ -10,6 +10,7 @@ import grpc
 from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
+from tests.helpers import ChildOutput
 
 
 def test_bad_option_values_get_a_usage_error() -> None:
@@ -31,15 +32,17 @@ def test_serves_until_sigint_then_prints_a_summary() -> None:
         [sys.executable, "-m", "chipmock", "--port", "0", "--metrics-port", "-1", "--latency", "10ms"],
         stdout=subprocess.PIPE, text=True,
     )
+    output = ChildOutput(proc.stdout)
     try:
-        banner = proc.stdout.readline()
+        banner = output.line(timeout=30, what="the banner")
         endpoint = re.search(r"listening on (\S+)", banner).group(1)
         with grpc.insecure_channel(endpoint) as channel:
             stub = pb_grpc.ChipIngressStub(channel)
             event = ce.CloudEvent(id="a", source="s", spec_version="1.0", type="t")
             stub.PublishBatch(pb.CloudEventBatch(events=[event, event]), timeout=10)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        out = output.rest(timeout=15)
     finally:
         proc.kill()
     assert proc.returncode == 0
@@ -58,20 +61,23 @@ def test_signals_while_stopping_never_wedge_it() -> None:
     """
     for _ in range(4):
         proc = _chipmock("--port", "0", "--metrics-port", "0", "--latency", "50ms")
+        output = ChildOutput(proc.stdout)
         try:
-            assert "listening on" in proc.stdout.readline()
+            assert "listening on" in output.line(timeout=30, what="the banner")
             for sig in [signal.SIGINT, signal.SIGTERM] * 100:
                 proc.send_signal(sig)
-            out, _ = proc.communicate(timeout=15)
+            proc.wait(timeout=15)
+            out = output.rest(timeout=15)
         finally:
             proc.kill()
+            proc.stderr.close()  # not read
         assert proc.returncode == 0 and "chipmock stopped" in out
 
 
 def test_a_port_in_use_is_refused_with_one_line_naming_it() -> None:
     first = _chipmock("--port", "0", "--metrics-port", "0")
     try:
-        banner = first.stdout.readline()
+        banner = ChildOutput(first.stdout).line(timeout=30, what="the banner")
         grpc_port = re.search(r"listening on \S+:(\d+)", banner).group(1)
         metrics_port = re.search(r"127.0.0.1:(\d+)/metrics", banner).group(1)
         for args, port in [(["--port", grpc_port, "--metrics-port", "-1"], grpc_port),
@@ -84,4 +90,5 @@ def test_a_port_in_use_is_refused_with_one_line_naming_it() -> None:
                                          "-1"], capture_output=True, text=True, timeout=30).stderr
     finally:
         first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=15)
+        first.wait(timeout=15)
+        first.stderr.close()  # not read

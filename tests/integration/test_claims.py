@@ -2,7 +2,7 @@
 
 from actors.adapters.store import Store
 from chippb import cloudevent_pb2 as ce
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, pending_ids, query
 
 
 def _events(*ids: str) -> list[bytes]:

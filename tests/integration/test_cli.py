@@ -10,7 +10,7 @@ from actors.adapters.store import Store
 from actors.core.events import Rejection
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, pending_ids, query
 
 
 def cli(database_url: str, *args: str, **env: str) -> subprocess.CompletedProcess:

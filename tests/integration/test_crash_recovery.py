@@ -5,8 +5,7 @@ import trio
 
 from actors import ConfigError, open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import wait_until
-from tests.fix_postgres import pending_ids, query
+from tests.helpers import pending_ids, query, wait_until
 
 
 async def _emit_then_cancel(config, count: int, until) -> set[str]:

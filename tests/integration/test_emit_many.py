@@ -14,8 +14,7 @@ from actors import (
 )
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_emitter import ids_from_threads
-from tests.fix_postgres import pending_ids, query
+from tests.helpers import ids_from_threads, pending_ids, query
 
 
 async def test_one_call_is_one_transaction_and_its_ids_follow_the_bodies(start_chipmock, make_config,

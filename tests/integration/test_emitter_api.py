@@ -19,8 +19,7 @@ from actors import (
 )
 from chipmock import ChipModel, Outage
 from chippb import cloudevent_pb2 as ce
-from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, emit_concurrently, pending_ids, query, wait_until
 
 
 async def test_backpressure_at_max_pending_raises_backlog_full_and_writes_nothing(start_chipmock, make_config, database_url) -> None:
@@ -162,7 +161,7 @@ async def test_metrics_endpoint_serves_upstream_names(chip, make_config) -> None
 
 
 async def test_a_failed_commit_fails_its_emits_with_the_database_reason(chip, make_config, database_url) -> None:
-    from tests.fix_postgres import query
+    from tests.helpers import query
 
     async with open_emitter(make_config(chip)) as emitter:
         query(database_url, """CREATE FUNCTION refuse_insert() RETURNS trigger LANGUAGE plpgsql AS

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from actors import open_blocking_emitter
-from tests.fix_postgres import pending_ids
+from tests.helpers import pending_ids
 
 FORK = multiprocessing.get_context("fork")
 

@@ -6,8 +6,7 @@ import threading
 import pytest
 
 from actors import open_asyncio_emitter, open_blocking_emitter
-from tests.fix_emitter import ids_from_threads
-from tests.fix_postgres import pending_ids, query
+from tests.helpers import ids_from_threads, pending_ids, query
 
 
 def test_asyncio_host_emits_and_flushes(chip, make_config, database_url) -> None:

@@ -3,21 +3,57 @@
 import hashlib
 import struct
 
+import psycopg
+import trio
+import trio.testing
+
 from actors import open_emitter
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, emit_concurrently, pending_ids, query, wait_until
+
+INSERT_WAITING_FOR_A_LOCK = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%%INSERT INTO chip_durable_events (%%'
+"""
 
 
 async def test_emit_returns_only_after_commit(start_chipmock, make_config, database_url) -> None:
-    slow_chip = start_chipmock(ChipModel(latency=3.0))  # keeps the row in the table a while
-    async with open_emitter(make_config(slow_chip)) as emitter:
+    """While a lock holds its INSERT back, emit waits; when emit returns, another connection sees the row.
+
+    A warm-up emit first: the writer's connection is open and its INSERT
+    prepared, so nothing but the commit stands between the request and its
+    caller (the first emit's prepare round trip alone once made a persister
+    that resolved callers before writing look right).
+    """
+    down_chip = start_chipmock(ChipModel(failure_rate=1.0))  # nothing is delivered: rows stay in the table
+    # Deadlines far away: the INSERT waits for the test's lock, not for a timer.
+    config = make_config(down_chip, lock_timeout=60.0, commit_timeout=60.0)
+    returned: list[tuple[str, list[tuple]]] = []
+
+    async def emit_and_look(emitter) -> None:
         event_id = await emitter.emit(b"body", source="wf", type="tick")
-        # A separate connection sees the committed row the moment emit returns.
-        rows = query(database_url, "SELECT payload FROM chip_durable_events WHERE id = %s", (event_id,))
-        assert len(rows) == 1
-        assert ce.CloudEvent.FromString(rows[0][0]).binary_data == b"body"
+        # A separate connection, at once (the loop is blocked: nothing else runs meanwhile).
+        returned.append((event_id, query(database_url, "SELECT payload FROM chip_durable_events WHERE id = %s",
+                                          (event_id,))))
+
+    async with open_emitter(config) as emitter:
+        warm_up = await emitter.emit(b"warm-up", source="wf", type="tick")
+        # Committed, whatever emit promised: the only INSERT left to wait for the lock is the test's.
+        await wait_until(lambda: pending_ids(database_url) == {warm_up}, what="the warm-up row")
+        with psycopg.connect(database_url) as blocker:
+            # INSERT needs ROW EXCLUSIVE, which SHARE blocks; reads go on. In a thread: a statement of the
+            # emitter's that holds a conflicting lock must be free to finish.
+            await trio.to_thread.run_sync(blocker.execute, "LOCK TABLE chip_durable_events IN SHARE MODE")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(emit_and_look, emitter)
+                await wait_until(lambda: query(database_url, INSERT_WAITING_FOR_A_LOCK)[0][0] == 1,
+                                 what="the emit's INSERT to wait for the lock")
+                await trio.testing.wait_all_tasks_blocked()  # emit had every chance to return
+                assert returned == [], "emit returned while its INSERT was still waiting for the lock"
+                await trio.to_thread.run_sync(blocker.rollback)  # the lock goes: the INSERT commits
+    [(event_id, rows)] = returned
+    assert len(rows) == 1 and ce.CloudEvent.FromString(rows[0][0]).binary_data == b"body", event_id
 
 
 async def test_every_committed_event_is_delivered_and_its_row_deleted(chip, make_config, database_url) -> None:

@@ -5,8 +5,7 @@ import time
 
 from actors import open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import emit_concurrently, wait_until
-from tests.fix_postgres import pending_ids, query
+from tests.helpers import emit_concurrently, pending_ids, query, wait_until
 
 
 def _wait_exit(workloads, timeout: float) -> None:

@@ -59,7 +59,7 @@ def test_a_data_directory_of_another_major_version_is_one_clear_error(tmp_path) 
 
 async def test_a_released_row_waits_longer_the_more_attempts_it_had(database_url: str) -> None:
     from actors.adapters.store import Store
-    from tests.fix_postgres import query
+    from tests.helpers import query
 
     store = Store(database_url)
     try:

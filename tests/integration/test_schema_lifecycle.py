@@ -12,8 +12,7 @@ from psycopg.conninfo import make_conninfo
 from actors import EmitterConfig, SchemaError, open_emitter
 from actors.adapters import schema
 from chippb import cloudevent_pb2 as ce
-from scripts.args_and_databases import scratch_database
-from tests.fix_postgres import dead_letters, pending_ids, query
+from tests.helpers import dead_letters, pending_ids, query, scratch_database
 from tests.integration.test_cli import cli
 
 EXPECTED = schema.expected_version()

@@ -7,7 +7,7 @@ from actors.adapters.store import Store
 from actors.core.events import Rejection
 from actors.core.failures import StoreFailure
 from actors.errors import EmitterError, StoreUnavailable, UnknownDeadLetter
-from tests.fix_postgres import dead_letters
+from tests.helpers import dead_letters
 
 
 async def test_a_write_the_table_refuses_is_a_poison_store_error_with_its_sqlstate(database_url) -> None:
