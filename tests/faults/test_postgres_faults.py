@@ -74,14 +74,13 @@ async def test_a_locked_table_fails_emit_within_its_deadline_and_the_next_emit_s
         await emitter.emit(b"before", source="wf", type="tick")
         with psycopg.connect(database_url) as holder:  # a migration or a careless LOCK TABLE
             holder.execute("LOCK TABLE chip_durable_events IN ACCESS EXCLUSIVE MODE")
-            started = trio.current_time()
+            # Which deadline answered is in the error, not in a stopwatch: Postgres' lock_timeout
+            # (5 s), not commit_timeout (10 s, "did not confirm the commit") nor a hang.
             with pytest.raises(StoreUnavailable, match="lock timeout"):
                 await emitter.emit(b"locked out", source="wf", type="tick")
-            waited = trio.current_time() - started
             holder.rollback()
         after = await emitter.emit(b"after", source="wf", type="tick")
         await emitter.flush(timeout=30)
-    assert waited < emitter.config.commit_timeout  # lock_timeout (5 s) answered first, not a hang
     assert chip.counters.seen([after]) == {after}
     assert pending_ids(database_url) == set()
 

@@ -1,5 +1,6 @@
 """The emitter's edges: backpressure, bad input, bad configuration, flush, shutdown, give-up."""
 
+import math
 import subprocess
 import sys
 
@@ -109,12 +110,16 @@ async def test_emit_after_shutdown_began_raises_emitter_closed(chip, make_config
 
 
 async def test_outage_backlog_drains_when_chip_returns(start_chipmock, make_config, database_url) -> None:
-    chip = start_chipmock(ChipModel(outages=(Outage(0, 1.0),)))
+    # The outage ends when the test says so, not at a time counted from chipmock's start
+    # (which a slow start-up could outlast before the first publish).
+    chip = start_chipmock(ChipModel(outages=(Outage(0, math.inf),)))
     async with open_emitter(make_config(chip, dispatch_buffer=10)) as emitter:
         ids = {await emitter.emit(b"x", source="wf", type="tick") for _ in range(100)}
+        await wait_until(lambda: emitter.statistics().delivery == "down", what="delivery paused by the outage")
+        assert pending_ids(database_url) == ids  # the backlog waits in the table
+        chip.set_model(ChipModel())  # Chip returns
         await emitter.flush(timeout=30)
-    snap = chip.counters.snapshot()
-    assert snap.failed_calls > 0, "the outage was never hit"
+    assert chip.counters.snapshot().failed_calls > 0
     assert chip.counters.seen(ids) == ids
     assert pending_ids(database_url) == set()
 

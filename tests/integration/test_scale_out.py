@@ -1,10 +1,14 @@
 """Several emitter instances on one table: no double publishing when healthy, nothing lost when one dies."""
 
+import math
 import signal
 import time
 
+import trio
+from prometheus_client import CollectorRegistry
+
 from actors import open_emitter
-from chipmock import ChipModel
+from chipmock import ChipModel, Outage
 from tests.helpers import emit_concurrently, pending_ids, query, wait_until
 
 
@@ -29,27 +33,38 @@ def test_three_instances_deliver_everything_without_duplicates(database_url, sta
     assert pending_ids(database_url) == set()
 
 
-def test_a_killed_instances_rows_are_delivered_by_the_others(database_url, start_chipmock, start_workload, capsys) -> None:
-    # Default ids and 60 s leases: the survivors stop 8 s in, so the victim's rows
-    # reach Chip only if they are claimed once its session died, not after its lease.
-    chip = start_chipmock(ChipModel(latency=0.05))
-    survivors = [
-        start_workload(database_url, chip.endpoint, "--events", "1000000", "--duration", "8s", "--rate", "300",
-                       "--flush", "60s", name=name)
-        for name in ("node-a", "node-b")
-    ]
-    victim = start_workload(database_url, chip.endpoint, "--events", "1000000", "--rate", "2000",
-                            "--concurrency", "20", name="node-c", DURABLE_EMITTER_PUBLISHES_IN_FLIGHT="1")
-    victim.wait_for_ids(1000)
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.proc.wait()
-    _wait_exit(survivors, 120)
-    acknowledged = [i for w in (*survivors, victim) for i in w.ids()]
-    assert chip.counters.seen(acknowledged) == set(acknowledged)
-    assert pending_ids(database_url) == set()
+async def test_a_killed_instances_rows_are_delivered_by_the_others(database_url, start_chipmock, start_workload,
+                                                                   make_config, capsys) -> None:
+    chip = start_chipmock()
+    # The victim reaches no Chip, so every event it acknowledged is still in the table when it dies,
+    # leased to its default id (host-pid) for an hour: the others can take those rows only because
+    # its session died (orphans), never because a lease lapsed.
+    out_of_reach = start_chipmock(ChipModel(outages=(Outage(0, math.inf),)))
+    async with open_emitter(make_config(chip, instance_id="node-a")) as node_a, \
+            open_emitter(make_config(chip, instance_id="node-b")) as node_b:
+        victim = start_workload(database_url, out_of_reach.endpoint, "--events", "1000000", "--rate", "2000",
+                                "--concurrency", "20", name="node-c", DURABLE_EMITTER_LEASE_DURATION="1h")
+        ours = await emit_concurrently(node_a, 200) | await emit_concurrently(node_b, 200)
+        await trio.to_thread.run_sync(victim.wait_for_ids, 1000)
+        victim.proc.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(victim.proc.wait)
+        acknowledged = set(victim.ids())
+        ours |= await emit_concurrently(node_a, 200) | await emit_concurrently(node_b, 200)
+        # Bounded by the run, not by the victim's lease: an hour away.
+        await wait_until(lambda: not pending_ids(database_url), timeout=60, what="the table drained")
+    assert len(acknowledged) >= 1000
+    assert chip.counters.seen(acknowledged) == acknowledged
+    assert chip.counters.seen(ours) == ours
+    assert out_of_reach.counters.snapshot().received == 0
     with capsys.disabled():
-        print(f"\n  node-c killed with {len(victim.ids())} acknowledged; all {len(acknowledged)} delivered, "
+        print(f"\n  node-c killed with {len(acknowledged)} acknowledged; all delivered by the others, "
               f"{chip.counters.snapshot().duplicates} duplicates")
+
+
+def _events_not_delivered(registry: CollectorRegistry) -> float:
+    """Events of publish attempts that did not deliver them (such an attempt may have reached Chip all the same)."""
+    return sum(registry.get_sample_value("durable_emitter_publish_batch_events_failure_total", {"phase": phase}) or 0.0
+               for phase in ("batch", "retransmit"))
 
 
 async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock, make_config, database_url) -> None:
@@ -57,14 +72,18 @@ async def test_rows_in_flight_are_not_stolen_by_another_instance(start_chipmock,
     # scanning every 100 ms must never publish a row the first still has in flight.
     chip = start_chipmock(ChipModel(latency=0.8))
     leases = dict(lease_duration=2.5, publish_timeout=1.0, publishes_in_flight=2, publish_batch_size=20)
-    async with open_emitter(make_config(chip, instance_id="busy", **leases)) as busy, \
-            open_emitter(make_config(chip, instance_id="idle", **leases)):
+    busy_metrics, idle_metrics = CollectorRegistry(), CollectorRegistry()
+    async with open_emitter(make_config(chip, instance_id="busy", **leases), registry=busy_metrics) as busy, \
+            open_emitter(make_config(chip, instance_id="idle", **leases), registry=idle_metrics):
         ids = await emit_concurrently(busy, 200, size=1)
         await wait_until(lambda: not pending_ids(database_url), timeout=60, what="the table drained")
+        not_delivered = _events_not_delivered(busy_metrics) + _events_not_delivered(idle_metrics)
     assert chip.counters.seen(ids) == ids
     # Nobody published a row someone else held. (Rows left to the table when their lease ran
-    # short may go to either instance: that is recovery, not theft.)
-    assert chip.counters.snapshot().duplicates == 0
+    # short may go to either instance: that is recovery, not theft.) A call that outlived its
+    # deadline on a busy machine may have reached Chip all the same and is sent again: a
+    # duplicate its failed attempt explains. Any other duplicate is a row two holders published.
+    assert chip.counters.snapshot().duplicates <= not_delivered
 
 
 async def test_flush_waits_for_events_another_instance_claimed(start_chipmock, make_config, database_url) -> None:

@@ -1,93 +1,14 @@
-"""Linger, backlog timeout, lease lapse and flush polling, on trio's virtual clock (no real time, no I/O)."""
+"""Backlog timeout, lease lapse and flush polling, on trio's virtual clock (no real time, no I/O).
+
+The linger and the lease margin of batches are tests/unit/test_gatherer.py's."""
 
 import pytest
 import trio
 
 from actors.core.admission import Admission, TableSample
 from actors.core.instruments import Tally
-from actors.dispatcher.gathering import Gatherer
 from actors.emitter import poll_until
 from actors.errors import BacklogFull, StoreUnavailable
-from actors.handoff import HandOffSender, open_hand_off
-from actors.messages import Outgoing
-
-
-def _send(send: HandOffSender, *ids: str, publish_by: float = 100.0, payloads: list[bytes] | None = None) -> None:
-    """Hand over a committed group as the persister does: room reserved, then sent."""
-    group = Outgoing(list(ids), payloads or [b"x"] * len(ids), publish_by)
-    with send.reserve(len(group), sum(map(len, group.payloads))) as room:
-        assert room is not None
-        room.send(group)
-
-
-async def test_a_batch_waits_the_linger_for_more_events_then_goes(autojump_clock) -> None:
-    send, receive = open_hand_off(100, 100)
-    gatherer = Gatherer(receive, batch_size=10, max_bytes=10_000, linger=0.02)
-    _send(send, "a")
-
-    async def late_arrivals() -> None:
-        await trio.sleep(0.01)
-        _send(send, "b")  # within the linger: joins the batch
-        await trio.sleep(0.02)
-        _send(send, "c")  # after it: starts the next batch
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(late_arrivals)
-        assert await gatherer.wait_for_work()
-        started = trio.current_time()
-        batch = await gatherer.gather()
-        assert trio.current_time() - started == pytest.approx(0.02)
-        assert batch.event_ids == ["a", "b"]
-        assert await gatherer.wait_for_work()
-        assert (await gatherer.gather()).event_ids == ["c"]
-    assert receive.statistics().events == 0  # each group's room came back as it left the channel
-
-
-async def test_a_full_batch_goes_without_waiting_for_the_linger(autojump_clock) -> None:
-    send, receive = open_hand_off(100, 100)
-    gatherer = Gatherer(receive, batch_size=3, max_bytes=10_000, linger=5.0)
-    _send(send, "a", "b", "c", "d")
-    started = trio.current_time()
-    assert await gatherer.wait_for_work()
-    batch = await gatherer.gather()
-    assert batch.event_ids == ["a", "b", "c"] and trio.current_time() == started
-    assert (await gatherer.gather()).event_ids == ["d"]  # the rest of the group starts the next batch
-
-
-async def test_a_batch_stops_at_the_byte_cap_and_the_next_takes_the_rest(autojump_clock) -> None:
-    send, receive = open_hand_off(100, 10_000)
-    gatherer = Gatherer(receive, batch_size=100, max_bytes=100, linger=5.0)
-    _send(send, "a", "b", "c", "d", payloads=[b"x" * 40, b"x" * 40, b"x" * 200, b"x"])
-    sizes = []
-    for _ in range(3):
-        assert await gatherer.wait_for_work()
-        sizes.append((await gatherer.gather()).event_ids)
-    assert sizes == [["a", "b"], ["c"], ["d"]]  # c alone above the cap still goes: Chip's answer decides
-
-
-async def test_an_event_above_the_cap_goes_alone_even_when_its_group_ends_with_it(autojump_clock) -> None:
-    send, receive = open_hand_off(100, 10_000)
-    gatherer = Gatherer(receive, batch_size=100, max_bytes=100, linger=5.0)
-    _send(send, "big", payloads=[b"x" * 200])
-    _send(send, "next", payloads=[b"x" * 40])
-    assert await gatherer.wait_for_work()
-    assert (await gatherer.gather()).event_ids == ["big"]  # the next group does not ride on a full batch
-    assert (await gatherer.gather()).event_ids == ["next"]
-
-
-async def test_events_past_their_lease_margin_are_left_to_the_table(autojump_clock) -> None:
-    send, receive = open_hand_off(100, 100)
-    gatherer = Gatherer(receive, batch_size=10, max_bytes=10_000, linger=0.0)
-    await trio.sleep(2.0)
-    _send(send, "old", publish_by=1.0)
-    _send(send, "fresh", "too", publish_by=5.0)
-    assert await gatherer.wait_for_work()
-    assert (await gatherer.gather()).event_ids == ["fresh", "too"]
-    assert receive.statistics().events == 0  # the lapsed group's room came back too
-    await trio.sleep(10.0)
-    _send(send, "late", publish_by=5.0)
-    send.close()
-    assert not await gatherer.wait_for_work()  # it lapsed too; then the inbox ended
 
 
 def _full_admission(settled: Tally, limit: int = 10) -> Admission:
