@@ -11,19 +11,17 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
 import trio
-from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import Admission
-from .core.events import AttributeValue, Body, build_event
+from .core.events import AttributeValue, Body, build_event, build_events, too_large
 from .errors import (
     EmitterClosed,
     EmitterError,
     EventTooLarge,
     FlushTimeout,
-    InvalidEvent,
     StoreUnavailable,
     closed_error,
     refuse_after_fork,
@@ -167,24 +165,14 @@ class Emitter:
         refuse_after_fork(self._opened_in)
         if self._closing:
             raise self._closed()
-        if isinstance(bodies, (bytes, str, Message)):
-            raise InvalidEvent("emit_many takes a list of bodies, not one body (use emit); nothing was written")
         started = trio.current_time()
-        ids: list[str] = []
-        payloads: list[bytes] = []
-        for index, body in enumerate(bodies):
-            if index == self.config.persist_batch_size:
-                raise InvalidEvent(f"emit_many takes at most persist_batch_size ({self.config.persist_batch_size}) "
-                                   "events per call; split the call (no event of it was written)")
-            try:
-                event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
-                                                data_schema=data_schema)
-                self._check_size(payload)
-            except InvalidEvent as exc:
-                reason = str(exc).removesuffix("; nothing was written")
-                raise exc.__class__(f"bodies[{index}]: {reason} (no event of this call was written)") from None
-            ids.append(event_id)
-            payloads.append(payload)
+        try:
+            ids, payloads = build_events(bodies, source=source, type=type, attributes=attributes,
+                                         data_schema=data_schema, max_event_bytes=self.config.max_event_bytes,
+                                         most=(self.config.persist_batch_size, "persist_batch_size"))
+        except EventTooLarge:
+            self._emits.failed.add("too_large")
+            raise
         if ids:
             await self._commit(EmitRequest(ids, payloads), started)
         return list(ids)  # the caller's own copy: the request's list travels on to the dispatcher
@@ -192,8 +180,7 @@ class Emitter:
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.config.max_event_bytes:
             self._emits.failed.add("too_large")
-            raise EventTooLarge(f"the serialized event is {len(payload)} bytes; max_event_bytes is "
-                                f"{self.config.max_event_bytes}; nothing was written")
+            raise too_large(len(payload), self.config.max_event_bytes)
 
     async def _commit(self, request: EmitRequest, started: float) -> None:
         """Hand the events to the persister, once the backlog has room, and wait for their commit."""

@@ -14,7 +14,7 @@ import hashlib
 import re
 import struct
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from random import getrandbits
@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from chippb import chipingress_pb2 as pb
 from chippb import cloudevent_pb2 as ce
 
-from ..errors import InvalidEvent
+from ..errors import EventTooLarge, InvalidEvent
 
 SPEC_VERSION = "1.0"
 EMITTER_NAME = "durable-emitter"
@@ -173,6 +173,50 @@ def build_event(
     key = idempotency_key(source, type_, raw).encode()
     return event_id, b"".join((_field(1, event_id.encode()), shared, data, _recorded_time(millis),
                                _KEY_ENTRY_PREFIX, key, _EMITTER_ENTRY))
+
+
+def too_large(size: int, max_event_bytes: int) -> EventTooLarge:
+    """The error for an event of ``size`` serialized bytes over ``max_event_bytes`` (callers compare first)."""
+    return EventTooLarge(f"the serialized event is {size} bytes; max_event_bytes is {max_event_bytes}; "
+                         "nothing was written")
+
+
+def build_events(
+    bodies: Iterable[Body],
+    *,
+    source: str | None,
+    type: str | None,  # noqa: A002  (the CloudEvent attribute's own name)
+    attributes: Mapping[str, AttributeValue] | None,
+    data_schema: str | None,
+    max_event_bytes: int,
+    most: tuple[int, str] | None = None,
+) -> tuple[list[str], list[bytes]]:
+    """``emit_many``'s events, every one validated before any is written: ``(ids, payloads)`` in order.
+
+    Raises :class:`InvalidEvent` (or :class:`EventTooLarge`) naming the first
+    bad body by its index; a single body (bytes, str, a message) is refused, as
+    is more than ``most = (count, setting name)`` bodies. Shared by
+    :meth:`Emitter.emit_many` and :func:`actors.outbox.emit_many`.
+    """
+    if isinstance(bodies, (bytes, str, Message)):
+        raise InvalidEvent("emit_many takes a list of bodies, not one body (use emit); nothing was written")
+    ids: list[str] = []
+    payloads: list[bytes] = []
+    for index, body in enumerate(bodies):
+        if most is not None and index == most[0]:
+            raise InvalidEvent(f"emit_many takes at most {most[1]} ({most[0]}) events per call; split the call "
+                               "(no event of it was written)")
+        try:
+            event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
+                                            data_schema=data_schema)
+            if len(payload) > max_event_bytes:
+                raise too_large(len(payload), max_event_bytes)
+        except InvalidEvent as exc:
+            reason = str(exc).removesuffix("; nothing was written")
+            raise exc.__class__(f"bodies[{index}]: {reason} (no event of this call was written)") from None
+        ids.append(event_id)
+        payloads.append(payload)
+    return ids, payloads
 
 
 def _field(number: int, payload: bytes) -> bytes:
