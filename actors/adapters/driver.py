@@ -35,6 +35,7 @@ from psycopg.waiting import Ready, Wait
 
 from ..core.failures import StoreFailure, classify_sqlstate
 from ..errors import StoreUnavailable
+from .hot import HotStatement as HotStatement  # defined apart so queries.py imports no trio
 from .postgres import connect
 
 _T = TypeVar("_T")
@@ -52,21 +53,6 @@ def binary_array(items: Sequence[bytes], element_oid: int) -> bytes:
     """
     header = _ONE_DIMENSION(1, 0, element_oid, len(items), 1)
     return header + b"".join(chain.from_iterable(zip(map(_LENGTH, map(len, items)), items, strict=True)))
-
-
-@dataclass(frozen=True, slots=True)
-class HotStatement:
-    """A statement on every event's path: prepared once per connection and run without a cursor.
-
-    Its parameters are dumped by the caller (binary, :func:`binary_array` for
-    arrays), so a run is one send and one answer with no per-statement Python in
-    between (psycopg's cursor, query conversion and adapters cost more than the
-    10-row INSERT they carried).
-    """
-
-    name: bytes
-    sql: bytes
-    types: tuple[int, ...]  # parameter type oids
 
 
 @dataclass(frozen=True, slots=True)

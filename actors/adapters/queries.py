@@ -6,7 +6,7 @@ the schema itself (``schema.sql``, migrations, catalog reads) is ``schema.py``'s
 
 from __future__ import annotations
 
-from .driver import HotStatement
+from .hot import HotStatement
 
 # The running emitter's statements (store.py).
 
