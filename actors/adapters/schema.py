@@ -12,6 +12,7 @@ tells whether the two agree.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,14 +83,25 @@ def schema_sql() -> str:
     return (HERE / "schema.sql").read_text()
 
 
-def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
-    """Our tables in ``schema``, their columns, the role's rights, the recorded version: reads only."""
-    role, exists, usage = _row(conn.execute(SCHEMA_ACCESS, {"schema": schema}))
+# One catalog read: a query (text, or composed with the schema's name) and its parameters.
+Read = tuple[str | sql.Composed, dict[str, Any] | None]
+CatalogReads = Generator[Read, list[tuple[Any, ...]], Catalog]
+
+
+def catalog_reads(schema: str) -> CatalogReads:
+    """The reads behind :func:`read_catalog`, without I/O: yields each query, is sent its rows, returns the Catalog.
+
+    A sync connection runs it here; :mod:`actors.outbox` runs it on the host's
+    sync or async connection, inside the host's transaction: reads only, and
+    none that can fail on rights (the version table is read only once the
+    catalog says it may be), so a refusal leaves that transaction usable.
+    """
+    role, exists, usage = _first((yield SCHEMA_ACCESS, {"schema": schema}))
     if exists and not usage:
         raise SchemaError(f"role {role!r} may not use schema {schema!r}: GRANT USAGE ON SCHEMA {schema} TO {role}")
     tables: dict[str, dict[str, str]] = {}
     rights: dict[str, frozenset[str]] = {}
-    for table, column, kind, *held in conn.execute(TABLE_COLUMNS, {"schema": schema, "tables": list(TABLES)}):
+    for table, column, kind, *held in (yield TABLE_COLUMNS, {"schema": schema, "tables": list(TABLES)}):
         columns = tables.setdefault(table, {})
         if column is not None:
             columns[column] = kind
@@ -101,15 +113,26 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
             raise SchemaError(f"role {role!r} may not read {schema}.{VERSIONS}, so the schema's version "
                               f"is unknown: GRANT SELECT ON {schema}.{VERSIONS} TO {role}")
         query = sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(sql.Identifier(schema, VERSIONS))
-        version = int(_row(conn.execute(query))[0])
+        version = int(_first((yield query, None))[0])
     return Catalog(schema, role, tables, rights, version)
 
 
-def _row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
-    row: tuple[Any, ...] | None = cursor.fetchone()
-    if row is None:
+def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
+    """Our tables in ``schema``, their columns, the role's rights, the recorded version: reads only."""
+    reads = catalog_reads(schema)
+    try:
+        query, params = next(reads)
+        while True:
+            query, params = reads.send(conn.execute(query, params).fetchall())
+    except StopIteration as done:
+        catalog: Catalog = done.value
+        return catalog
+
+
+def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    if not rows:
         raise StoreUnavailable("Postgres returned no row where one was certain")
-    return row
+    return rows[0]
 
 
 def statements(found: Plan) -> list[tuple[str, str]]:

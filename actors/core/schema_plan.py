@@ -34,6 +34,7 @@ LEGACY_SHAPE: Mapping[str, Mapping[str, str]] = {
 # What each kind of user needs on the two tables once the schema is current.
 WRITER_RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")  # the emitter, drain, dlq replay
 READER_RIGHTS = ("SELECT",)  # status, dlq list
+OUTBOX_RIGHTS = ("INSERT",)  # actors.outbox, on the events table only
 
 APPLY_COMMAND = "durable-emitter schema apply"
 
@@ -111,20 +112,38 @@ def on_start(found: Plan, *, auto_migrate: bool) -> Start:
         return Start.GO_ON
     if auto_migrate:
         return Start.MIGRATE
+    raise SchemaError(f"{_behind(found)}, or set DURABLE_EMITTER_AUTO_MIGRATE=true")
+
+
+def _behind(found: Plan) -> str:
     what = "has no durable-emitter tables" if found.install else f"is at version {found.found}"
-    raise SchemaError(f"schema {found.schema!r} {what}; this durable-emitter needs version {found.expected}: "
-                      f"run `{APPLY_COMMAND}` (as a role that may create tables there), "
-                      "or set DURABLE_EMITTER_AUTO_MIGRATE=true")
+    return (f"schema {found.schema!r} {what}; this durable-emitter needs version {found.expected}: "
+            f"run `{APPLY_COMMAND}` (as a role that may create tables there)")
 
 
-def missing_rights(catalog: Catalog, needed: tuple[str, ...]) -> str | None:
-    """One message naming the privileges the role lacks on our tables, or None."""
-    gaps = [(table, [r for r in needed if r not in catalog.rights.get(table, frozenset())])
-            for table in (EVENTS, DEAD_LETTERS)]
+def outbox_refusal(catalog: Catalog, expected: int) -> str | None:
+    """Why :mod:`actors.outbox` may not write to this schema, in one message naming the fix; None if it may.
+
+    The outbox never migrates (it runs in the host's transaction, where DDL
+    would hold locks until the host commits): the schema must be current, and
+    the role needs INSERT on the events table (``pg_notify`` needs no right).
+    Raises :class:`SchemaError` for what :func:`plan` refuses (newer, foreign).
+    """
+    found = plan(catalog, expected)
+    if not found.current:
+        return f"{_behind(found)}; nothing was written"
+    problem = missing_rights(catalog, OUTBOX_RIGHTS, tables=(EVENTS,))
+    return None if problem is None else f"{problem}; nothing was written"
+
+
+def missing_rights(catalog: Catalog, needed: tuple[str, ...],
+                   tables: tuple[str, ...] = (EVENTS, DEAD_LETTERS)) -> str | None:
+    """One message naming the privileges the role lacks on ``tables``, or None."""
+    gaps = [(table, [r for r in needed if r not in catalog.rights.get(table, frozenset())]) for table in tables]
     gaps = [(table, lacking) for table, lacking in gaps if lacking]
     if not gaps:
         return None
     listed = "; ".join(f"{', '.join(lacking)} on {catalog.schema}.{table}" for table, lacking in gaps)
-    return (f"role {catalog.role!r} lacks {listed}: GRANT {', '.join(needed)} ON {catalog.schema}.{EVENTS}, "
-            f"{catalog.schema}.{DEAD_LETTERS} TO {catalog.role} (and USAGE ON SCHEMA {catalog.schema}, "
-            f"SELECT ON {catalog.schema}.{VERSIONS})")
+    on = ", ".join(f"{catalog.schema}.{table}" for table in tables)
+    return (f"role {catalog.role!r} lacks {listed}: GRANT {', '.join(needed)} ON {on} TO {catalog.role} "
+            f"(and USAGE ON SCHEMA {catalog.schema}, SELECT ON {catalog.schema}.{VERSIONS})")

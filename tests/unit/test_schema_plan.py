@@ -12,6 +12,7 @@ from actors.core.schema_plan import (
     Start,
     missing_rights,
     on_start,
+    outbox_refusal,
     plan,
 )
 from actors.errors import SchemaError
@@ -75,3 +76,19 @@ def test_missing_rights_name_the_grant() -> None:
     assert message is not None and "role 'app' lacks INSERT, UPDATE, DELETE on public.chip_durable_events" in message
     assert "GRANT SELECT, INSERT, UPDATE, DELETE ON public.chip_durable_events" in message
     assert missing_rights(catalog(rights=frozenset({"SELECT"})), ("SELECT",)) is None
+
+
+def test_the_outbox_writes_only_to_a_current_schema_with_insert_on_the_events_table() -> None:
+    tables = (EVENTS, DEAD_LETTERS, VERSIONS)
+    assert outbox_refusal(catalog(3, tables), expected=3) is None
+    behind = outbox_refusal(catalog(2, tables), expected=3)
+    assert behind is not None and "is at version 2; this durable-emitter needs version 3" in behind
+    assert "durable-emitter schema apply" in behind and behind.endswith("nothing was written")
+    empty = outbox_refusal(catalog(tables=()), expected=3)
+    assert empty is not None and "has no durable-emitter tables" in empty
+    read_only = outbox_refusal(catalog(3, tables, rights=frozenset({"SELECT"})), expected=3)
+    assert read_only is not None and "role 'app' lacks INSERT on public.chip_durable_events:" in read_only
+    assert "GRANT INSERT ON public.chip_durable_events TO app" in read_only  # nothing asked of the dead letters
+    assert outbox_refusal(catalog(3, tables, rights=frozenset({"INSERT"})), expected=3) is None
+    with pytest.raises(SchemaError, match="newer than this durable-emitter"):
+        outbox_refusal(catalog(4, tables), expected=3)
