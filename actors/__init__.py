@@ -2,7 +2,8 @@
 
 The public face. Everything else in this package is private and may move.
 
-The errors are imported here; every other name is imported on first use
+The errors are imported here; every other name, and the ``outbox`` submodule
+(events written in the host's own transaction), is imported on first use
 (PEP 562), so ``import actors`` (and the CLI's ``--help``) does not load trio,
 psycopg, grpc and prometheus_client. Type checkers and IDEs read the imports
 under ``TYPE_CHECKING``, which name the same things.
@@ -28,6 +29,7 @@ from .errors import SupervisorGaveUp as SupervisorGaveUp
 from .errors import UnknownDeadLetter as UnknownDeadLetter
 
 if _typing.TYPE_CHECKING:
+    from . import outbox as outbox
     from .config import EmitterConfig as EmitterConfig
     from .emitter import Emitter as Emitter
     from .hosts import AsyncioEmitter as AsyncioEmitter
@@ -49,20 +51,26 @@ _LAZY = {
     "open_emitter": ".tree",
 }
 
+# submodules served by the face ("from actors import outbox" works without this too; "actors.outbox" needs it)
+_SUBMODULES = ("outbox",)
+
 __all__ = [
     "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EmitterForked", "EventTooLarge",
     "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "StoreFailure", "SupervisorGaveUp",
     "UnknownDeadLetter",
-    *_LAZY,
+    *_LAZY, *_SUBMODULES,
 ]
 
 if not _typing.TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays an error for them
 
     def __getattr__(name: str) -> object:
         module = _LAZY.get(name)
-        if module is None:
+        if module is not None:
+            value = getattr(_import_module(module, __name__), name)
+        elif name in _SUBMODULES:
+            value = _import_module(f".{name}", __name__)
+        else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(_import_module(module, __name__), name)
         globals()[name] = value  # imported once: later lookups do not come here
         return value
 

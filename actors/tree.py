@@ -8,6 +8,7 @@
 
     Emitter.emit ─intake─▶ persister ─groups─▶ dispatcher ─outcomes─▶ acker
                                       └─doorbell (spilled rows wait in the table)─┘
+    outbox.emit, in a host's transaction ─NOTIFY at its commit─▶ the dispatcher's listener rings the doorbell
 
 Children start downstream first, so each has a reader before it is fed, and
 stop upstream first: closing the intake lets the persister commit what it was
@@ -28,8 +29,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from . import acker, dispatcher, persister, sampler
 from .adapters import schema
 from .adapters.chip import ChipClient
+from .adapters.listener import Listener
 from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
+from .adapters.queries import outbox_channel
 from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission
@@ -98,6 +101,16 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             stack.callback(made.close)
             return made
 
+        def listener() -> Listener | None:
+            """Outbox notifications, heard on a session of its own: none behind a pooler in transaction mode."""
+            if not config.session_liveness:
+                return None
+            made = Listener(url, outbox_channel(config.schema), Session(
+                tcp_user_timeout=config.tcp_user_timeout, keepalive_idle=config.tcp_keepalive_idle,
+                schema=config.schema, application_name=f"durable-emitter {config.instance_id} listener"))
+            stack.callback(made.close)
+            return made
+
         # Catalog reads only, unless the schema is older and migrating at start is allowed.
         await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
                                               auto_migrate=config.migrates_at_start, writer=True))
@@ -143,7 +156,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 config, outcomes, store(synchronous_commit=False), acked)),
                 shutdown=grace))
             await tree.start(ChildSpec("dispatcher", partial(dispatcher.run, dispatcher.Wiring(
-                config, groups, doorbell, outcomes_send, chip, store(), dispatched)),
+                config, groups, doorbell, outcomes_send, chip, store(), dispatched, doorbell_send, listener())),
                 shutdown=grace, on_exit=outcomes_send.close))
             await tree.start(ChildSpec("persister", partial(persister.run, persister.Wiring(
                 config, intake, groups_send, doorbell_send,

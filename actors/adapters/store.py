@@ -28,6 +28,7 @@ from .queries import (
     INSERT_EVENTS,
     LAPSE_LEASES,
     ORPHANED_OWNERS,
+    OUTBOX_OWNER,
     PENDING_STATS,
     RELEASE_EVENTS,
     SESSION_IS_OURS,
@@ -105,8 +106,12 @@ class Store:
         return bool(one_row(await self._db.run(SESSION_IS_OURS, {"owner": owner}))[0])
 
     async def orphaned_owners(self, *, me: str) -> list[str]:
-        """Owners holding rows with no live session: their rows may be claimed at once."""
-        return [row[0] for row in (await self._db.run(ORPHANED_OWNERS, {"me": me}, prepare=False)).fetchall()]
+        """Owners holding rows with no live session: their rows may be claimed at once.
+
+        Not the outbox's marker: its rows are claimable by their lease already, in their turn.
+        """
+        rows = (await self._db.run(ORPHANED_OWNERS, {"me": me}, prepare=False)).fetchall()
+        return [owner for (owner,) in rows if owner != OUTBOX_OWNER]
 
     async def claim_orphans(self, orphans: Sequence[str], *, owner: str, lease: float,
                             limit: int) -> list[StoredEvent]:

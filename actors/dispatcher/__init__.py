@@ -8,7 +8,9 @@ slots, one semaphore for both sources, from the moment it starts gathering
 until Chip's answer is handled (:mod:`.publisher`), so a slow Chip fills the
 slots, the hand-off fills, and new events stay in the table: memory is bounded
 whatever the backlog. While Chip does not answer or refuses us, the delivery
-gate (:mod:`.gate`) holds batches in memory and stops claims.
+gate (:mod:`.gate`) holds batches in memory and stops claims. Rows the outbox
+wrote are claimed at once when their notification rings the doorbell
+(:mod:`.listening`), else at the next scan.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from ..adapters.chip import ChipClient
+from ..adapters.listener import Listener
 from ..adapters.store import Store
 from ..config import EmitterConfig
 from ..core.backoff import Backoff
@@ -27,6 +30,7 @@ from ..messages import Outcome
 from ..statistics import DispatcherState
 from .gate import DeliveryGate
 from .gathering import Gatherer
+from .listening import ring_on_notifications
 from .publisher import Publisher
 from .recovery import Recovery, leave_to_the_table
 
@@ -40,6 +44,8 @@ class Wiring:
     chip: ChipClient
     store: Store
     state: DispatcherState
+    bell: trio.MemorySendChannel[None]  # the doorbell's other end: rung when outbox rows were committed
+    listener: Listener | None  # None: no LISTEN (a pooler in transaction mode); the scan finds outbox rows
 
 
 async def _dispatch_fresh(wiring: Wiring, slots: trio.Semaphore, publisher: Publisher,
@@ -79,7 +85,10 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
 
         async def recover() -> None:
             with recovery_scope:
-                await recovery.recover_forever(nursery)
+                async with trio.open_nursery() as scanning:
+                    if wiring.listener is not None:
+                        scanning.start_soon(ring_on_notifications, wiring.listener, wiring.bell, backoff, rng)
+                    await recovery.recover_forever(nursery)
 
         nursery.start_soon(recover)
         task_status.started()
