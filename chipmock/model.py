@@ -472,9 +472,10 @@ class Snapshot:
     batch_options: Mapping[str, int]  # PublishBatch calls by how they carried options (OPTIONS_KINDS)
 
 
-# Bounds (seconds) of the event-age histogram: fine where delivery latency is judged (1-100 ms).
+# Bounds (seconds) of the event-age histogram: fine where delivery latency is judged (1-100 ms), and
+# around 1 s too, where rows found by a scan (every scan_interval, 1 s by default) arrive.
 AGE_BUCKETS = (0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05,
-               0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+               0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 0.9, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclass

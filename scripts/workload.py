@@ -54,9 +54,12 @@ async def run(args: argparse.Namespace) -> int:
                     next_at += per_emitter_gap
                     await trio.sleep_until(next_at)
 
-        async with trio.open_nursery() as nursery:
-            for index in range(args.concurrency):
-                nursery.start_soon(emit_loop, index)
+        if args.deliver_only:  # an instance that only delivers what others wrote (the outbox's rows)
+            await trio.sleep(args.duration)
+        else:
+            async with trio.open_nursery() as nursery:
+                for index in range(args.concurrency):
+                    nursery.start_soon(emit_loop, index)
         if args.flush:
             await emitter.flush(timeout=args.flush)
     ids_file.close()
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--flush", type=duration, default=0.0, help="flush with this timeout before exit")
+    parser.add_argument("--deliver-only", action="store_true",
+                        help="emit nothing: run the emitter for --duration, delivering what others wrote")
     args = parser.parse_args(argv)
     configure_logging("json")
     return trio.run(run, args)

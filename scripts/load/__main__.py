@@ -8,6 +8,8 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
   latency    emit -> received by Chip, p50/p99, at 10 and 1,000 events/s (--rates), per --lingers
   payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
   backlog    1,000,000 events with Chip down: claim, sampler and status timings with their plans, then the drain
+  outbox     commit -> Chip for outbox events (--rate, --duration) with LISTEN and with the scan alone, an emitter
+             in another process; outbox.emit_many(100) from 10 connections beside Emitter.emit_many (--events)
 
 ``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
 and commit per emit, one unary Publish per event, one DELETE per ack) and
@@ -63,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency: publish_linger values, e.g. 0,5ms,20ms (default: the configured one)")
     parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
     parser.add_argument("--rate", type=float, default=None,
-                        help="tps: events/s (default 1000); payload: events/s (default 0: as fast as possible)")
-    parser.add_argument("--duration", type=duration, default=None, help="tps: how long (60s); latency: per row (20s)")
+                        help="tps: events/s (default 1000); outbox: (default 100); payload: (default 0: as fast as possible)")
+    parser.add_argument("--duration", type=duration, default=None, help="tps, outbox: how long (60s); latency: per row (20s)")
     parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
     parser.add_argument("--sizes", type=positive_ints,
                         default=[64, 256, 1024, 4096, 16384, 65536, 262144, 1048576])
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.events is None:
         args.events = 1_000_000 if args.scenario == "backlog" else 100_000
     if args.rate is None:
-        args.rate = 1000.0 if args.scenario == "tps" else 0.0
+        args.rate = {"tps": 1000.0, "outbox": 100.0}.get(args.scenario, 0.0)
     if args.outage:
         try:
             Outage.parse(args.outage)

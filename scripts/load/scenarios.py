@@ -16,6 +16,7 @@ from actors.adapters.store import Store
 from chipmock import Outage
 from scripts import ROOT
 
+from . import outbox as outbox_load
 from .backlog import backlog
 from .chip import ChipProcess, chip_args, wait_for_unique
 from .measure import (
@@ -270,5 +271,17 @@ async def payload(args, url: str, run: Run, progress: Progress) -> None:
             })
 
 
+async def outbox(args, url: str, run: Run, progress: Progress) -> None:
+    """The outbox: commit -> Chip with LISTEN and with the scan alone; emit_many's rate beside Emitter's."""
+    for listening in (True, False):
+        run.rows.append(await trio.to_thread.run_sync(outbox_load.latency, args, url, listening, progress))
+    row = await _sustained_in_process(args, url, outbox_load.CONNECTIONS, outbox_load.BATCH, progress)
+    row["callers"] = f"Emitter.emit_many({outbox_load.BATCH}), {outbox_load.CONNECTIONS} callers, emitter in this process"
+    run.rows.append(row)
+    run.rows.append(await trio.to_thread.run_sync(outbox_load.throughput, args, url, progress))
+    run.notes.append("delivery = Chip's arrival - recordedtime (set as the outbox builds the event, before its INSERT "
+                     "and the commit; ms precision); chipmock, the emitter processes and Postgres share this machine")
+
+
 SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
-             "backlog": backlog}
+             "backlog": backlog, "outbox": outbox}

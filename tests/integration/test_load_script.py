@@ -88,6 +88,19 @@ def test_backlog_reports_reads_drain_and_plans(tmp_path, pg_server_url) -> None:
     assert "Index Scan using chip_durable_events_lease_idx" in few.split("## ")[0]  # no scan of the whole table
 
 
+def test_outbox_reports_latency_both_ways_and_rates_beside_emit_many(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "outbox", "--rate", "50", "--duration", "1s", "--events", "600")
+    listening, scanning, emitter, outbox = run["rows"]
+    assert [listening["phase"], scanning["phase"]] == ["latency, LISTEN", "latency, scan only (LISTEN off)"]
+    for row in (listening, scanning):
+        assert row["delivered_unique"] == row["events"] == 50 and row["duplicates"] == 0
+        assert 0 < row["delivery_p50_ms"] <= row["delivery_p99_ms"]  # measured, in order (speed is not asserted)
+    assert emitter["callers"].startswith("Emitter.emit_many(100)") and emitter["delivered_unique"] == 600
+    assert outbox["callers"].startswith("outbox.emit_many(100)") and outbox["delivered_unique"] == 600
+    assert outbox["emit_per_s"] > 0 and outbox["end_to_end_per_s"] > 0
+    assert "recordedtime" in report
+
+
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"], ["nothing"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
