@@ -104,9 +104,10 @@ class EmitterConfig:
     writer_only: bool = False
     lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
     # Each instance holds a session-level advisory lock while it runs, so the rows of
-    # one that died are claimed at once instead of after their lease. Needs a session
-    # of its own: behind a pooler in transaction mode, set this false on every
-    # instance (rows then wait for their lease after a crash).
+    # one that died are claimed at once instead of after their lease, and LISTENs for
+    # outbox rows. Needs a session of its own: behind a pooler in transaction mode, set
+    # this false on every instance (rows then wait for their lease after a crash, and
+    # outbox rows for the next scan).
     session_liveness: bool = True
 
     # Group commit: emits gathered into one INSERT and one commit.

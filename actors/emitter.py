@@ -212,7 +212,9 @@ class Emitter:
         those another instance claimed since (spilled, released or lapsed rows
         go to whoever claims them first), and every row this instance holds,
         including rows it claimed from instances that died. Settled means
-        acknowledged by Chip and deleted, or dead-lettered.
+        acknowledged by Chip and deleted, or dead-lettered. Rows written with
+        :mod:`actors.outbox` were emitted through no emitter: covered only
+        while this instance holds them.
         Raises :class:`FlushTimeout` after ``timeout`` seconds; the events
         stay in the table and keep being delivered. Postgres being briefly
         unreachable only delays the answer.

@@ -44,6 +44,16 @@ def dead_letters(url: str) -> dict[str, tuple[str, str]]:
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
+def refuse_rows_containing(url: str, text: str) -> None:
+    """A trigger on the events table that refuses (check_violation) any row whose payload contains ``text``."""
+    query(url, f"""CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN IF position('{text}'::bytea IN NEW.payload) > 0 THEN
+                     RAISE EXCEPTION 'poisoned row (simulated)' USING ERRCODE = 'check_violation';
+                   END IF; RETURN NEW; END $$""")
+    query(url, "CREATE TRIGGER refuse_poison BEFORE INSERT ON chip_durable_events "
+               "FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+
+
 @contextmanager
 def scratch_database(server: str, prefix: str) -> Iterator[str]:
     """A new empty database ``<prefix>_<random>`` on ``server``; yields its URL, drops it afterwards."""

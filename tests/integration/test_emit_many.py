@@ -14,7 +14,7 @@ from actors import (
 )
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
-from tests.helpers import ids_from_threads, pending_ids, query
+from tests.helpers import ids_from_threads, pending_ids, query, refuse_rows_containing
 
 
 async def test_one_call_is_one_transaction_and_its_ids_follow_the_bodies(start_chipmock, make_config,
@@ -57,12 +57,7 @@ async def test_a_bad_body_refuses_the_whole_call_and_names_it(chip, make_config,
 
 
 async def test_a_commit_failing_on_one_row_writes_none_of_the_call(chip, make_config, database_url) -> None:
-    query(database_url, """CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                           BEGIN IF position('poison'::bytea IN NEW.payload) > 0 THEN
-                             RAISE EXCEPTION 'poisoned row (simulated)' USING ERRCODE = 'check_violation';
-                           END IF; RETURN NEW; END $$""")
-    query(database_url, "CREATE TRIGGER refuse_poison BEFORE INSERT ON chip_durable_events "
-                        "FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+    refuse_rows_containing(database_url, "poison")
     bodies = [b"fine"] * 49 + [b"poison"] + [b"fine"] * 50
     async with open_emitter(make_config(chip)) as emitter:
         with pytest.raises(StoreUnavailable, match="poisoned row"):

@@ -23,7 +23,7 @@ from actors.adapters.queries import outbox_channel
 from actors.adapters.store import Store
 from chippb import cloudevent_pb2 as ce
 from tests.fix_processes import ROOT
-from tests.helpers import pending_ids, query, wait_until
+from tests.helpers import pending_ids, query, refuse_rows_containing, wait_until
 
 HOUR = 3600.0  # a scan interval no test waits for: delivery within a test means a notification woke the emitter
 
@@ -175,12 +175,7 @@ def test_emit_many_is_all_or_nothing_inside_the_callers_transaction(orders) -> N
             conn.execute("INSERT INTO orders VALUES (2, 'placed')")  # refused before any statement: still usable
         assert _orders(orders) == {1: "placed", 2: "placed"} and pending_ids(orders) == set()
 
-        query(orders, """CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-                         BEGIN IF position('poison'::bytea IN NEW.payload) > 0 THEN
-                           RAISE EXCEPTION 'poisoned row (simulated)' USING ERRCODE = 'check_violation';
-                         END IF; RETURN NEW; END $$""")
-        query(orders, "CREATE TRIGGER refuse_poison BEFORE INSERT ON chip_durable_events "
-                      "FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+        refuse_rows_containing(orders, "poison")
         with pytest.raises(StoreUnavailable, match="poisoned row.*no event of this call was written.*roll it back"):
             with conn.transaction():
                 conn.execute("INSERT INTO orders VALUES (3, 'placed')")
@@ -199,18 +194,23 @@ def test_a_schema_older_than_the_code_is_refused_and_the_transaction_stays_usabl
     (version, name), = query(orders, "DELETE FROM chip_durable_events_version WHERE version = "
                                      "(SELECT max(version) FROM chip_durable_events_version) RETURNING version, name")
     with psycopg.connect(orders) as conn:
-        with conn.transaction():
-            conn.execute("INSERT INTO orders VALUES (1, 'placed')")
-            with pytest.raises(SchemaError, match=rf"'public' is at version {version - 1}; this durable-emitter "
-                                                  rf"needs version {version}: run `durable-emitter schema apply`"):
-                outbox.emit(conn, b"x", source="orders", type="created")
-            conn.execute("INSERT INTO orders VALUES (2, 'placed')")
+        _refused_in_a_usable_transaction(conn, rf"'public' is at version {version - 1}; this durable-emitter "
+                                               rf"needs version {version}: run `durable-emitter schema apply`")
         assert _orders(orders) == {1: "placed", 2: "placed"} and pending_ids(orders) == set()
         # The operator upgrades: the same connection may write now (a refusal is not remembered).
         query(orders, "INSERT INTO chip_durable_events_version (version, name) VALUES (%s, %s)", (version, name))
         with conn.transaction():
             event_id = outbox.emit(conn, b"x", source="orders", type="created")
     assert pending_ids(orders) == {event_id}
+
+
+def _refused_in_a_usable_transaction(conn: psycopg.Connection, match: str) -> None:
+    """In one transaction: order 1, an outbox.emit refused with SchemaError, order 2; the commit keeps both."""
+    with conn.transaction():
+        conn.execute("INSERT INTO orders VALUES (1, 'placed')")
+        with pytest.raises(SchemaError, match=match):
+            outbox.emit(conn, b"x", source="orders", type="created")
+        conn.execute("INSERT INTO orders VALUES (2, 'placed')")  # the transaction is still usable
 
 
 @pytest.fixture
@@ -229,12 +229,8 @@ def test_a_role_without_insert_is_refused_and_insert_alone_is_enough(host_role, 
     url, role = host_role
     query(orders, f'GRANT SELECT ON chip_durable_events TO "{role}"')
     with psycopg.connect(url) as conn:
-        with conn.transaction():
-            conn.execute("INSERT INTO orders VALUES (1, 'placed')")
-            with pytest.raises(SchemaError, match=rf"role '{role}' lacks INSERT on public.chip_durable_events: "
-                                                  rf"GRANT INSERT ON public.chip_durable_events TO {role}"):
-                outbox.emit(conn, b"x", source="orders", type="created")
-            conn.execute("INSERT INTO orders VALUES (2, 'placed')")  # the transaction is still usable
+        _refused_in_a_usable_transaction(conn, rf"role '{role}' lacks INSERT on public.chip_durable_events: "
+                                               rf"GRANT INSERT ON public.chip_durable_events TO {role}")
     assert _orders(orders) == {1: "placed", 2: "placed"}
     query(orders, f'REVOKE SELECT ON chip_durable_events FROM "{role}"')
     query(orders, f'GRANT INSERT ON chip_durable_events TO "{role}"')  # INSERT alone; pg_notify needs no right
