@@ -290,14 +290,15 @@ OUTBOX_OWNER = "outbox"
 # The rows and one notification in one statement, in the caller's transaction: the
 # notification is delivered at its commit and dropped with a rollback, and Postgres
 # folds identical notifications of one transaction into one. {schema} is a checked
-# plain name, so the caller's search_path is never read nor changed.
+# plain name and the functions are pg_catalog's, so the caller's search_path is
+# neither relied on nor changed.
 OUTBOX_INSERT = """
 WITH written AS (
     INSERT INTO "{schema}".chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
-    SELECT id, payload, %(owner)s, %(owner)s, now()
-    FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)
+    SELECT id, payload, %(owner)s, %(owner)s, pg_catalog.now()
+    FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)  -- syntax, not a function
 )
-SELECT pg_notify(%(channel)s, '')
+SELECT pg_catalog.pg_notify(%(channel)s, '')
 """
 
 # A running dispatcher listens on its own connection (adapters/listener.py).
