@@ -108,6 +108,9 @@ class EmitterConfig:
     # of its own: behind a pooler in transaction mode, set this false on every
     # instance (rows then wait for their lease after a crash).
     session_liveness: bool = True
+    # With OpenTelemetry's API installed (the `otel` extra) and a span current, events carry
+    # the CloudEvents distributed-tracing extension (traceparent, tracestate).
+    trace_context: bool = True
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000

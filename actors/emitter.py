@@ -31,6 +31,7 @@ from .errors import (
 from .handoff import BudgetStatistics
 from .messages import EmitRequest
 from .statistics import EmitState, EmitterStatistics, Sources
+from .tracing import with_trace_context
 
 
 async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, *, first_delay: float = 0.005,
@@ -139,6 +140,8 @@ class Emitter:
         if self._closing:
             raise self._closed()
         started = trio.current_time()
+        if self.config.trace_context:
+            attributes = with_trace_context(attributes)
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
                                         data_schema=data_schema)
         self._check_size(payload)
@@ -170,6 +173,8 @@ class Emitter:
         if isinstance(bodies, (bytes, str, Message)):
             raise InvalidEvent("emit_many takes a list of bodies, not one body (use emit); nothing was written")
         started = trio.current_time()
+        if self.config.trace_context:
+            attributes = with_trace_context(attributes)
         ids: list[str] = []
         payloads: list[bytes] = []
         for index, body in enumerate(bodies):
