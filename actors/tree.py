@@ -34,7 +34,7 @@ from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission
 from .emitter import Emitter
-from .errors import ConfigError
+from .errors import ConfigError, closed_error
 from .handoff import open_hand_off
 from .logs import get_logger
 from .messages import EmitRequest, Outcome
@@ -159,7 +159,20 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 emitter.stop_accepting()
                 with trio.CancelScope(shield=True):
                     await tree.stop()
+                _answer_what_was_never_taken(intake, tree.failure)
                 log.info("emitter stopped")
+
+
+def _answer_what_was_never_taken(intake: trio.MemoryReceiveChannel[EmitRequest],
+                                 failure: BaseException | None) -> None:
+    """Emits still queued when the persister stopped for good (its grace passed, or the tree gave up)
+    were never written: each waiting caller hears so now, instead of waiting forever."""
+    while True:
+        try:
+            request = intake.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        request.resolve(closed_error(failure, consequence="; the event was not written"))
 
 
 def _version() -> str:
