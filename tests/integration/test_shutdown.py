@@ -13,8 +13,7 @@ import trio.testing
 
 from actors import EmitterClosed, EmitterConfig, EmitterError, open_emitter
 from chipmock import ChipModel
-from tests.fix_emitter import wait_until
-from tests.fix_postgres import pending_ids
+from tests.helpers import pending_ids, wait_until
 
 HANDED = 50
 LOCK = "LOCK TABLE chip_durable_events IN SHARE MODE"  # commits wait for it (up to lock_timeout, 5 s)
@@ -72,8 +71,6 @@ async def test_emits_handed_over_before_close_are_committed_and_later_ones_refus
     assert pending_ids(database_url) | chip.counters.ids == set(ids)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: emits still queued in the intake when the persister is cancelled at "
-                                       "its shutdown deadline are never answered (their callers wait forever)")
 async def test_emits_still_queued_when_shutdown_timeout_cuts_a_commit_short_are_answered(chip, database_url) -> None:
     results: dict[int, object] = {}
     close, answered = trio.Event(), trio.Event()
