@@ -109,12 +109,13 @@ async def test_failover_loses_no_acknowledged_event_and_the_same_emitter_carries
     assert sum(restarts.values()) <= config.max_restarts, restarts
     assert replicated.standby.query("SELECT count(*) FROM chip_durable_events") == [(0,)]
     snap = chip.counters.snapshot()
+    last = gap[-1] - promoted_at
     with capsys.disabled():
         print(f"\n  failover (~{RATE:.0f} events/s offered from {TASKS} tasks): {len(acknowledged)} acknowledged, "
               f"0 lost, {snap.duplicates} duplicates; emits raised StoreUnavailable for "
-              f"{gap[-1] - gap[0]:.2f} s ({len(gap)} of them, none hung), the last "
-              f"{gap[-1] - promoted_at:+.3f} s from promotion; after promotion: first emit acknowledged in "
-              f"{first_emit - promoted_at:.3f} s, first delivered in {first_delivery - promoted_at:.3f} s; "
+              f"{gap[-1] - gap[0]:.2f} s ({len(gap)} of them, none hung), the last {abs(last):.3f} s "
+              f"{'before' if last < 0 else 'after'} `pg_ctl promote -w` returned; from then, the first emit "
+              f"acknowledged in {first_emit - promoted_at:.3f} s, delivered in {first_delivery - promoted_at:.3f} s; "
               f"actor restarts {dict(restarts)}")
 
 
