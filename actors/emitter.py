@@ -6,6 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
@@ -218,8 +219,9 @@ class Emitter:
         await request.done.wait()
         if request.error is not None:
             emits.failed.add("store")
-            # One error object is shared by the whole failed batch: raise a copy of it.
-            raise request.error.__class__(*request.error.args) from request.error
+            # One error object is shared by the whole failed batch: raise a copy of it,
+            # with its attributes (a StoreUnavailable's sqlstate and kind: whether to retry).
+            raise copy.copy(request.error) from request.error
         emits.succeeded += len(request.event_ids)
         emits.seconds.observe(trio.current_time() - started)
 

@@ -33,7 +33,7 @@ from psycopg.abc import PQGen
 from psycopg.generators import execute
 from psycopg.waiting import Ready, Wait
 
-from ..core.failures import StoreFailure, classify_sqlstate
+from ..core.failures import StoreFailure, classify_sqlstate, wrong_server
 from ..errors import StoreUnavailable
 from .postgres import connect
 
@@ -195,7 +195,10 @@ class Connection:
         The server cancels a statement after statement_timeout; this deadline covers a
         server that cannot answer at all (a path that went dark without a reset). A
         psycopg error becomes :class:`StoreUnavailable`; an exchange cancelled midway
-        closes the connection (its protocol state is unknown).
+        closes the connection (its protocol state is unknown), and so does an answer
+        from a server that cannot take writes now (a standby, a demoted primary, a
+        server shutting down: :func:`~..core.failures.wrong_server`), so the next
+        call connects afresh and a multi-host DSN finds the primary.
         """
         try:
             self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
@@ -207,6 +210,8 @@ class Connection:
                 try:
                     return await talk(conn)
                 except psycopg.Error as exc:
+                    if wrong_server(exc.sqlstate):
+                        self.close()
                     raise _unavailable(exc) from exc
                 except BaseException:
                     self.close()
