@@ -27,7 +27,7 @@ from .report import Run
 
 LEAD = 2.0  # seconds from chipmock's start to the first emit and the limit (the emitter opens meanwhile)
 INTERVAL = 5.0
-STATE_EVERY = 0.05  # how often the emitter's delivery state is read: pauses shorter than this may be missed
+STATE_EVERY = 0.05  # how often the emitter's delivery state is read (its share of readings is reported)
 DRAIN_POLL = 0.25
 CATCH_UP_TIMEOUT = 120.0
 
@@ -131,7 +131,8 @@ async def ratelimit(args, url: str, run: Run, progress: Progress) -> None:
     })
     run.notes.append(f"chipmock --rate-limit {limit:g}/s from the first emit for {args.duration:g} s; then no limit "
                      "and no new events. Calls are PublishBatch calls Chip received, refused ones included; "
-                     f"the delivery state is read every {STATE_EVERY * 1000:g} ms (shorter pauses may be missed)")
+                     f"delivery is the share of the emitter's delivery state, read every {STATE_EVERY * 1000:g} ms "
+                     "(it stays 'down' while a Ping-answered trial publishes, until a publish works)")
     run.series["pending"] = m.sampler.points
 
 
@@ -145,18 +146,11 @@ async def _wait_drained(table: Table, lift: float) -> float | None:
     return None
 
 
-def _state_share(states: list[tuple[float, str]], begin: float, end: float) -> tuple[str, int]:
-    """The delivery states seen in [begin, end) as ``up 80% down 20%``, and how many pauses began there."""
-    seen = [(at, state) for at, state in states if begin <= at < end]
-    if not seen:
-        return "", 0
-    counts: dict[str, int] = {}
-    for _, state in seen:
-        counts[state] = counts.get(state, 0) + 1
-    before = next((state for at, state in reversed(states) if at < begin), "up")
-    pauses = sum(1 for (_, a), (_, b) in zip([(begin, before), *seen], seen, strict=False) if a == "up" != b)
-    share = " ".join(f"{state} {count * 100 / len(seen):.0f}%" for state, count in counts.items())
-    return share, pauses
+def _state_share(states: list[tuple[float, str]], begin: float, end: float) -> str:
+    """The delivery states read in [begin, end), as shares of the readings: ``up 80% down 20%``."""
+    seen = [state for at, state in states if begin <= at < end]
+    counts = {state: seen.count(state) for state in dict.fromkeys(seen)}
+    return " ".join(f"{state} {count * 100 / len(seen):.0f}%" for state, count in counts.items())
 
 
 def interval_rows(readings: list[Reading], states: list[tuple[float, str]], duration: float) -> list[dict]:
@@ -165,14 +159,13 @@ def interval_rows(readings: list[Reading], states: list[tuple[float, str]], dura
         seconds = b.at - a.at
         if seconds <= 0:
             continue
-        share, pauses = _state_share(states, a.at, b.at)
         rows.append({
             "seconds": f"{a.at:g}-{b.at:g}", "limit": "on" if a.at < duration else "lifted",
             "delivered_per_s": round((b.chip.unique - a.chip.unique) / seconds),
             "calls_per_s": round((b.chip.calls - a.chip.calls) / seconds, 1),
             "refused_per_s": round((b.chip.rate_limited - a.chip.rate_limited) / seconds, 1),
             "retries_per_s": round((b.retries - a.retries) / seconds, 1),
-            "backlog_end": b.pending, "released_end": b.released, "delivery": share, "pauses": pauses,
+            "backlog_end": b.pending, "released_end": b.released, "delivery": _state_share(states, a.at, b.at),
         })
     return rows
 
@@ -180,20 +173,18 @@ def interval_rows(readings: list[Reading], states: list[tuple[float, str]], dura
 def summarize(args, limit: float, readings: list[Reading], states: list[tuple[float, str]],
               caught_up: float | None) -> dict:
     """The limited phase as a whole (and without its first interval, which spends the bucket's initial burst)."""
-    at_lift = next((r for r in readings if r.at >= args.duration), readings[-1])
-    first = next((r for r in readings if r.at > 0), at_lift)
-    span = max(at_lift.at, 1e-6)
-    steady = max(at_lift.at - first.at, 1e-6)
-    share, pauses = _state_share(states, 0.0, args.duration)
+    begin, end = readings[0], next((r for r in readings if r.at >= args.duration), readings[-1])
+    first = next((r for r in readings if r.at > begin.at), end)
+    span, steady = max(end.at - begin.at, 1e-6), max(end.at - first.at, 1e-6)
     return {
         "offered_per_s": args.rate, "limit_per_s": limit, "limited_s": args.duration,
-        "delivered_per_s_limited": round(at_lift.chip.unique / span, 1),
-        "delivered_per_s_after_first_interval": round((at_lift.chip.unique - first.chip.unique) / steady, 1),
-        "calls_per_s_limited": round(at_lift.chip.calls / span, 1),
-        "refused_per_s_limited": round(at_lift.chip.rate_limited / span, 1),
-        "retries_limited": at_lift.retries, "delivery_limited": share, "pauses_limited": pauses,
-        "backlog_at_lift": at_lift.pending, "released_at_lift": at_lift.released, "catch_up_s": caught_up,
-        "drain_per_s": round(at_lift.pending / caught_up) if caught_up else None,
+        "delivered_per_s_limited": round((end.chip.unique - begin.chip.unique) / span, 1),
+        "delivered_per_s_after_first_interval": round((end.chip.unique - first.chip.unique) / steady, 1),
+        "calls_per_s_limited": round((end.chip.calls - begin.chip.calls) / span, 1),
+        "refused_per_s_limited": round((end.chip.rate_limited - begin.chip.rate_limited) / span, 1),
+        "retries_limited": end.retries - begin.retries, "delivery_limited": _state_share(states, 0.0, args.duration),
+        "backlog_at_lift": end.pending, "released_at_lift": end.released, "catch_up_s": caught_up,
+        "drain_per_s": round(end.pending / caught_up) if caught_up else None,
         "events_per_accepted_call": round(readings[-1].chip.unique
                                           / max(readings[-1].chip.calls - readings[-1].chip.rate_limited, 1), 1),
     }
