@@ -2,7 +2,8 @@
 
 A few consecutive failed calls mean Chip is down (or one call said it refuses
 us): the dispatcher then holds what it has in memory, stops claiming and
-releasing rows, and probes Chip with a Ping on backoff up to ``retry_max``.
+releasing rows, and probes Chip with a Ping on backoff up to ``retry_max``, never
+before the server's retry hint (a rate limiter answers Ping whatever the limit).
 The first answer opens delivery again at full speed. During an outage an
 emitter costs Postgres nothing but its inserts, and logs a line when delivery
 stops, once a minute while it stays stopped, and when it resumes.
