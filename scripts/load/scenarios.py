@@ -1,4 +1,4 @@
-"""The load scenarios but backlog (in backlog.py). Each adds its rows to a Run."""
+"""The load scenarios but backlog and ratelimit (in their own modules). Each adds its rows to a Run."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .measure import (
     rss_trend,
 )
 from .progress import Progress
+from .ratelimit import ratelimit
 from .report import Run
 
 
@@ -271,4 +272,4 @@ async def payload(args, url: str, run: Run, progress: Progress) -> None:
 
 
 SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
-             "backlog": backlog}
+             "backlog": backlog, "ratelimit": ratelimit}

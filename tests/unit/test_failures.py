@@ -179,6 +179,20 @@ def test_probe_backoff_resets_only_when_a_publish_works() -> None:
     assert health.next_probe_delay(rng) <= 0.1
 
 
+def test_a_probe_waits_for_the_servers_retry_hint_since_a_ping_answers_whatever_the_rate_limit() -> None:
+    health = _health()
+    rng = random.Random(0)
+    for now in (0, 0.01, 0.02):
+        health.call_failed(CallKind.TRANSIENT, "RESOURCE_EXHAUSTED: request rate exceeds", now, retry_after=0.9)
+    assert health.paused and health.next_probe_delay(rng) == 0.9  # not the first probe's 50-100 ms
+    assert health.next_probe_delay(rng) <= 0.2  # a hint is used once
+    health.probe_answered(1.0)
+    health.call_failed(CallKind.TRANSIENT, "RESOURCE_EXHAUSTED: request rate exceeds", 1.1, retry_after=0.8)
+    assert health.paused and health.next_probe_delay(rng) == 0.8  # the trial's refusal brings its own hint
+    health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 2)
+    assert health.next_probe_delay(rng) <= 0.8  # no hint: the backoff alone (0.8 at most by now)
+
+
 def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_back() -> None:
     """Chip answering Ping while refusing publishes must not make the log flap."""
     health = _health()
