@@ -60,7 +60,15 @@ async def leave_to_the_table(store: Store, inbox: HandOffReceiver, instance_id: 
             inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             break
-    lapsed = await store.lapse_leases(instance_id)
+    try:
+        lapsed = await store.lapse_leases(instance_id)
+    except StoreUnavailable as exc:
+        if exc.kind is not StoreFailure.TRANSIENT:
+            raise
+        # Postgres is away (a failover, a restart): the leases lapse on their own and the rows
+        # are claimed then. Crashing here would spend the restart budget on every restart.
+        log.warning("could not end the leases an earlier run held; they lapse on their own", error=str(exc))
+        return
     if lapsed:
         log.info("rows an earlier run held are claimable again", count=lapsed)
 
