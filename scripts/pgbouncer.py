@@ -54,12 +54,15 @@ class PgBouncer:
             "pool_mode": mode, "pidfile": self.folder / "pgbouncer.pid", **settings,
         }
         upstream = f"host={host} port={server.get('port') or 5432} user={self.user}"
+        if server.get("password"):
+            upstream += f" password='{server['password']}'"
         (self.folder / "pgbouncer.ini").write_text(
             f"[databases]\n* = {upstream}\n\n[pgbouncer]\n" + "".join(f"{k} = {v}\n" for k, v in config.items()))
         if runner is not None:
             for path in (self.folder, *self.folder.iterdir()):
                 os.chown(path, runner.pw_uid, runner.pw_gid)
         self.log: list[str] = []
+        self._unfinished = b""  # a log line split between two reads
         self.proc = subprocess.Popen(
             [binary, str(self.folder / "pgbouncer.ini")], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, bufsize=0,
@@ -111,7 +114,8 @@ class PgBouncer:
         """One unbuffered read of its log into ``log`` (a buffered readline could hide a line from select)."""
         assert self.proc.stderr is not None
         chunk = os.read(self.proc.stderr.fileno(), 65536)
-        self.log.extend(chunk.decode(errors="replace").splitlines())
+        *lines, self._unfinished = (self._unfinished + chunk).split(b"\n")
+        self.log.extend(line.decode(errors="replace") for line in lines)
         return bool(chunk)
 
     def _keep_reading(self) -> None:
