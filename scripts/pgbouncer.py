@@ -25,7 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+POOL_SIZE = 20  # PgBouncer's default_pool_size: the most server connections one database's pool holds
 
 
 def pgbouncer_binary() -> str | None:
@@ -85,6 +88,36 @@ class PgBouncer:
     def admin_url(self) -> str:
         """PgBouncer's admin console (``SHOW POOLS``, ``SHOW SERVERS``): simple-query protocol only."""
         return make_conninfo("", host="127.0.0.1", port=self.port, dbname="pgbouncer", user=self.user)
+
+    def server_pids(self, database_url: str) -> set[int]:
+        """The backend pid of every server connection PgBouncer holds to ``database_url``'s database (SHOW SERVERS)."""
+        with psycopg.connect(self.admin_url(), autocommit=True) as admin:
+            cursor = admin.execute("SHOW SERVERS")
+            assert cursor.description is not None
+            columns = [d.name for d in cursor.description]
+            database, pid = columns.index("database"), columns.index("remote_pid")
+            name = conninfo_to_dict(database_url).get("dbname")
+            return {row[pid] for row in cursor.fetchall() if row[database] == name}
+
+    def each_server(self, database_url: str, sql: str) -> dict[int, tuple[object, ...]]:
+        """``SELECT sql``'s row on every server connection of ``database_url``'s pool, by backend pid.
+
+        As many clients as the pool may hold server connections, each in a
+        transaction at once, so each is given one of its own: every connection
+        the pool holds (and new ones, up to its size).
+        """
+        clients = [psycopg.connect(self.url(database_url), autocommit=True) for _ in range(POOL_SIZE)]
+        try:
+            seen: dict[int, tuple[object, ...]] = {}
+            for client in clients:
+                client.execute("BEGIN")
+                row = client.execute(f"SELECT pg_backend_pid(), {sql}").fetchone()
+                assert row is not None
+                seen[row[0]] = tuple(row[1:])
+            return seen
+        finally:
+            for client in clients:
+                client.close()
 
     def stop(self, deadline: float = 10.0) -> None:
         """SIGTERM by pid (PgBouncer closes its connections), SIGKILL past ``deadline``; remove its folder."""

@@ -10,7 +10,6 @@ frees its liveness lock, so a survivor takes its rows at once.
 import signal
 import time
 
-import psycopg
 import pytest
 import trio
 from psycopg.conninfo import conninfo_to_dict
@@ -21,36 +20,6 @@ from actors.errors import StoreUnavailable
 from chipmock import ChipModel
 from tests.fix_emitter import emit_concurrently, wait_until
 from tests.fix_postgres import pending_ids, query
-
-POOL_SIZE = 20  # PgBouncer's default_pool_size: the most server connections one database's pool holds
-
-
-def each_server_connection(bouncer, database_url: str, sql: str) -> dict[int, tuple]:
-    """``sql``'s row on every server connection of the pool, by backend pid.
-
-    As many clients as the pool may hold server connections, each in a
-    transaction at once, so each is given one of its own: every connection the
-    pool holds (and new ones, up to its size).
-    """
-    clients = [psycopg.connect(bouncer.url(database_url), autocommit=True) for _ in range(POOL_SIZE)]
-    try:
-        seen = {}
-        for client in clients:
-            client.execute("BEGIN")
-            pid, *row = client.execute(f"SELECT pg_backend_pid(), {sql}").fetchone()
-            seen[pid] = tuple(row)
-        return seen
-    finally:
-        for client in clients:
-            client.close()
-
-
-def server_pids(bouncer) -> set[int]:
-    """The backend pid of every server connection PgBouncer holds (its admin console's SHOW SERVERS)."""
-    with psycopg.connect(bouncer.admin_url(), autocommit=True) as admin:
-        cursor = admin.execute("SHOW SERVERS")
-        column = [d.name for d in cursor.description].index("remote_pid")
-        return {row[column] for row in cursor.fetchall()}
 
 
 async def test_transaction_pooling_with_session_liveness_off_delivers_and_leaves_no_setting_behind(
@@ -76,10 +45,9 @@ async def test_transaction_pooling_with_session_liveness_off_delivers_and_leaves
     assert chip.counters.seen(ids) == ids
     assert pending_ids(database_url) == set()
     assert all(not any(counts.values()) for counts in restarts), restarts  # no actor crashed on a statement
-    pool = server_pids(bouncer)
-    checked = each_server_connection(bouncer, database_url, "current_setting('synchronous_commit'), "
-                                     "current_setting('statement_timeout'), "
-                                     "(SELECT count(*) FROM pg_prepared_statements)")
+    pool = bouncer.server_pids(database_url)
+    checked = bouncer.each_server(database_url, "current_setting('synchronous_commit'), "
+                                  "current_setting('statement_timeout'), (SELECT count(*) FROM pg_prepared_statements)")
     assert pool and pool <= set(checked)
     assert set(checked.values()) == {("on", "0", 0)}, checked  # the database's defaults, nothing prepared
 
