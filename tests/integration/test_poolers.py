@@ -52,6 +52,28 @@ async def test_transaction_pooling_with_session_liveness_off_delivers_and_leaves
     assert set(checked.values()) == {("on", "0", 0)}, checked  # the database's defaults, nothing prepared
 
 
+async def test_through_a_transaction_pooler_each_hot_statement_commits_with_its_own_settings(
+        database_url, start_pgbouncer, chip, make_config) -> None:
+    # The database's default is off: an INSERT committing without its own setting would show it.
+    query(database_url, f'ALTER DATABASE "{conninfo_to_dict(database_url)["dbname"]}" SET synchronous_commit = off')
+    query(database_url, "CREATE TABLE seen_setting (statement text, synchronous_commit text, lock_timeout text)")
+    query(database_url, """CREATE FUNCTION note_setting() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                               INSERT INTO seen_setting VALUES (TG_OP, current_setting('synchronous_commit'),
+                                                                current_setting('lock_timeout'));
+                               RETURN NULL; END $$""")
+    query(database_url, "CREATE TRIGGER note AFTER INSERT OR DELETE ON chip_durable_events "
+                        "FOR EACH ROW EXECUTE FUNCTION note_setting()")
+    bouncer = start_pgbouncer("transaction")
+    config = make_config(chip, database_url=bouncer.url(database_url), session_liveness=False, lock_timeout=4.0)
+    async with open_emitter(config) as emitter:
+        ids = await emit_concurrently(emitter, 200)
+        await emitter.flush(timeout=30)
+    assert chip.counters.seen(ids) == ids
+    # The persister's INSERT durable; the acker's DELETE not waiting for the WAL flush, in its own transaction only.
+    assert set(query(database_url, "SELECT DISTINCT * FROM seen_setting")) == {("INSERT", "on", "4s"),
+                                                                               ("DELETE", "off", "4s")}
+
+
 @pytest.mark.parametrize("server_round_robin", [0, 1])
 async def test_transaction_pooling_with_the_defaults_is_refused_at_start(
         database_url, start_pgbouncer, chip, make_config, server_round_robin) -> None:
