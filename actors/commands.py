@@ -59,7 +59,7 @@ async def _store(config: EmitterConfig, *, writer: bool) -> Operations:
 
     url = await _url(config)
     await trio.to_thread.run_sync(partial(schema.check, url, config.schema, auto_migrate=False, writer=writer))
-    return Operations(url, Session(schema=config.schema))
+    return Operations(url, Session(schema=config.schema, pooled=not config.session_liveness))
 
 
 def _counted(n: int, *, cap: int | None = None) -> str:
@@ -190,7 +190,7 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
 
     left = -1
     async with open_emitter(config) as emitter:
-        store = Operations(emitter.database_url, Session(schema=config.schema))
+        store = Operations(emitter.database_url, Session(schema=config.schema, pooled=not config.session_liveness))
         try:
             with trio.move_on_after(args.timeout):
                 # Done on an exact count; the progress line may show the planner's estimate.

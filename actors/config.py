@@ -104,9 +104,11 @@ class EmitterConfig:
     writer_only: bool = False
     lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
     # Each instance holds a session-level advisory lock while it runs, so the rows of
-    # one that died are claimed at once instead of after their lease. Needs a session
-    # of its own: behind a pooler in transaction mode, set this false on every
-    # instance (rows then wait for their lease after a crash).
+    # one that died are claimed at once instead of after their lease; its connections
+    # make their settings once per session and run the hot statements prepared. Needs
+    # sessions of its own: behind a pooler in transaction mode (refused at start), set
+    # this false on every instance: each transaction then makes its own settings,
+    # statements go unnamed, and rows wait for their lease after a crash.
     session_liveness: bool = True
     # With OpenTelemetry's API installed (the `otel` extra) and a span current, events carry
     # the CloudEvents distributed-tracing extension (traceparent, tracestate).

@@ -46,8 +46,10 @@ async def keep_liveness(store: Store, instance_id: str, state: SamplerState) -> 
         if held:
             log.info("liveness lock held again", instance=instance_id)
         else:
-            log.error("another live process holds this instance id's liveness lock: two processes run "
-                      "with one id, and each may publish the other's rows", instance=instance_id)
+            log.error("another live session holds this instance id's liveness lock: two processes run "
+                      "with one id, and each may publish the other's rows; or a pooler in transaction mode "
+                      "moved this connection to another server session (set DURABLE_EMITTER_SESSION_LIVENESS"
+                      "=false on every instance)", instance=instance_id)
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -51,18 +51,37 @@ from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 log = get_logger("durable_emitter")
 
 
-async def _take_liveness(store: Store, instance_id: str) -> None:
-    """Hold this instance id's liveness lock, or refuse: one live process per instance id."""
+async def _take_liveness(store: Store, other: Store, instance_id: str) -> None:
+    """Hold this instance id's liveness lock on ``store``'s session, or refuse: one live process per
+    instance id, and a session that is ours (no transaction pooler between us and Postgres).
+
+    Behind a pooler in transaction mode the lock stays on a server connection
+    that goes back to the pool after each statement. Asking the lock's own
+    connection whether its next statement runs there again proves nothing: a
+    lone client usually gets the same server connection back. So ``other``
+    (another client connection) holds a transaction open meanwhile, which pins
+    the server connection it got. A pooler hands out the one released last
+    (PgBouncer's default), the lock's: ``other`` then finds the lock on its own
+    backend, which no direct connection or session pooler can show. Should it
+    get another one, the lock's connection must still find its lock where its
+    next statement runs, while ``other`` holds its own.
+    """
     if not await store.hold_liveness(instance_id):
         raise ConfigError(
             f"instance id {instance_id!r} is held by a live process (it holds the id's session lock in "
             "Postgres); give each process its own DURABLE_EMITTER_INSTANCE_ID, or stop the other one"
         )
-    if not await store.session_is_ours(instance_id):
+    async with other.pinned():
+        shared = await other.session_is_ours(instance_id)
+        kept = await store.session_is_ours(instance_id)
+    if shared or not kept:
         raise ConfigError(
-            "the database connection does not keep a session (a pooler in transaction mode?), so session "
-            "liveness cannot work: use session pooling, or set DURABLE_EMITTER_SESSION_LIVENESS=false on "
-            "every instance (rows of a crashed instance then wait for their lease)"
+            "the database connection does not keep a session of its own (a pooler in transaction mode: "
+            + ("another connection's transaction ran on the session holding this instance's lock" if shared else
+               "the next statement ran on another session")
+            + "), so session liveness cannot work: set DURABLE_EMITTER_SESSION_LIVENESS=false on every instance "
+            "(each transaction then carries its own settings; rows of a crashed instance wait for their lease), "
+            "or use session pooling"
         )
 
 
@@ -77,8 +96,9 @@ async def open_emitter(config: EmitterConfig | None = None, *,
     process metrics, served on ``metrics_port`` when that is set.
 
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
-    (:class:`ConfigError`) with no Chip endpoint, or with no ``DATABASE_URL``
-    unless the embedded PostgreSQL was asked for; raises :class:`SchemaError`
+    (:class:`ConfigError`) with no Chip endpoint, with no ``DATABASE_URL``
+    unless the embedded PostgreSQL was asked for, or behind a pooler in
+    transaction mode with ``session_liveness`` on; raises :class:`SchemaError`
     if the schema is not current (and may not be migrated) or the role lacks
     rights on it, and :class:`StoreUnavailable` if Postgres cannot be reached.
     """
@@ -94,7 +114,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         def store(*, synchronous_commit: bool = True) -> Store:
             made = Store(url, Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout,
                                       config.tcp_keepalive_idle, synchronous_commit, config.schema,
-                                      f"durable-emitter {config.instance_id}"))
+                                      f"durable-emitter {config.instance_id}", pooled=not config.session_liveness))
             stack.callback(made.close)
             return made
 
@@ -104,7 +124,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         setup = store()
         liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
         if config.session_liveness:
-            await _take_liveness(liveness, config.instance_id)
+            await _take_liveness(liveness, setup, config.instance_id)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)
         stack.callback(chip.close)

@@ -6,7 +6,7 @@ import pytest
 import pytest_timeout
 
 pytest_plugins = ["tests.fix_postgres", "tests.fix_chip", "tests.fix_emitter", "tests.fix_processes", "tests.fix_proxy",
-                  "tests.fix_replication"]
+                  "tests.fix_replication", "tests.fix_pgbouncer"]
 
 
 @pytest.hookimpl(tryfirst=True)

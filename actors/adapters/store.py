@@ -14,7 +14,15 @@ from datetime import datetime
 
 from ..core.events import Rejection
 from ..core.failures import storable_text
-from .driver import BYTEA_OID, TEXT_OID, Connection, HotStatement, binary_array, one_row
+from .driver import (
+    BYTEA_OID,
+    TEXT_OID,
+    Connection,
+    HotStatement,
+    Transaction,
+    binary_array,
+    one_row,
+)
 from .driver import Session as Session  # what tree.py and the scripts configure a Store with
 from .queries import (
     CLAIM_EVENTS,
@@ -76,6 +84,11 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def pinned(self) -> Transaction:
+        """A transaction (rolled back at its end) that keeps one server connection this Store's, even
+        behind a pooler in transaction mode, while the caller looks at what other connections see."""
+        return self._db.transaction(rollback=True)
 
     async def insert_events(
         self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool

@@ -69,3 +69,8 @@ def test_the_psycopg_internals_the_store_drives_are_still_there() -> None:
     assert list(inspect.signature(execute_gen).parameters)[:3] == ["self", "query", "params"]
     assert {w.name for w in Wait} >= {"R", "W", "RW"} and {r.name for r in Ready} >= {"R", "W"}
     assert hasattr(psycopg.pq.PGconn, "socket"), "PGconn.socket (the fd Trio waits on) is gone"
+    # A pooled connection's statements (Connection._execute_unnamed): psycopg converts, we send.
+    assert inspect.isgeneratorfunction(psycopg.Cursor._start_query), "Cursor._start_query is no longer a generator"
+    for name in ("_convert_query", "_check_results", "_set_results"):
+        assert callable(getattr(psycopg.Cursor, name, None)), f"psycopg.Cursor.{name} is gone"
+    from psycopg.generators import execute, fetch_many, send  # noqa: F401
