@@ -16,7 +16,7 @@ from actors import (
     open_blocking_emitter,
     open_emitter,
 )
-from tests.helpers import pending_ids, wait_until
+from tests.helpers import pending_ids, query, wait_until
 
 CALLERS = 40
 QUEUED = 10  # persist_batch_size, and so the intake's capacity
@@ -27,6 +27,12 @@ def _table_locked(database_url: str) -> psycopg.Connection:
     conn = psycopg.connect(database_url)
     conn.execute("LOCK TABLE chip_durable_events IN ACCESS EXCLUSIVE MODE")
     return conn
+
+
+def _insert_waits_for_the_lock(database_url: str) -> bool:
+    rows = query(database_url, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                               "AND query LIKE %s", ("%INSERT INTO chip_durable_events%",))
+    return bool(rows)
 
 
 def _stuck_config(make_config, chip):
@@ -107,3 +113,28 @@ def test_threaded_and_asyncio_hosts_callers_are_answered_too(chip, make_config, 
     assert len(answers) == CALLERS and all(isinstance(a, EmitterError) for a in answers)
     assert any(isinstance(a, EmitterClosed) for a in answers)
     assert len(asyncio_answers) == CALLERS and all(isinstance(a, EmitterError) for a in asyncio_answers)
+
+
+def test_a_cancelled_asyncio_caller_hears_whether_its_event_may_have_been_written(chip, make_config,
+                                                                                   database_url) -> None:
+    async def host() -> tuple[str, list[str]]:
+        async with open_asyncio_emitter(make_config(chip)) as emitter:
+            lock = await asyncio.to_thread(_table_locked, database_url)
+            try:
+                stuck = asyncio.ensure_future(emitter.emit(b"x", source="wf", type="t"))
+                while not await asyncio.to_thread(_insert_waits_for_the_lock, database_url):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)  # Postgres' state: no event signals it
+                stuck.cancel()
+                try:
+                    await stuck
+                except asyncio.CancelledError as cancelled:
+                    answer = str(cancelled)
+            finally:
+                await asyncio.to_thread(lock.rollback)
+                lock.close()
+            await emitter.flush(timeout=30)
+        return answer, sorted(pending_ids(database_url))
+
+    answer, pending = asyncio.run(asyncio.wait_for(host(), timeout=60))
+    assert "may have been written" in answer  # it was: the INSERT was under way and went through
+    assert pending == []
