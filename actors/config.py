@@ -275,6 +275,14 @@ class EmitterConfig:
         """Whether a start may migrate an older schema: the knob, else only the embedded Postgres."""
         return self.database_url is None if self.auto_migrate is None else self.auto_migrate
 
+    @property
+    def liveness_grace(self) -> float:
+        """How long the others forgive this instance's liveness lock being free while some of its
+        connections remain: its liveness connection blipped, and the sampler takes the lock again
+        at its next sample (the one after, if the first finds the connection broken), plus a margin
+        for reconnecting. A process that died (all its connections gone) is not waited for."""
+        return 2 * self.sample_interval + 2.0
+
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"
 
