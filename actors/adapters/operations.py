@@ -19,6 +19,7 @@ from ..errors import UnknownDeadLetter
 from .driver import Transaction, one_row
 from .queries import (
     CLAIM_EVENTS,
+    CLAIM_ORPHANS,
     COUNT_PENDING_UP_TO,
     DEAD_LETTER_BY_ID,
     DEAD_LETTERS_BY_REASON,
@@ -62,6 +63,7 @@ class ReadPlans:
     """EXPLAIN (ANALYZE, BUFFERS) of the reads that must stay index scans however large the table, as they ran."""
 
     claim: str  # the dispatcher's claim
+    orphan_claim: str  # its claim of the rows of instances judged gone (the judgement included)
     flush_poll: str  # has_pending_before, which flush() polls
     pending_stats: str  # the sampler's
     lease_owners: str  # status's
@@ -129,6 +131,7 @@ class Operations(Store):
         return ReadPlans(
             claim=await plan(CLAIM_EVENTS, {"owner": owner, "lease": lease, "limit": limit,
                                               "writer_only": writer_only}),
+            orphan_claim=await plan(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit}),
             flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner}),
             pending_stats=await plan(PENDING_STATS, {"exact_below": EXACT_COUNT_BELOW_BYTES}),
             lease_owners=await plan(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}),

@@ -26,15 +26,24 @@ FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
 
 def _claim(rows: str, *, before: str = "", returning: str = "") -> str:
     """Lease the rows ``rows`` selects (ids, ordered, limited and locked SKIP LOCKED, which keeps
-    claims apart) to the claimer; ``before``: CTEs it reads; ``returning``: more columns of ``claimable``."""
+    claims apart) to the claimer, finding each by its primary key however large the table.
+
+    ``before``: CTEs ``rows`` reads; ``returning``: more columns of ``rows`` to return with each row.
+    """
+    update = """UPDATE chip_durable_events e
+    SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE e.id = ANY(ARRAY(SELECT id FROM claimable))
+    RETURNING e.id, e.payload, e.created_at"""
+    if returning:
+        update = f"""claimed AS (
+    {update}
+)
+SELECT claimed.id, claimed.payload, claimed.created_at, {returning} FROM claimed JOIN claimable USING (id)"""
     return f"""
 WITH {before.strip()}{"," if before else ""} claimable AS (
     {rows.strip()}
-)
-UPDATE chip_durable_events e
-SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM claimable WHERE e.id = claimable.id
-RETURNING e.id, e.payload, e.created_at{returning}
+){"," if returning else ""}
+{update}
 """
 
 
@@ -149,8 +158,9 @@ SELECT held FROM liveness
 CLAIM_ORPHANS = _claim("""
     SELECT c.id, o.instance_id AS orphaned_by
     FROM orphans o CROSS JOIN LATERAL (
-        SELECT id FROM chip_durable_events WHERE lease_owner = o.instance_id
-        ORDER BY created_at
+        SELECT id FROM chip_durable_events
+        WHERE lease_owner >= o.instance_id AND lease_owner <= o.instance_id
+        ORDER BY lease_owner, created_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
@@ -159,7 +169,7 @@ orphans AS (
     SELECT i.instance_id FROM chip_durable_events_instances i
     WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {_judged("i")} = 'gone'
     ORDER BY i.seen_at
-)""", returning=", claimable.orphaned_by")
+)""", returning="claimable.orphaned_by")
 
 # A row's wait grows with the attempts it already had (the value before this update).
 RELEASE_EVENTS = """
