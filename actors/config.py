@@ -85,7 +85,7 @@ class EmitterConfig:
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
-    schema: str = "public"  # the Postgres schema holding both tables
+    schema: str = "public"  # the Postgres schema holding the emitter's tables
     # An older schema at start: migrate it (True) or refuse, naming `durable-emitter
     # schema apply` (False). None: migrate only the embedded Postgres.
     auto_migrate: bool | None = None
@@ -105,8 +105,8 @@ class EmitterConfig:
     lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
     # Each instance holds a session-level advisory lock while it runs, so the rows of
     # one that died are claimed at once instead of after their lease. Needs a session
-    # of its own: behind a pooler in transaction mode, set this false on every
-    # instance (rows then wait for their lease after a crash).
+    # of its own: behind a pooler in transaction mode, set this false on the instances
+    # there (their rows then wait for their lease after a crash; the others' do not).
     session_liveness: bool = True
     # With OpenTelemetry's API installed (the `otel` extra) and a span current, events carry
     # the CloudEvents distributed-tracing extension (traceparent, tracestate).
