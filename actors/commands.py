@@ -19,7 +19,7 @@ from .config import EmitterConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .adapters.operations import Operations
+    from .adapters.operations import Operations, OwnerLiveness
     from .core.schema_plan import Plan
 
 
@@ -69,9 +69,18 @@ def _counted(n: int, *, cap: int | None = None) -> str:
     return f"{n:,}+" if n >= (cap or LEASE_OWNERS_CAP) else f"{n:,}"
 
 
-def _owner_line(owner: str, rows: int, lapsed: int, alive: bool) -> str:
-    state = "running" if alive else "not running: claimable now"
-    return f"{owner}: {_counted(rows)} rows ({state}, {_counted(lapsed)} lapsed)"
+_RUNNING = {"running": True, "lock lost": True, "gone": False}  # the others: not known (None)
+_OWNER_STATES = {  # OwnerLiveness' values, as status says them
+    "running": "running",
+    "gone": "not running: claimable now",
+    "lock lost": "liveness lock lost: claimable unless taken again within its grace",
+    "lease": "liveness off: waits for its leases",
+    "unknown": "no liveness record: waits for its leases",
+}
+
+
+def _owner_line(owner: str, rows: int, lapsed: int, liveness: OwnerLiveness) -> str:
+    return f"{owner}: {_counted(rows)} rows ({_OWNER_STATES[liveness.value]}, {_counted(lapsed)} lapsed)"
 
 
 async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
@@ -90,8 +99,9 @@ async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
             "database": _where(config), "pending_rows": pending.rows, "pending_payload_bytes": pending.payload_bytes,
             "oldest_pending_seconds": round(pending.oldest_age_seconds, 3),
             "pending_rows_exact": pending.exact,
-            "lease_owners": [{"owner": o, "rows": n, "lapsed": lapsed, "running": alive}
-                             for o, n, lapsed, alive in owners],
+            "lease_owners": [{"owner": o, "rows": n, "lapsed": lapsed, "liveness": liveness.value,
+                              "running": _RUNNING.get(liveness.value)}
+                             for o, n, lapsed, liveness in owners],
             "dead_letters": dict(letters), "dead_tuples": activity.dead_tuples,
             "last_vacuum": activity.last_vacuum.isoformat() if activity.last_vacuum else None,
             "oldest_transaction_seconds": round(oldest_xact, 3),

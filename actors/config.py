@@ -85,7 +85,7 @@ class EmitterConfig:
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
-    schema: str = "public"  # the Postgres schema holding both tables
+    schema: str = "public"  # the Postgres schema holding the emitter's tables
     # An older schema at start: migrate it (True) or refuse, naming `durable-emitter
     # schema apply` (False). None: migrate only the embedded Postgres.
     auto_migrate: bool | None = None
@@ -107,8 +107,9 @@ class EmitterConfig:
     # one that died are claimed at once instead of after their lease; its connections
     # make their settings once per session and run the hot statements prepared. Needs
     # sessions of its own: behind a pooler in transaction mode (refused at start), set
-    # this false on every instance: each transaction then makes its own settings,
-    # statements go unnamed, and rows wait for their lease after a crash.
+    # this false on the instances there: each transaction then makes its own settings,
+    # statements go unnamed, and their rows wait for their lease after a crash (the
+    # others' do not).
     session_liveness: bool = True
     # With OpenTelemetry's API installed (the `otel` extra) and a span current, events carry
     # the CloudEvents distributed-tracing extension (traceparent, tracestate).
@@ -276,6 +277,14 @@ class EmitterConfig:
     def migrates_at_start(self) -> bool:
         """Whether a start may migrate an older schema: the knob, else only the embedded Postgres."""
         return self.database_url is None if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def liveness_grace(self) -> float:
+        """How long the others forgive this instance's liveness lock being free while some of its
+        connections remain: its liveness connection blipped, and the sampler takes the lock again
+        at its next sample (the one after, if the first finds the connection broken), plus a margin
+        for reconnecting. A process that died (all its connections gone) is not waited for."""
+        return 2 * self.sample_interval + 2.0
 
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"

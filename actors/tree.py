@@ -125,6 +125,9 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
         if config.session_liveness:
             await _take_liveness(liveness, setup, config.instance_id)
+        # How the others judge whether this instance runs: by its lock, or (without one) by leases.
+        await liveness.record_instance(config.instance_id, session_liveness=config.session_liveness,
+                                       grace=config.liveness_grace)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)
         stack.callback(chip.close)

@@ -35,8 +35,8 @@ from .queries import (
     HOLD_LIVENESS,
     INSERT_EVENTS,
     LAPSE_LEASES,
-    ORPHANED_OWNERS,
     PENDING_STATS,
+    RECORD_INSTANCE,
     RELEASE_EVENTS,
     SESSION_IS_OURS,
 )
@@ -117,16 +117,31 @@ class Store:
         """Whether the liveness lock survived to the next statement: False behind a transaction-mode pooler."""
         return bool(one_row(await self._db.run(SESSION_IS_OURS, {"owner": owner}))[0])
 
-    async def orphaned_owners(self, *, me: str) -> list[str]:
-        """Owners holding rows with no live session: their rows may be claimed at once."""
-        return [row[0] for row in (await self._db.run(ORPHANED_OWNERS, {"me": me}, prepare=False)).fetchall()]
+    async def record_instance(self, owner: str, *, session_liveness: bool, grace: float,
+                              starting: bool = True) -> bool | None:
+        """Write ``owner``'s record, by which the others judge whether it runs; at a start, also forget
+        other instances' stale records that hold no rows.
 
-    async def claim_orphans(self, orphans: Sequence[str], *, owner: str, lease: float,
-                            limit: int) -> list[StoredEvent]:
-        """Lease up to ``limit`` rows of dead ``orphans`` to ``owner``, oldest first."""
-        cursor = await self._db.run(CLAIM_ORPHANS, {"orphans": list(orphans), "owner": owner, "lease": lease,
-                                                    "limit": limit}, prepare=False)
-        return [StoredEvent(*row) for row in cursor.fetchall()]
+        With ``session_liveness`` the liveness lock is taken (or kept) on this session first, and the
+        record says the instance is seen only while the lock is held; returns whether it is (None
+        without session liveness). ``grace``: how long the others forgive the lock's loss while some
+        of this instance's connections remain (a blip of this one).
+        """
+        held = one_row(await self._db.run(RECORD_INSTANCE, {
+            "owner": owner, "session_liveness": session_liveness, "grace": grace, "starting": starting,
+        }, prepare=False))[0]
+        return None if held is None else bool(held)
+
+    async def keep_instance(self, owner: str, *, session_liveness: bool, grace: float) -> bool | None:
+        """:meth:`record_instance`, every sample: keep the lock (take it again after a reconnect), say so."""
+        return await self.record_instance(owner, session_liveness=session_liveness, grace=grace, starting=False)
+
+    async def claim_orphans(self, *, owner: str, lease: float, limit: int) -> tuple[list[StoredEvent], set[str]]:
+        """Lease up to ``limit`` rows of owners judged gone to ``owner``, each owner's oldest first,
+        in the statement that judges them; return the rows and the owners they were taken from."""
+        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit},
+                                   prepare=False)).fetchall()
+        return [StoredEvent(*row[:3]) for row in rows], {row[3] for row in rows}
 
     async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float,
                       multiplier: float = 1.0, retry_max: float = 0.0) -> None:
