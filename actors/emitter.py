@@ -143,7 +143,8 @@ class Emitter:
         within ``commit_timeout``), the emitter asks again on a fresh
         connection for up to ``commit_timeout`` more, writing the row again
         under the same id unless the lost commit wrote it: then this returns
-        the id, and the event is delivered once, like any other. Only if
+        the id, and the event is delivered like any other (at least once,
+        always under that id). Only if
         Postgres stays unreachable that long does it raise
         :class:`CommitOutcomeUnknown` (a :class:`StoreUnavailable`): the event
         may or may not be committed; its ``event_ids`` and message say what to
