@@ -14,9 +14,7 @@ import pytest
 import trio
 
 from actors import CommitOutcomeUnknown, StoreUnavailable, open_emitter
-from tests.fix_emitter import wait_until
-from tests.fix_postgres import pending_ids, query
-from tests.fix_proxy import postgres_socket, through_proxy
+from tests.helpers import pending_ids, postgres_socket, query, through_proxy, wait_until
 
 LOST = "a commit's answer was lost; asked again, Postgres has the events committed"
 
