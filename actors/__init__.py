@@ -15,6 +15,7 @@ from importlib import metadata as _metadata
 from .core.failures import StoreFailure as StoreFailure
 from .errors import BacklogFull as BacklogFull
 from .errors import ChipRejected as ChipRejected
+from .errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from .errors import ConfigError as ConfigError
 from .errors import EmitterClosed as EmitterClosed
 from .errors import EmitterError as EmitterError
@@ -52,7 +53,7 @@ _LAZY = {
 __all__ = [
     "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EmitterForked", "EventTooLarge",
     "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "StoreFailure", "SupervisorGaveUp",
-    "UnknownDeadLetter",
+    "UnknownDeadLetter", "CommitOutcomeUnknown",
     *_LAZY,
 ]
 

@@ -152,12 +152,13 @@ class EmitterConfig:
     # Every wait on Postgres has a deadline. A statement (claim, delete, count) is
     # cancelled after statement_timeout; a lock wait (a table locked by someone
     # else) after lock_timeout; emit's commit after commit_timeout, when emit
-    # raises StoreUnavailable and nothing is written. A connection whose peer
+    # asks Postgres again for up to commit_timeout whether it committed (see
+    # CommitOutcomeUnknown). A connection whose peer
     # vanished (half-open after a failover) is dropped after tcp_user_timeout of
     # unacknowledged data, or keepalive probes from tcp_keepalive_idle on.
     statement_timeout: float = _seconds(default=30.0)
     lock_timeout: float = _seconds(default=5.0)  # a lock wait's deadline
-    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline: then StoreUnavailable
+    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline, and then how long a lost answer is asked for
     tcp_user_timeout: float = _seconds(default=10.0)  # unacknowledged data before a connection is dropped
     tcp_keepalive_idle: float = _seconds(default=10.0)  # idle time before keepalive probes start
 

@@ -345,3 +345,15 @@ def explain(statement: str) -> str:
 COUNT_PENDING_UP_TO = """
 SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
 """
+
+# Whether a commit whose answer was lost happened, asked in the one way whose answer is
+# true in every order of events: write the rows again, keeping any that exist. Rows the
+# lost commit wrote stay as they are; rows it did not write are written now; a lost INSERT
+# still running in its old session (Postgres notices a client left only when it next
+# talks to it) is waited for where its key entries are in, and fails on the key where
+# these come first. A lookup could say "not written" and then see that session commit:
+# a retry would then write a second event under a new id. What remains is at least once
+# under the same id: a spilled row already delivered and deleted, or an old session
+# committing after these rows were, are delivered twice. Returns the rows it wrote.
+CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm", INSERT_EVENTS.sql + b"ON CONFLICT (id) DO NOTHING\n",
+                              INSERT_EVENTS.types)

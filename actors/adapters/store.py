@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
+
 from ..core.events import Rejection
 from ..core.failures import storable_text
+from ..errors import StoreUnavailable
 from .driver import (
     BYTEA_OID,
     TEXT_OID,
@@ -27,6 +30,7 @@ from .driver import Session as Session  # what tree.py and the scripts configure
 from .queries import (
     CLAIM_EVENTS,
     CLAIM_ORPHANS,
+    CONFIRM_EVENTS,
     DATABASE_NOW,
     DEAD_LETTER_EVENTS,
     DELETE_EVENTS,
@@ -183,3 +187,27 @@ class Store:
     async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
         cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
         return bool(one_row(cursor)[0])
+
+    async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
+                             spilled: bool) -> int:
+        """Make certain the rows of an insert whose answer was lost are committed; return how many it wrote.
+
+        Rows the lost commit wrote are kept as they are; the others are written
+        now, as :meth:`insert_events` would have. 0: the lost commit had written them.
+        """
+        return await self._db.run_hot(CONFIRM_EVENTS,
+                                      _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
+
+
+def rolled_back(error: StoreUnavailable) -> bool:
+    """Whether a write that raised certainly wrote nothing: Postgres answered it with an ERROR.
+
+    An ERROR ends the transaction it interrupts, and a transaction can no longer
+    fail with one once it committed (Postgres turns an error after the commit
+    record into a PANIC). Everything else leaves the outcome unknown: a broken
+    connection, no answer in time, or a FATAL error, which ends the session and
+    may come after the commit (a session terminated while it waited for a
+    synchronous standby had committed locally).
+    """
+    cause = error.__cause__
+    return isinstance(cause, psycopg.Error) and cause.diag.severity_nonlocalized == "ERROR"

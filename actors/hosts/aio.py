@@ -136,7 +136,7 @@ class AsyncioEmitter:
         attributes: Mapping[str, AttributeValue] | None = None,
         data_schema: str | None = None,
     ) -> list[str]:
-        """As :meth:`Emitter.emit_many`; returns once all are committed (or raises: none was)."""
+        """As :meth:`Emitter.emit_many`; returns once all are committed (or raises: none was, unless CommitOutcomeUnknown)."""
         return await self._call(lambda emitter: emitter.emit_many(
             bodies, source=source, type=type, attributes=attributes, data_schema=data_schema))
 
