@@ -26,7 +26,7 @@ proto:
 bench *ARGS:
     {{python}} -m scripts.load sustained --events 100000 --concurrency 10,100 --batch 1,100 --size 1024 --chip-latency 0 --compare {{ARGS}}
 
-# Load tests: `just load ramp|sustained|tps|payload [--compare] ...` (report in results/)
+# Load tests: `just load ramp|sustained|tps|latency|payload|backlog|ratelimit [--compare] ...` (report in results/)
 load SCENARIO *ARGS:
     {{python}} -m scripts.load {{SCENARIO}} {{ARGS}}
 

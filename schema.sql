@@ -53,6 +53,18 @@ CREATE TABLE chip_durable_events_dead_letter (
     dead_lettered_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Each instance's record: how others judge whether it is running (queries.py,
+-- "Liveness"). Written at its start and refreshed by its sampler; a row per
+-- instance id, removed by a later start once it is stale and holds no rows.
+CREATE TABLE chip_durable_events_instances (
+    instance_id      text        PRIMARY KEY,
+    session_liveness boolean     NOT NULL,  -- holds its liveness lock while running: judged by it
+    backend_name     text        NOT NULL,  -- application_name of its connections in pg_stat_activity
+    liveness_grace   interval    NOT NULL,  -- how long its lock may be lost while its connections remain
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    seen_at          timestamptz NOT NULL DEFAULT now()  -- last refreshed (with its lock held, if it uses one)
+);
+
 -- The migrations applied (actors/adapters/migrations/); the highest is the
 -- schema's version. A normal start only reads it.
 CREATE TABLE chip_durable_events_version (

@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 from .core.failures import StoreFailure as StoreFailure
 from .errors import BacklogFull as BacklogFull
 from .errors import ChipRejected as ChipRejected
+from .errors import CommitOutcomeUnknown as CommitOutcomeUnknown
 from .errors import ConfigError as ConfigError
 from .errors import EmitterClosed as EmitterClosed
 from .errors import EmitterError as EmitterError
@@ -57,7 +58,7 @@ _SUBMODULES = ("outbox",)
 __all__ = [
     "BacklogFull", "ChipRejected", "ConfigError", "EmitterClosed", "EmitterError", "EmitterForked", "EventTooLarge",
     "FlushTimeout", "InvalidEvent", "SchemaError", "StoreUnavailable", "StoreFailure", "SupervisorGaveUp",
-    "UnknownDeadLetter",
+    "UnknownDeadLetter", "CommitOutcomeUnknown",
     *_LAZY, *_SUBMODULES,
 ]
 

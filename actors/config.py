@@ -85,7 +85,7 @@ class EmitterConfig:
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
     data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
-    schema: str = "public"  # the Postgres schema holding both tables
+    schema: str = "public"  # the Postgres schema holding the emitter's tables
     # An older schema at start: migrate it (True) or refuse, naming `durable-emitter
     # schema apply` (False). None: migrate only the embedded Postgres.
     auto_migrate: bool | None = None
@@ -105,10 +105,15 @@ class EmitterConfig:
     lease_duration: float = _seconds(default=60.0)  # how long a row stays with the instance that holds it
     # Each instance holds a session-level advisory lock while it runs, so the rows of
     # one that died are claimed at once instead of after their lease, and LISTENs for
-    # outbox rows. Needs a session of its own: behind a pooler in transaction mode, set
-    # this false on every instance (rows then wait for their lease after a crash, and
-    # outbox rows for the next scan).
+    # outbox rows; its connections make their settings once per session and run the
+    # hot statements prepared. Needs sessions of its own: behind a pooler in
+    # transaction mode (refused at start), set this false on the instances there: each
+    # transaction then makes its own settings, statements go unnamed, their rows wait
+    # for their lease after a crash (the others' do not), and outbox rows for the scan.
     session_liveness: bool = True
+    # With OpenTelemetry's API installed (the `otel` extra) and a span current, events carry
+    # the CloudEvents distributed-tracing extension (traceparent, tracestate).
+    trace_context: bool = True
 
     # Group commit: emits gathered into one INSERT and one commit.
     persist_batch_size: int = 1000
@@ -147,12 +152,13 @@ class EmitterConfig:
     # Every wait on Postgres has a deadline. A statement (claim, delete, count) is
     # cancelled after statement_timeout; a lock wait (a table locked by someone
     # else) after lock_timeout; emit's commit after commit_timeout, when emit
-    # raises StoreUnavailable and nothing is written. A connection whose peer
+    # asks Postgres again for up to commit_timeout whether it committed (see
+    # CommitOutcomeUnknown). A connection whose peer
     # vanished (half-open after a failover) is dropped after tcp_user_timeout of
     # unacknowledged data, or keepalive probes from tcp_keepalive_idle on.
     statement_timeout: float = _seconds(default=30.0)
     lock_timeout: float = _seconds(default=5.0)  # a lock wait's deadline
-    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline: then StoreUnavailable
+    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline, and then how long a lost answer is asked for
     tcp_user_timeout: float = _seconds(default=10.0)  # unacknowledged data before a connection is dropped
     tcp_keepalive_idle: float = _seconds(default=10.0)  # idle time before keepalive probes start
 
@@ -272,6 +278,14 @@ class EmitterConfig:
     def migrates_at_start(self) -> bool:
         """Whether a start may migrate an older schema: the knob, else only the embedded Postgres."""
         return self.database_url is None if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def liveness_grace(self) -> float:
+        """How long the others forgive this instance's liveness lock being free while some of its
+        connections remain: its liveness connection blipped, and the sampler takes the lock again
+        at its next sample (the one after, if the first finds the connection broken), plus a margin
+        for reconnecting. A process that died (all its connections gone) is not waited for."""
+        return 2 * self.sample_interval + 2.0
 
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"

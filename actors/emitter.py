@@ -6,6 +6,7 @@ decision; the work is done by the actors behind the intake channel.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
@@ -18,6 +19,7 @@ from .config import EmitterConfig
 from .core.admission import Admission
 from .core.events import AttributeValue, Body, build_event, build_events, too_large
 from .errors import (
+    CommitOutcomeUnknown,
     EmitterClosed,
     EmitterError,
     EventTooLarge,
@@ -29,6 +31,7 @@ from .errors import (
 from .handoff import BudgetStatistics
 from .messages import EmitRequest
 from .statistics import EmitState, EmitterStatistics, Sources
+from .tracing import with_trace_context
 
 
 async def poll_until(done: Callable[[], Awaitable[bool]], timeout: float, *, first_delay: float = 0.005,
@@ -129,14 +132,28 @@ class Emitter:
         Raises (nothing written in each case): :class:`InvalidEvent` /
         :class:`EventTooLarge` for bad input, :class:`BacklogFull` when
         ``max_pending`` rows stayed pending for ``backlog_timeout``,
-        :class:`StoreUnavailable` when the commit failed or was not confirmed within
-        ``commit_timeout`` (a locked table fails within ``lock_timeout``), and
-        :class:`EmitterClosed` after shutdown began.
+        :class:`StoreUnavailable` when Postgres answered the commit with an
+        error or could not be reached (a locked table fails within
+        ``lock_timeout``), and :class:`EmitterClosed` after shutdown began.
+
+        The answer is definite whenever Postgres can be asked. If the commit
+        was sent and its answer lost (the connection broke, or no answer
+        within ``commit_timeout``), the emitter asks again on a fresh
+        connection for up to ``commit_timeout`` more, writing the row again
+        under the same id unless the lost commit wrote it: then this returns
+        the id, and the event is delivered like any other (at least once,
+        always under that id). Only if
+        Postgres stays unreachable that long does it raise
+        :class:`CommitOutcomeUnknown` (a :class:`StoreUnavailable`): the event
+        may or may not be committed; its ``event_ids`` and message say what to
+        do. So an emit waits at most about twice ``commit_timeout``.
         """
         refuse_after_fork(self._opened_in)
         if self._closing:
             raise self._closed()
         started = trio.current_time()
+        if self.config.trace_context:
+            attributes = with_trace_context(attributes)
         event_id, payload = build_event(body, source=source, type=type, attributes=attributes,
                                         data_schema=data_schema)
         self._check_size(payload)
@@ -155,7 +172,9 @@ class Emitter:
         """Commit several events, with the same attributes, in one transaction; return their ids in order.
 
         All or nothing: when this returns, every one is durable, as for
-        :meth:`emit`; when it raises, none was written. Each body is checked
+        :meth:`emit`; when it raises, none was written, except
+        :class:`CommitOutcomeUnknown`: all or none may be (its ``event_ids``
+        are this call's). Each body is checked
         before anything is sent, and an error names the first bad one by its
         index. At most ``persist_batch_size`` bodies per call (split larger
         groups); an empty one returns ``[]``. Raises as :meth:`emit`. A call is
@@ -166,6 +185,8 @@ class Emitter:
         if self._closing:
             raise self._closed()
         started = trio.current_time()
+        if self.config.trace_context:
+            attributes = with_trace_context(attributes)
         try:
             ids, payloads = build_events(bodies, source=source, type=type, attributes=attributes,
                                          data_schema=data_schema, max_event_bytes=self.config.max_event_bytes,
@@ -199,9 +220,11 @@ class Emitter:
             raise self._closed() from self._tree_failure()
         await request.done.wait()
         if request.error is not None:
-            emits.failed.add("store")
-            # One error object is shared by the whole failed batch: raise a copy of it.
-            raise request.error.__class__(*request.error.args) from request.error
+            emits.failed.add("outcome_unknown" if isinstance(request.error, CommitOutcomeUnknown) else "store")
+            # One error object may be shared by the whole failed batch: raise a copy of it,
+            # with its attributes (a StoreUnavailable's sqlstate and kind: whether to retry;
+            # a CommitOutcomeUnknown's event_ids).
+            raise copy.copy(request.error) from request.error
         emits.succeeded += len(request.event_ids)
         emits.seconds.observe(trio.current_time() - started)
 

@@ -46,8 +46,10 @@ class BacklogFull(EmitterError):
 class StoreUnavailable(EmitterError):
     """Postgres could not be reached, or the write failed.
 
-    When raised by ``emit``, the event was NOT committed (the transaction was
-    rolled back), so retrying is safe. ``sqlstate`` is the server's error code
+    When raised by ``emit``, the event was NOT committed: Postgres answered
+    the write with an error (the transaction rolled back), or the write was
+    never sent (no connection). So retrying is safe, except for the subclass
+    :class:`CommitOutcomeUnknown`, the one "maybe". ``sqlstate`` is the server's error code
     when the server answered (None: no answer, e.g. a broken connection).
     ``kind`` says what the failure means, decided once where the error is made:
     ``TRANSIENT`` (retrying later may succeed; every failure without a server
@@ -60,6 +62,41 @@ class StoreUnavailable(EmitterError):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.kind = classify_sqlstate(sqlstate) if kind is None else kind
+
+
+class CommitOutcomeUnknown(StoreUnavailable):
+    """``emit`` sent its commit, the answer was lost, and Postgres could not be asked again in time.
+
+    The only "maybe" ``emit`` ever answers. When the connection breaks, the
+    answer deadline or ``commit_timeout`` passes, or the session ends with a
+    FATAL error after the commit was sent, the emitter asks Postgres again on
+    a fresh connection, for up to ``commit_timeout`` more, by writing the same
+    rows again under the same ids, keeping any the lost commit wrote; once
+    that answers, the events are committed and ``emit`` returns their ids.
+    This is raised only when Postgres stayed unreachable (or refused the
+    question) that long, or the emitter stopped before it could ask: the
+    events may or may not be committed. If they were, they are delivered as
+    usual, under ``event_ids`` (the call's own ids: one for ``emit``, all of
+    an ``emit_many``, committed together or not at all).
+
+    Retrying with ``emit`` writes a NEW id (the ``idempotencykey`` is the same:
+    it is derived from source, type and body). Retry when a duplicate is
+    acceptable or deduplicated downstream by ``idempotencykey``; when it is
+    not, look for ``event_ids`` downstream first. ``kind`` is ``TRANSIENT``.
+    """
+
+    def __init__(self, message: str, event_ids: Sequence[str] = ()) -> None:
+        super().__init__(message, kind=StoreFailure.TRANSIENT)
+        self.event_ids = tuple(event_ids)
+
+    @classmethod
+    def of(cls, event_ids: Sequence[str], why: str) -> CommitOutcomeUnknown:
+        """The error for one call's ``event_ids``; ``why`` says what was lost and why asking failed."""
+        which = f"event {event_ids[0]}" if len(event_ids) == 1 else f"the {len(event_ids)} events (event_ids)"
+        return cls(f"{why}: {which} may or may not be committed (if it was, it is delivered as usual). "
+                   "emit again writes a NEW id with the same idempotencykey: retry if a duplicate is acceptable "
+                   "or deduplicated by idempotencykey downstream; otherwise look for the id downstream first",
+                   event_ids)
 
 
 class UnknownDeadLetter(EmitterError, KeyError):

@@ -16,7 +16,7 @@ from .core.events import Rejection
 
 class EmitRequest:
     """emit()/emit_many() -> persister: commit these events in one transaction, then set ``done``
-    (``error`` if it failed: then none of them was written)."""
+    (``error`` if it failed: then none of them was written, unless it is CommitOutcomeUnknown)."""
 
     __slots__ = ("event_ids", "payloads", "done", "error")
 

@@ -58,6 +58,7 @@ from .config import EmitterConfig
 from .core.events import AttributeValue, Body, build_event, build_events, too_large
 from .core.schema_plan import outbox_refusal
 from .errors import SchemaError, StoreUnavailable
+from .tracing import with_trace_context
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "aemit", "aemit_many", "emit", "emit_many"]
 
@@ -72,15 +73,17 @@ _checked: weakref.WeakKeyDictionary[object, set[str]] = weakref.WeakKeyDictionar
 def emit(conn: psycopg.Connection[Any], body: Body, *, source: str | None = None,
          type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
          attributes: Mapping[str, AttributeValue] | None = None, data_schema: str | None = None,
-         schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> str:
+         schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+         trace_context: bool = True) -> str:
     """Write one event in ``conn``'s current transaction; return its CloudEvent id.
 
     The event is durable, and will be delivered, once the caller commits; a
     rollback (of the transaction, or of a savepoint around this call) removes
     it. ``body``, ``source``, ``type``, ``attributes`` and ``data_schema`` are
     as for ``Emitter.emit``. ``schema``: where the tables are (default
-    ``DURABLE_EMITTER_SCHEMA``, else ``public``). ``max_event_bytes``: as the
-    emitter's setting of that name.
+    ``DURABLE_EMITTER_SCHEMA``, else ``public``). ``max_event_bytes`` and
+    ``trace_context`` (the current OpenTelemetry span's ``traceparent``, when
+    the ``otel`` extra is installed): as the emitter's settings of those names.
 
     Raises, with nothing written: :class:`InvalidEvent` / :class:`EventTooLarge`
     for bad input (before any statement), :class:`ConfigError` for a malformed
@@ -89,7 +92,7 @@ def emit(conn: psycopg.Connection[Any], body: Body, *, source: str | None = None
     :class:`StoreUnavailable` when Postgres refused the write: the transaction
     has then failed, and the caller must roll it back.
     """
-    ids, payloads = _one(body, source, type, attributes, data_schema, max_event_bytes)
+    ids, payloads = _one(body, source, type, _traced(attributes, trace_context), data_schema, max_event_bytes)
     _run(conn, _steps(conn, _target(schema), ids, payloads))
     return ids[0]
 
@@ -97,7 +100,8 @@ def emit(conn: psycopg.Connection[Any], body: Body, *, source: str | None = None
 def emit_many(conn: psycopg.Connection[Any], bodies: Iterable[Body], *, source: str | None = None,
               type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
               attributes: Mapping[str, AttributeValue] | None = None, data_schema: str | None = None,
-              schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[str]:
+              schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+              trace_context: bool = True) -> list[str]:
     """Write several events, with the same attributes, in ``conn``'s current transaction; return their ids in order.
 
     One statement: all of them are written or none, and they commit or roll
@@ -106,8 +110,8 @@ def emit_many(conn: psycopg.Connection[Any], bodies: Iterable[Body], *, source: 
     writes nothing and returns ``[]``. No count limit (the rows go in one
     statement; split very large lists to bound its size). Raises as :func:`emit`.
     """
-    ids, payloads = build_events(bodies, source=source, type=type, attributes=attributes, data_schema=data_schema,
-                                 max_event_bytes=max_event_bytes)
+    ids, payloads = build_events(bodies, source=source, type=type, attributes=_traced(attributes, trace_context),
+                                 data_schema=data_schema, max_event_bytes=max_event_bytes)
     if ids:
         _run(conn, _steps(conn, _target(schema), ids, payloads))
     return ids
@@ -116,9 +120,10 @@ def emit_many(conn: psycopg.Connection[Any], bodies: Iterable[Body], *, source: 
 async def aemit(aconn: psycopg.AsyncConnection[Any], body: Body, *, source: str | None = None,
                 type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
                 attributes: Mapping[str, AttributeValue] | None = None, data_schema: str | None = None,
-                schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> str:
+                schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                trace_context: bool = True) -> str:
     """:func:`emit` on a :class:`psycopg.AsyncConnection`."""
-    ids, payloads = _one(body, source, type, attributes, data_schema, max_event_bytes)
+    ids, payloads = _one(body, source, type, _traced(attributes, trace_context), data_schema, max_event_bytes)
     await _arun(aconn, _steps(aconn, _target(schema), ids, payloads))
     return ids[0]
 
@@ -126,13 +131,20 @@ async def aemit(aconn: psycopg.AsyncConnection[Any], body: Body, *, source: str 
 async def aemit_many(aconn: psycopg.AsyncConnection[Any], bodies: Iterable[Body], *, source: str | None = None,
                      type: str | None = None,  # noqa: A002  (the CloudEvent attribute's own name)
                      attributes: Mapping[str, AttributeValue] | None = None, data_schema: str | None = None,
-                     schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> list[str]:
+                     schema: str | None = None, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+                     trace_context: bool = True) -> list[str]:
     """:func:`emit_many` on a :class:`psycopg.AsyncConnection`."""
-    ids, payloads = build_events(bodies, source=source, type=type, attributes=attributes, data_schema=data_schema,
-                                 max_event_bytes=max_event_bytes)
+    ids, payloads = build_events(bodies, source=source, type=type, attributes=_traced(attributes, trace_context),
+                                 data_schema=data_schema, max_event_bytes=max_event_bytes)
     if ids:
         await _arun(aconn, _steps(aconn, _target(schema), ids, payloads))
     return ids
+
+
+def _traced(attributes: Mapping[str, AttributeValue] | None, trace_context: bool
+            ) -> Mapping[str, AttributeValue] | None:
+    """The current span's trace context added, as ``Emitter.emit`` adds it (unless ``trace_context`` is off)."""
+    return with_trace_context(attributes) if trace_context else attributes
 
 
 def _one(body: Body, source: str | None, type_: str | None, attributes: Mapping[str, AttributeValue] | None,

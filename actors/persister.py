@@ -6,18 +6,33 @@ each takes its share), so batches grow exactly as fast as Postgres is slow. Each
 fails exactly the emits in it. Committed events go on to the dispatcher in
 memory when its buffer has room, else they are written "spilled" (claimable
 at once) and the dispatcher reads them back from the table.
+
+Every answer is definite while Postgres can be asked. An error Postgres
+answered rolled the group back, and a connection that could not be opened
+sent nothing: StoreUnavailable, not written. When the answer is lost after
+the insert was sent, the writer asks again on a fresh connection for up to
+``commit_timeout`` by writing the same rows again, keeping those that exist:
+then the group is committed like any other. Only if that gets no answer do
+the callers get CommitOutcomeUnknown. The asking is inline: this writer
+takes no new group meanwhile (others do), for at most that bound.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import trio
 
-from .adapters.store import Store
+from .adapters.store import Store, rolled_back
 from .config import EmitterConfig
+from .core.backoff import Backoff
+from .core.failures import StoreFailure
 from .core.publishing import publish_deadline
-from .errors import EmitterError, StoreUnavailable
+from .errors import CommitOutcomeUnknown, EmitterError, StoreUnavailable
 from .handoff import HandOffSender
 from .logs import FailureLog, get_logger
 from .messages import EmitRequest, Outgoing
@@ -78,9 +93,98 @@ def _columns(batch: list[EmitRequest]) -> tuple[list[str], list[bytes], int]:
     return ids, payloads, sum(map(len, payloads))
 
 
+class _Lost(Exception):
+    """The group's commit was sent, its answer lost, and Postgres could not be asked in time (the message says why)."""
+
+
+class _Writer:
+    """One writer's commits on its own connection, each answered for certain when Postgres can be asked.
+
+    ``answered``: the connection's last exchange was answered. If not, the
+    connection is opened (one round trip) before the next insert, so not
+    reaching Postgres (nothing sent: not written) is told apart from a lost
+    answer (sent: maybe committed). ``sent``: the current group's insert may
+    have reached Postgres.
+    """
+
+    def __init__(self, config: EmitterConfig, store: Store) -> None:
+        self.config, self.store = config, store
+        self.answered = self.sent = False
+        self.rng = random.Random()
+
+    async def commit(self, ids: list[str], payloads: list[bytes], *, spilled: bool) -> None:
+        """Commit the group; return once it is committed.
+
+        Raises :class:`StoreUnavailable` when the rows certainly were not
+        written: Postgres answered with an error (see :func:`rolled_back`), or
+        nothing was sent. After a lost answer (a broken connection, no answer
+        within ``commit_timeout``, a FATAL error) it asks, see :meth:`confirm`.
+        """
+        config, store = self.config, self.store
+        rows: dict[str, Any] = {"owner": config.instance_id, "lease": config.lease_duration, "spilled": spilled}
+        answered, self.answered, self.sent = self.answered, False, False
+        try:
+            with trio.move_on_after(config.commit_timeout):
+                if not answered:
+                    await store.now()
+                self.sent = True
+                await store.insert_events(ids, payloads, **rows)
+                self.answered = True
+                return
+            if not self.sent:
+                raise StoreUnavailable(f"Postgres could not be reached within commit_timeout "
+                                       f"({config.commit_timeout:g}s); nothing was sent")
+            lost = StoreUnavailable(f"no answer within commit_timeout ({config.commit_timeout:g}s)")
+        except StoreUnavailable as exc:
+            if not self.sent or rolled_back(exc):
+                raise
+            lost = exc
+        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), len(ids), lost)
+
+    async def confirm(self, write_again: Callable[[], Awaitable[int]], events: int, lost: StoreUnavailable) -> None:
+        """Ask whether the lost commit happened, until ``commit_timeout`` passes; return once the group is committed.
+
+        ``write_again`` keeps the rows the lost commit wrote and writes the
+        others, under the same ids: once it answers, the group is committed,
+        whatever happened in which order (``queries.CONFIRM_EVENTS`` says
+        why a lookup could not tell). Each try opens a fresh connection (the
+        store dropped the one whose answer was lost). A connection attempt
+        under way when the time is up ends by its own connect_timeout (5 s).
+        """
+        attempt, last = 0, lost
+        with trio.move_on_after(self.config.commit_timeout):
+            while True:
+                try:
+                    written = await write_again()
+                except StoreUnavailable as exc:
+                    last = exc
+                    if exc.kind is not StoreFailure.TRANSIENT:
+                        break
+                else:
+                    self.answered = True
+                    log.warning("a commit's answer was lost; asked again, Postgres has the events committed",
+                                events=events, written_again=written, lost=str(lost))
+                    return
+                await trio.sleep(_ASK_AGAIN.delay(attempt, self.rng))
+                attempt += 1
+        raise _Lost(f"the commit was sent and its answer lost ({lost}); Postgres, asked again for commit_timeout "
+                    f"({self.config.commit_timeout:g}s), did not answer (last: {last})") from last
+
+
+# Asking again is one cheap statement, and callers wait on it: soon, then about twice a second.
+_ASK_AGAIN = Backoff(0.01, 2.0, 0.5)
+
+
+def _unknown(request: EmitRequest, why: str, cause: BaseException | None) -> CommitOutcomeUnknown:
+    error = CommitOutcomeUnknown.of(request.event_ids, why)
+    error.__cause__ = cause
+    return error
+
+
 async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
     """One writer: its own connection, one commit at a time."""
     config, state = wiring.config, wiring.state
+    writer = _Writer(config, store)
     # Logged when commits start and stop failing; the callers get each error.
     trouble = FailureLog(log, "commits failing; each emit raises StoreUnavailable", "commits work again")
     while True:
@@ -98,25 +202,27 @@ async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
         with wiring.outbox.reserve(len(ids), size) as room:
             sent_at = trio.current_time()
             try:
-                with trio.move_on_after(config.commit_timeout) as deadline:
-                    await store.insert_events(ids, payloads, owner=config.instance_id,
-                                              lease=config.lease_duration, spilled=room is None)
-                if deadline.cancelled_caught:  # the store closed the connection mid-statement
-                    raise StoreUnavailable(f"Postgres did not confirm the commit within commit_timeout "
-                                           f"({config.commit_timeout:g}s); the connection was dropped, which rolls "
-                                           "the insert back unless Postgres had committed it just before (then "
-                                           "the event is still delivered; a retried emit may deliver it twice)")
+                await writer.commit(ids, payloads, spilled=room is None)
             except StoreUnavailable as exc:
                 trouble.failed(exc, events=len(ids))
                 for request in batch:
                     request.resolve(exc)
                 continue
-            except BaseException as exc:
-                # Crashing (or cancelled): nobody in this batch may hang. Their rows
-                # may or may not be committed; the error says so.
-                error = EmitterError(f"persister stopped before confirming the commit: {exc!r}")
+            except _Lost as exc:
+                trouble.failed(exc, events=len(ids))
                 for request in batch:
-                    request.resolve(error)
+                    request.resolve(_unknown(request, str(exc), exc.__cause__))
+                continue
+            except BaseException as exc:
+                # Crashing (or cancelled): nobody in this batch may hang.
+                if writer.sent:
+                    why = f"the persister stopped before Postgres confirmed the commit ({exc!r})"
+                    for request in batch:
+                        request.resolve(_unknown(request, why, exc))
+                else:
+                    error = EmitterError(f"persister stopped before sending the commit: {exc!r}; nothing was written")
+                    for request in batch:
+                        request.resolve(error)
                 raise
             for request in batch:
                 request.resolve()

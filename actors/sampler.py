@@ -38,16 +38,21 @@ class Wiring:
     dispatcher: Callable[[], DispatcherStatistics]  # for the delivery state in the status line
 
 
-async def keep_liveness(store: Store, instance_id: str, state: SamplerState) -> None:
-    """Keep this instance's liveness lock; after a reconnect, take it again. Logs changes only."""
-    held = await store.hold_liveness(instance_id)
-    if held != state.liveness_held:
+async def keep_record(store: Store, config: EmitterConfig, state: SamplerState) -> None:
+    """Refresh this instance's record; with session liveness, keep its lock (take it again after a
+    reconnect) and say so. Logs changes only."""
+    instance_id = config.instance_id
+    held = await store.keep_instance(instance_id, session_liveness=config.session_liveness,
+                                     grace=config.liveness_grace)
+    if held is not None and held != state.liveness_held:
         state.liveness_held = held
         if held:
             log.info("liveness lock held again", instance=instance_id)
         else:
-            log.error("another live process holds this instance id's liveness lock: two processes run "
-                      "with one id, and each may publish the other's rows", instance=instance_id)
+            log.error("another live session holds this instance id's liveness lock: two processes run "
+                      "with one id, and each may publish the other's rows; or a pooler in transaction mode "
+                      "moved this connection to another server session (set DURABLE_EMITTER_SESSION_LIVENESS"
+                      "=false on every instance)", instance=instance_id)
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -65,8 +70,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
             try:
-                if config.session_liveness:
-                    await keep_liveness(wiring.store, config.instance_id, state)
+                await keep_record(wiring.store, config, state)
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
                 trouble.failed(exc)

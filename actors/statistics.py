@@ -24,7 +24,7 @@ from .core.instruments import (
 )
 
 PHASES = ("batch", "retransmit")  # fresh events from memory; rows claimed back from the table
-EMIT_FAILURES = ("store", "too_large", "backlog_full")
+EMIT_FAILURES = ("store", "too_large", "backlog_full", "outcome_unknown")
 RETRY_REASONS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_ACKNOWLEDGED", "SCHEMA_MISSING",
                  "DOMAIN_MISCONFIGURATION")
 DEAD_LETTER_REASONS = ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED",
@@ -35,7 +35,7 @@ DELIVERY_STATES = ("up", "down", "refused")
 @dataclass(frozen=True, slots=True)
 class EmitStatistics:
     succeeded: int
-    failed: dict[str, int]  # by reason: store, too_large, backlog_full
+    failed: dict[str, int]  # by reason: store, too_large, backlog_full, outcome_unknown (CommitOutcomeUnknown)
     seconds: HistogramSnapshot  # emit() call to commit
 
 

@@ -37,7 +37,7 @@ from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission
 from .emitter import Emitter
-from .errors import ConfigError
+from .errors import ConfigError, closed_error
 from .handoff import open_hand_off
 from .logs import get_logger
 from .messages import EmitRequest, Outcome
@@ -54,18 +54,37 @@ from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 log = get_logger("durable_emitter")
 
 
-async def _take_liveness(store: Store, instance_id: str) -> None:
-    """Hold this instance id's liveness lock, or refuse: one live process per instance id."""
+async def _take_liveness(store: Store, other: Store, instance_id: str) -> None:
+    """Hold this instance id's liveness lock on ``store``'s session, or refuse: one live process per
+    instance id, and a session that is ours (no transaction pooler between us and Postgres).
+
+    Behind a pooler in transaction mode the lock stays on a server connection
+    that goes back to the pool after each statement. Asking the lock's own
+    connection whether its next statement runs there again proves nothing: a
+    lone client usually gets the same server connection back. So ``other``
+    (another client connection) holds a transaction open meanwhile, which pins
+    the server connection it got. A pooler hands out the one released last
+    (PgBouncer's default), the lock's: ``other`` then finds the lock on its own
+    backend, which no direct connection or session pooler can show. Should it
+    get another one, the lock's connection must still find its lock where its
+    next statement runs, while ``other`` holds its own.
+    """
     if not await store.hold_liveness(instance_id):
         raise ConfigError(
             f"instance id {instance_id!r} is held by a live process (it holds the id's session lock in "
             "Postgres); give each process its own DURABLE_EMITTER_INSTANCE_ID, or stop the other one"
         )
-    if not await store.session_is_ours(instance_id):
+    async with other.pinned():
+        shared = await other.session_is_ours(instance_id)
+        kept = await store.session_is_ours(instance_id)
+    if shared or not kept:
         raise ConfigError(
-            "the database connection does not keep a session (a pooler in transaction mode?), so session "
-            "liveness cannot work: use session pooling, or set DURABLE_EMITTER_SESSION_LIVENESS=false on "
-            "every instance (rows of a crashed instance then wait for their lease)"
+            "the database connection does not keep a session of its own (a pooler in transaction mode: "
+            + ("another connection's transaction ran on the session holding this instance's lock" if shared else
+               "the next statement ran on another session")
+            + "), so session liveness cannot work: set DURABLE_EMITTER_SESSION_LIVENESS=false on every instance "
+            "(each transaction then carries its own settings; rows of a crashed instance wait for their lease), "
+            "or use session pooling"
         )
 
 
@@ -80,8 +99,9 @@ async def open_emitter(config: EmitterConfig | None = None, *,
     process metrics, served on ``metrics_port`` when that is set.
 
     ``config`` defaults to :meth:`EmitterConfig.from_env`. Refuses to start
-    (:class:`ConfigError`) with no Chip endpoint, or with no ``DATABASE_URL``
-    unless the embedded PostgreSQL was asked for; raises :class:`SchemaError`
+    (:class:`ConfigError`) with no Chip endpoint, with no ``DATABASE_URL``
+    unless the embedded PostgreSQL was asked for, or behind a pooler in
+    transaction mode with ``session_liveness`` on; raises :class:`SchemaError`
     if the schema is not current (and may not be migrated) or the role lacks
     rights on it, and :class:`StoreUnavailable` if Postgres cannot be reached.
     """
@@ -97,17 +117,20 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         def store(*, synchronous_commit: bool = True) -> Store:
             made = Store(url, Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout,
                                       config.tcp_keepalive_idle, synchronous_commit, config.schema,
-                                      f"durable-emitter {config.instance_id}"))
+                                      f"durable-emitter {config.instance_id}", pooled=not config.session_liveness))
             stack.callback(made.close)
             return made
 
         def listener() -> Listener | None:
-            """Outbox notifications, heard on a session of its own: none behind a pooler in transaction mode."""
+            """Outbox notifications, heard on a session of its own: none behind a pooler in transaction mode.
+
+            Named like the instance's every other connection (liveness counts them by that name).
+            """
             if not config.session_liveness:
                 return None
             made = Listener(url, outbox_channel(config.schema), Session(
                 tcp_user_timeout=config.tcp_user_timeout, keepalive_idle=config.tcp_keepalive_idle,
-                schema=config.schema, application_name=f"durable-emitter {config.instance_id} listener"))
+                schema=config.schema, application_name=f"durable-emitter {config.instance_id}"))
             stack.callback(made.close)
             return made
 
@@ -117,7 +140,10 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         setup = store()
         liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
         if config.session_liveness:
-            await _take_liveness(liveness, config.instance_id)
+            await _take_liveness(liveness, setup, config.instance_id)
+        # How the others judge whether this instance runs: by its lock, or (without one) by leases.
+        await liveness.record_instance(config.instance_id, session_liveness=config.session_liveness,
+                                       grace=config.liveness_grace)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)
         stack.callback(chip.close)
@@ -172,7 +198,20 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 emitter.stop_accepting()
                 with trio.CancelScope(shield=True):
                     await tree.stop()
+                _answer_what_was_never_taken(intake, tree.failure)
                 log.info("emitter stopped")
+
+
+def _answer_what_was_never_taken(intake: trio.MemoryReceiveChannel[EmitRequest],
+                                 failure: BaseException | None) -> None:
+    """Emits still queued when the persister stopped for good (its grace passed, or the tree gave up)
+    were never written: each waiting caller hears so now, instead of waiting forever."""
+    while True:
+        try:
+            request = intake.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return
+        request.resolve(closed_error(failure, consequence="; the event was not written"))
 
 
 def _version() -> str:

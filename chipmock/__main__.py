@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reason text of --event-failure-rate rejections (escapes like \\x00 are decoded)")
     parser.add_argument("--rate-limit", type=_parsed_by(parse_rate), default=None, metavar="N/s",
                         help="past N events a second, whole calls fail RESOURCE_EXHAUSTED (see below)")
+    parser.add_argument("--rate-limit-window", type=_parsed_by(Outage.parse), default=None, metavar="START:DURATION",
+                        help="apply --rate-limit only in this window after start, e.g. 0s:60s (default: always)")
     parser.add_argument("--reject", dest="reject_windows", type=_parsed_by(RejectWindow.parse), action="append",
                         default=[], metavar="CODE@START:DURATION",
                         help="answer every event with CODE in this window, e.g. SCHEMA_MISSING@5s:10s (repeatable)")
@@ -109,6 +111,7 @@ An event gets the first that applies: required attributes missing (VALIDATION_FA
 events passes when the bucket holds min(k, N) and takes k; otherwise the whole call fails
 RESOURCE_EXHAUSTED "request rate exceeds the maximum allowed (N events/s)" with trailing
 metadata {RETRY_AFTER_KEY} (milliseconds until it would pass). Ping is never limited.
+With --rate-limit-window START:DURATION the limit applies only then (a full bucket on entry).
 
 --require-schemas: an event's dataschema attribute (ce_uri, ce_uri_ref or ce_string) must
 equal the subject or the path of a schema registered with RegisterSchema or --schema;

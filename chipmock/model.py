@@ -192,6 +192,8 @@ class ChipModel:
     reject_containing: tuple[RejectContaining, ...] = ()
     # Events per second past which a whole call fails RESOURCE_EXHAUSTED (see RateLimiter). None: no limit.
     rate_limit: float | None = None
+    # Where ``rate_limit`` applies (seconds after start), e.g. a limit that lifts; None: always.
+    rate_limit_window: Outage | None = None
     # Every event needs a registered schema: its dataschema attribute must equal a registered subject
     # or path (or one of ``schemas``), else SCHEMA_MISSING. An event without dataschema is SCHEMA_MISSING too.
     require_schemas: bool = False
@@ -218,6 +220,13 @@ class ChipModel:
             raise ValueError(f"event_failure_code: {exc}") from None
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ValueError(f"rate_limit must be above 0 events/s, got {self.rate_limit}")
+        if self.rate_limit_window is not None and self.rate_limit is None:
+            raise ValueError("rate_limit_window needs rate_limit")
+
+    def rate_limit_at(self, elapsed: float) -> float | None:
+        """The rate limit in force ``elapsed`` seconds after start; None: no limit then."""
+        window = self.rate_limit_window
+        return self.rate_limit if window is None or window.covers(elapsed) else None
 
     @property
     def reads_contents(self) -> bool:
@@ -439,11 +448,12 @@ class ChipState:
         self._limiter: RateLimiter | None = None
 
     def call(self, model: ChipModel, *, elapsed: float, batch_size: int = 1, request_bytes: int = 0) -> CallDecision:
-        """``decide_call`` with the bucket of ``model.rate_limit`` (a new, full one when the limit changed)."""
-        if model.rate_limit is None:
+        """``decide_call`` with the bucket of the rate limit in force (a new, full one when the limit changed)."""
+        rate = model.rate_limit_at(elapsed)
+        if rate is None:
             self._limiter = None
-        elif self._limiter is None or self._limiter.rate != model.rate_limit:
-            self._limiter = RateLimiter(model.rate_limit, elapsed)
+        elif self._limiter is None or self._limiter.rate != rate:
+            self._limiter = RateLimiter(rate, elapsed)
         return decide_call(model, self.rng, elapsed=elapsed, batch_size=batch_size, request_bytes=request_bytes,
                            limiter=self._limiter)
 

@@ -5,7 +5,8 @@ import threading
 import pytest
 import pytest_timeout
 
-pytest_plugins = ["tests.fix_postgres", "tests.fix_chip", "tests.fix_emitter", "tests.fix_processes", "tests.fix_proxy"]
+pytest_plugins = ["tests.fix_postgres", "tests.fix_chip", "tests.fix_emitter", "tests.fix_processes", "tests.fix_proxy",
+                  "tests.fix_replication", "tests.fix_pgbouncer"]
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -85,7 +85,7 @@ def limited_role_url(database_url):
     query(database_url, f'CREATE ROLE "{role}" LOGIN')
     query(database_url, f'GRANT USAGE ON SCHEMA public TO "{role}"')
     query(database_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON chip_durable_events, '
-                        f'chip_durable_events_dead_letter TO "{role}"')
+                        f'chip_durable_events_dead_letter, chip_durable_events_instances TO "{role}"')
     query(database_url, f'GRANT SELECT ON chip_durable_events_version TO "{role}"')
     yield make_conninfo(database_url, user=role), role
     query(database_url, f'DROP OWNED BY "{role}"')

@@ -5,7 +5,10 @@ connection open (and accepting new ones that lead nowhere): a path that went
 dark after a failover, where nothing answers and nothing is reset. What is
 sent meanwhile is lost, as dropped packets are.
 ``drop_connections()`` resets every open connection, as a restarting server or
-a load balancer does. ``heal()`` forwards again. Threads, not Trio: the proxy
+a load balancer does. ``cut_at(marker, ...)`` resets the one connection whose
+client sends ``marker``, once: after the server had those bytes and answered
+them (the answer lost on the way back), or before it had them; and may go dark
+at that instant. ``heal()`` forwards again. Threads, not Trio: the proxy
 must keep its sockets whatever the test's event loop is doing.
 """
 
@@ -15,8 +18,29 @@ import selectors
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import pytest
+
+
+@dataclass
+class Cut:
+    """A one-shot :meth:`TcpProxy.cut_at`; ``done`` is set once the connection was cut."""
+
+    marker: bytes
+    delivered: bool
+    then_dark: bool
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: bytes = b""  # the server's first answer after the marker, which the client never got
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with linger 0: a reset, not a polite close."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    except OSError:
+        pass
 
 
 class TcpProxy:
@@ -31,12 +55,18 @@ class TcpProxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._cut: Cut | None = None
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
         self._threads[0].start()
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def dark(self) -> bool:
+        """Whether the path is dark now (:meth:`black_hole`, or a cut that went dark)."""
+        return not self._forwarding.is_set()
 
     def black_hole(self) -> None:
         self._forwarding.clear()
@@ -49,11 +79,37 @@ class TcpProxy:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
             for sock in pair:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    sock.close()  # linger 0: a reset, not a polite close
-                except OSError:
-                    pass
+                _reset(sock)
+
+    def cut_at(self, marker: bytes, *, delivered: bool, then_dark: bool = False) -> Cut:
+        """Once: reset the connection whose client sends ``marker`` (within one read).
+
+        ``delivered``: pass those bytes on, wait for the server's first answer
+        after them, and reset both ends instead of passing it back (the server
+        did the work; the client never hears). Else reset both ends instead of
+        passing the bytes on. ``then_dark``: go dark (see :meth:`black_hole`)
+        at that instant, before the client can reconnect.
+        """
+        cut = Cut(marker, delivered, then_dark)
+        with self._lock:
+            self._cut = cut
+        return cut
+
+    def _take_cut(self, data: bytes) -> Cut | None:
+        """The armed cut, disarmed, if ``data`` carries its marker."""
+        with self._lock:
+            cut = self._cut
+            if cut is None or cut.marker not in data:
+                return None
+            self._cut = None
+            return cut
+
+    def _carry_out(self, cut: Cut, pair: tuple[socket.socket, socket.socket]) -> None:
+        if cut.then_dark:
+            self._forwarding.clear()
+        for sock in pair:
+            _reset(sock)
+        cut.done.set()
 
     def close(self) -> None:
         self._closed.set()
@@ -100,6 +156,7 @@ class TcpProxy:
         with self._lock:
             self._pairs.append((client, upstream))
         peers = {client: upstream, upstream: client}
+        awaiting: Cut | None = None  # delivered the marker; the server's answer is to be swallowed
         with selectors.DefaultSelector() as selector:
             for sock in peers:
                 selector.register(sock, selectors.EVENT_READ)
@@ -111,6 +168,15 @@ class TcpProxy:
                         data = sock.recv(65536)
                         if not data:
                             raise OSError("closed")
+                        if awaiting is not None and sock is upstream:
+                            awaiting.answer = data
+                            self._carry_out(awaiting, (client, upstream))
+                            raise OSError("cut")
+                        cut = self._take_cut(data) if sock is client else None
+                        if cut is not None and not cut.delivered:
+                            self._carry_out(cut, (client, upstream))
+                            raise OSError("cut")
+                        awaiting = cut
                         if self._forwarding.is_set():  # dark: what was sent is lost, like dropped packets
                             peers[sock].sendall(data)
                 except (OSError, ValueError):

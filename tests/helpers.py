@@ -21,6 +21,8 @@ import psycopg
 import trio
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from actors import EmitterConfig
+
 # `just chaos` runs the fault suite with CHAOS_SCALE > 1: more rounds, more events.
 CHAOS_SCALE = max(1, int(os.environ.get("CHAOS_SCALE", "1") or 1))
 
@@ -82,6 +84,16 @@ def postgres_socket(database_url: str) -> str:
 
 
 # -- emitting and waiting ------------------------------------------------------------------------
+
+
+def quick_config(chip, *, database_url: str, **knobs) -> EmitterConfig:
+    """A config on ``database_url`` and ``chip``, quick to react (what the ``make_config`` fixture makes)."""
+    defaults = dict(
+        database_url=database_url, chip_endpoint=chip.endpoint,
+        scan_interval=0.1, sample_interval=0.1, retry_initial=0.02, retry_max=0.2,
+        publish_timeout=2.0, shutdown_timeout=2.0,
+    )
+    return EmitterConfig(**{**defaults, **knobs})
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:

@@ -1,0 +1,1 @@
+"""The I/O: Postgres (driver, queries, store, operations, schema, postgres), Chip (chip), Prometheus."""

@@ -30,10 +30,10 @@ import psycopg
 import trio
 from psycopg import pq
 from psycopg.abc import PQGen
-from psycopg.generators import execute
+from psycopg.generators import execute, fetch_many, send
 from psycopg.waiting import Ready, Wait
 
-from ..core.failures import StoreFailure, classify_sqlstate
+from ..core.failures import StoreFailure, classify_sqlstate, wrong_server
 from ..errors import StoreUnavailable
 from .hot import HotStatement as HotStatement  # defined apart so queries.py imports no trio
 from .postgres import connect
@@ -57,10 +57,19 @@ def binary_array(items: Sequence[bytes], element_oid: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """What every connection of a Store sets: deadlines on each wait, and the commit durability.
+    """What every connection of a Store sets: deadlines on each wait, the commit durability, the schema.
 
     Writers set ``synchronous_commit = on`` themselves, so a role- or
     database-level ``off`` cannot silently weaken "emit returned: durable".
+
+    ``pooled=False`` (session liveness on: the deployment says sessions are
+    ours): the settings are made once per connection (``SET``), and the hot
+    statements are prepared once per connection under their names.
+    ``pooled=True`` (session liveness off, as behind a transaction pooler):
+    nothing is left on the server session, since the next transaction may run
+    on another server connection and this one may serve another client. Each
+    transaction makes its own settings (``set_config(..., true)``, undone at its
+    end) and every statement is sent unnamed, both in one round trip.
     """
 
     statement_timeout: float = 30.0
@@ -70,18 +79,27 @@ class Session:
     synchronous_commit: bool = True
     schema: str = "public"  # a plain identifier (EmitterConfig checks it): the tables' schema
     application_name: str = "durable-emitter"  # shown in pg_stat_activity
+    pooled: bool = False
 
     @property
     def answer_timeout(self) -> float:
         """How long the client waits for any answer: the server's own deadline first, plus a margin."""
         return self.statement_timeout + 5.0
 
+    def settings(self) -> dict[str, str]:
+        return {"statement_timeout": str(round(self.statement_timeout * 1000)),
+                "lock_timeout": str(round(self.lock_timeout * 1000)),
+                "synchronous_commit": "on" if self.synchronous_commit else "off",
+                "search_path": f'"{self.schema}"'}
+
     def statements(self) -> str:
-        return (f"SET statement_timeout = {round(self.statement_timeout * 1000)}; "
-                f"SET lock_timeout = {round(self.lock_timeout * 1000)}; "
-                f"SET synchronous_commit = {'on' if self.synchronous_commit else 'off'}; "
-                "SET client_encoding = 'UTF8'; "  # hot statements send their text encoded as UTF-8
-                f'SET search_path TO "{self.schema}"')
+        """The settings for the whole session (``pooled=False``)."""
+        return "; ".join(f"SET {name} = {value}" for name, value in self.settings().items())
+
+    def per_transaction(self) -> bytes:
+        """The settings for the transaction it runs in (``pooled=True``): one statement, undone at commit."""
+        return ("SELECT " + ", ".join(f"set_config('{name}', '{value}', true)"
+                                      for name, value in self.settings().items())).encode()
 
 
 def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
@@ -104,6 +122,33 @@ def _answer(results: list[pq.abc.PGresult]) -> pq.abc.PGresult:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             raise psycopg.errors.error_from_result(result)
     return results[-1]
+
+
+def _unnamed(pgconn: pq.abc.PGconn, settings: bytes | None,
+             send_statement: Callable[[], None]) -> PQGen[list[pq.abc.PGresult]]:
+    """Send a statement unnamed (Parse, Bind, Execute, Sync), after ``settings`` if given; return its results.
+
+    With ``settings``, both go in one pipeline closed by one Sync: one round trip,
+    and one transaction, so ``set_config(..., true)`` covers the statement (each
+    Execute re-arms statement_timeout with the value then set) and ends with it.
+    Nothing outlives the exchange on the server: a pooler may hand that server
+    connection to another client next.
+    """
+    if settings is None:
+        send_statement()
+        answer: list[pq.abc.PGresult] = yield from execute(pgconn)
+        return answer
+    pgconn.enter_pipeline_mode()
+    pgconn.send_query_params(settings, None)
+    send_statement()
+    pgconn.pipeline_sync()
+    yield from send(pgconn)
+    made = yield from fetch_many(pgconn)
+    results: list[pq.abc.PGresult] = yield from fetch_many(pgconn)
+    yield from fetch_many(pgconn)  # the Sync's own result
+    pgconn.exit_pipeline_mode()
+    _answer(made)  # failed settings abort the statement: their error is the one to raise
+    return results
 
 
 async def _wait(gen: PQGen[Any], fileno: int) -> Any:
@@ -148,6 +193,7 @@ class Connection:
         self._session = session or Session()
         self._conn: psycopg.Connection | None = None
         self._prepared: set[bytes] = set()  # HotStatements prepared on this connection
+        self._per_transaction = self._session.per_transaction() if self._session.pooled else None
         self._turn = trio.Lock()
 
     async def _connection(self) -> psycopg.Connection:
@@ -159,7 +205,10 @@ class Connection:
                 connect, self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle,
                 application_name=session.application_name))
             try:
-                await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
+                if session.pooled:
+                    conn.prepare_threshold = None  # psycopg would prepare a statement (named) on its 5th run
+                else:
+                    await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
             except psycopg.Error as exc:
                 conn.close()
                 raise _unavailable(exc) from exc
@@ -181,7 +230,10 @@ class Connection:
         The server cancels a statement after statement_timeout; this deadline covers a
         server that cannot answer at all (a path that went dark without a reset). A
         psycopg error becomes :class:`StoreUnavailable`; an exchange cancelled midway
-        closes the connection (its protocol state is unknown).
+        closes the connection (its protocol state is unknown), and so does an answer
+        from a server that cannot take writes now (a standby, a demoted primary, a
+        server shutting down: :func:`~..core.failures.wrong_server`), so the next
+        call connects afresh and a multi-host DSN finds the primary.
         """
         try:
             self._turn.acquire_nowait()  # the usual case, without a trip through the scheduler
@@ -193,6 +245,8 @@ class Connection:
                 try:
                     return await talk(conn)
                 except psycopg.Error as exc:
+                    if wrong_server(exc.sqlstate):
+                        self.close()
                     raise _unavailable(exc) from exc
                 except BaseException:
                     self.close()
@@ -213,15 +267,44 @@ class Connection:
         """
         async def talk(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
             cursor = conn.cursor()
-            await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
+            if self._per_transaction is None:
+                await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
+            else:
+                await _wait(self._execute_unnamed(cursor, sql, params), conn.pgconn.socket)
             return cursor
 
         return await self._exchange(talk)
 
+    def _execute_unnamed(self, cursor: psycopg.Cursor[Any], sql: str,
+                         params: dict[str, Any] | None) -> PQGen[None]:
+        """``cursor.execute`` on a pooled connection: unnamed, after the transaction's settings."""
+        yield from cursor._start_query(sql)
+        query = cursor._convert_query(sql, params)
+        pgconn = cursor.connection.pgconn
+        results = yield from _unnamed(pgconn, self._settings(pgconn), partial(
+            pgconn.send_query_params, query.query, query.params, param_formats=query.formats,
+            param_types=query.types))
+        cursor._check_results(results)
+        cursor._set_results(results)
+
+    def _settings(self, pgconn: pq.abc.PGconn) -> bytes | None:
+        """A pooled connection's settings, before a statement that starts a transaction (None: none due)."""
+        if pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            return self._per_transaction
+        return None  # inside BEGIN ... COMMIT: made at BEGIN
+
     async def run_hot(self, statement: HotStatement, params: list[bytes]) -> int:
-        """Run a :class:`HotStatement` (preparing it on a new connection first); return its row count."""
+        """Run a :class:`HotStatement` (preparing it on a new connection first); return its row count.
+
+        On a pooled connection it is sent unnamed, with its transaction's settings.
+        """
         async def talk(conn: psycopg.Connection) -> int:
             pgconn = conn.pgconn
+            if self._per_transaction is not None:
+                results = await _wait(_unnamed(pgconn, self._settings(pgconn), partial(
+                    pgconn.send_query_params, statement.sql, params, param_types=statement.types,
+                    param_formats=[1] * len(params))), pgconn.socket)
+                return _answer(results).command_tuples or 0
             try:
                 if statement.name not in self._prepared:
                     pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from ..errors import UnknownDeadLetter
 from .driver import Transaction, one_row
 from .queries import (
     CLAIM_EVENTS,
+    CLAIM_ORPHANS,
     COUNT_PENDING_UP_TO,
     DEAD_LETTER_BY_ID,
     DEAD_LETTERS_BY_REASON,
@@ -38,6 +40,16 @@ LEASE_OWNERS_CAP = 10_000  # lease_owners counts each owner's rows up to this
 PENDING_COUNT_CAP = 1_000_000  # count_pending stops here
 
 
+class OwnerLiveness(Enum):
+    """How an owner of rows is judged (queries.py ``_judged``): the claims' judgement, for status."""
+
+    RUNNING = "running"  # holds its liveness lock
+    GONE = "gone"  # lock free, its connections ended (or its grace passed): its rows are claimed at once
+    LOCK_LOST = "lock lost"  # lock free, connections remain: a blip, forgiven for its grace
+    LEASE = "lease"  # runs without session liveness: its rows wait for their lease
+    UNKNOWN = "unknown"  # no record (an older version, 'replay'): its rows wait for their lease
+
+
 @dataclass(frozen=True, slots=True)
 class TableActivity:
     inserts: int
@@ -51,6 +63,7 @@ class ReadPlans:
     """EXPLAIN (ANALYZE, BUFFERS) of the reads that must stay index scans however large the table, as they ran."""
 
     claim: str  # the dispatcher's claim
+    orphan_claim: str  # its claim of the rows of instances judged gone (the judgement included)
     flush_poll: str  # has_pending_before, which flush() polls
     pending_stats: str  # the sampler's
     lease_owners: str  # status's
@@ -63,9 +76,11 @@ class Operations(Store):
         """Cumulative inserts/deletes and dead tuples from ``pg_stat_user_tables`` (lags up to ~1 s)."""
         return TableActivity(*one_row(await self._db.run(TABLE_ACTIVITY)))
 
-    async def lease_owners(self) -> list[tuple[str, int, int, bool]]:
-        """(owner, rows, rows whose lease has lapsed, alive), largest first; counts stop at LEASE_OWNERS_CAP."""
-        return (await self._db.run(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}, prepare=False)).fetchall()
+    async def lease_owners(self) -> list[tuple[str, int, int, OwnerLiveness]]:
+        """(owner, rows, rows whose lease has lapsed, how it is judged), largest first; counts stop at
+        LEASE_OWNERS_CAP."""
+        rows = (await self._db.run(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}, prepare=False)).fetchall()
+        return [(owner, held, lapsed, OwnerLiveness(judged)) for owner, held, lapsed, judged in rows]
 
     async def dead_letters_by_reason(self) -> list[tuple[str, int]]:
         return (await self._db.run(DEAD_LETTERS_BY_REASON)).fetchall()
@@ -116,6 +131,7 @@ class Operations(Store):
         return ReadPlans(
             claim=await plan(CLAIM_EVENTS, {"owner": owner, "lease": lease, "limit": limit,
                                               "writer_only": writer_only}),
+            orphan_claim=await plan(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit}),
             flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner}),
             pending_stats=await plan(PENDING_STATS, {"exact_below": EXACT_COUNT_BELOW_BYTES}),
             lease_owners=await plan(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}),

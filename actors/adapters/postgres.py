@@ -106,8 +106,10 @@ def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
     """
     idle = max(1, round(keepalive_idle))
     try:
+        # client_encoding: the hot statements send their text as UTF-8. A startup
+        # parameter, not a SET, so a pooler keeps it for this client whichever server serves it.
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name=application_name[:63],
+                               application_name=application_name[:63], client_encoding="UTF8",
                                keepalives=1, keepalives_idle=idle, keepalives_interval=max(1, idle // 3),
                                keepalives_count=3, tcp_user_timeout=max(1, round(tcp_user_timeout * 1000)))
     except psycopg.ProgrammingError as exc:

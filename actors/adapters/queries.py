@@ -27,17 +27,26 @@ FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
 """, (1009, 1001, 25, 701, 16))  # ids text[], payloads bytea[], owner text, lease seconds float8, spilled bool
 
 
-def _claim(rows: str) -> str:
-    """Lease the rows ``rows`` selects (ids, ordered and limited) to the claimer; SKIP LOCKED keeps claims apart."""
-    return f"""
-WITH claimable AS (
-    {rows.strip()}
-    FOR UPDATE SKIP LOCKED
+def _claim(rows: str, *, before: str = "", returning: str = "") -> str:
+    """Lease the rows ``rows`` selects (ids, ordered, limited and locked SKIP LOCKED, which keeps
+    claims apart) to the claimer, finding each by its primary key however large the table.
+
+    ``before``: CTEs ``rows`` reads; ``returning``: more columns of ``rows`` to return with each row.
+    """
+    update = """UPDATE chip_durable_events e
+    SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+    WHERE e.id = ANY(ARRAY(SELECT id FROM claimable))
+    RETURNING e.id, e.payload, e.created_at"""
+    if returning:
+        update = f"""claimed AS (
+    {update}
 )
-UPDATE chip_durable_events e
-SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
-FROM claimable WHERE e.id = claimable.id
-RETURNING e.id, e.payload, e.created_at
+SELECT claimed.id, claimed.payload, claimed.created_at, {returning} FROM claimed JOIN claimable USING (id)"""
+    return f"""
+WITH {before.strip()}{"," if before else ""} claimable AS (
+    {rows.strip()}
+){"," if returning else ""}
+{update}
 """
 
 
@@ -50,6 +59,7 @@ CLAIM_EVENTS = _claim("""
       AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
     ORDER BY lease_expires_at
     LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
 """)
 
 # A (re)started dispatcher ends the leases its instance id holds: what an earlier
@@ -60,59 +70,109 @@ UPDATE chip_durable_events SET lease_expires_at = now()
 WHERE lease_owner = %(owner)s AND lease_expires_at > now()
 """
 
-# Liveness: each running instance holds pg_advisory_lock(LIVENESS_KEY, hashtext(its
-# instance id)) on a session it keeps for its lifetime. A process that dies ends its
-# session and frees the lock, so its rows can be claimed at once instead of after
-# their lease (Que frees a dead worker's jobs the same way).
+# Liveness: an instance that runs with session liveness holds
+# pg_advisory_lock(LIVENESS_KEY, hashtext(its instance id)) on a session it keeps for
+# its lifetime, and says so in its record (chip_durable_events_instances). A process
+# that dies ends its sessions and frees the lock, so its rows can be claimed at once
+# instead of after their lease (Que frees a dead worker's jobs the same way).
 LIVENESS_KEY = 0x64656D74
 _ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
                WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2
                  AND l.objid = hashtext({{owner}})::oid AND l.granted
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 
+
+def _judged(record: str) -> str:
+    """How the owner whose record is ``record`` (NULL: it has none) is judged: the claim takes a
+    'gone' owner's rows whatever their lease says; status shows the judgement.
+
+    - 'unknown': no record (an older version, 'replay'); 'lease': it runs without session
+      liveness (behind a transaction pooler). Neither is judged by a lock: its rows wait for
+      their lease.
+    - 'running': it holds its liveness lock.
+    - 'gone': its lock is free and none of its connections is left since it was last seen on
+      this server (killed or stopped: a dead process's sessions all end with it), or it has
+      been without its lock for longer than its grace.
+    - 'lock lost': its lock is free but some of its connections remain: its liveness
+      connection blipped, and its sampler takes the lock again within the grace (meanwhile
+      its rows may be in flight).
+    A restarted server freed every lock at once: each owner gets its grace from the restart.
+    """
+    return f"""CASE
+    WHEN {record}.instance_id IS NULL THEN 'unknown'
+    WHEN NOT {record}.session_liveness THEN 'lease'
+    WHEN {_ALIVE.format(owner=f"{record}.instance_id")} THEN 'running'
+    WHEN ({record}.seen_at > pg_postmaster_start_time()
+          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                          WHERE a.application_name = {record}.backend_name AND a.datname = current_database()))
+      OR greatest({record}.seen_at, pg_postmaster_start_time()) < now() - {record}.liveness_grace THEN 'gone'
+    ELSE 'lock lost' END"""
+
+
+# Whether this session holds the instance id's liveness lock.
+_HOLDS_LIVENESS = f"""EXISTS (SELECT 1 FROM pg_locks
+               WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
+                 AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)"""
+_TAKE_LIVENESS = f"CASE WHEN {_HOLDS_LIVENESS} THEN true ELSE pg_try_advisory_lock({LIVENESS_KEY}, hashtext(%(owner)s)) END"
+
 # Take the lock, or keep it: true while this session holds it. Taken again after a
 # reconnect; false means another live session holds this instance id.
-HOLD_LIVENESS = f"""
-SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks
-                         WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
-                           AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
-            THEN true
-            ELSE pg_try_advisory_lock({LIVENESS_KEY}, hashtext(%(owner)s)) END
-"""
+HOLD_LIVENESS = f"SELECT {_TAKE_LIVENESS}"
 
 # Whether the lock taken by the previous statement is still this backend's: a
 # pooler in transaction mode hands each statement to any backend, and session
 # locks mean nothing there.
-SESSION_IS_OURS = f"""
-SELECT EXISTS (SELECT 1 FROM pg_locks
-               WHERE locktype = 'advisory' AND classid = {LIVENESS_KEY} AND objsubid = 2
-                 AND objid = hashtext(%(owner)s)::oid AND pid = pg_backend_pid() AND granted)
-"""
+SESSION_IS_OURS = f"SELECT {_HOLDS_LIVENESS}"
 
-# Every owner that holds rows, by a skip scan of the owner index: one probe per
-# owner, however many rows each holds.
-_OWNERS = """
-WITH RECURSIVE owners AS (
-    SELECT min(lease_owner) AS owner FROM chip_durable_events
-    UNION ALL
-    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
-    FROM owners WHERE owners.owner IS NOT NULL
+# An instance's record, written at its start and refreshed by its sampler every
+# sample_interval. With session liveness the lock is taken (or kept) first, and the
+# record written only while this session holds it; returns whether it does (NULL
+# without session liveness). backend_name is the application_name this session
+# shows in pg_stat_activity, as every connection of the instance does. A start
+# (``starting``) also forgets other instances' records that are stale and hold no
+# rows; a running instance whose record went writes it again at its next sample.
+RECORD_INSTANCE = f"""
+WITH liveness AS (
+    SELECT CASE WHEN %(session_liveness)s THEN {_TAKE_LIVENESS} END AS held
+), forgotten AS (
+    DELETE FROM chip_durable_events_instances WHERE instance_id IN (
+        SELECT i.instance_id FROM chip_durable_events_instances i
+        WHERE %(starting)s AND i.instance_id <> %(owner)s AND i.seen_at < now() - i.liveness_grace
+          AND NOT EXISTS (SELECT 1 FROM chip_durable_events e WHERE e.lease_owner = i.instance_id)
+        FOR UPDATE SKIP LOCKED)  -- starts running at once wait for none, nor deadlock
+), recorded AS (
+    INSERT INTO chip_durable_events_instances AS i
+        (instance_id, session_liveness, backend_name, liveness_grace, started_at, seen_at)
+    SELECT %(owner)s, %(session_liveness)s, current_setting('application_name'),
+           make_interval(secs => %(grace)s), now(), now()
+    FROM liveness WHERE held IS NOT false
+    ON CONFLICT (instance_id) DO UPDATE
+    SET session_liveness = EXCLUDED.session_liveness, backend_name = EXCLUDED.backend_name,
+        liveness_grace = EXCLUDED.liveness_grace, seen_at = EXCLUDED.seen_at,
+        started_at = CASE WHEN %(starting)s THEN EXCLUDED.started_at ELSE i.started_at END
 )
+SELECT held FROM liveness
 """
 
-# Owners that hold rows but no liveness lock: dead instances, and 'replay'.
-ORPHANED_OWNERS = _OWNERS + f"""
-SELECT owner FROM owners
-WHERE owner IS NOT NULL AND owner <> %(me)s AND NOT {_ALIVE.format(owner="owner")}
-"""
-
-# A dead owner's rows, whatever their lease says, oldest first.
+# The rows of owners judged 'gone', whatever their lease says, in one statement (the
+# judgement and the claim see one state): each such owner's rows oldest first (an
+# ordered range of the owner index, however many it holds), the owner seen longest
+# ago first. Returns each row's previous owner too.
 CLAIM_ORPHANS = _claim("""
-    SELECT id FROM chip_durable_events
-    WHERE lease_owner = ANY(%(orphans)s::text[])
-    ORDER BY lease_owner, created_at
+    SELECT c.id, o.instance_id AS orphaned_by
+    FROM orphans o CROSS JOIN LATERAL (
+        SELECT id FROM chip_durable_events
+        WHERE lease_owner >= o.instance_id AND lease_owner <= o.instance_id
+        ORDER BY lease_owner, created_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
-""")
+""", before=f"""
+orphans AS (
+    SELECT i.instance_id FROM chip_durable_events_instances i
+    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {_judged("i")} = 'gone'
+    ORDER BY i.seen_at
+)""", returning="claimable.orphaned_by")
 
 # A row's wait grows with the attempts it already had (the value before this update).
 RELEASE_EVENTS = """
@@ -205,16 +265,28 @@ SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
 FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
 """
 
-# Each owner's rows and lapsed leases, and whether it is alive; the rows
-# counted up to a cap, so a million-row backlog is not counted row by row.
+# Every owner that holds rows, by a skip scan of the owner index: one probe per
+# owner, however many rows each holds.
+_OWNERS = """
+WITH RECURSIVE owners AS (
+    SELECT min(lease_owner) AS owner FROM chip_durable_events
+    UNION ALL
+    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
+    FROM owners WHERE owners.owner IS NOT NULL
+)
+"""
+
+# Each owner's rows and lapsed leases, and how it is judged (as the claim judges it);
+# the rows counted up to a cap, so a million-row backlog is not counted row by row.
 LEASE_OWNERS = _OWNERS + f"""
 SELECT owner,
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
                               WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
                               WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
-       {_ALIVE.format(owner="owners.owner")}
-FROM owners WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
+       {_judged("i")}
+FROM owners LEFT JOIN chip_durable_events_instances i ON i.instance_id = owners.owner
+WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
 """
 
 DEAD_LETTERS_BY_REASON = """
@@ -277,6 +349,17 @@ COUNT_PENDING_UP_TO = """
 SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
 """
 
+# Whether a commit whose answer was lost happened, asked in the one way whose answer is
+# true in every order of events: write the rows again, keeping any that exist. Rows the
+# lost commit wrote stay as they are; rows it did not write are written now; a lost INSERT
+# still running in its old session (Postgres notices a client left only when it next
+# talks to it) is waited for where its key entries are in, and fails on the key where
+# these come first. A lookup could say "not written" and then see that session commit:
+# a retry would then write a second event under a new id. What remains is at least once
+# under the same id: a spilled row already delivered and deleted, or an old session
+# committing after these rows were, are delivered twice. Returns the rows it wrote.
+CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm", INSERT_EVENTS.sql + b"ON CONFLICT (id) DO NOTHING\n",
+                              INSERT_EVENTS.types)
 
 # The host's own transaction (actors.outbox), and the notification that tells a running emitter.
 
@@ -284,7 +367,7 @@ SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
 # is their owner (and their emitted_by), and their lease lapses as they are written
 # (now(): the writing transaction's start), so any instance but a writer-only one
 # claims them with CLAIM_EVENTS, in their turn, oldest lapse first, beside spilled
-# and released rows. No session holds the marker's liveness lock: it is no orphan.
+# and released rows. The marker has no instance record, so no claim judges it gone.
 OUTBOX_OWNER = "outbox"
 
 # The rows and one notification in one statement, in the caller's transaction: the

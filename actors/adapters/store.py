@@ -12,13 +12,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
+
 from ..core.events import Rejection
 from ..core.failures import storable_text
-from .driver import BYTEA_OID, TEXT_OID, Connection, HotStatement, binary_array, one_row
+from ..errors import StoreUnavailable
+from .driver import (
+    BYTEA_OID,
+    TEXT_OID,
+    Connection,
+    HotStatement,
+    Transaction,
+    binary_array,
+    one_row,
+)
 from .driver import Session as Session  # what tree.py and the scripts configure a Store with
 from .queries import (
     CLAIM_EVENTS,
     CLAIM_ORPHANS,
+    CONFIRM_EVENTS,
     DATABASE_NOW,
     DEAD_LETTER_EVENTS,
     DELETE_EVENTS,
@@ -27,9 +39,8 @@ from .queries import (
     HOLD_LIVENESS,
     INSERT_EVENTS,
     LAPSE_LEASES,
-    ORPHANED_OWNERS,
-    OUTBOX_OWNER,
     PENDING_STATS,
+    RECORD_INSTANCE,
     RELEASE_EVENTS,
     SESSION_IS_OURS,
 )
@@ -78,6 +89,11 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def pinned(self) -> Transaction:
+        """A transaction (rolled back at its end) that keeps one server connection this Store's, even
+        behind a pooler in transaction mode, while the caller looks at what other connections see."""
+        return self._db.transaction(rollback=True)
+
     async def insert_events(
         self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool
     ) -> None:
@@ -105,20 +121,31 @@ class Store:
         """Whether the liveness lock survived to the next statement: False behind a transaction-mode pooler."""
         return bool(one_row(await self._db.run(SESSION_IS_OURS, {"owner": owner}))[0])
 
-    async def orphaned_owners(self, *, me: str) -> list[str]:
-        """Owners holding rows with no live session: their rows may be claimed at once.
+    async def record_instance(self, owner: str, *, session_liveness: bool, grace: float,
+                              starting: bool = True) -> bool | None:
+        """Write ``owner``'s record, by which the others judge whether it runs; at a start, also forget
+        other instances' stale records that hold no rows.
 
-        Not the outbox's marker: its rows are claimable by their lease already, in their turn.
+        With ``session_liveness`` the liveness lock is taken (or kept) on this session first, and the
+        record says the instance is seen only while the lock is held; returns whether it is (None
+        without session liveness). ``grace``: how long the others forgive the lock's loss while some
+        of this instance's connections remain (a blip of this one).
         """
-        rows = (await self._db.run(ORPHANED_OWNERS, {"me": me}, prepare=False)).fetchall()
-        return [owner for (owner,) in rows if owner != OUTBOX_OWNER]
+        held = one_row(await self._db.run(RECORD_INSTANCE, {
+            "owner": owner, "session_liveness": session_liveness, "grace": grace, "starting": starting,
+        }, prepare=False))[0]
+        return None if held is None else bool(held)
 
-    async def claim_orphans(self, orphans: Sequence[str], *, owner: str, lease: float,
-                            limit: int) -> list[StoredEvent]:
-        """Lease up to ``limit`` rows of dead ``orphans`` to ``owner``, oldest first."""
-        cursor = await self._db.run(CLAIM_ORPHANS, {"orphans": list(orphans), "owner": owner, "lease": lease,
-                                                    "limit": limit}, prepare=False)
-        return [StoredEvent(*row) for row in cursor.fetchall()]
+    async def keep_instance(self, owner: str, *, session_liveness: bool, grace: float) -> bool | None:
+        """:meth:`record_instance`, every sample: keep the lock (take it again after a reconnect), say so."""
+        return await self.record_instance(owner, session_liveness=session_liveness, grace=grace, starting=False)
+
+    async def claim_orphans(self, *, owner: str, lease: float, limit: int) -> tuple[list[StoredEvent], set[str]]:
+        """Lease up to ``limit`` rows of owners judged gone to ``owner``, each owner's oldest first,
+        in the statement that judges them; return the rows and the owners they were taken from."""
+        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit},
+                                   prepare=False)).fetchall()
+        return [StoredEvent(*row[:3]) for row in rows], {row[3] for row in rows}
 
     async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float,
                       multiplier: float = 1.0, retry_max: float = 0.0) -> None:
@@ -160,3 +187,27 @@ class Store:
     async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
         cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
         return bool(one_row(cursor)[0])
+
+    async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
+                             spilled: bool) -> int:
+        """Make certain the rows of an insert whose answer was lost are committed; return how many it wrote.
+
+        Rows the lost commit wrote are kept as they are; the others are written
+        now, as :meth:`insert_events` would have. 0: the lost commit had written them.
+        """
+        return await self._db.run_hot(CONFIRM_EVENTS,
+                                      _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
+
+
+def rolled_back(error: StoreUnavailable) -> bool:
+    """Whether a write that raised certainly wrote nothing: Postgres answered it with an ERROR.
+
+    An ERROR ends the transaction it interrupts, and a transaction can no longer
+    fail with one once it committed (Postgres turns an error after the commit
+    record into a PANIC). Everything else leaves the outcome unknown: a broken
+    connection, no answer in time, or a FATAL error, which ends the session and
+    may come after the commit (a session terminated while it waited for a
+    synchronous standby had committed locally).
+    """
+    cause = error.__cause__
+    return isinstance(cause, psycopg.Error) and cause.diag.severity_nonlocalized == "ERROR"

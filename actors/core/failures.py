@@ -5,8 +5,10 @@ ask here what a Postgres SQLSTATE or a Chip status means, and act on the kind.
 
 - Postgres, by SQLSTATE class: connection trouble, shutdowns, lack of
   resources, serialization failures, timeouts and lock waits are
-  **transient** (retry with backoff); data and integrity errors are
-  **poison** (something in *this* write is at fault: isolate it); missing
+  **transient** (retry with backoff), and so is a server that cannot take
+  writes now (a standby, a demoted primary: :func:`wrong_server` says to drop
+  that connection, so the next try finds the primary); data and integrity
+  errors are **poison** (something in *this* write is at fault: isolate it); missing
   rights or objects are **permanent** for every write (only a human helps).
 - Chip, by meaning: **transient** (retry with backoff; a rate limit too),
   **too large** (only gRPC's own message-size error, or a cap named by an
@@ -40,6 +42,7 @@ _TRANSIENT_CLASSES = frozenset({
     "HV",  # foreign data wrapper: remote errors
 })
 _TRANSIENT_CODES = frozenset({
+    "25006",  # read_only_sql_transaction: a standby or a demoted primary (see _WRONG_SERVER_CODES)
     "55P03",  # lock_not_available: lock_timeout passed
     "55006",  # object_in_use
     "25P03",  # idle_in_transaction_session_timeout
@@ -51,6 +54,31 @@ _POISON_CLASSES = frozenset({
     "23",  # integrity constraint violation
     "21",  # cardinality violation: ON CONFLICT touching a row twice (duplicate ids in one write)
 })
+
+
+# The server at the other end cannot take our writes now, or is ending this session:
+# keeping the connection only repeats the failure, so it is dropped and the next try
+# connects afresh (a multi-host DSN with target_session_attrs=read-write then finds
+# the primary; a DNS name, where it points now).
+# - 25006 read_only_sql_transaction: what a hot standby answers every write, lock or
+#   FOR UPDATE ("cannot execute INSERT in a read-only transaction", "cannot execute
+#   LOCK TABLE during recovery"), and a server or database set
+#   default_transaction_read_only (a primary being demoted). SET, SELECT and advisory
+#   locks still work there, so a connection left to a standby never mends itself.
+# - 57P01 admin_shutdown (also "unexpected postmaster exit": the primary crashed),
+#   57P02 crash_shutdown, 57P03 cannot_connect_now (starting, or in recovery),
+#   57P04 database_dropped, 57P05 idle_session_timeout: the session is ending (FATAL);
+#   dropped now, the next call does not spend itself on the dead socket first.
+# Not 57014 (query_canceled: a statement timeout; the session is fine), nor 55000
+# ("recovery is in progress", only from WAL control functions the emitter never calls).
+_WRONG_SERVER_CODES = frozenset({"25006"})
+_SESSION_ENDING_PREFIX = "57P"
+
+
+def wrong_server(sqlstate: str | None) -> bool:
+    """Whether a failure means this connection's server cannot take writes now (or is ending the
+    session): drop the connection, so the next try connects afresh. Always transient too."""
+    return sqlstate is not None and (sqlstate in _WRONG_SERVER_CODES or sqlstate.startswith(_SESSION_ENDING_PREFIX))
 
 
 def classify_sqlstate(sqlstate: str | None) -> StoreFailure:

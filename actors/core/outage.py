@@ -2,7 +2,8 @@
 
 A few consecutive failed calls mean Chip is down (or one call said it refuses
 us): the dispatcher then holds what it has in memory, stops claiming and
-releasing rows, and probes Chip with a Ping on backoff up to ``retry_max``.
+releasing rows, and probes Chip with a Ping on backoff up to ``retry_max``, never
+before the server's retry hint (a rate limiter answers Ping whatever the limit).
 The first answer opens delivery again at full speed. During an outage an
 emitter costs Postgres nothing but its inserts, and logs a line when delivery
 stops, once a minute while it stays stopped, and when it resumes.
@@ -52,6 +53,7 @@ class ChipHealth:
         self.probes = 0
         self.reason = ""
         self.trial = False  # Ping answered: publishing again, not yet confirmed by a publish that worked
+        self.retry_after = 0.0  # the server's hint on the last failed call: the next probe waits at least this
         self.announced = False  # the pause was logged, so its end will be too
         self._down_since = 0.0
         self._next_reminder = 0.0
@@ -65,6 +67,7 @@ class ChipHealth:
         self.consecutive_failures = 0
         self.probes = 0
         self.trial = False
+        self.retry_after = 0.0
         if self.state is Delivery.UP:
             self.failed_since_up = 0
             return None
@@ -73,10 +76,16 @@ class ChipHealth:
         self.state, self.reason, self.failed_since_up, self.announced = Delivery.UP, "", 0, False
         return change
 
-    def call_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
-        """A whole call failed; returns the change if this one stopped delivery."""
+    def call_failed(self, kind: CallKind, reason: str, now: float, retry_after: float | None = None
+                    ) -> Change | None:
+        """A whole call failed; returns the change if this one stopped delivery.
+
+        ``retry_after``: the server's own hint (a rate limit says when the call would pass).
+        A Ping answers whatever the limit, so the probe that reopens delivery waits for it.
+        """
         if kind is CallKind.TOO_LARGE:
             return None  # about the request, not about Chip: the split answers it
+        self.retry_after = retry_after or 0.0
         self.consecutive_failures += 1
         self.failed_since_up += 1
         state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
@@ -93,9 +102,11 @@ class ChipHealth:
         return None
 
     def next_probe_delay(self, rng: random.Random) -> float:
-        """Seconds to wait before the next probe: backoff on the probes made since delivery last worked."""
+        """Seconds to wait before the next probe: backoff on the probes made since delivery last worked,
+        or the server's retry hint if that is longer."""
         delay = self.probe_backoff.ceiling(self.probes) * rng.uniform(0.5, 1.0)  # half jitter: never 0
         self.probes += 1
+        delay, self.retry_after = max(delay, self.retry_after), 0.0
         return delay
 
     def probe_answered(self, now: float) -> Change:

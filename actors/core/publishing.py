@@ -65,11 +65,16 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
     - The call failed transiently (a rate limit too): every event is retried
       after the backoff, or the server's retry hint if that is longer.
     - A retry that would run past ``publish_by`` (our lease minus a margin),
-      or past ``attempts`` calls, becomes a release to the table.
+      or past ``attempts`` calls, becomes a release to the table. A call the
+      server said when to try again (a retry hint: a rate limit) spends no
+      attempt toward that release: the events are not at fault, and in the table
+      they would wait on the row backoff, which grows with each release, long
+      after the limit lifted.
     """
     deferred: tuple[int, ...] = ()
     deferred_reason = ""
     hint = 0.0
+    told_when = False
     if isinstance(answer, CallFailed):
         kind = answer.kind
         if kind is CallKind.TOO_LARGE:
@@ -81,6 +86,7 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
         settled = Decision()
         retry, reason = tuple(range(len(sent))), answer.code
         hint = answer.retry_after or 0.0
+        told_when = answer.retry_after is not None
     else:
         settled = Decision(delivered=tuple(answer.delivered), rejected=tuple(answer.rejected))
         retry, reason = tuple(answer.retry), "NOT_ACKNOWLEDGED"
@@ -93,8 +99,9 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
     if not retry:
         return deferral
     delay = max(backoff.delay(attempt, rng), hint)
-    if attempt + 1 >= attempts or now + delay > publish_by:
-        lapsing = attempt + 1 < attempts
+    spent = attempt + 1 >= attempts and not told_when
+    if spent or now + delay > publish_by:
+        lapsing = not spent
         why = "lease lapsing before delivery" if lapsing else reason
         return Decision(settled.delivered, settled.rejected, release=retry + deferred,
                         retry_after=0.0 if lapsing else backoff.ceiling(attempt),

@@ -19,7 +19,11 @@ from ..errors import SchemaError
 EVENTS = "chip_durable_events"
 DEAD_LETTERS = "chip_durable_events_dead_letter"
 VERSIONS = "chip_durable_events_version"
-TABLES = (EVENTS, DEAD_LETTERS, VERSIONS)
+INSTANCES = "chip_durable_events_instances"
+TABLES = (EVENTS, DEAD_LETTERS, VERSIONS, INSTANCES)
+
+# The tables a recorded version must have (the version table itself aside): from its migration on.
+REQUIRED_SINCE: Mapping[str, int] = {EVENTS: 1, DEAD_LETTERS: 1, INSTANCES: 4}
 
 # The columns 0.1.0 created (migration 0001), by the type Postgres reports.
 LEGACY_SHAPE: Mapping[str, Mapping[str, str]] = {
@@ -31,7 +35,7 @@ LEGACY_SHAPE: Mapping[str, Mapping[str, str]] = {
                    "dead_lettered_at": "timestamp with time zone"},
 }
 
-# What each kind of user needs on the two tables once the schema is current.
+# What each kind of user needs on the tables it uses once the schema is current.
 WRITER_RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")  # the emitter, drain, dlq replay
 READER_RIGHTS = ("SELECT",)  # status, dlq list
 OUTBOX_RIGHTS = ("INSERT",)  # actors.outbox, on the events table only
@@ -87,8 +91,8 @@ def plan(catalog: Catalog, expected: int) -> Plan:
         raise SchemaError(f"{where} is at version {found}, newer than this durable-emitter "
                           f"(which knows versions up to {expected}): upgrade durable-emitter; "
                           "nothing was changed")
-    elif EVENTS not in catalog.tables or DEAD_LETTERS not in catalog.tables:
-        missing = " and ".join(t for t in (EVENTS, DEAD_LETTERS) if t not in catalog.tables)
+    elif gone := [t for t, since in REQUIRED_SINCE.items() if since <= found and t not in catalog.tables]:
+        missing = " and ".join(gone)
         raise SchemaError(f"{where} records version {found} but {missing} is missing: "
                           "restore it from a backup, or drop the schema's durable-emitter tables "
                           f"and run `{APPLY_COMMAND}`")
@@ -137,7 +141,7 @@ def outbox_refusal(catalog: Catalog, expected: int) -> str | None:
 
 
 def missing_rights(catalog: Catalog, needed: tuple[str, ...],
-                   tables: tuple[str, ...] = (EVENTS, DEAD_LETTERS)) -> str | None:
+                   tables: tuple[str, ...] = (EVENTS, DEAD_LETTERS, INSTANCES)) -> str | None:
     """One message naming the privileges the role lacks on ``tables``, or None."""
     gaps = [(table, [r for r in needed if r not in catalog.rights.get(table, frozenset())]) for table in tables]
     gaps = [(table, lacking) for table, lacking in gaps if lacking]

@@ -51,7 +51,7 @@ class DeliveryGate:
         if answer is None:
             self._changed(self.health.call_succeeded(now))
         else:
-            self._changed(self.health.call_failed(answer.kind, str(answer), now))
+            self._changed(self.health.call_failed(answer.kind, str(answer), now, answer.retry_after))
 
     def _changed(self, change: Change | None) -> None:
         """Apply a change of delivery state: open or close the gate, start the prober, log what a human needs."""

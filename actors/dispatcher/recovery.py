@@ -60,7 +60,15 @@ async def leave_to_the_table(store: Store, inbox: HandOffReceiver, instance_id: 
             inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             break
-    lapsed = await store.lapse_leases(instance_id)
+    try:
+        lapsed = await store.lapse_leases(instance_id)
+    except StoreUnavailable as exc:
+        if exc.kind is not StoreFailure.TRANSIENT:
+            raise
+        # Postgres is away (a failover, a restart): the leases lapse on their own and the rows
+        # are claimed then. Crashing here would spend the restart budget on every restart.
+        log.warning("could not end the leases an earlier run held; they lapse on their own", error=str(exc))
+        return
     if lapsed:
         log.info("rows an earlier run held are claimable again", count=lapsed)
 
@@ -92,8 +100,8 @@ class Recovery:
             if self.gate.open:
                 with _watched(claims, crash_unless_transient=True):
                     deadline = trio.current_time() + config.scan_interval
-                    if config.session_liveness and not config.writer_only:
-                        rows_left = await self.claim_orphans(nursery, deadline)
+                    if not config.writer_only:
+                        rows_left = await self.claim_all(nursery, self.claim_orphans, deadline)
                     rows_left |= await self.claim_all(nursery, partial(
                         store.claim, owner=config.instance_id, lease=config.lease_duration,
                         writer_only=config.writer_only), deadline)
@@ -108,17 +116,15 @@ class Recovery:
             log.warning("events expired to the dead-letter table", count=expired)
             self.state.expired += expired
 
-    async def claim_orphans(self, nursery: trio.Nursery, deadline: float) -> bool:
-        """Claim at once the rows of owners with no live session: instances that died."""
-        config, store = self.config, self.store
-        orphans = await store.orphaned_owners(me=config.instance_id)
-        if not orphans:
-            return False
-        if newly := sorted(set(orphans) - self.orphans_seen):
+    async def claim_orphans(self, *, limit: int) -> list[StoredEvent]:
+        """Claim rows of instances judged gone (their lock is free and their connections ended, or
+        their grace passed), whatever their lease says; log each such instance once."""
+        rows, owners = await self.store.claim_orphans(owner=self.config.instance_id,
+                                                      lease=self.config.lease_duration, limit=limit)
+        if newly := sorted(owners - self.orphans_seen):
             log.warning("claiming the rows of instances that are not running", owners=newly)
             self.orphans_seen.update(newly)
-        return await self.claim_all(nursery, partial(store.claim_orphans, orphans, owner=config.instance_id,
-                                                     lease=config.lease_duration), deadline)
+        return rows
 
     async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]],
                         deadline: float) -> bool:

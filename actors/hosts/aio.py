@@ -60,7 +60,11 @@ class AsyncioEmitter:
         future: asyncio.Future[_T] = self._loop.create_future()
         scope = trio.CancelScope()
 
+        handed_over = False  # the call began in Trio: from then on, its event may be written
+
         async def run_in_trio() -> None:
+            nonlocal handed_over
+            handed_over = True
             with scope:
                 try:
                     result = await fn(emitter)
@@ -91,12 +95,17 @@ class AsyncioEmitter:
             except trio.RunFinishedError:
                 raise closed_error(self._why()) from None
             return await future
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
             try:
                 token.run_sync_soon(scope.cancel)
             except trio.RunFinishedError:
                 pass
-            raise
+            # Still a cancellation, as asyncio expects; its message says what became of the event.
+            raise asyncio.CancelledError(
+                "durable-emitter: cancelled after the call reached the emitter; its event may have been written "
+                "(emit again only if a duplicate is acceptable: ids differ)" if handed_over else
+                "durable-emitter: cancelled before the call reached the emitter; nothing was written"
+            ) from cancelled
         finally:
             self._waiting.discard(future)
 
@@ -127,7 +136,7 @@ class AsyncioEmitter:
         attributes: Mapping[str, AttributeValue] | None = None,
         data_schema: str | None = None,
     ) -> list[str]:
-        """As :meth:`Emitter.emit_many`; returns once all are committed (or raises: none was)."""
+        """As :meth:`Emitter.emit_many`; returns once all are committed (or raises: none was, unless CommitOutcomeUnknown)."""
         return await self._call(lambda emitter: emitter.emit_many(
             bodies, source=source, type=type, attributes=attributes, data_schema=data_schema))
 

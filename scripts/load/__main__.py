@@ -8,6 +8,8 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
   latency    emit -> received by Chip, p50/p99, at 10 and 1,000 events/s (--rates), per --lingers
   payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
   backlog    1,000,000 events with Chip down: claim, sampler and status timings with their plans, then the drain
+  ratelimit  --rate for --duration against a Chip rate limit of --limit (half), then lifted: per 5 s, delivered,
+             calls and refused calls per second, backlog, delivery state; then the catch-up time
   outbox     commit -> Chip for outbox events (--rate, --duration) with LISTEN and with the scan alone, an emitter
              in another process; outbox.emit_many(100) from 10 connections beside Emitter.emit_many (--events)
 
@@ -65,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency: publish_linger values, e.g. 0,5ms,20ms (default: the configured one)")
     parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
     parser.add_argument("--rate", type=float, default=None,
-                        help="tps: events/s (default 1000); outbox: (default 100); payload: (default 0: as fast as possible)")
-    parser.add_argument("--duration", type=duration, default=None, help="tps, outbox: how long (60s); latency: per row (20s)")
+                        help="tps, ratelimit: events/s (default 1000); outbox: (default 100); payload: (default 0: "
+                             "as fast as possible)")
+    parser.add_argument("--duration", type=duration, default=None,
+                        help="tps, ratelimit, outbox: how long (60s); latency: per row (20s)")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="ratelimit: events/s Chip lets through (default: half of --rate)")
     parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
     parser.add_argument("--sizes", type=positive_ints,
                         default=[64, 256, 1024, 4096, 16384, 65536, 262144, 1048576])
@@ -90,12 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.events is None:
         args.events = 1_000_000 if args.scenario == "backlog" else 100_000
     if args.rate is None:
-        args.rate = {"tps": 1000.0, "outbox": 100.0}.get(args.scenario, 0.0)
+        args.rate = {"tps": 1000.0, "ratelimit": 1000.0, "outbox": 100.0}.get(args.scenario, 0.0)
     if args.outage:
         try:
             Outage.parse(args.outage)
         except ValueError as exc:
             parser.error(f"--outage: {exc}")
+    if args.scenario == "ratelimit" and (not args.rate or (args.limit is not None and args.limit <= 0)):
+        parser.error("ratelimit needs --rate above 0 and --limit above 0")
     if not 0 < args.events <= 10_000_000 or not all(0 < c <= 1000 for c in args.concurrency):
         parser.error("--events must be 1..10,000,000 and --concurrency 1..1000")
     if args.scenario != "sustained" and (len(args.concurrency) > 1 or args.batch != [1]):

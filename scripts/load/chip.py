@@ -31,6 +31,8 @@ class ChipFigures:
     unique: int
     duplicates: int
     ages: HistogramSnapshot  # emit (recordedtime, ms precision) -> arrival at Chip
+    calls: int = 0  # publish calls received, refused ones included (Ping is not counted)
+    rate_limited: int = 0  # calls refused by --rate-limit
 
 
 class ChipProcess:
@@ -74,7 +76,8 @@ class ChipProcess:
                     values[sample.name] = sample.value
         counts = tuple(n - m for n, m in zip(cumulative, [0, *cumulative[:-1]], strict=True))
         return ChipFigures(int(values["chipmock_events_unique"]), int(values["chipmock_events_duplicate_total"]),
-                           HistogramSnapshot(tuple(bounds[:-1]), counts, 0.0))
+                           HistogramSnapshot(tuple(bounds[:-1]), counts, 0.0), int(values["chipmock_calls_total"]),
+                           int(values["chipmock_rate_limited_calls_total"]))
 
     def stop(self, deadline: float = 10.0) -> None:
         """SIGTERM by pid, SIGKILL if it has not ended within ``deadline``."""

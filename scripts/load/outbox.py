@@ -75,7 +75,7 @@ class Deliverer:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while listening and not conn.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE application_name = %s AND query LIKE 'LISTEN%%'",
-                    (f"durable-emitter {self.instance_id} listener",)).fetchall():
+                    (f"durable-emitter {self.instance_id}",)).fetchall():
                 if time.monotonic() > deadline:
                     raise RuntimeError("the delivering emitter never listened")
                 time.sleep(0.02)  # polling another process's state

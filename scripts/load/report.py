@@ -22,6 +22,7 @@ class Run:
     series: dict[str, list] = field(default_factory=dict)
     baselines: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # figures of the run as a whole, beside the rows
     plans: dict[str, str] = field(default_factory=dict)  # EXPLAIN (ANALYZE, BUFFERS) output by query
 
 
@@ -46,9 +47,13 @@ def markdown_table(rows: list[dict]) -> str:
         cells = []
         for key in keys:
             v = row.get(key, "")
-            cells.append(f"{v:,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v))
+            cells.append(_cell(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    return f"{value:,}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def print_summary(run: Run, report: Path) -> None:
@@ -58,6 +63,8 @@ def print_summary(run: Run, report: Path) -> None:
     print(markdown_table(run.rows), end="")
     if run.baselines:
         print(markdown_table(run.baselines), end="")
+    for key, value in run.summary.items():
+        print(f"{key}: {_cell(value)}")
     for note in run.notes:
         print(f"- {note}")
     print(f"report: {report}")
@@ -74,6 +81,8 @@ def write_report(run: Run, folder: Path) -> Path:
             f"({', '.join(f'{k}={v}' for k, v in m['postgres_settings'].items())}), {m['platform']}", "",
             "Settings: " + ", ".join(f"{k}={v}" for k, v in run.settings.items()), "",
             "## Results", "", markdown_table(run.rows)]
+    if run.summary:
+        text += ["## Summary", "", *(f"- {key}: {_cell(value)}" for key, value in run.summary.items()), ""]
     if run.baselines:
         text += ["## Baselines (same run, same machine)", "", markdown_table(run.baselines)]
         ours = [r for r in run.rows if r.get("end_to_end_per_s")]

@@ -1,4 +1,4 @@
-"""The load scenarios but backlog (in backlog.py). Each adds its rows to a Run."""
+"""The load scenarios but backlog and ratelimit (in their own modules). Each adds its rows to a Run."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from .measure import (
     rss_trend,
 )
 from .progress import Progress
+from .ratelimit import ratelimit
 from .report import Run
 
 
@@ -284,4 +285,4 @@ async def outbox(args, url: str, run: Run, progress: Progress) -> None:
 
 
 SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
-             "backlog": backlog, "outbox": outbox}
+             "backlog": backlog, "ratelimit": ratelimit, "outbox": outbox}

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 import trio
 
-from actors import StoreUnavailable, open_emitter
+from actors import StoreFailure, StoreUnavailable, open_emitter
 from actors.adapters.operations import Operations
 from tests.helpers import pending_ids, query, wait_until
 
@@ -45,8 +45,9 @@ async def test_revoked_permission_fails_emits_clearly_and_recovers_when_granted(
     async with open_emitter(make_config(chip, database_url=url)) as emitter:
         await emitter.emit(b"x", source="wf", type="tick")
         query(database_url, f'REVOKE INSERT ON chip_durable_events FROM "{role}"')
-        with pytest.raises(StoreUnavailable, match="permission denied"):
+        with pytest.raises(StoreUnavailable, match="permission denied") as raised:
             await emitter.emit(b"x", source="wf", type="tick")
+        assert (raised.value.sqlstate, raised.value.kind) == ("42501", StoreFailure.PERMANENT)  # not worth a retry
         query(database_url, f'GRANT INSERT ON chip_durable_events TO "{role}"')
         event_id = await emitter.emit(b"x", source="wf", type="tick")
         await emitter.flush(timeout=30)

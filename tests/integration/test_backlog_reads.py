@@ -1,9 +1,12 @@
 """Reads that run every second or on every flush stay cheap when the table is large (plans, not timings)."""
 
+import re
 from datetime import UTC, datetime
 
+import pytest
+
 from actors.adapters.operations import Operations
-from actors.adapters.store import Store
+from actors.adapters.store import Session, Store
 from tests.helpers import query
 
 ROWS = 40_000  # about 13 MB of 256-byte payloads: past the exact-count threshold
@@ -41,4 +44,35 @@ async def test_claims_and_flush_polls_are_index_scans_when_nothing_matches(datab
     finally:
         operations.close()
     assert "Index Scan using chip_durable_events_lease_idx" in plans.claim and "Seq Scan" not in plans.claim, plans.claim
+    assert not _scans_the_events_table(plans.orphan_claim), plans.orphan_claim  # nobody gone: no row read
     assert "chip_durable_events_owner_created_idx" in plans.flush_poll and "Seq Scan" not in plans.flush_poll, plans.flush_poll
+
+
+def _scans_the_events_table(plan: str) -> bool:
+    return re.search(r"Seq Scan on chip_durable_events\b(?!_)", plan) is not None  # its small tables may be read whole
+
+
+@pytest.mark.parametrize("gone_holds", ["every row", "a few rows beside a live owner's backlog"])
+async def test_the_claim_of_a_gone_instances_rows_is_an_index_range_however_many_rows_there_are(
+        database_url, gone_holds) -> None:
+    """The claim judges the owners and takes a gone one's oldest rows through the owner index:
+    never a walk of the table, whoever holds the rest of it."""
+    gone = "holder" if gone_holds == "every row" else "small"
+    store = Store(database_url, Session(application_name=f"durable-emitter {gone}"))
+    await store.record_instance(gone, session_liveness=True, grace=60)
+    if gone == "small":  # the rest belongs to 'holder', which has no record: its rows wait for their lease
+        await store.insert_events([f"s{i}" for i in range(50)], [b"x"] * 50, owner="small", lease=3600,
+                                  spilled=False)
+    store.close()  # the gone instance's lock free, its connections ended: claimable at once
+    _fill(database_url, "now() + interval '1 hour'")  # every lease live: only the judgement makes rows claimable
+    operations = Operations(database_url)
+    try:
+        plans = await operations.read_plans(owner="other", lease=60.0, limit=500, writer_only=False,
+                                            before=datetime.now(UTC))
+        rows, taken_from = await operations.claim_orphans(owner="other", lease=60.0, limit=500)
+    finally:
+        operations.close()
+    assert len(rows) == (500 if gone == "holder" else 50) and taken_from == {gone}
+    claim = plans.orphan_claim
+    assert "Index Scan using chip_durable_events_owner_created_idx" in claim, claim
+    assert "chip_durable_events_pkey" in claim and not _scans_the_events_table(claim), claim

@@ -202,6 +202,16 @@ def test_batch_length_size_and_rate_limits_each_fail_whole_calls_their_own_way()
     assert "40 events received" in chip.summary and "1 calls rate limited" in chip.summary
 
 
+@pytest.mark.parametrize(("window", "limited"), [("0s:1h", 1), ("1h:1s", 0)])
+def test_a_rate_limit_window_limits_only_while_it_covers_now(window: str, limited: int) -> None:
+    with chipmock("--rate-limit", "1/s", "--rate-limit-window", window) as chip:
+        assert chip.model == f"rate_limit=1/s rate_limit_window={Outage.parse(window)}"
+        for name in ("a", "b"):  # the second exceeds the 1-event bucket, if the limit is in force
+            with contextlib.suppress(grpc.RpcError):
+                chip.stub.PublishBatch(_batch(_event(name)), timeout=CALL_TIMEOUT)
+    assert f"{limited} calls rate limited" in chip.summary
+
+
 def test_reject_windows_and_chosen_events_answer_per_event_codes() -> None:
     with chipmock("--reject", "SCHEMA_MISSING@0s:1h", "--reject", "DOMAIN_MISCONFIGURATION@1h:1s",
                   "--reject-containing", "VALIDATION_FAILED=poison", "--reject-containing", "7=odd") as chip:

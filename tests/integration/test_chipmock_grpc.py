@@ -1,5 +1,7 @@
 """A grpcio client built from our proto/ against a real chipmock server."""
 
+import math
+
 import grpc
 import pytest
 
@@ -80,7 +82,7 @@ def test_configured_latency_is_observed(start_chipmock) -> None:
 
 
 def test_failure_rate_over_2000_calls_lands_in_band(start_chipmock) -> None:
-    server = start_chipmock(ChipModel(failure_rate=0.3))
+    server = start_chipmock(ChipModel(failure_rate=0.3, seed=13))  # seeded: the band holds on every run
     channel, stub = _stub(server)
     failures = 0
     with channel:
@@ -98,7 +100,7 @@ def test_failure_rate_over_2000_calls_lands_in_band(start_chipmock) -> None:
 def test_outage_and_max_batch_fail_whole_calls(start_chipmock) -> None:
     from chipmock import Outage
 
-    server = start_chipmock(ChipModel(outages=(Outage(0, 60),), max_batch=2))
+    server = start_chipmock(ChipModel(outages=(Outage(0, math.inf),), max_batch=2))  # down however slow the start
     channel, stub = _stub(server)
     with channel, pytest.raises(grpc.RpcError) as info:
         stub.PublishBatch(pb.CloudEventBatch(events=[_event(1)]))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import actors
-from actors.adapters.store import Store
+from actors.adapters.store import Session, Store
 from actors.core.events import Rejection
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
@@ -25,7 +25,9 @@ def _event(event_id: str) -> bytes:
 
 
 async def _seed(database_url: str) -> None:
-    store = Store(database_url)
+    """Rows of node-a, an instance that ran with session liveness and stopped (its record stays)."""
+    store = Store(database_url, Session(application_name="durable-emitter node-a"))
+    await store.record_instance("node-a", session_liveness=True, grace=60)
     ids = ["p1", "p2", "d1", "d2"]
     await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
     await store.dead_letter([Rejection("d1", "SCHEMA_MISSING", "no schema"), Rejection("d2", "EXPIRED", "too old")], owner="node-a")
@@ -37,7 +39,7 @@ async def test_status_reports_pending_leases_and_dead_letters(database_url) -> N
     done = cli(database_url, "status")
     assert done.returncode == 0, done.stderr
     assert "pending rows    2" in done.stdout
-    assert "node-a: 2 rows (not running: claimable now, 0 lapsed)" in done.stdout  # nobody holds its lock
+    assert "node-a: 2 rows (not running: claimable now, 0 lapsed)" in done.stdout  # lock free, connections ended
     assert "SCHEMA_MISSING: 1" in done.stdout and "EXPIRED: 1" in done.stdout
     assert "dead tuples" in done.stdout and "oldest xact" in done.stdout
 
@@ -97,7 +99,8 @@ async def test_status_and_dlq_list_as_json_and_a_probe_on_the_oldest_age(databas
     await _seed(database_url)
     status = json.loads(cli(database_url, "status", "--json").stdout)
     assert status["pending_rows"] == 2 and status["dead_letters"] == {"SCHEMA_MISSING": 1, "EXPIRED": 1}
-    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0, "running": False}]
+    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0, "liveness": "gone",
+                                       "running": False}]
     listed = [json.loads(line) for line in cli(database_url, "dlq", "list", "--json").stdout.splitlines()]
     assert {row["id"]: row["reason_code"] for row in listed} == {"d1": "SCHEMA_MISSING", "d2": "EXPIRED"}
 

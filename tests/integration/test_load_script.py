@@ -59,6 +59,18 @@ def test_tps_with_an_outage_reports_the_drain(tmp_path, pg_server_url) -> None:
     assert "rate_and_pending.png" in report
 
 
+def test_ratelimit_reports_each_interval_and_the_catch_up(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "ratelimit", "--rate", "200", "--limit", "100", "--duration", "6s")
+    assert [row["limit"] for row in run["rows"]][:2] == ["on", "on"] and run["rows"][-1]["limit"] == "lifted"
+    assert sum(row["refused_per_s"] for row in run["rows"] if row["limit"] == "on") > 0  # the limit was in force
+    assert all(row["refused_per_s"] == 0 for row in run["rows"] if row["limit"] == "lifted")
+    summary = run["summary"]
+    assert summary["catch_up_s"] is not None and run["rows"][-1]["backlog_end"] == 0
+    assert summary["delivered_unique"] == summary["emitted"] > 0 and summary["emit_errors"] == 0
+    assert summary["dead_lettered"] == 0 and summary["duplicates"] == 0
+    assert "## Summary" in report and "- catch_up_s:" in report
+
+
 def test_latency_reports_delivery_quantiles_per_rate_and_linger(tmp_path, pg_server_url) -> None:
     run, report = load(tmp_path, pg_server_url, "latency", "--rates", "20,200", "--lingers", "0,20ms",
                        "--duration", "1s")
@@ -101,7 +113,8 @@ def test_outbox_reports_latency_both_ways_and_rates_beside_emit_many(tmp_path, p
     assert "recordedtime" in report
 
 
-@pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"], ["nothing"]])
+@pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"],
+                                  ["ratelimit", "--limit", "0"], ["nothing"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)

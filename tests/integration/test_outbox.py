@@ -46,7 +46,7 @@ def _delivered(chip, ids) -> bool:
 def _listeners(url: str, instance_id: str) -> list[int]:
     """Backends of ``instance_id``'s LISTEN connection that have sent LISTEN."""
     return [pid for (pid,) in query(url, "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
-                                         "AND query LIKE 'LISTEN%%'", (f"durable-emitter {instance_id} listener",))]
+                                         "AND query LIKE 'LISTEN%%'", (f"durable-emitter {instance_id}",))]
 
 
 async def test_a_commit_writes_the_host_row_and_the_event_together_and_the_event_is_delivered(
@@ -263,8 +263,7 @@ async def test_without_session_liveness_nothing_listens_and_the_scan_delivers(ch
             event_id = outbox.emit(conn, b"found by the scan", source="orders", type="created")
         await wait_until(lambda: _delivered(chip, [event_id]), what="the scan to deliver it")
         await emitter.flush(timeout=30)
-        assert query(orders, "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                     ("durable-emitter pooled listener",)) == [(0,)]
+        assert query(orders, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'") == [(0,)]
 
 
 async def test_the_listener_reconnects_after_its_session_is_killed(chip, make_config, orders, caplog) -> None:
@@ -285,7 +284,7 @@ async def test_the_listener_reconnects_after_its_session_is_killed(chip, make_co
 
 
 async def test_outbox_rows_take_their_turn_beside_released_and_spilled_rows(orders) -> None:
-    """Oldest lapse first across every kind of claimable row; never a writer-only claim; never an orphan."""
+    """Oldest lapse first across every kind of claimable row; never a writer-only claim; never taken as an orphan."""
     def events(n: int) -> list[bytes]:
         return [ce.CloudEvent(id=f"e{i}", source="wf", spec_version="1.0", type="t").SerializeToString()
                 for i in range(n)]
@@ -301,9 +300,27 @@ async def test_outbox_rows_take_their_turn_beside_released_and_spilled_rows(orde
         await store.insert_events(spilled, events(3), owner="a", lease=60, spilled=True)
 
         assert await store.claim(owner="w", lease=60, limit=10, writer_only=True) == []
-        assert await store.orphaned_owners(me="b") == ["a"]  # the marker is nobody's session
+        assert await store.claim_orphans(owner="b", lease=60, limit=10) == ([], set())  # the marker is no orphan
         turns = [{row.id for row in await store.claim(owner="b", lease=60, limit=3, writer_only=False)}
                  for _ in range(3)]
     finally:
         store.close()
     assert turns == [set(released), set(written), set(spilled)]
+
+
+async def test_trace_context_rides_along_and_is_off_with_one_keyword(chip, make_config, orders) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace", reason="the otel extra is not installed")
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("durable-emitter tests")  # a provider of our own: nothing global is set
+    with psycopg.connect(orders) as conn, conn.transaction():
+        with tracer.start_as_current_span("place order") as span:
+            traced = outbox.emit_many(conn, [b"a", b"b"], source="orders", type="created")
+            untraced = outbox.emit(conn, b"c", source="orders", type="created", trace_context=False)
+    async with open_emitter(make_config(chip, scan_interval=HOUR)):
+        await wait_until(lambda: _delivered(chip, [*traced, untraced]), what="the events delivered")
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    for event_id in traced:
+        attributes = ce.CloudEvent.FromString(chip.counters.payloads[event_id]).attributes
+        assert trace_id in attributes["traceparent"].ce_string
+    assert "traceparent" not in ce.CloudEvent.FromString(chip.counters.payloads[untraced]).attributes

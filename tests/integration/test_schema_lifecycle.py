@@ -228,7 +228,8 @@ def roles(database_url):
     for role, rights in ((writer, "SELECT, INSERT, UPDATE, DELETE"), (reader, "SELECT")):
         query(database_url, f'CREATE ROLE "{role}" LOGIN')
         query(database_url, f'GRANT USAGE ON SCHEMA public TO "{role}"')
-        query(database_url, f'GRANT {rights} ON chip_durable_events, chip_durable_events_dead_letter TO "{role}"')
+        query(database_url, f'GRANT {rights} ON chip_durable_events, chip_durable_events_dead_letter, '
+                            f'chip_durable_events_instances TO "{role}"')
         query(database_url, f'GRANT SELECT ON chip_durable_events_version TO "{role}"')
     query(database_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
     yield make_conninfo(database_url, user=writer), make_conninfo(database_url, user=reader)

@@ -1,7 +1,9 @@
-"""What the store's errors say: the kind of a failed write, and the ids a replay did not know."""
+"""What the store's errors say: the kind of a failed write, the ids a replay did not know, and
+which failures cost the connection."""
 
 import pytest
 
+from actors.adapters.driver import Connection, Session, one_row
 from actors.adapters.operations import Operations
 from actors.adapters.store import Store
 from actors.core.events import Rejection
@@ -34,3 +36,34 @@ async def test_replaying_an_unknown_id_names_it_and_moves_nothing(database_url) 
     assert str(info.value) == "no dead letter with id nope, nor-this; nothing was replayed"
     assert isinstance(info.value, EmitterError) and isinstance(info.value, KeyError)
     assert set(dead_letters(database_url)) == {"known"}
+
+
+async def _backend(db: Connection) -> int:
+    pid: int = one_row(await db.run("SELECT pg_backend_pid()"))[0]
+    return pid
+
+
+async def test_a_read_only_answer_drops_the_connection_and_the_next_call_connects_afresh(database_url) -> None:
+    db = Connection(database_url)
+    try:
+        before = await _backend(db)
+        await db.run("SET default_transaction_read_only = on")  # this session now answers as a standby would
+        with pytest.raises(StoreUnavailable) as info:
+            await db.run("CREATE TABLE written_after_failover (a int)")
+        assert await _backend(db) != before
+        await db.run("CREATE TABLE written_after_failover (a int)")  # a new session, which takes writes
+    finally:
+        db.close()
+    assert (info.value.sqlstate, info.value.kind) == ("25006", StoreFailure.TRANSIENT)
+
+
+async def test_a_statement_timeout_keeps_the_connection(database_url) -> None:
+    db = Connection(database_url, Session(statement_timeout=0.1))
+    try:
+        before = await _backend(db)
+        with pytest.raises(StoreUnavailable) as info:
+            await db.run("SELECT pg_sleep(5)")
+        assert await _backend(db) == before
+    finally:
+        db.close()
+    assert (info.value.sqlstate, info.value.kind) == ("57014", StoreFailure.TRANSIENT)

@@ -203,6 +203,17 @@ def test_the_state_keeps_one_bucket_per_limit_and_starts_a_full_one_when_the_lim
     assert state.call(ChipModel(), elapsed=0.5).status is None  # lifted
 
 
+def test_a_rate_limit_window_limits_only_within_it_and_lifts_after() -> None:
+    state = ChipState()
+    model = ChipModel(rate_limit=1, rate_limit_window=Outage(1.0, 2.0))
+    assert [state.call(model, elapsed=0.5).status for _ in range(3)] == [None] * 3  # before: no limit
+    assert [state.call(model, elapsed=1.0).status for _ in range(2)] == [None, RESOURCE_EXHAUSTED]  # a full bucket
+    assert [state.call(model, elapsed=3.0).status for _ in range(3)] == [None] * 3  # lifted at 1 s + 2 s
+    assert model.describe() == "rate_limit=1/s rate_limit_window=1s:2s"
+    with pytest.raises(ValueError, match="rate_limit_window needs rate_limit"):
+        ChipModel(rate_limit_window=Outage(0, 1))
+
+
 @pytest.mark.parametrize(("text", "rate"), [("100/s", 100.0), ("2.5/s", 2.5), (" 1/s ", 1.0)])
 def test_rates_are_events_per_second(text: str, rate: float) -> None:
     assert parse_rate(text) == rate
@@ -369,13 +380,15 @@ def test_the_cli_maps_each_flag_to_its_keyword() -> None:
             "--event-failure-rate", "0.3", "--event-failure-code", "ENCODE_ERROR", "--outage", "1s:2s",
             "--outage", "3s:4s", "--max-batch", "7", "--unauthenticated", "5s:6s", "--refuse", "NOT_FOUND",
             "--max-request-bytes", "1000", "--reject-reason", "x\\x00y", "--rate-limit", "20/s",
-            "--reject", "SCHEMA_MISSING@1s:2s", "--reject-containing", "VALIDATION_FAILED=poison",
+            "--rate-limit-window", "0s:1m", "--reject", "SCHEMA_MISSING@1s:2s",
+            "--reject-containing", "VALIDATION_FAILED=poison",
             "--require-schemas", "--schema", "s1", "--schema", "/p/v1", "--seed", "9"]
     assert build_model(parser, parser.parse_args(argv)) == ChipModel(
         latency=0.05, jitter=0.01, failure_rate=0.1, resource_exhausted_rate=0.2, event_failure_rate=0.3,
         event_failure_code="ENCODE_ERROR", outages=(Outage(1, 2), Outage(3, 4)), max_batch=7,
         unauthenticated=(Outage(5, 6),), refuse="NOT_FOUND", max_request_bytes=1000, reject_reason="x\x00y",
-        rate_limit=20, reject_windows=(RejectWindow("SCHEMA_MISSING", Outage(1, 2)),),
+        rate_limit=20, rate_limit_window=Outage(0, 60),
+        reject_windows=(RejectWindow("SCHEMA_MISSING", Outage(1, 2)),),
         reject_containing=(RejectContaining("VALIDATION_FAILED", "poison"),), require_schemas=True,
         schemas=("s1", "/p/v1"), seed=9)
     assert build_model(parser, parser.parse_args([])) == ChipModel()
@@ -387,6 +400,7 @@ def test_the_cli_maps_each_flag_to_its_keyword() -> None:
      "--failure-rate + --resource-exhausted-rate must not exceed 1"),
     (["--event-failure-code", "NOPE"], "--event-failure-code: 'NOPE' is not a per-event error code"),
     (["--rate-limit", "5"], "argument --rate-limit: '5' is not a rate"),
+    (["--rate-limit-window", "0s:1m"], "--rate-limit-window needs --rate-limit"),
     (["--reject", "SCHEMA_MISSING@1s"], "argument --reject: 'SCHEMA_MISSING@1s' is not CODE@START:DURATION"),
     (["--reject-containing", "poison"], "argument --reject-containing: 'poison' is not CODE=TEXT"),
     (["--max-batch", "0"], "argument --max-batch: invalid positive integer value: '0'"),

@@ -15,6 +15,7 @@ from actors.core.failures import (
     classify_sqlstate,
     retry_hint,
     storable_text,
+    wrong_server,
 )
 from actors.core.outage import ChipHealth, Delivery
 from actors.errors import StoreUnavailable
@@ -28,6 +29,9 @@ from actors.errors import StoreUnavailable
     ("53100", StoreFailure.TRANSIENT),  # disk full
     ("40001", StoreFailure.TRANSIENT),  # serialization failure
     ("55P03", StoreFailure.TRANSIENT),  # lock timeout
+    ("25006", StoreFailure.TRANSIENT),  # read-only transaction: a standby, a demoted primary
+    ("57P02", StoreFailure.TRANSIENT),  # crash shutdown
+    ("57P03", StoreFailure.TRANSIENT),  # cannot connect now: starting up, in recovery
     ("22021", StoreFailure.POISON),  # invalid byte sequence (a NUL byte)
     ("21000", StoreFailure.POISON),  # ON CONFLICT touching a row twice
     ("23505", StoreFailure.POISON),  # unique violation
@@ -37,6 +41,30 @@ from actors.errors import StoreUnavailable
 ])
 def test_postgres_failures_are_classified_by_sqlstate(sqlstate, kind) -> None:
     assert classify_sqlstate(sqlstate) is kind
+
+
+@pytest.mark.parametrize("sqlstate", [
+    "25006",  # a standby's (or a read-only database's) answer to INSERT, UPDATE, DELETE, FOR UPDATE, LOCK
+    "57P01",  # admin shutdown; also "terminating connection due to unexpected postmaster exit"
+    "57P02",  # crash shutdown
+    "57P03",  # cannot connect now
+    "57P04",  # database dropped
+    "57P05",  # idle session timeout
+])
+def test_a_server_that_cannot_take_writes_now_is_transient_and_its_connection_dropped(sqlstate) -> None:
+    assert wrong_server(sqlstate)
+    assert classify_sqlstate(sqlstate) is StoreFailure.TRANSIENT
+
+
+@pytest.mark.parametrize("sqlstate", [
+    None,  # no answer: the connection is already broken, and reopened on the next call
+    "57014",  # statement timeout: the session is fine
+    "40001", "55P03", "53300",  # transient, but the server is the right one
+    "23505", "42501", "0A000",
+    "55000",  # "recovery is in progress": only WAL control functions, which the emitter never calls
+])
+def test_other_failures_keep_the_connection(sqlstate) -> None:
+    assert not wrong_server(sqlstate)
 
 
 def test_a_store_error_says_its_kind_decided_once_where_it_is_made() -> None:
@@ -149,6 +177,20 @@ def test_probe_backoff_resets_only_when_a_publish_works() -> None:
     assert health.next_probe_delay(rng) >= 2.5
     health.call_succeeded(0)
     assert health.next_probe_delay(rng) <= 0.1
+
+
+def test_a_probe_waits_for_the_servers_retry_hint_since_a_ping_answers_whatever_the_rate_limit() -> None:
+    health = _health()
+    rng = random.Random(0)
+    for now in (0, 0.01, 0.02):
+        health.call_failed(CallKind.TRANSIENT, "RESOURCE_EXHAUSTED: request rate exceeds", now, retry_after=0.9)
+    assert health.paused and health.next_probe_delay(rng) == 0.9  # not the first probe's 50-100 ms
+    assert health.next_probe_delay(rng) <= 0.2  # a hint is used once
+    health.probe_answered(1.0)
+    health.call_failed(CallKind.TRANSIENT, "RESOURCE_EXHAUSTED: request rate exceeds", 1.1, retry_after=0.8)
+    assert health.paused and health.next_probe_delay(rng) == 0.8  # the trial's refusal brings its own hint
+    health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 2)
+    assert health.next_probe_delay(rng) <= 0.8  # no hint: the backoff alone (0.8 at most by now)
 
 
 def test_a_ping_answer_resumes_on_trial_and_only_a_working_publish_is_logged_as_back() -> None:

@@ -190,6 +190,18 @@ def test_a_rate_limit_retries_after_the_backoff_or_the_servers_hint_whichever_is
     assert _decide(CallFailed("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed"), IDS[:1]).retry == (0,)
 
 
+def test_a_rate_limit_spends_no_attempts_and_waits_in_memory_until_the_lease_margin() -> None:
+    """Released, the rows would wait on the row backoff (growing with each release) after the limit lifted."""
+    limited = CallFailed("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", retry_after=1.0)
+    decision = _decide(limited, IDS[:2], attempt=9, attempts=5)
+    assert decision.retry == (0, 1) and decision.delay >= 1.0 and not decision.release
+    lapsing = _decide(limited, IDS[:2], attempt=9, attempts=5, now=99.5, publish_by=100.0)
+    assert lapsing.release == (0, 1) and lapsing.retry_after == 0.0  # claimable at once, no row backoff
+    assert lapsing.reason == "lease lapsing before delivery"
+    no_hint = _decide(CallFailed("RESOURCE_EXHAUSTED", "chipmock: injected overload"), IDS[:2], attempt=4)
+    assert no_hint.release == (0, 1) and no_hint.retry_after == BACKOFF.ceiling(4)  # as any transient failure
+
+
 answers = st.one_of(
     st.builds(CallFailed, st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                            "INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED"]),
@@ -227,8 +239,9 @@ def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, atte
     fates = ([sent.index(i) for i in decision.delivered] + [sent.index(r.event_id) for r in decision.rejected]
              + list(decision.retry) + list(decision.release))
     assert sorted(fates) == list(range(len(sent)))  # nothing dropped, nothing twice
-    if decision.retry:  # a retry happens only within the attempts and before the lease lapses
-        assert attempt + 1 < attempts and now + decision.delay <= 100.0
+    told_when = isinstance(answer, CallFailed) and answer.retry_after is not None
+    if decision.retry:  # a retry happens only before the lease lapses, and within the attempts unless told when
+        assert (attempt + 1 < attempts or told_when) and now + decision.delay <= 100.0
         hint = answer.retry_after if isinstance(answer, CallFailed) and answer.retry_after else 0.0
         assert 0 <= decision.delay <= max(BACKOFF.ceiling(attempt), hint)
 

@@ -20,7 +20,7 @@ def test_public_names_are_pinned() -> None:
         "Emitter", "EmitterConfig", "EmitterError", "BacklogFull", "EventTooLarge",
         "InvalidEvent", "ConfigError", "StoreUnavailable", "ChipRejected", "FlushTimeout",
         "EmitterClosed", "SupervisorGaveUp", "SchemaError", "UnknownDeadLetter", "StoreFailure",
-        "EmitterForked",
+        "EmitterForked", "CommitOutcomeUnknown",
     }
 
 
@@ -37,7 +37,7 @@ def test_the_outbox_is_the_one_public_submodule_and_its_names_are_pinned() -> No
 def test_every_error_is_an_emitter_error() -> None:
     for name in ["BacklogFull", "EventTooLarge", "InvalidEvent", "ConfigError", "StoreUnavailable",
                  "ChipRejected", "FlushTimeout", "EmitterClosed", "SupervisorGaveUp", "SchemaError",
-                 "UnknownDeadLetter", "EmitterForked"]:
+                 "UnknownDeadLetter", "EmitterForked", "CommitOutcomeUnknown"]:
         assert issubclass(getattr(actors, name), actors.EmitterError)
 
 

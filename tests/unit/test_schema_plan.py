@@ -5,6 +5,7 @@ import pytest
 from actors.core.schema_plan import (
     DEAD_LETTERS,
     EVENTS,
+    INSTANCES,
     LEGACY_SHAPE,
     VERSIONS,
     WRITER_RIGHTS,
@@ -68,14 +69,28 @@ def test_a_foreign_shape_names_each_difference() -> None:
 def test_a_recorded_version_with_a_table_gone_is_refused() -> None:
     with pytest.raises(SchemaError, match=f"records version 2 but {DEAD_LETTERS} is missing"):
         plan(catalog(2, (EVENTS, VERSIONS)), expected=2)
+    with pytest.raises(SchemaError, match=f"records version 4 but {INSTANCES} is missing"):
+        plan(catalog(4, (EVENTS, DEAD_LETTERS, VERSIONS)), expected=4)
+    assert plan(catalog(3, (EVENTS, DEAD_LETTERS, VERSIONS)), expected=4).steps == (4,)  # 0004 makes it
 
 
 def test_missing_rights_name_the_grant() -> None:
-    assert missing_rights(catalog(rights=ALL), WRITER_RIGHTS) is None
-    message = missing_rights(catalog(rights=frozenset({"SELECT"})), WRITER_RIGHTS)
+    current = (EVENTS, DEAD_LETTERS, INSTANCES)
+    assert missing_rights(catalog(tables=current, rights=ALL), WRITER_RIGHTS) is None
+    message = missing_rights(catalog(tables=current, rights=frozenset({"SELECT"})), WRITER_RIGHTS)
     assert message is not None and "role 'app' lacks INSERT, UPDATE, DELETE on public.chip_durable_events" in message
     assert "GRANT SELECT, INSERT, UPDATE, DELETE ON public.chip_durable_events" in message
-    assert missing_rights(catalog(rights=frozenset({"SELECT"})), ("SELECT",)) is None
+    assert missing_rights(catalog(tables=current, rights=frozenset({"SELECT"})), ("SELECT",)) is None
+
+
+def test_the_instances_table_is_needed_too() -> None:
+    """Every instance writes its record there (how the others judge whether it runs); status reads it."""
+    rights = {EVENTS: ALL, DEAD_LETTERS: ALL, INSTANCES: frozenset({"SELECT"})}
+    found = Catalog("public", "app", {t: {} for t in rights}, rights, 4)
+    message = missing_rights(found, WRITER_RIGHTS)
+    assert message is not None and f"lacks INSERT, UPDATE, DELETE on public.{INSTANCES}" in message
+    assert f"public.{DEAD_LETTERS}, public.{INSTANCES} TO app" in message
+    assert missing_rights(found, ("SELECT",)) is None
 
 
 def test_the_outbox_writes_only_to_a_current_schema_with_insert_on_the_events_table() -> None:
