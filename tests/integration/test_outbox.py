@@ -266,6 +266,25 @@ async def test_without_session_liveness_nothing_listens_and_the_scan_delivers(ch
         assert query(orders, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%'") == [(0,)]
 
 
+async def test_through_a_transaction_pooler_hosts_write_and_the_scan_delivers(chip, make_config, orders,
+                                                                            start_pgbouncer) -> None:
+    pooled = start_pgbouncer("transaction").url(orders)
+    config = make_config(chip, database_url=pooled, session_liveness=False, instance_id="behind-a-pooler")
+    async with open_emitter(config):
+        ids = []
+        # prepare_threshold=None: this PgBouncer keeps no prepared statement across transactions.
+        with psycopg.connect(pooled, prepare_threshold=None) as conn:
+            for order in range(8):  # more than psycopg's own threshold for preparing, were it on
+                with conn.transaction():
+                    conn.execute("INSERT INTO orders VALUES (%s, 'pooled')", (order,))
+                    ids.append(outbox.emit(conn, b"through the pooler", source="orders", type="created"))
+            with pytest.raises(RuntimeError), conn.transaction():
+                outbox.emit(conn, b"rolled back", source="orders", type="created")
+                raise RuntimeError("undo")
+        await wait_until(lambda: _delivered(chip, ids), what="the scan to deliver them")
+    assert len(_orders(orders)) == 8 and chip.counters.snapshot().unique == 8
+
+
 async def test_the_listener_reconnects_after_its_session_is_killed(chip, make_config, orders, caplog) -> None:
     config = make_config(chip, scan_interval=HOUR, instance_id="killed-listener")
     async with open_emitter(config):
