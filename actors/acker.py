@@ -21,8 +21,8 @@ import trio
 
 from .adapters.store import Store
 from .config import EmitterConfig
+from .core.answers import Rejection
 from .core.backoff import Backoff
-from .core.events import Rejection
 from .core.failures import StoreFailure, storable_text
 from .errors import StoreUnavailable
 from .logs import FailureLog, get_logger

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .core.events import Rejection
+from .core.answers import Rejection
 
 
 class EmitRequest:

@@ -52,7 +52,7 @@ import psycopg
 from psycopg import pq
 from psycopg.rows import tuple_row
 
-from .adapters.queries import OUTBOX_INSERT, OUTBOX_OWNER, outbox_channel
+from .adapters.outbox_queries import OUTBOX_INSERT, OUTBOX_OWNER, outbox_channel
 from .adapters.schema import Read, catalog_reads, expected_version
 from .config import EmitterConfig
 from .core.events import AttributeValue, Body, build_event, build_events, too_large

@@ -30,9 +30,9 @@ from . import acker, dispatcher, persister, sampler
 from .adapters import schema
 from .adapters.chip import ChipClient
 from .adapters.listener import Listener
+from .adapters.outbox_queries import outbox_channel
 from .adapters.postgres import describe, start_embedded
 from .adapters.prometheus import EmitterCollector
-from .adapters.queries import outbox_channel
 from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission

@@ -19,8 +19,8 @@ from psycopg import pq
 
 from ..errors import StoreUnavailable
 from .driver import Session
+from .outbox_queries import LISTEN
 from .postgres import connect
-from .queries import LISTEN
 
 
 class Listener:

@@ -17,23 +17,20 @@ from typing import Any
 
 from ..errors import UnknownDeadLetter
 from .driver import Transaction, one_row
-from .queries import (
-    CLAIM_EVENTS,
-    CLAIM_ORPHANS,
+from .operator_queries import (
     COUNT_PENDING_UP_TO,
     DEAD_LETTER_BY_ID,
     DEAD_LETTERS_BY_REASON,
-    HAS_PENDING_BEFORE,
     LEASE_OWNERS,
     LIST_DEAD_LETTERS,
     OLDEST_TRANSACTION,
-    PENDING_STATS,
     PURGE_DEAD_LETTERS,
     REPLAY_DEAD_LETTERS,
     TABLE_ACTIVITY,
     UNKNOWN_DEAD_LETTERS,
     explain,
 )
+from .queries import CLAIM_EVENTS, CLAIM_ORPHANS, HAS_PENDING_BEFORE, PENDING_STATS
 from .store import EXACT_COUNT_BELOW_BYTES, Store
 
 LEASE_OWNERS_CAP = 10_000  # lease_owners counts each owner's rows up to this
@@ -41,7 +38,7 @@ PENDING_COUNT_CAP = 1_000_000  # count_pending stops here
 
 
 class OwnerLiveness(Enum):
-    """How an owner of rows is judged (queries.py ``_judged``): the claims' judgement, for status."""
+    """How an owner of rows is judged (queries.py ``judged``): the claims' judgement, for status."""
 
     RUNNING = "running"  # holds its liveness lock
     GONE = "gone"  # lock free, its connections ended (or its grace passed): its rows are claimed at once

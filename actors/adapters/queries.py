@@ -7,8 +7,6 @@ the schema itself (``schema.sql``, migrations, catalog reads) is ``schema.py``'s
 
 from __future__ import annotations
 
-import hashlib
-
 from .hot import HotStatement
 
 # The running emitter's statements (store.py).
@@ -82,7 +80,7 @@ _ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 
 
-def _judged(record: str) -> str:
+def judged(record: str) -> str:
     """How the owner whose record is ``record`` (NULL: it has none) is judged: the claim takes a
     'gone' owner's rows whatever their lease says; status shows the judgement.
 
@@ -170,7 +168,7 @@ CLAIM_ORPHANS = _claim("""
 """, before=f"""
 orphans AS (
     SELECT i.instance_id FROM chip_durable_events_instances i
-    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {_judged("i")} = 'gone'
+    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judged("i")} = 'gone'
     ORDER BY i.seen_at
 )""", returning="claimable.orphaned_by")
 
@@ -256,99 +254,6 @@ SELECT EXISTS (SELECT 1 FROM chip_durable_events
 DATABASE_NOW = "SELECT clock_timestamp()"
 
 
-# The operators' reads and dead-letter maintenance (operations.py).
-
-# Upstream's acceptance tests read these counters; so do run-local and `status`.
-TABLE_ACTIVITY = """
-SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
-       coalesce(sum(n_dead_tup), 0)::bigint, max(greatest(last_autovacuum, last_vacuum))
-FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
-"""
-
-# Every owner that holds rows, by a skip scan of the owner index: one probe per
-# owner, however many rows each holds.
-_OWNERS = """
-WITH RECURSIVE owners AS (
-    SELECT min(lease_owner) AS owner FROM chip_durable_events
-    UNION ALL
-    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
-    FROM owners WHERE owners.owner IS NOT NULL
-)
-"""
-
-# Each owner's rows and lapsed leases, and how it is judged (as the claim judges it);
-# the rows counted up to a cap, so a million-row backlog is not counted row by row.
-LEASE_OWNERS = _OWNERS + f"""
-SELECT owner,
-       (SELECT count(*) FROM (SELECT FROM chip_durable_events
-                              WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
-       (SELECT count(*) FROM (SELECT FROM chip_durable_events
-                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
-       {_judged("i")}
-FROM owners LEFT JOIN chip_durable_events_instances i ON i.instance_id = owners.owner
-WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
-"""
-
-DEAD_LETTERS_BY_REASON = """
-SELECT reason_code, count(*) FROM chip_durable_events_dead_letter GROUP BY reason_code ORDER BY count(*) DESC
-"""
-
-LIST_DEAD_LETTERS = """
-SELECT id, reason_code, reason, attempts, created_at, dead_lettered_at
-FROM chip_durable_events_dead_letter
-WHERE %(reason_code)s::text IS NULL OR reason_code = %(reason_code)s
-ORDER BY dead_lettered_at DESC LIMIT %(limit)s
-"""
-
-DEAD_LETTER_BY_ID = """
-SELECT id, payload, reason_code, reason, attempts, created_at, dead_lettered_at
-FROM chip_durable_events_dead_letter WHERE id = %(id)s
-"""
-
-PURGE_DEAD_LETTERS = """
-DELETE FROM chip_durable_events_dead_letter
-WHERE dead_lettered_at < now() - make_interval(secs => %(older_than)s)
-  AND (%(reason_code)s::text IS NULL OR reason_code = %(reason_code)s)
-"""
-
-# The asked ids that are not in the dead-letter table (NULL: none): replay moves all or nothing.
-UNKNOWN_DEAD_LETTERS = """
-SELECT array_agg(i) FROM unnest(%(ids)s::text[]) i WHERE i NOT IN (SELECT id FROM chip_durable_events_dead_letter)
-"""
-
-# Replayed rows are new pending rows (created now, so the TTL starts again),
-# claimable at once by any instance.
-REPLAY_DEAD_LETTERS = """
-WITH moved AS (
-    DELETE FROM chip_durable_events_dead_letter
-    WHERE %(all)s OR id = ANY(%(ids)s::text[])
-    RETURNING id, payload, attempts
-)
-INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, lease_expires_at)
-SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', now()
-FROM moved
-ON CONFLICT (id) DO NOTHING
-RETURNING id
-"""
-
-# How long the oldest open transaction has pinned the MVCC horizon: while it
-# does, vacuum cannot remove the dead tuples our deletes leave.
-OLDEST_TRANSACTION = """
-SELECT coalesce(max(extract(epoch FROM now() - xact_start)), 0)::float8
-FROM pg_stat_activity WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()
-"""
-
-
-def explain(statement: str) -> str:
-    """``statement``'s plan as it ran: ANALYZE executes it, so run this in a transaction rolled back after."""
-    return "EXPLAIN (ANALYZE, BUFFERS) " + statement
-
-# drain's answer: whether any row is left, and how many, counted exactly up to a cap
-# (the planner's estimate stays above zero on an emptied table until it is vacuumed).
-COUNT_PENDING_UP_TO = """
-SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
-"""
-
 # Whether a commit whose answer was lost happened, asked in the one way whose answer is
 # true in every order of events: write the rows again, keeping any that exist. Rows the
 # lost commit wrote stay as they are; rows it did not write are written now; a lost INSERT
@@ -360,41 +265,3 @@ SELECT count(*) FROM (SELECT FROM chip_durable_events LIMIT %(cap)s) AS pending
 # committing after these rows were, are delivered twice. Returns the rows it wrote.
 CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm", INSERT_EVENTS.sql + b"ON CONFLICT (id) DO NOTHING\n",
                               INSERT_EVENTS.types)
-
-# The host's own transaction (actors.outbox), and the notification that tells a running emitter.
-
-# Rows the outbox writes belong to no instance until one claims them: this marker
-# is their owner (and their emitted_by), and their lease lapses as they are written
-# (now(): the writing transaction's start), so any instance but a writer-only one
-# claims them with CLAIM_EVENTS, in their turn, oldest lapse first, beside spilled
-# and released rows. The marker has no instance record, so no claim judges it gone.
-OUTBOX_OWNER = "outbox"
-
-# The rows and one notification in one statement, in the caller's transaction: the
-# notification is delivered at its commit and dropped with a rollback, and Postgres
-# folds identical notifications of one transaction into one. {schema} is a checked
-# plain name and the functions are pg_catalog's, so the caller's search_path is
-# neither relied on nor changed.
-OUTBOX_INSERT = """
-WITH written AS (
-    INSERT INTO "{schema}".chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
-    SELECT id, payload, %(owner)s, %(owner)s, pg_catalog.now()
-    FROM unnest(%(ids)b::text[], %(payloads)b::bytea[]) AS t(id, payload)  -- syntax, not a function
-)
-SELECT pg_catalog.pg_notify(%(channel)s, '')
-"""
-
-# A running dispatcher listens on its own connection (adapters/listener.py).
-LISTEN = 'LISTEN "{channel}"'
-
-
-def outbox_channel(schema: str) -> str:
-    """The channel the outbox notifies for ``schema``'s table: ``durable_emitter_<schema>``.
-
-    Postgres cuts names at 63 bytes (and ``pg_notify`` refuses longer ones): a
-    longer name keeps its first 54 characters and a hash of the whole schema name.
-    """
-    name = f"durable_emitter_{schema}"
-    if len(name) <= 63:
-        return name
-    return f"{name[:54]}_{hashlib.blake2s(schema.encode(), digest_size=4).hexdigest()}"

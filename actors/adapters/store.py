@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-from ..core.events import Rejection
+from ..core.answers import Rejection
 from ..core.failures import storable_text
 from ..errors import StoreUnavailable
 from .driver import (

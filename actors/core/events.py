@@ -15,7 +15,6 @@ import re
 import struct
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from random import getrandbits
 from typing import Any
@@ -23,7 +22,6 @@ from typing import Any
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from chippb import chipingress_pb2 as pb
 from chippb import cloudevent_pb2 as ce
 
 from ..errors import EventTooLarge, InvalidEvent
@@ -36,11 +34,6 @@ _RESERVED = {"id", "source", "specversion", "type", "data", "data_base64",
              "idempotencykey", "recordedtime", "emitter"}
 _BEHOLDER = {"beholder_domain", "beholder_entity", "beholder_data_schema"}
 _INT32 = (-(2**31), 2**31 - 1)
-# Per-event codes that blame the event's own bytes: no retry can help, dead-letter at once.
-# Every other code (SCHEMA_MISSING, DOMAIN_MISCONFIGURATION, unknown ones) describes Chip's
-# registry or configuration, which a person or time fixes: the event waits in the table on
-# the row backoff until its TTL (then it is dead-lettered with the last reason).
-BAD_EVENT_ERRORS = frozenset({pb.VALIDATION_FAILED, pb.ENCODE_ERROR})
 
 Body = bytes | str | Message
 AttributeValue = str | bool | int | bytes | datetime
@@ -283,29 +276,6 @@ def framed_size(payload: bytes) -> int:
     return 1 + len(_varint(len(payload))) + len(payload)
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Chip refused one event for good: its id, the error code's name and Chip's reason.
-
-    Travels from Chip's answer through the dispatcher and the acker to the
-    dead-letter table's ``reason_code`` and ``reason`` columns.
-    """
-
-    event_id: str
-    code: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class PublishOutcome:
-    """What one PublishBatch answer means for each event we sent."""
-
-    delivered: list[str] = field(default_factory=list)
-    rejected: list[Rejection] = field(default_factory=list)  # the event is bad: dead-letter
-    deferred: list[tuple[int, Rejection]] = field(default_factory=list)  # Chip's state is at fault: wait
-    retry: list[int] = field(default_factory=list)  # indexes into what was sent
-
-
 def _options(transaction_enabled: bool) -> bytes:
     """``CloudEventBatch.options`` (field 2): ``PublishOptions.transaction_enabled`` (field 1) set explicitly."""
     return b"\x12\x02\x08" + (b"\x01" if transaction_enabled else b"\x00")
@@ -318,40 +288,6 @@ _PARTIAL_DELIVERY = _options(transaction_enabled=False)
 def encode_batch(payloads: Sequence[bytes]) -> bytes:
     """A serialized ``CloudEventBatch`` of already-serialized events (field 1, repeated), partial delivery."""
     return b"".join(b"\n" + _varint(len(p)) + p for p in payloads) + _PARTIAL_DELIVERY
-
-
-def interpret_response(event_ids: Sequence[str], response: pb.PublishResponse) -> PublishOutcome:
-    """Positional results: no error = delivered; a bad event = rejected; Chip's state = deferred; else retry.
-
-    Nothing is settled on a guess: when the results do not line up with the
-    events (fewer, more), only a result that names its event's id is believed;
-    a result naming another id, or none where the count is off, leaves its
-    event unanswered, and unanswered events are retried.
-    """
-    results = response.results
-    aligned = len(results) == len(event_ids)
-    if aligned and not any(r.HasField("error") for r in results):
-        answered = [r.event_id for r in results]  # the common case, checked in bulk
-        if answered == list(event_ids) or not any(answered):
-            return PublishOutcome(delivered=list(event_ids))
-    outcome = PublishOutcome()
-    for index, event_id in enumerate(event_ids):
-        result = results[index] if index < len(results) else None
-        # A result naming an id answers that id only; one without is positional, believed
-        # only when the counts line up.
-        if result is None or (result.event_id != event_id if result.event_id else not aligned):
-            outcome.retry.append(index)
-        elif not result.HasField("error"):
-            outcome.delivered.append(event_id)
-        else:
-            code = pb.PublishErrorCode.Name(result.error.error_code) \
-                if result.error.error_code in pb.PublishErrorCode.values() else f"CODE_{result.error.error_code}"
-            rejection = Rejection(event_id, code, result.error.reason)
-            if result.error.error_code in BAD_EVENT_ERRORS:
-                outcome.rejected.append(rejection)
-            else:
-                outcome.deferred.append((index, rejection))
-    return outcome
 
 
 def decode_event(payload: bytes) -> dict[str, Any]:

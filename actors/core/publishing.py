@@ -12,8 +12,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .answers import PublishOutcome, Rejection
 from .backoff import Backoff
-from .events import PublishOutcome, Rejection, framed_size
+from .events import framed_size
 from .failures import CallFailed, CallKind
 
 

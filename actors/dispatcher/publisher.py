@@ -17,8 +17,9 @@ import trio
 from ..adapters.chip import ChipClient
 from ..adapters.store import Store
 from ..config import EmitterConfig
+from ..core.answers import PublishOutcome, interpret_response
 from ..core.backoff import Backoff
-from ..core.events import PublishOutcome, encode_batch, interpret_response
+from ..core.events import encode_batch
 from ..core.failures import CallFailed, StoreFailure
 from ..core.publishing import decide, refusal
 from ..errors import StoreUnavailable

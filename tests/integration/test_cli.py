@@ -7,7 +7,7 @@ import sys
 
 import actors
 from actors.adapters.store import Session, Store
-from actors.core.events import Rejection
+from actors.core.answers import Rejection
 from chipmock import ChipModel
 from chippb import cloudevent_pb2 as ce
 from tests.helpers import dead_letters, pending_ids, query

@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from actors import InvalidEvent, SchemaError, StoreUnavailable, open_emitter, outbox
 from actors.adapters import schema
-from actors.adapters.queries import outbox_channel
+from actors.adapters.outbox_queries import outbox_channel
 from actors.adapters.store import Store
 from chippb import cloudevent_pb2 as ce
 from tests.fix_processes import ROOT

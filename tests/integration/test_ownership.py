@@ -14,7 +14,7 @@ import pytest
 
 from actors import EmitterConfig, open_emitter
 from actors.adapters.store import Store
-from actors.core.events import Rejection
+from actors.core.answers import Rejection
 from chipmock import ChipModel, Outage
 from tests.helpers import dead_letters, pending_ids, query, wait_until
 

@@ -6,7 +6,7 @@ import pytest
 from actors.adapters.driver import Connection, Session, one_row
 from actors.adapters.operations import Operations
 from actors.adapters.store import Store
-from actors.core.events import Rejection
+from actors.core.answers import Rejection
 from actors.core.failures import StoreFailure
 from actors.errors import EmitterError, StoreUnavailable, UnknownDeadLetter
 from tests.helpers import dead_letters

@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from actors.acker import _collect, _Writer
+from actors.core.answers import Rejection
 from actors.core.backoff import Backoff
-from actors.core.events import Rejection
 from actors.errors import StoreUnavailable
 from actors.messages import Delivered, Outcome, Rejected
 

@@ -8,15 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.core.events import (
-    Rejection,
-    build_event,
-    encode_batch,
-    framed_size,
-    idempotency_key,
-    interpret_response,
-    new_event_id,
-)
+from actors.core.answers import Rejection, interpret_response
+from actors.core.events import build_event, encode_batch, framed_size, idempotency_key, new_event_id
 from actors.errors import InvalidEvent
 from chippb import chipingress_pb2 as pb
 from chippb import cloudevent_pb2 as ce

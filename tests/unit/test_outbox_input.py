@@ -3,7 +3,7 @@
 import pytest
 
 from actors import ConfigError, EventTooLarge, InvalidEvent, outbox
-from actors.adapters.queries import outbox_channel
+from actors.adapters.outbox_queries import outbox_channel
 
 
 class Untouchable:

@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.core.admission import TableSample, pending_estimate
+from actors.core.answers import PublishOutcome, Rejection
 from actors.core.backoff import Backoff
-from actors.core.events import PublishOutcome, Rejection, framed_size
+from actors.core.events import framed_size
 from actors.core.failures import CallFailed, CallKind
 from actors.core.publishing import claim_limit, decide, fitting, refusal, split_by_bytes
 from actors.handoff import open_hand_off
