@@ -14,18 +14,21 @@ from types import ModuleType
 from typing import Any
 
 propagate: ModuleType | None
+trace: ModuleType | None
 try:
-    from opentelemetry import propagate
+    from opentelemetry import propagate, trace
 except ImportError:  # the extra is not installed: no trace context
-    propagate = None
+    propagate = trace = None
 
 _EXTENSION = ("traceparent", "tracestate")
 
 
 def with_trace_context(attributes: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """``attributes`` plus the current span's ``traceparent``/``tracestate``; the caller's own values win."""
-    if propagate is None:
+    if propagate is None or trace is None:
         return attributes
+    if not trace.get_current_span().get_span_context().is_valid:
+        return attributes  # no span: the common case on emit's hot path, one context lookup
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     found = {key: carrier[key] for key in _EXTENSION if key in carrier}
