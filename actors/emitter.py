@@ -7,7 +7,6 @@ decision; the work is done by the actors behind the intake channel.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 
@@ -26,6 +25,7 @@ from .errors import (
     FlushTimeout,
     StoreUnavailable,
     closed_error,
+    current_pid,
     refuse_after_fork,
 )
 from .handoff import BudgetStatistics
@@ -76,7 +76,7 @@ class Emitter:
         self._store = store
         self._tree_failure = tree_failure
         self._closing = False
-        self._opened_in = os.getpid()  # the one process that may use it
+        self._opened_in = current_pid()  # the one process that may use it
 
     @property
     def failure(self) -> BaseException | None:

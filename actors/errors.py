@@ -179,9 +179,23 @@ def closed_error(failure: BaseException | None, *, consequence: str = "") -> Emi
     return error
 
 
+def current_pid() -> int:
+    """This process's id, kept up to date across forks (read on every emit: no system call)."""
+    return _pid
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+_pid = os.getpid()
+os.register_at_fork(after_in_child=_forked)
+
+
 def refuse_after_fork(opened_in: int) -> None:
     """Raise :class:`EmitterForked` when called in another process than ``opened_in`` (a pid)."""
-    if os.getpid() != opened_in:
+    if _pid != opened_in:
         raise EmitterForked(
             f"this emitter was opened in process {opened_in}, before a fork; process {os.getpid()} may not use "
             "it (its connections and threads are the parent's): open an emitter after the fork, e.g. in "

@@ -10,7 +10,6 @@ and later call raises :class:`EmitterClosed` caused by the failure (e.g.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import EmitterClosed, closed_error, refuse_after_fork
+from ..errors import EmitterClosed, closed_error, current_pid, refuse_after_fork
 from ..statistics import EmitterStatistics
 from .serve import serve
 
@@ -39,7 +38,7 @@ class AsyncioEmitter:
         self._ended = False
         self._failure: BaseException | None = None  # why the tree stopped, if it failed
         self._waiting: set[asyncio.Future[Any]] = set()
-        self._opened_in = os.getpid()
+        self._opened_in = current_pid()
 
     def _why(self) -> BaseException | None:
         """The tree's failure: told by the run's end, or already known to the emitter before it."""

@@ -6,7 +6,6 @@ caused by the failure, never hangs; leaving the ``with`` raises the failure.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
@@ -19,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
-from ..errors import closed_error, refuse_after_fork
+from ..errors import closed_error, current_pid, refuse_after_fork
 from ..statistics import EmitterStatistics
 from .serve import serve
 
@@ -44,7 +43,7 @@ class BlockingEmitter:
         self._failure: list[BaseException] = []  # the run's own end, raised by start() or close()
         self.emitter: Emitter | None = None
         self._tree_failure: BaseException | None = None  # why the tree stopped, told as it happens
-        self._opened_in = os.getpid()  # the tree's thread lives in this process only
+        self._opened_in = current_pid()  # the tree's thread lives in this process only
 
     def start(self) -> BlockingEmitter:
         """Start the tree in a background thread; return once it accepts emits (or raise why it cannot)."""
