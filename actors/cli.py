@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from . import __version__
-from .commands import (
+from .cli_commands import (
     choose_database,
     dlq_list,
     dlq_purge,

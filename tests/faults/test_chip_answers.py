@@ -50,17 +50,10 @@ async def test_a_window_of_chips_own_state_codes_delays_events_and_dead_letters_
 @pytest.mark.slow
 async def test_a_rate_limit_mid_load_is_waited_out_and_dead_letters_none(start_chipmock, make_config,
                                                                          database_url) -> None:
-    chip = start_chipmock(ChipModel())
+    # From 1 s after chipmock's start, for WINDOW seconds: about half the offered ~50 events/s.
+    chip = start_chipmock(ChipModel(rate_limit=25, rate_limit_window=Outage(1.0, WINDOW)))
     async with open_emitter(make_config(chip)) as emitter:
-        async with trio.open_nursery() as nursery:
-            async def limit_for_a_while() -> None:
-                await trio.sleep(1.0)
-                chip.set_model(ChipModel(rate_limit=25))  # about half the offered ~50 events/s
-                await trio.sleep(WINDOW)
-                chip.set_model(ChipModel())
-
-            nursery.start_soon(limit_for_a_while)
-            ids = await _paced_load(emitter, per_task=65, pace=0.2)
+        ids = await _paced_load(emitter, per_task=65, pace=0.2)
         await emitter.flush(timeout=120)
         retries = emitter.statistics().publish_retries
     assert retries > 0, "the rate limit refused nothing: the test proves nothing"

@@ -12,6 +12,8 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -62,6 +64,16 @@ async def _store(config: EmitterConfig, *, writer: bool) -> Operations:
     return Operations(url, Session(schema=config.schema, pooled=not config.session_liveness))
 
 
+@asynccontextmanager
+async def _opened(config: EmitterConfig, *, writer: bool) -> AsyncIterator[Operations]:
+    """The operator's store for one command, closed when it is done."""
+    store = await _store(config, writer=writer)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _counted(n: int, *, cap: int | None = None) -> str:
     """``n``, with a ``+`` when counting stopped at ``cap`` (default: lease owners' cap)."""
     from .adapters.operations import LEASE_OWNERS_CAP
@@ -84,15 +96,12 @@ def _owner_line(owner: str, rows: int, lapsed: int, liveness: OwnerLiveness) -> 
 
 
 async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config, writer=False)
-    try:
+    async with _opened(config, writer=False) as store:
         pending = await store.pending_stats()
         activity = await store.table_activity()
         owners = await store.lease_owners()
         letters = await store.dead_letters_by_reason()
         oldest_xact = await store.oldest_transaction_seconds()
-    finally:
-        store.close()
     too_old = args.max_oldest is not None and pending.oldest_age_seconds > args.max_oldest
     if args.json:
         print(json.dumps({
@@ -130,11 +139,8 @@ def _where(config: EmitterConfig) -> str:
 
 
 async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config, writer=False)
-    try:
+    async with _opened(config, writer=False) as store:
         rows = await store.list_dead_letters(limit=args.limit, reason_code=args.reason)
-    finally:
-        store.close()
     for event_id, code, reason, attempts, created, dead in rows:
         if args.json:
             print(json.dumps({"id": event_id, "reason_code": code, "reason": reason, "attempts": attempts,
@@ -149,11 +155,8 @@ async def dlq_list(config: EmitterConfig, args: argparse.Namespace) -> int:
 async def dlq_show(config: EmitterConfig, args: argparse.Namespace) -> int:
     from .core.events import decode_event
 
-    store = await _store(config, writer=False)
-    try:
+    async with _opened(config, writer=False) as store:
         row = await store.dead_letter_by_id(args.event_id)
-    finally:
-        store.close()
     if row is None:
         print(f"durable-emitter: no dead letter with id {args.event_id}", file=sys.stderr)
         return 1
@@ -165,22 +168,16 @@ async def dlq_show(config: EmitterConfig, args: argparse.Namespace) -> int:
 
 
 async def dlq_purge(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config, writer=True)
-    try:
+    async with _opened(config, writer=True) as store:
         purged = await store.purge_dead_letters(older_than=args.older_than, reason_code=args.reason)
-    finally:
-        store.close()
     print(f"purged {purged:,} dead letter(s) older than {args.older_than:g} s"
           + (f" with reason {args.reason}" if args.reason else ""))
     return 0
 
 
 async def dlq_replay(config: EmitterConfig, args: argparse.Namespace) -> int:
-    store = await _store(config, writer=True)
-    try:
+    async with _opened(config, writer=True) as store:
         moved = await store.replay_dead_letters(None if args.all else args.id)  # UnknownDeadLetter: main says it
-    finally:
-        store.close()
     print(f"replayed {len(moved)} event(s): they are pending again and will be delivered")
     return 0
 
