@@ -9,14 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from actors import open_emitter
 from chipmock import ChipModel, Outage
-from tests.helpers import emit_concurrently, pending_ids, query, wait_until
+from tests.helpers import ChildOutput, emit_concurrently, pending_ids, query, wait_until
 
 
 def _wait_exit(workloads, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     for workload in workloads:
         code = workload.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        assert code == 0, workload.proc.stderr.read()
+        assert code == 0, ChildOutput(workload.proc.stderr).rest(timeout=30)  # the process exited: bounded anyway
 
 
 def test_three_instances_deliver_everything_without_duplicates(database_url, start_chipmock, start_workload) -> None:
