@@ -126,7 +126,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
 
             Named like the instance's every other connection (liveness counts them by that name).
             """
-            if not config.session_liveness:
+            if not config.session_liveness or config.writer_only:  # writer-only: it never claims what they ring for
                 return None
             made = Listener(url, outbox_channel(config.schema), Session(
                 tcp_user_timeout=config.tcp_user_timeout, keepalive_idle=config.tcp_keepalive_idle,

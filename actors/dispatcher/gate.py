@@ -83,6 +83,8 @@ class DeliveryGate:
         try:
             while self.health.paused:
                 await trio.sleep(self.health.next_probe_delay(self.rng))
+                if not self.health.paused:
+                    break  # a publish under way worked meanwhile: delivery is up, no probe to make
                 failed = await self.chip.probe(self.probe_timeout)
                 now = trio.current_time()
                 if failed is None:

@@ -108,7 +108,10 @@ class Recovery:
             if rows_left:
                 continue
             with trio.move_on_after(config.scan_interval):
-                await self.doorbell.receive()
+                if self.gate.open:
+                    await self.doorbell.receive()
+                else:  # rings cannot be answered with claims now: scan again the moment Chip is back
+                    await self.gate.wait_open()
 
     async def expire(self) -> None:
         expired = await self.store.expire(ttl=self.config.event_ttl)

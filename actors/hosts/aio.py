@@ -63,6 +63,8 @@ class AsyncioEmitter:
 
         async def run_in_trio() -> None:
             nonlocal handed_over
+            if future.done():  # the caller was cancelled before the call reached Trio: never start it
+                return
             handed_over = True
             with scope:
                 try:
