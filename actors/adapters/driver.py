@@ -145,9 +145,15 @@ def _unnamed(pgconn: pq.abc.PGconn, settings: bytes | None,
     yield from send(pgconn)
     made = yield from fetch_many(pgconn)
     results: list[pq.abc.PGresult] = yield from fetch_many(pgconn)
-    yield from fetch_many(pgconn)  # the Sync's own result
+    # Up to the Sync's own result: an error of the commit the Sync makes (a deferred
+    # constraint, a serialization failure) comes before it and is this exchange's answer.
+    tail: list[pq.abc.PGresult] = yield from fetch_many(pgconn)
+    while not tail or tail[-1].status != pq.ExecStatus.PIPELINE_SYNC:
+        tail += yield from fetch_many(pgconn)
     pgconn.exit_pipeline_mode()
     _answer(made)  # failed settings abort the statement: their error is the one to raise
+    _answer(results)
+    _answer(tail)
     return results
 
 
@@ -245,7 +251,9 @@ class Connection:
                 try:
                     return await talk(conn)
                 except psycopg.Error as exc:
-                    if wrong_server(exc.sqlstate):
+                    # A connection left in pipeline mode, or on a server that cannot take writes now,
+                    # is not used again.
+                    if wrong_server(exc.sqlstate) or conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
                         self.close()
                     raise _unavailable(exc) from exc
                 except BaseException:

@@ -9,7 +9,7 @@ from actors.adapters.store import Store
 from actors.core.answers import Rejection
 from actors.core.failures import StoreFailure
 from actors.errors import EmitterError, StoreUnavailable, UnknownDeadLetter
-from tests.helpers import dead_letters
+from tests.helpers import dead_letters, query
 
 
 async def test_a_write_the_table_refuses_is_a_poison_store_error_with_its_sqlstate(database_url) -> None:
@@ -67,3 +67,25 @@ async def test_a_statement_timeout_keeps_the_connection(database_url) -> None:
     finally:
         db.close()
     assert (info.value.sqlstate, info.value.kind) == ("57014", StoreFailure.TRANSIENT)
+
+
+async def test_a_commit_refused_at_its_end_in_pooled_mode_is_an_error_and_the_connection_stays_usable(
+        database_url) -> None:
+    # A deferred constraint fires at COMMIT: with per-transaction settings (session liveness off) the
+    # commit happens at the pipeline's Sync, and its error must be the insert's answer.
+    query(database_url, """
+        CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF starts_with(NEW.id, 'bad') THEN RAISE EXCEPTION 'refused at commit' USING ERRCODE = '23514'; END IF;
+              RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER refuse_bad AFTER INSERT ON chip_durable_events
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_bad();
+    """)
+    store = Store(database_url, Session(pooled=True))
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await store.insert_events(["bad-1"], [b"x"], owner="a", lease=60, spilled=False)
+        await store.insert_events(["good-1"], [b"x"], owner="a", lease=60, spilled=False)  # answered, not hung
+    finally:
+        store.close()
+    assert info.value.sqlstate == "23514" and info.value.kind is StoreFailure.POISON
+    assert {row[0] for row in query(database_url, "SELECT id FROM chip_durable_events")} == {"good-1"}
