@@ -62,6 +62,10 @@ def default_state_dir() -> Path:
     return Path(base) / "durable-emitter"
 
 
+# Row owners that are no instance: the outbox's rows and replayed dead letters (adapters/*queries.py).
+RESERVED_OWNERS = frozenset({"outbox", "replay"})
+
+
 def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -233,6 +237,9 @@ class EmitterConfig:
                               f"got {self.schema!r}")
         if not self.instance_id:
             raise ConfigError("instance_id must not be empty")
+        if self.instance_id in RESERVED_OWNERS:
+            raise ConfigError(f"instance_id {self.instance_id!r} is reserved: rows of the outbox and of replayed dead "
+                              "letters are held under it; choose another (the default is <hostname>-<pid>)")
 
     def check_startable(self) -> None:
         """Raise one :class:`ConfigError` naming every destination that is missing."""

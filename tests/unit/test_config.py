@@ -125,3 +125,9 @@ def test_an_unknown_variable_is_warned_about_with_the_closest_known_one(caplog) 
     assert any("DURABLE_EMITTER_MAX_PENDIGN" in w and "did you mean DURABLE_EMITTER_MAX_PENDING?" in w
                for w in warnings), warnings
     assert any("DURABLE_EMITTER_NONSENSE_KNOB is not a durable-emitter setting" in w for w in warnings)
+
+
+@pytest.mark.parametrize("reserved", ["outbox", "replay"])
+def test_an_instance_id_that_names_rows_of_no_instance_is_refused(reserved) -> None:
+    with pytest.raises(ConfigError, match=f"instance_id '{reserved}' is reserved"):
+        EmitterConfig(instance_id=reserved)
