@@ -62,8 +62,7 @@ def default_state_dir() -> Path:
     return Path(base) / "durable-emitter"
 
 
-# Row owners that are no instance: the outbox's rows and replayed dead letters (adapters/*queries.py).
-RESERVED_OWNERS = frozenset({"outbox", "replay"})
+RESERVED_OWNERS = frozenset({"outbox", "replay"})  # owners of rows of no instance: the outbox's, replayed ones
 
 
 def default_instance_id() -> str:
@@ -235,11 +234,9 @@ class EmitterConfig:
         if not _IDENTIFIER.match(self.schema):
             raise ConfigError(f"schema must be a plain lower-case Postgres name (letters, digits, _), "
                               f"got {self.schema!r}")
-        if not self.instance_id:
-            raise ConfigError("instance_id must not be empty")
-        if self.instance_id in RESERVED_OWNERS:
-            raise ConfigError(f"instance_id {self.instance_id!r} is reserved: rows of the outbox and of replayed dead "
-                              "letters are held under it; choose another (the default is <hostname>-<pid>)")
+        if not self.instance_id or self.instance_id in RESERVED_OWNERS:
+            raise ConfigError(f"instance_id {self.instance_id!r} is empty or reserved (the outbox's and replayed rows "
+                              "are held under 'outbox' and 'replay'); the default is <hostname>-<pid>")
 
     def check_startable(self) -> None:
         """Raise one :class:`ConfigError` naming every destination that is missing."""

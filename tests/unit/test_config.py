@@ -129,5 +129,5 @@ def test_an_unknown_variable_is_warned_about_with_the_closest_known_one(caplog) 
 
 @pytest.mark.parametrize("reserved", ["outbox", "replay"])
 def test_an_instance_id_that_names_rows_of_no_instance_is_refused(reserved) -> None:
-    with pytest.raises(ConfigError, match=f"instance_id '{reserved}' is reserved"):
+    with pytest.raises(ConfigError, match=f"instance_id '{reserved}' is empty or reserved"):
         EmitterConfig(instance_id=reserved)
