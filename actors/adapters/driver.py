@@ -33,7 +33,7 @@ from psycopg.abc import PQGen
 from psycopg.generators import execute, fetch_many, send
 from psycopg.waiting import Ready, Wait
 
-from ..core.failures import StoreFailure, classify_sqlstate, wrong_server
+from ..core.failures import StoreFailure, wrong_server
 from ..errors import StoreUnavailable
 from .hot import HotStatement as HotStatement  # defined apart so queries.py imports no trio
 from .postgres import connect
@@ -113,7 +113,7 @@ def one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
 def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
     """The server's answer (or its absence: no SQLSTATE) as our error, classified here once."""
     reason = " ".join(str(exc).split()) or type(exc).__name__
-    return StoreUnavailable(f"Postgres: {reason}", sqlstate=exc.sqlstate, kind=classify_sqlstate(exc.sqlstate))
+    return StoreUnavailable(f"Postgres: {reason}", sqlstate=exc.sqlstate)  # its kind, from the SQLSTATE
 
 
 def _answer(results: list[pq.abc.PGresult]) -> pq.abc.PGresult:

@@ -88,6 +88,8 @@ async def test_emits_still_queued_when_shutdown_timeout_cuts_a_commit_short_are_
                 nursery.cancel_scope.cancel()
     committed = {result for result in results.values() if isinstance(result, str)}
     assert pending_ids(database_url) | chip.counters.ids == committed  # the others raised: nothing written
+    never_taken = [results[index] for index in range(1, HANDED)]  # queued behind the cut commit
+    assert all(isinstance(error, EmitterClosed) and "was not written" in str(error) for error in never_taken)
 
 
 async def test_a_publish_in_flight_at_close_is_given_shutdown_timeout_to_finish(start_chipmock, database_url) -> None:
