@@ -16,7 +16,8 @@ CREATE TABLE chip_durable_events (
     last_error       text,
     lease_owner      text        NOT NULL,            -- instance that may publish it now
     lease_expires_at timestamptz NOT NULL,            -- after this, any instance may claim it
-    emitted_by       text                             -- instance that emitted it (NULL: before 0003)
+    emitted_by       text,                            -- instance that emitted it (NULL: before 0003)
+    lease_token      bigint      NOT NULL DEFAULT 0   -- the claim the lease belongs to (its transaction id; 0: as written)
 ) WITH (
     fillfactor = 80,
     autovacuum_vacuum_scale_factor = 0.01,
@@ -62,7 +63,9 @@ CREATE TABLE chip_durable_events_instances (
     backend_name     text        NOT NULL,  -- application_name of its connections in pg_stat_activity
     liveness_grace   interval    NOT NULL,  -- how long its lock may be lost while its connections remain
     started_at       timestamptz NOT NULL DEFAULT now(),
-    seen_at          timestamptz NOT NULL DEFAULT now()  -- last refreshed (with its lock held, if it uses one)
+    seen_at          timestamptz NOT NULL DEFAULT now(),  -- last refreshed (with its lock held, if it uses one)
+    free_since       timestamptz,  -- when a claimer first saw its lock free (NULL while it holds it)
+    incarnation      text          -- which run of which server it was last seen on (queries.py INCARNATION)
 );
 
 -- The migrations applied (actors/adapters/migrations/); the highest is the

@@ -1,9 +1,13 @@
 """Acker: outcomes from the dispatcher -> one DELETE (and one dead-letter move) per batch.
 
-Deletes run with ``synchronous_commit = off`` (the acker's own connection): a
-delete lost in a crash only means the event is sent again, which at-least-once
-allows, and it saves a WAL flush per batch. If Postgres is unreachable the
-acker waits and retries; its inbox fills, which stalls publishing upstream.
+Deletes commit durably (``synchronous_commit = on``, as every write of ours): a
+delete lost in a crash recovery or a failover (an asynchronous commit not yet
+flushed, or not yet at the standby) brings the row back, and its lease lapsing
+then sends a delivered event again while every process lived. The flush is
+shared with the persister's commits running at the same time. If Postgres is unreachable the
+acker retries, at least twice a second (every delivered row not yet deleted is
+one a host killed now would publish again); its inbox fills, which stalls
+publishing upstream.
 It never wedges on one bad item: ids are de-duplicated, reasons made storable,
 and a batch Postgres refuses for its data is split until the item at fault
 is found and recorded in a plain form (see :class:`_Writer`).
@@ -31,13 +35,17 @@ from .statistics import AckerState
 
 log = get_logger("durable_emitter.acker")
 _Item = TypeVar("_Item")
+_Written = TypeVar("_Written", int, list[str])  # rows deleted; codes of the rows moved
+# Deletes wait out a failure briefly: delivery goes on the moment Postgres is back, and
+# every delivered row not yet deleted is one a host killed now would publish again.
+_RETRY = Backoff(0.05, 2.0, 0.5)
 
 
 @dataclass(frozen=True)
 class Wiring:
     config: EmitterConfig
     inbox: trio.MemoryReceiveChannel[Outcome]  # from the dispatcher
-    store: Store  # its connection commits with synchronous_commit = off
+    store: Store
     state: AckerState
 
 
@@ -82,7 +90,7 @@ class _Writer:
         self.trouble = FailureLog(log, "acker cannot write to Postgres; retrying with backoff",
                                   "acker writes to Postgres again")
 
-    async def retrying(self, write: Callable[[], Awaitable[int]]) -> int:
+    async def retrying(self, write: Callable[[], Awaitable[_Written]]) -> _Written:
         attempt = 0
         while True:
             try:
@@ -97,8 +105,8 @@ class _Writer:
             self.trouble.worked()
             return written
 
-    async def isolating(self, write: Callable[[Sequence[_Item]], Awaitable[int]], items: Sequence[_Item],
-                        last_resort: Callable[[_Item, StoreUnavailable], _Item] | None) -> int:
+    async def isolating(self, write: Callable[[Sequence[_Item]], Awaitable[_Written]], items: Sequence[_Item],
+                        last_resort: Callable[[_Item, StoreUnavailable], _Item] | None) -> _Written:
         """Write ``items``; split on poison until the bad item is alone, then write ``last_resort(item)``."""
         try:
             return await self.retrying(partial(write, items))
@@ -129,7 +137,7 @@ def plain_entry(entry: Rejection, error: StoreUnavailable) -> Rejection:
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Apply outcomes until the inbox closes."""
     config, state, store = wiring.config, wiring.state, wiring.store
-    writer = _Writer(Backoff(config.retry_initial, config.retry_multiplier, config.retry_max))
+    writer = _Writer(_RETRY)
     delete = partial(store.delete, owner=config.instance_id)
     dead_letter = partial(store.dead_letter, owner=config.instance_id)
 
@@ -141,8 +149,10 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
             state.deleted += deleted
             state.settled.add(deleted)
         if rejected:
-            moved = await writer.isolating(dead_letter, rejected, plain_entry)
-            for entry in rejected:
-                state.dead_lettered.add(entry.code)
-            state.settled.add(moved)
-            log.warning("events dead-lettered", count=moved, codes=sorted({entry.code for entry in rejected}))
+            # Only rows it still held are moved (and counted): another instance may have claimed one.
+            codes = await writer.isolating(dead_letter, rejected, plain_entry)
+            for code in codes:
+                state.dead_lettered.add(code)
+            state.settled.add(len(codes))
+            if codes:
+                log.warning("events dead-lettered", count=len(codes), codes=sorted(set(codes)))

@@ -81,11 +81,11 @@ def _counted(n: int, *, cap: int | None = None) -> str:
     return f"{n:,}+" if n >= (cap or LEASE_OWNERS_CAP) else f"{n:,}"
 
 
-_RUNNING = {"running": True, "lock lost": True, "gone": False}  # the others: not known (None)
+_RUNNING = {"running": True, "gone": False}  # the others: not known (None)
 _OWNER_STATES = {  # OwnerLiveness' values, as status says them
     "running": "running",
     "gone": "not running: claimable now",
-    "lock lost": "liveness lock lost: claimable unless taken again within its grace",
+    "lock lost": "liveness lock free: claimable unless taken back within its grace",
     "lease": "liveness off: waits for its leases",
     "unknown": "no liveness record: waits for its leases",
 }

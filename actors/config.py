@@ -176,6 +176,10 @@ class EmitterConfig:
     scan_interval: float = _seconds(default=1.0)
     # Grace period for in-flight publishes when the emitter closes.
     shutdown_timeout: float = _seconds(default=5.0)
+    # Opening the emitter waits this long for a Postgres that cannot be reached yet (a
+    # failover, a restart), then raises StoreUnavailable; a server that refuses us for
+    # good (no such role or database, a wrong password) is said at once.
+    start_timeout: float = _seconds(default=30.0)
 
     # Supervisor: more than max_restarts in restart_period seconds fails the tree.
     # A crashed actor restarts after restart_delay, doubled for each restart
@@ -208,7 +212,8 @@ class EmitterConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
-        for name in ["publish_linger", "backlog_timeout", "shutdown_timeout", "restart_delay", "restart_delay_max"]:
+        for name in ["publish_linger", "backlog_timeout", "shutdown_timeout", "start_timeout", "restart_delay",
+                     "restart_delay_max"]:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)!r}")
         if self.retry_multiplier < 1:
@@ -285,11 +290,12 @@ class EmitterConfig:
 
     @property
     def liveness_grace(self) -> float:
-        """How long the others forgive this instance's liveness lock being free while some of its
-        connections remain: its liveness connection blipped, and the sampler takes the lock again
-        at its next sample (the one after, if the first finds the connection broken), plus a margin
-        for reconnecting. A process that died (all its connections gone) is not waited for."""
-        return 2 * self.sample_interval + 2.0
+        """How long the others wait, from the moment one of them first saw this instance's liveness
+        lock free, before they take its rows: a restart, a crash recovery or a failover freed every
+        lock at once, and this instance's sampler takes its lock again once it reaches Postgres (two
+        samples, a connection attempt that may time out on a dead host first: 5 s, and a margin).
+        A process whose death is proven (its connections ended while others' did not) is not waited for."""
+        return 2 * self.sample_interval + 8.0
 
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"

@@ -40,21 +40,24 @@ class Outgoing:
     published as two lists, with no object per event. ``publish_by`` is on the
     Trio clock, the earliest any of them allows; after it the rows are left to
     the table (their leases lapse and they are claimed again), never published
-    from memory.
+    from memory. ``lease_token`` names the lease they are held under: 0 as the
+    persister wrote them, a claim's own token when claimed (a release names it).
     """
 
     event_ids: list[str]
     payloads: list[bytes]
     publish_by: float
+    lease_token: int = 0
 
     def __len__(self) -> int:
         return len(self.event_ids)
 
     def slice(self, start: int, stop: int) -> Outgoing:
-        return Outgoing(self.event_ids[start:stop], self.payloads[start:stop], self.publish_by)
+        return Outgoing(self.event_ids[start:stop], self.payloads[start:stop], self.publish_by, self.lease_token)
 
     def pick(self, indexes: Sequence[int]) -> Outgoing:
-        return Outgoing([self.event_ids[i] for i in indexes], [self.payloads[i] for i in indexes], self.publish_by)
+        return Outgoing([self.event_ids[i] for i in indexes], [self.payloads[i] for i in indexes], self.publish_by,
+                        self.lease_token)
 
 
 @dataclass(frozen=True, slots=True)

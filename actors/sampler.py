@@ -9,6 +9,7 @@ commit made while the table was being counted is not lost from the estimate.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import TableSample
+from .core.backoff import Backoff
 from .core.instruments import Tally
 from .errors import StoreUnavailable
 from .logs import FailureLog, get_logger
 from .statistics import DispatcherStatistics, SamplerState
 
 log = get_logger("durable_emitter.sampler")
+_AGAIN = Backoff(0.1, 2.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     task_status.started()
     next_log = time.monotonic() + config.log_interval
     trouble = FailureLog(log, "cannot sample the table; the last sample stands", "sampling the table again")
+    failures, rng = 0, random.Random()
     try:
         while True:
             committed, settled = wiring.committed.value, wiring.settled.value
@@ -74,7 +78,13 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
                 stats = await wiring.store.pending_stats()
             except StoreUnavailable as exc:  # the last sample stands until Postgres is back
                 trouble.failed(exc)
+                # Soon again, not a whole interval later: the liveness lock is taken back within
+                # the others' grace, the sooner the better once Postgres answers.
+                await trio.sleep(min(config.sample_interval, _AGAIN.delay(failures, rng)))
+                failures += 1
+                continue
             else:
+                failures = 0
                 trouble.worked()
                 state.sample = TableSample(stats.rows, stats.payload_bytes, stats.oldest_age_seconds,
                                            committed, settled)

@@ -19,7 +19,8 @@ the table for the next start. This is the only file that makes channels.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 
@@ -36,8 +37,10 @@ from .adapters.prometheus import EmitterCollector
 from .adapters.store import Session, Store
 from .config import EmitterConfig
 from .core.admission import Admission
+from .core.backoff import Backoff
+from .core.failures import StoreFailure, refused_for_good
 from .emitter import Emitter
-from .errors import ConfigError, closed_error
+from .errors import ConfigError, StoreUnavailable, closed_error
 from .handoff import open_hand_off
 from .logs import get_logger
 from .messages import EmitRequest, Outcome
@@ -54,38 +57,74 @@ from .supervisor import ChildSpec, Restart, RestartIntensity, open_supervisor
 log = get_logger("durable_emitter")
 
 
-async def _take_liveness(store: Store, other: Store, instance_id: str) -> None:
-    """Hold this instance id's liveness lock on ``store``'s session, or refuse: one live process per
-    instance id, and a session that is ours (no transaction pooler between us and Postgres).
+async def _refuse_a_transaction_pooler(probe: Store, pin: Store) -> None:
+    """Refuse a pooler in transaction mode (session liveness needs sessions of its own), asking in a
+    way that leaves nothing on any server session: ``probe`` and ``pin`` make their settings per
+    transaction, and nothing else is set, locked or prepared.
 
-    Behind a pooler in transaction mode the lock stays on a server connection
-    that goes back to the pool after each statement. Asking the lock's own
-    connection whether its next statement runs there again proves nothing: a
-    lone client usually gets the same server connection back. So ``other``
-    (another client connection) holds a transaction open meanwhile, which pins
-    the server connection it got. A pooler hands out the one released last
-    (PgBouncer's default), the lock's: ``other`` then finds the lock on its own
-    backend, which no direct connection or session pooler can show. Should it
-    get another one, the lock's connection must still find its lock where its
-    next statement runs, while ``other`` holds its own.
+    ``pin`` holds a transaction open while ``probe`` asks which server process serves it, before and
+    during. A direct connection or a session pooler serves each client from one process of its own.
+    A transaction pooler hands ``pin`` the server connection released last (PgBouncer's default), the
+    one that served ``probe``; or, handing out another, serves ``probe``'s next statement elsewhere.
     """
-    if not await store.hold_liveness(instance_id):
-        raise ConfigError(
-            f"instance id {instance_id!r} is held by a live process (it holds the id's session lock in "
-            "Postgres); give each process its own DURABLE_EMITTER_INSTANCE_ID, or stop the other one"
-        )
-    async with other.pinned():
-        shared = await other.session_is_ours(instance_id)
-        kept = await store.session_is_ours(instance_id)
-    if shared or not kept:
+    before = await probe.backend_pid()
+    async with pin.pinned():
+        pinned = await pin.backend_pid()
+        during = await probe.backend_pid()
+    if pinned == before or during != before:
         raise ConfigError(
             "the database connection does not keep a session of its own (a pooler in transaction mode: "
-            + ("another connection's transaction ran on the session holding this instance's lock" if shared else
+            + ("another connection's transaction ran on the session this one had" if pinned == before else
                "the next statement ran on another session")
             + "), so session liveness cannot work: set DURABLE_EMITTER_SESSION_LIVENESS=false on every instance "
             "(each transaction then carries its own settings; rows of a crashed instance wait for their lease), "
             "or use session pooling"
         )
+
+
+async def _take_liveness(store: Store, instance_id: str) -> None:
+    """Hold this instance id's liveness lock on ``store``'s session, or refuse: one live process per id."""
+    if not await store.hold_liveness(instance_id):
+        raise ConfigError(
+            f"instance id {instance_id!r} is held by a live process (it holds the id's session lock in "
+            "Postgres); give each process its own DURABLE_EMITTER_INSTANCE_ID, or stop the other one"
+        )
+
+
+async def _waiting_for_postgres(config: EmitterConfig, url: str, start: Callable[[], Awaitable[None]]) -> None:
+    """Run ``start`` (its Postgres steps), again while Postgres cannot be reached, up to ``start_timeout``.
+
+    A failover or a restart makes Postgres unreachable for seconds; a host opening its
+    emitter meanwhile waits, as a Kafka producer or a connection pool opened then does,
+    instead of needing a retry loop of its own. A server that refuses us for good, and
+    anything that is not a connection failure, is raised at once.
+    """
+    began = trio.current_time()
+    deadline = began + config.start_timeout
+    attempt, waited = 0, False
+    rng = random.Random()
+    while True:
+        try:
+            with trio.move_on_at(deadline) as scope:
+                await start()
+                if waited:
+                    log.info("Postgres answers; starting", waited_s=round(trio.current_time() - began, 2))
+                return
+            raise StoreUnavailable(f"Postgres at {describe(url)} did not answer within start_timeout "
+                                   f"({config.start_timeout:g}s)")
+        except StoreUnavailable as exc:
+            if (exc.kind is not StoreFailure.TRANSIENT or refused_for_good(str(exc)) or scope.cancelled_caught
+                    or trio.current_time() >= deadline):
+                raise
+            if not waited:
+                waited = True
+                log.warning("Postgres cannot be reached yet; waiting for it before starting",
+                            start_timeout_s=config.start_timeout, error=str(exc))
+        await trio.sleep(min(_START_RETRY.delay(attempt, rng), max(0.0, deadline - trio.current_time())))
+        attempt += 1
+
+
+_START_RETRY = Backoff(0.1, 2.0, 1.0)
 
 
 @asynccontextmanager
@@ -114,10 +153,8 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             url = await trio.to_thread.run_sync(start_embedded, config.data_dir)
             log.info("using embedded PostgreSQL", data_dir=str(config.data_dir))
 
-        def store(*, synchronous_commit: bool = True) -> Store:
-            made = Store(url, Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout,
-                                      config.tcp_keepalive_idle, synchronous_commit, config.schema,
-                                      f"durable-emitter {config.instance_id}", pooled=not config.session_liveness))
+        def store() -> Store:
+            made = Store(url, _session(config))
             stack.callback(made.close)
             return made
 
@@ -134,16 +171,27 @@ async def open_emitter(config: EmitterConfig | None = None, *,
             stack.callback(made.close)
             return made
 
-        # Catalog reads only, unless the schema is older and migrating at start is allowed.
-        await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
-                                              auto_migrate=config.migrates_at_start, writer=True))
         setup = store()
         liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
-        if config.session_liveness:
-            await _take_liveness(liveness, setup, config.instance_id)
-        # How the others judge whether this instance runs: by its lock, or (without one) by leases.
-        await liveness.record_instance(config.instance_id, session_liveness=config.session_liveness,
-                                       grace=config.liveness_grace)
+
+        async def start() -> None:
+            # Catalog reads only, unless the schema is older and migrating at start is allowed.
+            await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
+                                                  auto_migrate=config.migrates_at_start, writer=True),
+                                          abandon_on_cancel=True)
+            if config.session_liveness:
+                probe, pin = (Store(url, _session(config, pooled=True)) for _ in range(2))
+                try:
+                    await _refuse_a_transaction_pooler(probe, pin)
+                finally:
+                    probe.close()
+                    pin.close()
+                await _take_liveness(liveness, config.instance_id)
+            # How the others judge whether this instance runs: by its lock, or (without one) by leases.
+            await liveness.record_instance(config.instance_id, session_liveness=config.session_liveness,
+                                           grace=config.liveness_grace)
+
+        await _waiting_for_postgres(config, url, start)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
         chip = ChipClient(config, config.chip_endpoint)
         stack.callback(chip.close)
@@ -179,7 +227,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 config, liveness, sampled, persisted.committed, acked.settled, registry, dispatched.statistics)),
                 restart=Restart.PERMANENT, shutdown=0))
             await tree.start(ChildSpec("acker", partial(acker.run, acker.Wiring(
-                config, outcomes, store(synchronous_commit=False), acked)),
+                config, outcomes, store(), acked)),
                 shutdown=grace))
             await tree.start(ChildSpec("dispatcher", partial(dispatcher.run, dispatcher.Wiring(
                 config, groups, doorbell, outcomes_send, chip, store(), dispatched, doorbell_send, listener())),
@@ -200,6 +248,13 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                     await tree.stop()
                 _answer_what_was_never_taken(intake, tree.failure)
                 log.info("emitter stopped")
+
+
+def _session(config: EmitterConfig, *, pooled: bool | None = None) -> Session:
+    """How each of the instance's connections talks to Postgres (named alike: liveness counts them by name)."""
+    return Session(config.statement_timeout, config.lock_timeout, config.tcp_user_timeout, config.tcp_keepalive_idle,
+                   True, config.schema, f"durable-emitter {config.instance_id}",
+                   pooled=not config.session_liveness if pooled is None else pooled)
 
 
 def _answer_what_was_never_taken(intake: trio.MemoryReceiveChannel[EmitRequest],

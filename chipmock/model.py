@@ -500,6 +500,7 @@ class Counters:
     rejected: int = 0
     bytes: int = 0
     ids: set[str] = field(default_factory=set)
+    duplicate_ids: set[str] = field(default_factory=set)  # ids received more than once
     # builtins.bytes: inside this class body, ``bytes`` names the counter above.
     payloads: dict[str, builtins.bytes] = field(default_factory=dict)
     ages: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
@@ -535,6 +536,7 @@ class Counters:
                 self.bytes += payload if isinstance(payload, int) else len(payload)
                 if event_id in self.ids:
                     self.duplicates += 1
+                    self.duplicate_ids.add(event_id)
                 else:
                     self.ids.add(event_id)
                 if self.keep_payloads and not isinstance(payload, int):  # a size alone has no payload
@@ -545,6 +547,11 @@ class Counters:
             return Snapshot(self.calls, self.failed_calls, self.received, len(self.ids),
                             self.duplicates, self.rejected, self.bytes, tuple(self.ages), self.rate_limited,
                             MappingProxyType(dict(self.batch_options)))
+
+    def duplicated(self) -> set[str]:
+        """The ids received more than once."""
+        with self._lock:
+            return set(self.duplicate_ids)
 
     def seen(self, event_ids: Iterable[str]) -> set[str]:
         """Which of ``event_ids`` were produced."""

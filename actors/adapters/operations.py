@@ -41,8 +41,8 @@ class OwnerLiveness(Enum):
     """How an owner of rows is judged (queries.py ``judged``): the claims' judgement, for status."""
 
     RUNNING = "running"  # holds its liveness lock
-    GONE = "gone"  # lock free, its connections ended (or its grace passed): its rows are claimed at once
-    LOCK_LOST = "lock lost"  # lock free, connections remain: a blip, forgiven for its grace
+    GONE = "gone"  # lock free past its grace, or its death proven: its rows are claimed at once
+    LOCK_LOST = "lock lost"  # lock free, within its grace: it takes the lock back if it runs
     LEASE = "lease"  # runs without session liveness: its rows wait for their lease
     UNKNOWN = "unknown"  # no record (an older version, 'replay'): its rows wait for their lease
 

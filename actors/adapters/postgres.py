@@ -15,6 +15,7 @@ import warnings
 import weakref
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -82,42 +83,66 @@ def _refuse_other_major_version(data_dir: Path) -> None:
 
 
 def describe(url: str) -> str:
-    """``host:port/dbname`` of a connection URL, with no user or password."""
+    """``host:port/dbname`` of a connection URL (each host of a multi-host one), with no user or password."""
     try:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "(unparseable DATABASE_URL)"
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    where = host if str(host).startswith("/") else f"{host}:{port}"
+    hosts = str(params.get("host") or "localhost").split(",")
+    ports = [port or "5432" for port in str(params.get("port") or "").split(",")]
+    ports += ports[-1:] * (len(hosts) - len(ports))  # libpq: one port for every host
+    where = ",".join(host if host.startswith("/") else f"{host}:{port}"
+                     for host, port in zip(hosts, ports, strict=False))
     return f"{where}/{params.get('dbname') or params.get('user') or ''}"
 
 
-def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
-            application_name: str = "durable-emitter", tcp_user_timeout: float = 10.0,
-            keepalive_idle: float = 10.0) -> psycopg.Connection:
-    """Open a connection, or raise one clear :class:`StoreUnavailable` line.
+def connection_options(*, connect_timeout: int = 5, application_name: str = "durable-emitter",
+                       tcp_user_timeout: float = 10.0, keepalive_idle: float = 10.0) -> dict[str, Any]:
+    """The connection parameters every connection of ours sets, on top of the URL's.
 
     ``application_name`` shows in ``pg_stat_activity``: operators see which
     instance holds a session. TCP keepalives and ``tcp_user_timeout`` make a
     half-open connection (a peer gone after a failover) fail within seconds
     instead of the kernel's minutes; libpq ignores both on Unix sockets, where
-    they are not needed.
+    they are not needed. ``client_encoding``: the hot statements send their text
+    as UTF-8; a startup parameter, not a SET, so a pooler keeps it for this client
+    whichever server serves it.
     """
     idle = max(1, round(keepalive_idle))
+    return {"connect_timeout": connect_timeout, "application_name": application_name[:63],
+            "client_encoding": "UTF8", "keepalives": 1, "keepalives_idle": idle,
+            "keepalives_interval": max(1, idle // 3), "keepalives_count": 3,
+            "tcp_user_timeout": max(1, round(tcp_user_timeout * 1000))}
+
+
+def unreachable(url: str, exc: psycopg.Error) -> StoreUnavailable:
+    """Why a connection could not be opened, as one line naming the host, never the password."""
+    if isinstance(exc, psycopg.ProgrammingError):
+        return StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}")
+    return StoreUnavailable(f"cannot reach Postgres at {describe(url)}: {_one_line(exc)}")
+
+
+def connect(url: str, *, autocommit: bool = True, connect_timeout: int = 5,
+            application_name: str = "durable-emitter", tcp_user_timeout: float = 10.0,
+            keepalive_idle: float = 10.0) -> psycopg.Connection:
+    """Open a connection (blocking: for threads and tools), or raise one clear :class:`StoreUnavailable` line.
+
+    The running emitter connects on Trio instead (``driver.connect_on_trio``), so a
+    connection attempt is abandoned the moment its caller's deadline passes.
+    """
     try:
-        # client_encoding: the hot statements send their text as UTF-8. A startup
-        # parameter, not a SET, so a pooler keeps it for this client whichever server serves it.
-        conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=connect_timeout,
-                               application_name=application_name[:63], client_encoding="UTF8",
-                               keepalives=1, keepalives_idle=idle, keepalives_interval=max(1, idle // 3),
-                               keepalives_count=3, tcp_user_timeout=max(1, round(tcp_user_timeout * 1000)))
-    except psycopg.ProgrammingError as exc:
-        raise StoreUnavailable(f"DATABASE_URL is not a valid connection string: {_one_line(exc)}") from None
+        conn = psycopg.connect(url, autocommit=autocommit, **connection_options(
+            connect_timeout=connect_timeout, application_name=application_name,
+            tcp_user_timeout=tcp_user_timeout, keepalive_idle=keepalive_idle))
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"cannot reach Postgres at {describe(url)}: {_one_line(exc)}") from None
-    _ours.add(conn)
+        raise unreachable(url, exc) from None
+    remember(conn)
     return conn
+
+
+def remember(conn: psycopg.Connection) -> None:
+    """Count ``conn`` among this process's connections, whose sockets a forked child cuts off."""
+    _ours.add(conn)
 
 
 # Every connection this process opened. A forked child inherits their sockets: if it

@@ -28,18 +28,21 @@ FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
 def _claim(rows: str, *, before: str = "", returning: str = "") -> str:
     """Lease the rows ``rows`` selects (ids, ordered, limited and locked SKIP LOCKED, which keeps
     claims apart) to the claimer, finding each by its primary key however large the table.
+    Each claim's lease gets its own token (the claiming transaction's id), returned with the rows.
 
     ``before``: CTEs ``rows`` reads; ``returning``: more columns of ``rows`` to return with each row.
     """
     update = """UPDATE chip_durable_events e
-    SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s)
+    SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s),
+        lease_token = txid_current()
     WHERE e.id = ANY(ARRAY(SELECT id FROM claimable))
-    RETURNING e.id, e.payload, e.created_at"""
+    RETURNING e.id, e.payload, e.created_at, e.lease_token"""
     if returning:
         update = f"""claimed AS (
     {update}
 )
-SELECT claimed.id, claimed.payload, claimed.created_at, {returning} FROM claimed JOIN claimable USING (id)"""
+SELECT claimed.id, claimed.payload, claimed.created_at, claimed.lease_token, {returning}
+FROM claimed JOIN claimable USING (id)"""
     return f"""
 WITH {before.strip()}{"," if before else ""} claimable AS (
     {rows.strip()}
@@ -68,6 +71,13 @@ UPDATE chip_durable_events SET lease_expires_at = now()
 WHERE lease_owner = %(owner)s AND lease_expires_at > now()
 """
 
+# Committed groups a restarted dispatcher will not publish from memory: their rows
+# are claimable at once.
+LAPSE_ROWS = """
+UPDATE chip_durable_events SET lease_expires_at = now()
+WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s AND lease_token = 0 AND lease_expires_at > now()
+"""
+
 # Liveness: an instance that runs with session liveness holds
 # pg_advisory_lock(LIVENESS_KEY, hashtext(its instance id)) on a session it keeps for
 # its lifetime, and says so in its record (chip_durable_events_instances). A process
@@ -80,6 +90,37 @@ _ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 
 
+# Which run of which server this is: the postmaster's start, the WAL timeline (a promoted
+# standby starts a new one) and the last reset of the shared statistics (a crash recovery
+# discards them). Each instance records it at every sighting; readable by any role.
+INCARNATION = """concat_ws(' ', pg_postmaster_start_time(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),
+                        (SELECT stats_reset FROM pg_stat_bgwriter))"""
+
+
+def _death_proven(record: str) -> str:
+    """Whether the owner's sessions ended with its process (or its own path to Postgres), not with
+    every session on the server: none of its connections is left, and either
+
+    - some instance's liveness session began before the owner was last seen, and is still here; or
+    - an instance that started after the owner was last seen holds its lock now, on the same run of
+      the same server the owner was last seen on (a host restarted after a crash, alone).
+
+    A server restart, a crash recovery (one killed backend is enough) or a failover ends every
+    session and starts another run; a pooler restart ends every session behind it: then neither
+    holds, and the owner is given its grace.
+    """
+    return f"""(NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                    WHERE a.application_name = {record}.backend_name AND a.datname = current_database())
+       AND (EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2 AND l.granted
+                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND a.backend_start < {record}.seen_at)
+            OR ({record}.incarnation = {INCARNATION}
+                AND EXISTS (SELECT 1 FROM chip_durable_events_instances later
+                            WHERE later.started_at > {record}.seen_at
+                              AND {_ALIVE.format(owner="later.instance_id")}))))"""
+
+
 def judged(record: str) -> str:
     """How the owner whose record is ``record`` (NULL: it has none) is judged: the claim takes a
     'gone' owner's rows whatever their lease says; status shows the judgement.
@@ -88,22 +129,17 @@ def judged(record: str) -> str:
       liveness (behind a transaction pooler). Neither is judged by a lock: its rows wait for
       their lease.
     - 'running': it holds its liveness lock.
-    - 'gone': its lock is free and none of its connections is left since it was last seen on
-      this server (killed or stopped: a dead process's sessions all end with it), or it has
-      been without its lock for longer than its grace.
-    - 'lock lost': its lock is free but some of its connections remain: its liveness
-      connection blipped, and its sampler takes the lock again within the grace (meanwhile
-      its rows may be in flight).
-    A restarted server freed every lock at once: each owner gets its grace from the restart.
+    - 'gone': its lock is free, and has been since a claimer first saw it free (``free_since``)
+      for longer than its grace; or its death is proven at once (:func:`_death_proven`): its
+      sessions ended with its process, not with a restart of the server or a pooler.
+    - 'lock lost': its lock is free, within its grace: a live process takes its lock back at its
+      next sample once it reaches Postgres again, and its rows may be in flight meanwhile.
     """
     return f"""CASE
     WHEN {record}.instance_id IS NULL THEN 'unknown'
     WHEN NOT {record}.session_liveness THEN 'lease'
     WHEN {_ALIVE.format(owner=f"{record}.instance_id")} THEN 'running'
-    WHEN ({record}.seen_at > pg_postmaster_start_time()
-          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                          WHERE a.application_name = {record}.backend_name AND a.datname = current_database()))
-      OR greatest({record}.seen_at, pg_postmaster_start_time()) < now() - {record}.liveness_grace THEN 'gone'
+    WHEN {record}.free_since < now() - {record}.liveness_grace OR {_death_proven(record)} THEN 'gone'
     ELSE 'lock lost' END"""
 
 
@@ -117,14 +153,13 @@ _TAKE_LIVENESS = f"CASE WHEN {_HOLDS_LIVENESS} THEN true ELSE pg_try_advisory_lo
 # reconnect; false means another live session holds this instance id.
 HOLD_LIVENESS = f"SELECT {_TAKE_LIVENESS}"
 
-# Whether the lock taken by the previous statement is still this backend's: a
-# pooler in transaction mode hands each statement to any backend, and session
-# locks mean nothing there.
-SESSION_IS_OURS = f"SELECT {_HOLDS_LIVENESS}"
+# The server process serving this statement: a pooler in transaction mode serves one
+# client's statements from several, and several clients' from one.
+BACKEND_PID = "SELECT pg_backend_pid()"
 
 # An instance's record, written at its start and refreshed by its sampler every
 # sample_interval. With session liveness the lock is taken (or kept) first, and the
-# record written only while this session holds it; returns whether it does (NULL
+# record written only while this session holds it (which forgets when its lock was seen free); returns whether it does (NULL
 # without session liveness). backend_name is the application_name this session
 # shows in pg_stat_activity, as every connection of the instance does. A start
 # (``starting``) also forgets other instances' records that are stale and hold no
@@ -140,13 +175,14 @@ WITH liveness AS (
         FOR UPDATE SKIP LOCKED)  -- starts running at once wait for none, nor deadlock
 ), recorded AS (
     INSERT INTO chip_durable_events_instances AS i
-        (instance_id, session_liveness, backend_name, liveness_grace, started_at, seen_at)
+        (instance_id, session_liveness, backend_name, liveness_grace, started_at, seen_at, incarnation)
     SELECT %(owner)s, %(session_liveness)s, current_setting('application_name'),
-           make_interval(secs => %(grace)s), now(), now()
+           make_interval(secs => %(grace)s), now(), now(), {INCARNATION}
     FROM liveness WHERE held IS NOT false
     ON CONFLICT (instance_id) DO UPDATE
     SET session_liveness = EXCLUDED.session_liveness, backend_name = EXCLUDED.backend_name,
-        liveness_grace = EXCLUDED.liveness_grace, seen_at = EXCLUDED.seen_at,
+        liveness_grace = EXCLUDED.liveness_grace, seen_at = EXCLUDED.seen_at, free_since = NULL,
+        incarnation = EXCLUDED.incarnation,
         started_at = CASE WHEN %(starting)s THEN EXCLUDED.started_at ELSE i.started_at END
 )
 SELECT held FROM liveness
@@ -155,7 +191,10 @@ SELECT held FROM liveness
 # The rows of owners judged 'gone', whatever their lease says, in one statement (the
 # judgement and the claim see one state): each such owner's rows oldest first (an
 # ordered range of the owner index, however many it holds), the owner seen longest
-# ago first. Returns each row's previous owner too.
+# ago first. Returns each row's previous owner too. The same statement notes, for
+# every owner whose lock it finds free for the first time, that moment: the grace
+# counts from there (on the database's clock), so one judged now was seen free a
+# grace ago. Records locked by another claimer or an owner's refresh are left to them.
 CLAIM_ORPHANS = _claim("""
     SELECT c.id, o.instance_id AS orphaned_by
     FROM orphans o CROSS JOIN LATERAL (
@@ -166,19 +205,28 @@ CLAIM_ORPHANS = _claim("""
         FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
 """, before=f"""
-orphans AS (
+seen_free AS (
+    UPDATE chip_durable_events_instances SET free_since = now()
+    WHERE instance_id IN (
+        SELECT i.instance_id FROM chip_durable_events_instances i
+        WHERE i.session_liveness AND i.free_since IS NULL AND i.instance_id <> %(owner)s
+          AND NOT {_ALIVE.format(owner="i.instance_id")}
+        FOR UPDATE SKIP LOCKED)
+), orphans AS (
     SELECT i.instance_id FROM chip_durable_events_instances i
     WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judged("i")} = 'gone'
     ORDER BY i.seen_at
 )""", returning="claimable.orphaned_by")
 
-# A row's wait grows with the attempts it already had (the value before this update).
+# A row's wait grows with the attempts it already had (the value before this update). Only
+# under the lease the releasing copy had: a copy left from an earlier lease of the same row
+# (its release came late) must not hand back a later claim's row while that is in flight.
 RELEASE_EVENTS = """
 UPDATE chip_durable_events
 SET attempts = attempts + %(attempts)s, last_error = %(error)s,
     lease_expires_at = now() + make_interval(secs => least(
         %(retry_max)s::float8, %(retry_after)s::float8 * power(%(multiplier)s::float8, least(attempts, 64))))
-WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s
+WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s AND lease_token = %(token)s
 """
 
 # Only rows this instance holds: a row whose lease lapsed may be another's now.
@@ -198,6 +246,7 @@ SELECT m.id, m.payload, m.created_at, m.attempts, r.reason_code, r.reason
 FROM moved m JOIN reasons r USING (id)
 ON CONFLICT (id) DO UPDATE SET reason_code = EXCLUDED.reason_code, reason = EXCLUDED.reason,
     dead_lettered_at = now()
+RETURNING reason_code
 """
 
 EXPIRE_EVENTS = """

@@ -28,6 +28,7 @@ from .driver import (
 )
 from .driver import Session as Session  # what tree.py and the scripts configure a Store with
 from .queries import (
+    BACKEND_PID,
     CLAIM_EVENTS,
     CLAIM_ORPHANS,
     CONFIRM_EVENTS,
@@ -39,10 +40,10 @@ from .queries import (
     HOLD_LIVENESS,
     INSERT_EVENTS,
     LAPSE_LEASES,
+    LAPSE_ROWS,
     PENDING_STATS,
     RECORD_INSTANCE,
     RELEASE_EVENTS,
-    SESSION_IS_OURS,
 )
 
 EXACT_COUNT_BELOW_BYTES = 8 * 1024 * 1024  # about 20,000 rows of 256 B: counted in a few ms
@@ -54,6 +55,7 @@ class StoredEvent:
     id: str
     payload: bytes
     created_at: datetime
+    lease_token: int  # the claim's: a release must name it (queries.RELEASE_EVENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +115,18 @@ class Store:
         """End every lease ``owner`` holds, so its rows are claimable now; return how many."""
         return (await self._db.run(LAPSE_LEASES, {"owner": owner})).rowcount
 
+    async def lapse_rows(self, ids: Sequence[str], *, owner: str) -> int:
+        """End ``owner``'s leases of the rows ``ids`` as written (not claimed since): claimable now."""
+        return (await self._db.run(LAPSE_ROWS, {"ids": list(ids), "owner": owner})).rowcount
+
     async def hold_liveness(self, owner: str) -> bool:
         """Take (or keep) ``owner``'s liveness lock on this session; False if a live session holds it."""
         return bool(one_row(await self._db.run(HOLD_LIVENESS, {"owner": owner}))[0])
 
-    async def session_is_ours(self, owner: str) -> bool:
-        """Whether the liveness lock survived to the next statement: False behind a transaction-mode pooler."""
-        return bool(one_row(await self._db.run(SESSION_IS_OURS, {"owner": owner}))[0])
+    async def backend_pid(self) -> int:
+        """The server process this statement ran on (a transaction pooler changes it between statements)."""
+        pid: int = one_row(await self._db.run(BACKEND_PID))[0]
+        return pid
 
     async def record_instance(self, owner: str, *, session_liveness: bool, grace: float,
                               starting: bool = True) -> bool | None:
@@ -145,33 +152,38 @@ class Store:
         in the statement that judges them; return the rows and the owners they were taken from."""
         rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit},
                                    prepare=False)).fetchall()
-        return [StoredEvent(*row[:3]) for row in rows], {row[3] for row in rows}
+        return [StoredEvent(*row[:4]) for row in rows], {row[4] for row in rows}
 
-    async def release(self, ids: Sequence[str], *, owner: str, error: str, attempts: int, retry_after: float,
-                      multiplier: float = 1.0, retry_max: float = 0.0) -> None:
+    async def release(self, ids: Sequence[str], *, owner: str, token: int, error: str, attempts: int,
+                      retry_after: float, multiplier: float = 1.0, retry_max: float = 0.0) -> int:
         """Hand rows back to the table to be claimed again after ``retry_after`` seconds, times
-        ``multiplier`` for each attempt a row already had, up to ``retry_max`` (if larger than 0)."""
-        await self._db.run(RELEASE_EVENTS, {
-            "ids": list(ids), "owner": owner, "error": storable_text(error),
+        ``multiplier`` for each attempt a row already had, up to ``retry_max`` (if larger than 0).
+
+        Only rows ``owner`` still holds under the lease ``token`` names (0: as written); return how many.
+        """
+        return (await self._db.run(RELEASE_EVENTS, {
+            "ids": list(ids), "owner": owner, "token": token, "error": storable_text(error),
             "attempts": attempts, "retry_after": retry_after, "multiplier": multiplier,
             "retry_max": retry_max if retry_max > 0 else retry_after,
-        })
+        })).rowcount
 
     async def delete(self, ids: Sequence[str], *, owner: str) -> int:
         """Delete acknowledged rows that ``owner`` holds; return how many."""
         return await self._db.run_hot(DELETE_EVENTS, [binary_array(list(map(str.encode, ids)), TEXT_OID),
                                                       owner.encode()])
 
-    async def dead_letter(self, entries: Sequence[Rejection], *, owner: str) -> int:
-        """Move rows ``owner`` holds to the dead-letter table, each with its code and reason.
+    async def dead_letter(self, entries: Sequence[Rejection], *, owner: str) -> list[str]:
+        """Move rows ``owner`` holds to the dead-letter table, each with its code and reason; return
+        the code of each row moved (a row another instance holds now is not).
 
         Reasons and codes are made storable (no NUL bytes). Each id once: Postgres refuses
         one statement that moves a row twice (the acker de-duplicates what it gathers).
         """
-        return (await self._db.run(DEAD_LETTER_EVENTS, {
+        cursor = await self._db.run(DEAD_LETTER_EVENTS, {
             "ids": [e.event_id for e in entries], "codes": [storable_text(e.code, 100) for e in entries],
             "reasons": [storable_text(e.reason) for e in entries], "owner": owner,
-        })).rowcount
+        })
+        return [code for (code,) in cursor.fetchall()]
 
     async def expire(self, *, ttl: float, limit: int = 10_000) -> int:
         return (await self._db.run(EXPIRE_EVENTS, {"ttl": ttl, "limit": limit})).rowcount

@@ -73,19 +73,45 @@ _POISON_CLASSES = frozenset({
 # ("recovery is in progress", only from WAL control functions the emitter never calls).
 _WRONG_SERVER_CODES = frozenset({"25006"})
 _SESSION_ENDING_PREFIX = "57P"
+# The server session is not the one the client prepared its statements on: 26000 (a
+# prepared statement is gone: a pooler restarted into transaction mode, or reset the
+# session) and 42P05 (one of that name is already there: a session pooler that passed on
+# an earlier client's session with no reset query). Nothing ran; on a fresh connection
+# the same statement works.
+_STALE_SESSION_CODES = frozenset({"26000", "42P05"})
 
 
 def wrong_server(sqlstate: str | None) -> bool:
     """Whether a failure means this connection's server cannot take writes now (or is ending the
-    session): drop the connection, so the next try connects afresh. Always transient too."""
-    return sqlstate is not None and (sqlstate in _WRONG_SERVER_CODES or sqlstate.startswith(_SESSION_ENDING_PREFIX))
+    session, or is not the session its statements were prepared on): drop the connection, so the
+    next try connects afresh. Always transient too."""
+    return sqlstate is not None and (sqlstate in _WRONG_SERVER_CODES or sqlstate in _STALE_SESSION_CODES
+                                     or sqlstate.startswith(_SESSION_ENDING_PREFIX))
+
+
+def stale_session(sqlstate: str | None) -> bool:
+    """Whether a named statement failed because the server session is not the one it was prepared on."""
+    return sqlstate in _STALE_SESSION_CODES
+
+
+# libpq gives no SQLSTATE for a connection the server refused, only its message: these
+# say the server is up and refuses this role or database until someone changes a setting.
+_REFUSED_FOR_GOOD = re.compile(r"FATAL:.*(does not exist|authentication failed|no pg_hba\.conf entry"
+                               r"|permission denied|not permitted to log in|SSL (is )?(required|off))", re.I | re.S)
+
+
+def refused_for_good(message: str) -> bool:
+    """Whether a failed connection attempt (its libpq message) was refused by a server that is up: a
+    missing role or database, a wrong password, pg_hba.conf. Opening the emitter stops waiting for
+    Postgres on this; a running emitter keeps retrying any failed connection (the fix may come)."""
+    return bool(_REFUSED_FOR_GOOD.search(message))
 
 
 def classify_sqlstate(sqlstate: str | None) -> StoreFailure:
     """The kind of a Postgres failure by its SQLSTATE; None (no server answer: a broken connection) is transient."""
     if not sqlstate:
         return StoreFailure.TRANSIENT
-    if sqlstate in _TRANSIENT_CODES or sqlstate[:2] in _TRANSIENT_CLASSES:
+    if sqlstate in _TRANSIENT_CODES or sqlstate in _STALE_SESSION_CODES or sqlstate[:2] in _TRANSIENT_CLASSES:
         return StoreFailure.TRANSIENT
     if sqlstate[:2] in _POISON_CLASSES:
         return StoreFailure.POISON

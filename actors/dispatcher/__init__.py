@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -32,7 +33,7 @@ from .gate import DeliveryGate
 from .gathering import Gatherer
 from .listening import ring_on_notifications
 from .publisher import Publisher
-from .recovery import Recovery, leave_to_the_table
+from .recovery import Recovery, leave_rows, leave_to_the_table
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ class Wiring:
     listener: Listener | None  # None: no LISTEN (a pooler in transaction mode); the scan finds outbox rows
 
 
-async def _dispatch_fresh(wiring: Wiring, slots: trio.Semaphore, publisher: Publisher,
-                          nursery: trio.Nursery) -> None:
+async def _dispatch_fresh(wiring: Wiring, slots: trio.Semaphore, publisher: Publisher, nursery: trio.Nursery,
+                          stale_before: float) -> None:
     """Committed groups -> batches, each published in its own task while it holds a slot."""
     config = wiring.config
-    gatherer = Gatherer(wiring.inbox, config.publish_batch_size, config.max_request_bytes, config.publish_linger)
+    gatherer = Gatherer(wiring.inbox, config.publish_batch_size, config.max_request_bytes, config.publish_linger,
+                        stale_before=stale_before, leave=partial(leave_rows, wiring.store, owner=config.instance_id))
     # Wait for work before taking a slot, so an idle inbox never starves recovery.
     while await gatherer.wait_for_work():
         await slots.acquire()
@@ -73,7 +75,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     slots = trio.Semaphore(config.publishes_in_flight)
     backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
     rng = random.Random()
-    await leave_to_the_table(wiring.store, wiring.inbox, config.instance_id)
+    stale_before = await leave_to_the_table(wiring.store, config)
     async with trio.open_nursery() as nursery:
         gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=backoff,
                             probe_timeout=config.publish_timeout, rng=rng, nursery=nursery)
@@ -92,7 +94,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
 
         nursery.start_soon(recover)
         task_status.started()
-        await _dispatch_fresh(wiring, slots, publisher, nursery)
+        await _dispatch_fresh(wiring, slots, publisher, nursery, stale_before)
         recovery_scope.cancel()
         if gate.paused:  # held batches cannot finish: their rows stay in the table
             nursery.cancel_scope.cancel()

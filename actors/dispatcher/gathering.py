@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from ..core.events import framed_size
@@ -30,12 +32,18 @@ class Gatherer:
     """Cuts committed groups into publish batches: up to the size limits, or what arrives within the linger.
 
     Whole groups at a time: a group's events share one deadline, so freshness
-    is checked per group, and a run of events is taken with one slice.
+    is checked per group, and a run of events is taken with one slice. Groups
+    whose ``publish_by`` is before ``stale_before`` were committed before this
+    dispatcher run ended its instance's leases: ``leave`` hands them to the table.
     """
 
-    def __init__(self, inbox: HandOffReceiver, batch_size: int, max_bytes: int, linger: float) -> None:
+    def __init__(self, inbox: HandOffReceiver, batch_size: int, max_bytes: int, linger: float, *,
+                 stale_before: float = float("-inf"),
+                 leave: Callable[[list[str]], Awaitable[None]] | None = None) -> None:
         self.inbox = inbox
         self.batch_size, self.max_bytes, self.linger = batch_size, max_bytes, linger
+        self.stale_before, self.leave = stale_before, leave
+        self.stale: list[str] = []  # ids of stale groups taken off the inbox, not yet left to the table
         self.group: Outgoing | None = None  # taken off the inbox, partly gathered
         self.taken = 0  # how many of self.group went into batches
 
@@ -43,8 +51,18 @@ class Gatherer:
         """Queue the next group still within its lease (older ones are left to the table); False at the deadline."""
         while True:
             group = await _receive_until(self.inbox, deadline)
+            if group is not None and group.publish_by < self.stale_before:
+                self.stale += group.event_ids  # left in one statement with the ones queued behind it
+                if len(self.stale) < self.batch_size and self.inbox.statistics().events:
+                    continue
+            if self.stale:
+                ids, self.stale = self.stale, []
+                if self.leave is not None:
+                    await self.leave(ids)
             if group is None:
                 return False
+            if group.publish_by < self.stale_before:
+                continue
             if trio.current_time() <= group.publish_by:
                 self.group, self.taken = group, 0
                 return True

@@ -116,7 +116,7 @@ class Publisher:
         self.state.released += len(items)
         config = self.config
         try:
-            await self.store.release(items.event_ids, owner=config.instance_id,
+            await self.store.release(items.event_ids, owner=config.instance_id, token=items.lease_token,
                                      error=error, attempts=attempts, retry_after=retry_after,
                                      multiplier=config.retry_multiplier, retry_max=config.row_retry_max)
         except StoreUnavailable as exc:  # the lease lapses on its own; the rows are claimed again then

@@ -22,7 +22,6 @@ from ..config import EmitterConfig
 from ..core.failures import StoreFailure
 from ..core.publishing import claim_limit, publish_deadline, split_by_bytes
 from ..errors import StoreUnavailable
-from ..handoff import HandOffReceiver
 from ..logs import FailureLog, get_logger
 from ..messages import Outgoing
 from ..statistics import DispatcherState
@@ -46,31 +45,39 @@ def _watched(step: FailureLog, *, crash_unless_transient: bool) -> Iterator[None
         step.worked()
 
 
-async def leave_to_the_table(store: Store, inbox: HandOffReceiver, instance_id: str) -> None:
-    """Leave what an earlier run held to the table, claimable at once.
+async def leave_to_the_table(store: Store, config: EmitterConfig) -> float:
+    """Leave what an earlier run held to the table; return the Trio time before which committed
+    groups were sent that this run must leave to the table too (-inf: none).
 
     An earlier run of this dispatcher (or of this instance id) held rows in
-    memory or in flight, leased to this id; they went with it. Groups still in
-    the inbox were committed before their leases are ended here, so the table
-    covers them too: publishing them from memory as well would only send them
-    twice.
+    memory or in flight, leased to this id; they went with it, so their leases
+    end now. Groups the persister committed before they ended (handed over now,
+    or later) may be claimable already: published from memory as well, they
+    would go twice, so the gatherer leaves them to the table.
     """
-    while True:
-        try:
-            inbox.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
     try:
-        lapsed = await store.lapse_leases(instance_id)
+        lapsed = await store.lapse_leases(config.instance_id)
     except StoreUnavailable as exc:
         if exc.kind is not StoreFailure.TRANSIENT:
             raise
         # Postgres is away (a failover, a restart): the leases lapse on their own and the rows
-        # are claimed then. Crashing here would spend the restart budget on every restart.
+        # are claimed then; nothing was lapsed, so every group handed over is ours to publish.
+        # Crashing here would spend the restart budget on every restart.
         log.warning("could not end the leases an earlier run held; they lapse on their own", error=str(exc))
-        return
+        return float("-inf")
     if lapsed:
         log.info("rows an earlier run held are claimable again", count=lapsed)
+    return publish_deadline(trio.current_time(), config.lease_duration, config.publish_timeout)
+
+
+async def leave_rows(store: Store, ids: list[str], owner: str) -> None:
+    """Make rows committed before this run's start claimable at once (they were never in flight)."""
+    try:
+        await store.lapse_rows(ids, owner=owner)
+    except StoreUnavailable as exc:
+        if exc.kind is not StoreFailure.TRANSIENT:
+            raise
+        log.warning("could not hand rows to the table; their leases lapse on their own", error=str(exc))
 
 
 class Recovery:
@@ -150,7 +157,7 @@ class Recovery:
                 return False
             self.state.claimed += len(rows)
             publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
-            batch = Outgoing([r.id for r in rows], [r.payload for r in rows], publish_by)
+            batch = Outgoing([r.id for r in rows], [r.payload for r in rows], publish_by, rows[0].lease_token)
             self.mean_payload = sum(map(len, batch.payloads)) / len(rows)
             # Sized by the mean payload: a few large rows may still need cutting to the cap.
             nursery.start_soon(self.publisher.publish_holding_slot,

@@ -2,8 +2,10 @@
 
 import pytest
 import trio
+from psycopg.conninfo import make_conninfo
 
 from actors import StoreUnavailable, open_emitter
+from actors.adapters import schema
 from tests.helpers import (
     CHAOS_SCALE,
     emit_concurrently,
@@ -87,3 +89,55 @@ async def test_after_chip_was_gone_for_a_while_delivery_resumes_within_about_ret
     with capsys.disabled():
         print(f"\n  Chip gone {absent_s:g}s (connections failing): all delivered {resumed_s:.2f}s after it was back "
               f"(retry_max {config.retry_max:g}s)")
+
+
+async def test_a_dark_first_host_of_a_multi_host_url_holds_no_emit_past_its_deadline(chip, make_config, database_url,
+                                                                                     start_proxy) -> None:
+    """Connecting is abandoned when its caller's deadline passes: with the failover set-up's multi-host
+    URL and its first host dark, each connection attempt there waits connect_timeout (5 s)."""
+    socket = postgres_socket(database_url)
+    first, second = start_proxy(socket), start_proxy(socket)
+    url = make_conninfo(database_url, host="127.0.0.1,127.0.0.1", port=f"{first.port},{second.port}")
+    config = make_config(chip, database_url=url, commit_timeout=1.0, shutdown_timeout=1.0)
+    async with open_emitter(config) as emitter:
+        await emitter.emit(b"before", source="wf", type="tick")
+        first.black_hole()  # connections to it are taken and then nothing answers
+        first.drop_connections()
+        with trio.fail_after(config.commit_timeout + 1.5):  # not connect_timeout, 5 s, per dark host
+            with pytest.raises(StoreUnavailable, match="commit_timeout"):
+                await emitter.emit(b"into the dark", source="wf", type="tick")
+        closing = trio.current_time()
+    closed_in = trio.current_time() - closing
+    assert closed_in < config.shutdown_timeout + 1.5, closed_in
+
+
+async def test_opening_the_emitter_waits_for_a_postgres_that_is_away_for_a_moment(chip, make_config, own_postgres,
+                                                                                  caplog) -> None:
+    """As a failover or a restart looks to a host starting meanwhile: it waits (start_timeout), then starts."""
+    schema.apply(own_postgres.url, "public", lock_timeout=10)
+    await trio.to_thread.run_sync(own_postgres.stop)
+    opened = trio.Event()
+
+    async def open_and_emit() -> None:
+        async with open_emitter(make_config(chip, database_url=own_postgres.url)) as emitter:
+            opened.set()
+            ids.append(await emitter.emit(b"after the wait", source="wf", type="tick"))
+            await emitter.flush(timeout=30)
+
+    ids: list[str] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_and_emit)
+        await wait_until(lambda: any("cannot be reached yet" in r.getMessage() for r in caplog.records),
+                         what="the start saying it waits for Postgres")
+        assert not opened.is_set()
+        await trio.to_thread.run_sync(own_postgres.start)
+    assert chip.counters.seen(ids) == set(ids) and len(ids) == 1
+
+
+async def test_a_server_that_refuses_the_role_or_database_for_good_is_said_at_once(chip, make_config,
+                                                                                   database_url) -> None:
+    wrong = make_conninfo(database_url, dbname="no_such_database")
+    with trio.fail_after(10):  # not start_timeout (30 s)
+        with pytest.raises(StoreUnavailable, match='database "no_such_database" does not exist'):
+            async with open_emitter(make_config(chip, database_url=wrong)):
+                pytest.fail("started on a database that does not exist")

@@ -63,7 +63,9 @@ async def test_the_claim_of_a_gone_instances_rows_is_an_index_range_however_many
     if gone == "small":  # the rest belongs to 'holder', which has no record: its rows wait for their lease
         await store.insert_events([f"s{i}" for i in range(50)], [b"x"] * 50, owner="small", lease=3600,
                                   spilled=False)
-    store.close()  # the gone instance's lock free, its connections ended: claimable at once
+    store.close()  # the gone instance's lock free, its connections ended
+    # ... and seen free a grace ago: its rows are claimable now.
+    query(database_url, "UPDATE chip_durable_events_instances SET free_since = now() - interval '1 hour'")
     _fill(database_url, "now() + interval '1 hour'")  # every lease live: only the judgement makes rows claimable
     operations = Operations(database_url)
     try:

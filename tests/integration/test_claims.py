@@ -14,7 +14,7 @@ async def test_rows_released_earlier_are_claimed_before_rows_spilled_later(datab
     older = [f"older-{i}" for i in range(5)]
     newer = [f"newer-{i}" for i in range(5)]
     await store.insert_events(older, _events(*older), owner="a", lease=60, spilled=False)
-    await store.release(older, owner="a", error="UNAVAILABLE", attempts=5, retry_after=0)
+    await store.release(older, owner="a", token=0, error="UNAVAILABLE", attempts=5, retry_after=0)
     # Overload: the memory buffer is full and every new commit spills to the table.
     await store.insert_events(newer, _events(*newer), owner="a", lease=60, spilled=True)
     claimed = await store.claim(owner="b", lease=60, limit=5, writer_only=False)
@@ -27,7 +27,7 @@ async def test_the_ttl_sweep_never_takes_a_row_a_live_lease_holds(database_url) 
     ids = ["in-flight", "lapsed"]
     await store.insert_events(ids, _events(*ids), owner="a", lease=60, spilled=False)
     query(database_url, "UPDATE chip_durable_events SET created_at = now() - interval '2 hours'")
-    await store.release(["lapsed"], owner="a", error="UNAVAILABLE", attempts=5, retry_after=0)
+    await store.release(["lapsed"], owner="a", token=0, error="UNAVAILABLE", attempts=5, retry_after=0)
     moved = await store.expire(ttl=3600)
     store.close()
     assert moved == 1
@@ -47,3 +47,22 @@ async def test_ids_and_payloads_reach_the_table_byte_for_byte(database_url) -> N
     await store.insert_events([], [], owner="a", lease=60, spilled=False)  # an empty group writes nothing
     store.close()
     assert pending_ids(database_url) == {ids[0], ids[3], ids[4]}
+
+
+async def test_a_stale_copys_release_leaves_a_later_claim_of_the_same_row_alone(database_url) -> None:
+    """A copy of a row from an earlier lease hands it back only under that lease: its late release must
+    not make a row claimable while the copy of a later claim is in flight (a third publish)."""
+    store = Store(database_url)
+    try:
+        await store.insert_events(["r"], _events("r"), owner="a", lease=0.0, spilled=True)  # copy 1, as written
+        (claimed,) = await store.claim(owner="a", lease=60, limit=10, writer_only=False)  # copy 2, a later lease
+        assert claimed.lease_token != 0
+        released_late = await store.release(["r"], owner="a", token=0, error="UNAVAILABLE", attempts=1,
+                                            retry_after=0)
+        assert released_late == 0
+        assert await store.claim(owner="b", lease=60, limit=10, writer_only=False) == []  # still copy 2's
+        assert await store.release(["r"], owner="a", token=claimed.lease_token, error="UNAVAILABLE", attempts=1,
+                                   retry_after=0) == 1
+        assert [row.id for row in await store.claim(owner="b", lease=60, limit=10, writer_only=False)] == ["r"]
+    finally:
+        store.close()

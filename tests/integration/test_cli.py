@@ -39,7 +39,8 @@ async def test_status_reports_pending_leases_and_dead_letters(database_url) -> N
     done = cli(database_url, "status")
     assert done.returncode == 0, done.stderr
     assert "pending rows    2" in done.stdout
-    assert "node-a: 2 rows (not running: claimable now, 0 lapsed)" in done.stdout  # lock free, connections ended
+    # Its lock free and its connections ended, but no running instance proves it dead: it gets its grace.
+    assert "node-a: 2 rows (liveness lock free: claimable unless taken back within its grace, 0 lapsed)" in done.stdout
     assert "SCHEMA_MISSING: 1" in done.stdout and "EXPIRED: 1" in done.stdout
     assert "dead tuples" in done.stdout and "oldest xact" in done.stdout
 
@@ -99,8 +100,8 @@ async def test_status_and_dlq_list_as_json_and_a_probe_on_the_oldest_age(databas
     await _seed(database_url)
     status = json.loads(cli(database_url, "status", "--json").stdout)
     assert status["pending_rows"] == 2 and status["dead_letters"] == {"SCHEMA_MISSING": 1, "EXPIRED": 1}
-    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0, "liveness": "gone",
-                                       "running": False}]
+    assert status["lease_owners"] == [{"owner": "node-a", "rows": 2, "lapsed": 0, "liveness": "lock lost",
+                                       "running": None}]  # stopped, or cut off: nobody can tell yet
     listed = [json.loads(line) for line in cli(database_url, "dlq", "list", "--json").stdout.splitlines()]
     assert {row["id"]: row["reason_code"] for row in listed} == {"d1": "SCHEMA_MISSING", "d2": "EXPIRED"}
 

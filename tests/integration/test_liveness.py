@@ -1,9 +1,12 @@
 """Who is judged by a liveness lock, and when their rows are taken: real Postgres, real chipmock.
 
-An owner is taken over at once only if its record says it holds a liveness lock
-while it runs, the lock is free, and its connections are gone (or its grace
-passed). Instances with liveness off, and owners without a record, wait for
-their lease; a blip of a live instance's liveness connection takes nothing.
+Only owners whose record says they hold a liveness lock while they run are
+judged by it. One whose lock is free is taken over once its lock stayed free for
+its grace, counted from the moment a claimer first saw it free; at once only if
+its death is proven: its connections are gone while another instance's liveness
+session, older than the owner's last sighting, is not (so no restart ended them
+all). Instances with liveness off, and owners without a record, wait for their
+lease; a blip of a live instance's liveness connection takes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from actors.adapters import schema
 from actors.adapters.operations import Operations, OwnerLiveness
 from actors.adapters.queries import LIVENESS_KEY
 from actors.adapters.store import Session, Store
+from actors.errors import StoreUnavailable
 from chipmock import ChipModel
 from tests.helpers import emit_concurrently, pending_ids, query, wait_until
 
@@ -91,9 +95,11 @@ async def test_only_owners_that_use_a_lock_and_are_gone_are_claimed_at_once(data
 
 
 async def test_a_claim_takes_one_batch_from_several_gone_owners(database_url) -> None:
+    witness = _store(database_url, "witness")  # a live instance whose session outlives theirs
     stores = [_store(database_url, name) for name in ("a", "b")]
     judge = Store(database_url)
     try:
+        await witness.record_instance("witness", session_liveness=True, grace=GRACE)
         for store, name in zip(stores, ("a", "b"), strict=True):
             await store.record_instance(name, session_liveness=True, grace=GRACE)
             await _seed_rows(store, name, 4)
@@ -102,28 +108,92 @@ async def test_a_claim_takes_one_batch_from_several_gone_owners(database_url) ->
         second, _ = await judge.claim_orphans(owner="judge", lease=GRACE, limit=6)
     finally:
         judge.close()
+        witness.close()
     assert (len(first), len(second)) == (6, 2)
     assert pending_ids(database_url) == {f"{n}-{i}" for n in "ab" for i in range(4)}
 
 
-async def test_a_restarted_server_gives_every_owner_its_grace(own_postgres) -> None:
-    """A restart frees every lock at once: live instances take theirs again within their grace."""
+def _free_since(url: str, instance_id: str):
+    return query(url, "SELECT free_since FROM chip_durable_events_instances WHERE instance_id = %s",
+                 (instance_id,))[0][0]
+
+
+async def test_after_a_restart_an_owner_is_taken_over_a_grace_after_a_claimer_first_saw_its_lock_free(
+        own_postgres) -> None:
+    """A restart frees every lock at once and proves no death: an owner is given its grace, counted on
+    the database's clock from the first claim that found its lock free; a live one takes its lock back."""
     url = own_postgres.url
     schema.apply(url, "public", lock_timeout=10)
-    owner, judge = _store(url, "before-restart"), Store(url)
+    owner, witness, judge = _store(url, "before-restart"), _store(url, "witness"), Store(url)
     try:
+        await witness.record_instance("witness", session_liveness=True, grace=GRACE)
         await owner.record_instance("before-restart", session_liveness=True, grace=GRACE)
         await _seed_rows(owner, "before-restart")
         owner.close()
         await trio.to_thread.run_sync(own_postgres.stop)
         await trio.to_thread.run_sync(own_postgres.start)
+        # The witness is back, on a session younger than the owner's last sighting: that proves nothing.
+        try:
+            await witness.keep_instance("witness", session_liveness=True, grace=GRACE)
+        except StoreUnavailable:  # its old connection, found broken by this first statement; the next reconnects
+            assert await witness.keep_instance("witness", session_liveness=True, grace=GRACE)
         assert (await _owner_states(url))["before-restart"] is OwnerLiveness.LOCK_LOST
+        assert _free_since(url, "before-restart") is None
         assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
-        query(url, "UPDATE chip_durable_events_instances SET liveness_grace = '0'")  # its grace passed
-        rows, _ = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
-        assert len(rows) == 3
+        first_seen = _free_since(url, "before-restart")
+        assert first_seen is not None  # noted by that claim, on the database's clock
+        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        assert _free_since(url, "before-restart") == first_seen  # the first sighting counts, not the last
+        # Its grace has passed since then (as if GRACE seconds went by): now it is gone.
+        query(url, "UPDATE chip_durable_events_instances SET free_since = free_since - make_interval(secs => %s) "
+                   "WHERE instance_id = 'before-restart'", (GRACE + 1,))
+        assert (await _owner_states(url))["before-restart"] is OwnerLiveness.GONE
+        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
+        assert len(rows) == 3 and taken_from == {"before-restart"}
     finally:
         judge.close()
+        witness.close()
+
+
+async def test_an_owner_that_takes_its_lock_back_within_its_grace_keeps_its_rows(database_url) -> None:
+    """Alone on the server, an owner whose sessions all ended may be alive (a restart, its pooler): the
+    claimer notes when it first saw the lock free, and the owner taking it back ends the grace."""
+    url = database_url
+    owner, judge = _store(url, "blinks"), Store(url)
+    try:
+        await owner.record_instance("blinks", session_liveness=True, grace=GRACE)
+        ids = await _seed_rows(owner, "blinks")
+        owner.close()  # every connection and the lock gone
+        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        assert _free_since(url, "blinks") is not None
+        owner = _store(url, "blinks")
+        assert await owner.keep_instance("blinks", session_liveness=True, grace=GRACE)  # back within its grace
+        assert _free_since(url, "blinks") is None
+        query(url, "UPDATE chip_durable_events_instances SET liveness_grace = '0'")  # no grace would be left
+        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        assert (await _owner_states(url))["blinks"] is OwnerLiveness.RUNNING
+    finally:
+        for store in (owner, judge):
+            store.close()
+    assert {row for (row,) in query(url, "SELECT id FROM chip_durable_events WHERE lease_owner = 'blinks'")} == set(ids)
+
+
+async def test_a_host_restarted_alone_after_a_crash_takes_the_dead_ones_rows_at_once(database_url) -> None:
+    """No instance outlived the dead one, but one that started after it was last seen runs on the same run
+    of the server: its sessions ended with its process, not with a restart."""
+    url = database_url
+    dead, replacement, judge = _store(url, "crashed"), _store(url, "replacement"), Store(url)
+    try:
+        await dead.record_instance("crashed", session_liveness=True, grace=GRACE)
+        ids = await _seed_rows(dead, "crashed")
+        dead.close()
+        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())  # nobody runs
+        await replacement.record_instance("replacement", session_liveness=True, grace=GRACE)
+        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
+    finally:
+        for store in (replacement, judge):
+            store.close()
+    assert [row.id for row in rows] == ids and taken_from == {"crashed"}
 
 
 async def test_instances_with_liveness_on_and_off_on_one_table_send_no_duplicates(start_chipmock, make_config,
@@ -183,7 +253,7 @@ def test_an_upgrade_gives_the_instances_table_the_rights_roles_hold_on_the_event
         query(url, f'GRANT {rights} ON chip_durable_events, chip_durable_events_dead_letter TO "{name}"')
     try:
         found = schema.apply(url, "public", lock_timeout=10)
-        assert found.steps == (4,)
+        assert found.steps == (4, 5)
         granted = query(url, "SELECT grantee, string_agg(privilege_type, ',' ORDER BY privilege_type) "
                              "FROM information_schema.role_table_grants "
                              "WHERE table_name = 'chip_durable_events_instances' AND grantee IN (%s, %s) "

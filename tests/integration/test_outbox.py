@@ -312,7 +312,7 @@ async def test_outbox_rows_take_their_turn_beside_released_and_spilled_rows(orde
     try:
         released = [f"released-{i}" for i in range(3)]
         await store.insert_events(released, events(3), owner="a", lease=60, spilled=False)
-        await store.release(released, owner="a", error="UNAVAILABLE", attempts=5, retry_after=0)
+        await store.release(released, owner="a", token=0, error="UNAVAILABLE", attempts=5, retry_after=0)
         with psycopg.connect(orders) as conn, conn.transaction():
             written = outbox.emit_many(conn, [b"o"] * 3, source="orders", type="created")
         spilled = [f"spilled-{i}" for i in range(3)]

@@ -68,9 +68,9 @@ async def test_through_a_transaction_pooler_each_hot_statement_commits_with_its_
         ids = await emit_concurrently(emitter, 200)
         await emitter.flush(timeout=30)
     assert chip.counters.seen(ids) == ids
-    # The persister's INSERT durable; the acker's DELETE not waiting for the WAL flush, in its own transaction only.
+    # Every write durable (the database's default says off), each with its own transaction's settings.
     assert set(query(database_url, "SELECT DISTINCT * FROM seen_setting")) == {("INSERT", "on", "4s"),
-                                                                               ("DELETE", "off", "4s")}
+                                                                               ("DELETE", "on", "4s")}
 
 
 @pytest.mark.parametrize("server_round_robin", [0, 1])
@@ -84,6 +84,11 @@ async def test_transaction_pooling_with_the_defaults_is_refused_at_start(
         async with open_emitter(config):
             pytest.fail("started behind a transaction pooler with session liveness on")
     assert pending_ids(database_url) == set()
+    # Refused before anything was left on a pooled server connection, which other clients get next.
+    left = bouncer.each_server(database_url, "current_setting('statement_timeout'), current_setting('search_path'), "
+                                             "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                             "AND pid = pg_backend_pid()), (SELECT count(*) FROM pg_prepared_statements)")
+    assert set(left.values()) == {("0", '"$user", public', 0, 0)}, left
 
 
 async def test_session_pooling_with_the_defaults_emits_and_delivers(database_url, start_pgbouncer, chip,

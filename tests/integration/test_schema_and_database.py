@@ -66,7 +66,7 @@ async def test_a_released_row_waits_longer_the_more_attempts_it_had(database_url
         await store.insert_events(["fresh", "tired", "exhausted"], [b"x"] * 3, owner="me", lease=60, spilled=False)
         query(database_url, "UPDATE chip_durable_events SET attempts = CASE id WHEN 'tired' THEN 3 "
                             "WHEN 'exhausted' THEN 40 ELSE 0 END")
-        await store.release(["fresh", "tired", "exhausted"], owner="me", error="UNAVAILABLE", attempts=5,
+        await store.release(["fresh", "tired", "exhausted"], owner="me", token=0, error="UNAVAILABLE", attempts=5,
                             retry_after=1.0, multiplier=2.0, retry_max=60.0)
     finally:
         store.close()

@@ -3,8 +3,9 @@ which failures cost the connection."""
 
 import pytest
 
-from actors.adapters.driver import Connection, Session, one_row
+from actors.adapters.driver import TEXT_OID, Connection, Session, binary_array, one_row
 from actors.adapters.operations import Operations
+from actors.adapters.queries import DELETE_EVENTS
 from actors.adapters.store import Store
 from actors.core.answers import Rejection
 from actors.core.failures import StoreFailure
@@ -89,3 +90,27 @@ async def test_a_commit_refused_at_its_end_in_pooled_mode_is_an_error_and_the_co
         store.close()
     assert info.value.sqlstate == "23514" and info.value.kind is StoreFailure.POISON
     assert {row[0] for row in query(database_url, "SELECT id FROM chip_durable_events")} == {"good-1"}
+
+
+async def test_a_hot_statement_the_session_lost_is_prepared_again_and_run_once(database_url) -> None:
+    """26000: the session no longer has it (a pooler reset the session); nothing ran, so it runs again."""
+    store = Store(database_url)
+    try:
+        await store.insert_events(["one"], [b"x"], owner="a", lease=60, spilled=False)  # prepares it
+        await store._db.run("DEALLOCATE ALL")  # as a reset session would
+        await store.insert_events(["two"], [b"x"], owner="a", lease=60, spilled=False)
+        assert await store.delete(["one", "two"], owner="a") == 2
+    finally:
+        store.close()
+
+
+async def test_a_hot_statements_name_taken_by_an_earlier_client_is_freed_and_prepared_again(database_url) -> None:
+    """42P05: a session handed on with an earlier client's statement of the same name (a session pooler
+    with no reset query); the connection must not fail every statement after."""
+    connection = Connection(database_url, Session())
+    try:
+        await connection.run("PREPARE durable_emitter_delete AS SELECT 1")  # left there, under our name
+        assert await connection.run_hot(DELETE_EVENTS, [binary_array([b"nothing"], TEXT_OID), b"a"]) == 0
+        assert await connection.run_hot(DELETE_EVENTS, [binary_array([b"nothing"], TEXT_OID), b"a"]) == 0
+    finally:
+        connection.close()

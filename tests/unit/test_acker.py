@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import pytest
 import trio
 
-from actors.acker import _collect, _Writer
+from actors.acker import _RETRY, _collect, _Writer
 from actors.core.answers import Rejection
 from actors.core.backoff import Backoff
 from actors.errors import StoreUnavailable
@@ -137,3 +137,23 @@ async def test_a_transient_failure_inside_a_split_is_retried_there(autojump_cloc
 
     assert await isolating(write, ["a", "b", "c", "bad"], lambda item, error: f"plain {item}") == 4
     assert sorted(writes.written) == ["a", "b", "c", "plain bad"]
+
+
+async def test_once_postgres_answers_again_deletes_follow_within_half_a_second(autojump_clock) -> None:
+    """Delivered rows not yet deleted are what a host killed now would publish again: the acker's own
+    retry schedule (not retry_max's 5 s) finds Postgres back within half a second."""
+    back_at = 30.0  # Postgres away for the first 30 s (virtual)
+    attempts: list[float] = []
+
+    async def delete(items: Sequence[str]) -> int:
+        attempts.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        if trio.current_time() < back_at:
+            raise StoreUnavailable("connection refused", sqlstate=TRANSIENT)
+        return len(items)
+
+    writer = _Writer(_RETRY)
+    with trio.fail_after(3600):
+        assert await writer.isolating(delete, ["a"], None) == 1
+    assert attempts[-1] - back_at <= 0.5
+    assert max(later - earlier for earlier, later in zip(attempts, attempts[1:], strict=False)) <= 0.5

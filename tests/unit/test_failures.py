@@ -50,6 +50,8 @@ def test_postgres_failures_are_classified_by_sqlstate(sqlstate, kind) -> None:
     "57P03",  # cannot connect now
     "57P04",  # database dropped
     "57P05",  # idle session timeout
+    "26000",  # a prepared statement is gone: the session is not the one it was prepared on
+    "42P05",  # a prepared statement of that name is there already: an earlier client's session
 ])
 def test_a_server_that_cannot_take_writes_now_is_transient_and_its_connection_dropped(sqlstate) -> None:
     assert wrong_server(sqlstate)
