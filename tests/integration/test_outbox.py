@@ -288,8 +288,7 @@ async def test_through_a_transaction_pooler_hosts_write_and_the_scan_delivers(ch
 async def test_a_row_committed_while_the_listener_was_away_is_delivered_when_it_listens_again(
         chip, make_config, orders, pg_server_url) -> None:
     config = make_config(chip, scan_interval=HOUR, instance_id="killed-listener")
-    dbname = psycopg.conninfo.conninfo_to_dict(orders)["dbname"]
-    server = pg_server_url  # another database of the server: it stays reachable while ``orders`` refuses sessions
+    dbname, server = psycopg.conninfo.conninfo_to_dict(orders)["dbname"], pg_server_url  # reachable throughout
     with psycopg.connect(orders) as writer:  # opened now: no new session may start below
         async with open_emitter(config):
             await wait_until(lambda: _listeners(server, "killed-listener"), what="the dispatcher listening")
