@@ -505,6 +505,7 @@ class Counters:
     payloads: dict[str, builtins.bytes] = field(default_factory=dict)
     ages: list[int] = field(default_factory=lambda: [0] * (len(AGE_BUCKETS) + 1))
     rate_limited: int = 0
+    pings: int = 0  # Ping calls received (a client's probes), answered or not
     batch_options: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPTIONS_KINDS, 0))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -513,6 +514,10 @@ class Counters:
             self.calls += 1
             self.failed_calls += failed
             self.rate_limited += rate_limited
+
+    def record_ping(self) -> None:
+        with self._lock:
+            self.pings += 1
 
     def record_batch_options(self, kind: str) -> None:
         """One PublishBatch received, with its options as one of OPTIONS_KINDS."""

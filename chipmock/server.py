@@ -135,6 +135,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
             context.abort(_STATUS[decision.status], decision.detail)
 
     def Ping(self, request: pb.EmptyRequest, context: grpc.ServicerContext) -> pb.PingResponse:
+        self.counters.record_ping()
         self._check_windows(context)
         return pb.PingResponse(message="pong")
 

@@ -4,11 +4,13 @@
 connection open (and accepting new ones that lead nowhere): a path that went
 dark after a failover, where nothing answers and nothing is reset. What is
 sent meanwhile is lost, as dropped packets are.
+``refuse()`` resets every new connection at once (counted in ``refused``), as
+a server that is down or restarting does: each attempt fails fast.
 ``drop_connections()`` resets every open connection, as a restarting server or
 a load balancer does. ``cut_at(marker, ...)`` resets the one connection whose
 client sends ``marker``, once: after the server had those bytes and answered
-them (the answer lost on the way back), or before it had them; and may go dark
-at that instant. ``heal()`` forwards again. Threads, not Trio: the proxy
+them (the answer lost on the way back), or before it had them; and may go dark,
+or start refusing, at that instant. ``heal()`` forwards (and accepts) again. Threads, not Trio: the proxy
 must keep its sockets whatever the test's event loop is doing.
 """
 
@@ -30,6 +32,7 @@ class Cut:
     marker: bytes
     delivered: bool
     then_dark: bool
+    then_refuse: bool = False
     done: threading.Event = field(default_factory=threading.Event)
     answer: bytes = b""  # the server's first answer after the marker, which the client never got
 
@@ -52,6 +55,8 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._forwarding = threading.Event()
         self._forwarding.set()
+        self._refusing = threading.Event()
+        self.refused = 0  # connections reset at once while refusing
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -71,7 +76,11 @@ class TcpProxy:
     def black_hole(self) -> None:
         self._forwarding.clear()
 
+    def refuse(self) -> None:
+        self._refusing.set()
+
     def heal(self) -> None:
+        self._refusing.clear()
         self._forwarding.set()
 
     def drop_connections(self) -> None:
@@ -81,16 +90,17 @@ class TcpProxy:
             for sock in pair:
                 _reset(sock)
 
-    def cut_at(self, marker: bytes, *, delivered: bool, then_dark: bool = False) -> Cut:
+    def cut_at(self, marker: bytes, *, delivered: bool, then_dark: bool = False, then_refuse: bool = False) -> Cut:
         """Once: reset the connection whose client sends ``marker`` (within one read).
 
         ``delivered``: pass those bytes on, wait for the server's first answer
         after them, and reset both ends instead of passing it back (the server
         did the work; the client never hears). Else reset both ends instead of
         passing the bytes on. ``then_dark``: go dark (see :meth:`black_hole`)
-        at that instant, before the client can reconnect.
+        at that instant, before the client can reconnect; ``then_refuse``:
+        refuse (see :meth:`refuse`) from that instant, so its reconnects fail.
         """
-        cut = Cut(marker, delivered, then_dark)
+        cut = Cut(marker, delivered, then_dark, then_refuse)
         with self._lock:
             self._cut = cut
         return cut
@@ -107,6 +117,8 @@ class TcpProxy:
     def _carry_out(self, cut: Cut, pair: tuple[socket.socket, socket.socket]) -> None:
         if cut.then_dark:
             self._forwarding.clear()
+        if cut.then_refuse:
+            self._refusing.set()
         for sock in pair:
             _reset(sock)
         cut.done.set()
@@ -144,6 +156,11 @@ class TcpProxy:
             thread.start()
 
     def _serve(self, client: socket.socket) -> None:
+        if self._refusing.is_set():
+            with self._lock:
+                self.refused += 1
+            _reset(client)
+            return
         while not self._forwarding.is_set():  # a dark path: the connection leads nowhere yet
             if self._closed.wait(0.05):
                 client.close()

@@ -20,12 +20,19 @@ async def serve(config: EmitterConfig | None, ready: Callable[[Emitter, trio.Nur
     ``failed`` hears of a failure of the tree before the run ends, so the host
     can fail calls with it at once rather than after the run has wound down.
     """
-    try:
-        async with open_emitter(config, registry=registry) as emitter, trio.open_nursery() as calls:
-            ready(emitter, calls)
-            await stop.wait()
-            calls.cancel_scope.cancel()
-    except BaseException as exc:
-        if failed is not None:
-            failed(exc)
-        raise
+    # The host's calls outlive the tree's shutdown, which answers each of them (committed, not written,
+    # or unknown): cancelled before it, a call whose event the persister still committed heard "closed".
+    # The tree's own failure is raised as it is, outside the calls' nursery (no exception group).
+    failure: BaseException | None = None
+    async with trio.open_nursery() as calls:
+        try:
+            async with open_emitter(config, registry=registry) as emitter:
+                ready(emitter, calls)
+                await stop.wait()
+        except BaseException as exc:
+            failure = exc
+            if failed is not None:
+                failed(exc)
+        calls.cancel_scope.cancel()  # what still runs once the tree is gone (a flush) ends now
+    if failure is not None:
+        raise failure

@@ -2,11 +2,12 @@
 
 A real TCP proxy between the emitter and Postgres cuts the writer's connection at the
 INSERT that carries a marked body: after Postgres had it and answered (the answer lost on
-the way back), or before Postgres had it; and may go dark at that instant, so that
-Postgres cannot be asked again for longer than the bound (commit_timeout).
+the way back), or before Postgres had it; and may go dark, or refuse connections, at that
+instant, so that Postgres cannot be asked again for a while, or for longer than the bound
+(commit_timeout). The witnesses are outside the emitter: what the proxy saw Postgres
+answer, the rows in the table, and what chipmock received (each id once).
 """
 
-import logging
 import uuid
 
 import psycopg
@@ -14,18 +15,28 @@ import pytest
 import trio
 
 from actors import CommitOutcomeUnknown, StoreUnavailable, open_emitter
-from tests.helpers import pending_ids, postgres_socket, query, through_proxy, wait_until
-
-LOST = "a commit's answer was lost; asked again, Postgres has the events committed"
+from scripts.pgbouncer import PgBouncer, pgbouncer_binary
+from tests.fix_replication import Node, Replicated
+from tests.helpers import (
+    pending_ids,
+    postgres_socket,
+    query,
+    quick_config,
+    through_proxy,
+    wait_until,
+)
 
 
 def _marker() -> bytes:
     return f"cut-here-{uuid.uuid4()}".encode()
 
 
-def _confirmations(caplog) -> list[dict]:
-    """The persister's report of each lost answer it settled by asking again."""
-    return [record.durable_emitter for record in caplog.records if record.getMessage().startswith(LOST)]
+async def _answer(emitter, body: bytes, answers: list[str | StoreUnavailable]) -> None:
+    """Emit ``body``; append what emit answered: its id, or the StoreUnavailable it raised."""
+    try:
+        answers.append(await emitter.emit(body, source="wf", type="tick"))
+    except StoreUnavailable as exc:
+        answers.append(exc)
 
 
 async def _emit_around(emitter, marker: bytes, callers: int = 10, each: int = 10) -> tuple[set[str], list[BaseException]]:
@@ -49,8 +60,7 @@ async def _emit_around(emitter, marker: bytes, callers: int = 10, each: int = 10
 
 @pytest.mark.parametrize("delivered", [True, False], ids=["after-postgres-had-it", "before-postgres-had-it"])
 async def test_a_commit_whose_answer_is_lost_is_settled_by_asking_and_its_events_are_delivered_once(
-        chip, make_config, database_url, start_proxy, caplog, delivered) -> None:
-    caplog.set_level(logging.WARNING, logger="durable_emitter")
+        chip, make_config, database_url, start_proxy, delivered) -> None:
     proxy = start_proxy(postgres_socket(database_url))
     async with open_emitter(make_config(chip, database_url=through_proxy(database_url, proxy))) as emitter:
         await emitter.emit(b"warm", source="wf", type="tick")  # the writer's connection is open and used
@@ -61,15 +71,35 @@ async def test_a_commit_whose_answer_is_lost_is_settled_by_asking_and_its_events
         assert cut.done.is_set()  # the marked INSERT's connection was cut
         await emitter.flush(timeout=30)
     assert errors == []  # Postgres answered the question: no emit raised
+    # Postgres had committed the marked group and said so (the proxy saw it), or never had it: either way
+    # each id returned reached Chip exactly once, so asking again neither lost the group nor wrote it twice.
+    assert (b"INSERT 0 " in cut.answer) == delivered
     assert len(returned) == 100 and chip.counters.seen(returned) == returned
     assert chip.counters.duplicates == 0 and pending_ids(database_url) == set()
-    (confirmed,) = _confirmations(caplog)  # one question for the whole group the marked event was in
-    if delivered:
-        assert b"INSERT 0 " in cut.answer  # Postgres had committed the group and said so: the answer was lost
-        assert confirmed["written_again"] == 0  # asked, it had the rows already
-    else:
-        assert cut.answer == b""
-        assert confirmed["written_again"] == confirmed["events"]  # it had none: written under the same ids
+
+
+@pytest.mark.parametrize("delivered", [True, False], ids=["after-postgres-had-it", "before-postgres-had-it"])
+async def test_a_lost_commit_is_asked_about_until_postgres_answers_again_within_commit_timeout(
+        chip, make_config, database_url, start_proxy, delivered) -> None:
+    proxy = start_proxy(postgres_socket(database_url))
+    async with open_emitter(make_config(chip, database_url=through_proxy(database_url, proxy))) as emitter:
+        await emitter.emit(b"warm", source="wf", type="tick")
+        marker = _marker()
+        # The answer is lost and Postgres refuses connections from that instant: the first questions fail.
+        cut = proxy.cut_at(marker, delivered=delivered, then_refuse=True)
+        answers: list[str | StoreUnavailable] = []
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_answer, emitter, marker, answers)
+                await wait_until(lambda: proxy.refused >= 2 or answers, what="two questions refused")
+                proxy.heal()  # Postgres is back well within commit_timeout (10 s)
+        (answer,) = answers
+        assert isinstance(answer, str), answer  # asked until Postgres answered: definite, not CommitOutcomeUnknown
+        assert proxy.refused >= 2  # (it was asked, refused, and asked again)
+        await emitter.flush(timeout=30)
+    assert (b"INSERT 0 " in cut.answer) == delivered
+    assert chip.counters.seen([answer]) == {answer} and chip.counters.duplicates == 0
+    assert pending_ids(database_url) == set()
 
 
 @pytest.mark.parametrize("delivered", [True, False], ids=["after-postgres-had-it", "before-postgres-had-it"])
@@ -100,8 +130,7 @@ async def test_postgres_unreachable_past_commit_timeout_raises_commit_outcome_un
 
 
 async def test_an_error_postgres_answered_means_not_written_and_is_not_asked_again(
-        chip, make_config, database_url, caplog) -> None:
-    caplog.set_level(logging.WARNING, logger="durable_emitter")
+        chip, make_config, database_url) -> None:
     async with open_emitter(make_config(chip, lock_timeout=0.2)) as emitter:
         await emitter.emit(b"warm", source="wf", type="tick")
         with psycopg.connect(database_url) as holder:
@@ -110,8 +139,9 @@ async def test_an_error_postgres_answered_means_not_written_and_is_not_asked_aga
                 await emitter.emit(b"locked out", source="wf", type="tick")
             holder.rollback()
         await emitter.flush(timeout=30)
+    # Asked again, the question would have met the same lock until commit_timeout: CommitOutcomeUnknown.
     assert not isinstance(raised.value, CommitOutcomeUnknown)  # an ERROR answer: rolled back, certain
-    assert _confirmations(caplog) == [] and pending_ids(database_url) == set()
+    assert pending_ids(database_url) == set() and chip.counters.snapshot().unique == 1  # "warm" alone
 
 
 async def test_postgres_refusing_connections_fails_emit_at_once_as_not_written(
@@ -127,13 +157,12 @@ async def test_postgres_refusing_connections_fails_emit_at_once_as_not_written(
 
 
 async def test_an_insert_still_running_when_asked_is_not_mistaken_for_not_written(
-        chip, make_config, database_url, caplog) -> None:
+        chip, make_config, database_url) -> None:
     """The lost INSERT runs on in its old session (Postgres does not notice the client left)
     while the emitter asks: a lookup would find nothing, answer "not written", and then see
     the old session commit. Written again under its id, the event is committed as answered;
     the old session, ending after it was delivered and deleted, only writes it once more,
     under the same id (at least once, as everywhere)."""
-    caplog.set_level(logging.WARNING, logger="durable_emitter")
     marker = _marker()
     async with open_emitter(make_config(chip, commit_timeout=0.5, lease_duration=5.0)) as emitter:
         query(database_url, "CREATE SEQUENCE slow_once")  # not transactional: counts every try
@@ -143,20 +172,73 @@ async def test_an_insert_still_running_when_asked_is_not_mistaken_for_not_writte
                                     RETURN NEW; END $$""")
         query(database_url, "CREATE TRIGGER slow BEFORE INSERT ON chip_durable_events "
                             "FOR EACH ROW EXECUTE FUNCTION slow_first_marked()")
-        try:
-            answer: str | StoreUnavailable = await emitter.emit(marker, source="wf", type="tick")
-        except StoreUnavailable as exc:
-            answer = exc
-        await wait_until(lambda: not query(database_url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"),
-                         what="the first INSERT's session to finish")
+        answers: list[str | StoreUnavailable] = []
+        await _answer(emitter, marker, answers)
+        # When emit answered, the first INSERT still slept: the row it answered by was written by the question.
+        still_sleeping = _sleeping(database_url)
+        written_when_answered = _rows_carrying(database_url, marker) | _delivered_carrying(chip, marker)
+        await wait_until(lambda: not _sleeping(database_url), what="the first INSERT's session to finish")
         await emitter.flush(timeout=30)
-    delivered = {i for i, payload in chip.counters.payloads.items() if marker in payload}
-    assert isinstance(answer, str) == bool(delivered | _rows_carrying(database_url, marker))
+    (answer,) = answers
+    assert isinstance(answer, str), answer
+    assert still_sleeping and written_when_answered == {answer}
+    delivered = _delivered_carrying(chip, marker)
     assert delivered == {answer} and pending_ids(database_url) == set()  # every delivery under the answered id
-    (confirmed,) = _confirmations(caplog)
-    assert confirmed["written_again"] == 1  # asked while the first INSERT slept: written under the same id
+
+
+def _sleeping(url: str) -> bool:
+    return bool(query(url, "SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"))
+
+
+def _delivered_carrying(chip, marker: bytes) -> set[str]:
+    return {i for i, payload in chip.counters.payloads.items() if marker in payload}
 
 
 def _rows_carrying(url: str, marker: bytes) -> set[str]:
     return {row[0] for row in query(url, "SELECT id FROM chip_durable_events WHERE position(%s in payload) > 0",
                                     (marker,))}
+
+
+def _commit_waiting_for_the_standby(primary: Node) -> list[int]:
+    """Backends whose INSERT into the events table committed locally and waits for the synchronous standby."""
+    return [pid for (pid,) in primary.query("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                                            "AND query LIKE '%INSERT INTO chip_durable_events (%'")]
+
+
+@pytest.mark.parametrize("path", ["direct", "through-pgbouncer"])
+async def test_a_session_ended_after_its_local_commit_is_answered_committed(
+        replicated: Replicated, start_chipmock, path) -> None:
+    """The writer's session is terminated while its commit, written locally, waits for the synchronous
+    standby (stopped here). Postgres itself warns and closes the connection (an error would say "rolled
+    back"); PgBouncer in between answers its client with a FATAL error ("server conn crashed?"). Neither
+    means "not written": the emitter asks, finds the row, and returns its id."""
+    if path == "through-pgbouncer" and pgbouncer_binary() is None:
+        pytest.skip("pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run installs it)")
+    chip = start_chipmock(keep_payloads=True)
+    bouncer = PgBouncer(replicated.primary.url(), "session") if path == "through-pgbouncer" else None
+    try:
+        url = bouncer.url(replicated.primary.url()) if bouncer else replicated.primary.url()
+        async with open_emitter(quick_config(chip, database_url=url)) as emitter:
+            await emitter.emit(b"warm", source="wf", type="tick")
+            await trio.to_thread.run_sync(replicated.standby.stop)  # from now on every commit waits for it
+            marker = _marker()
+            answers: list[str | StoreUnavailable] = []
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_answer, emitter, marker, answers)
+                    await wait_until(lambda: _commit_waiting_for_the_standby(replicated.primary),
+                                     what="the INSERT's commit waiting for the standby")
+                    (writer,) = _commit_waiting_for_the_standby(replicated.primary)
+                    replicated.primary.query(f"SELECT pg_terminate_backend({writer})")
+            committed = {row[0] for row in replicated.primary.query(
+                f"SELECT id FROM chip_durable_events WHERE position('{marker.decode()}'::bytea IN payload) > 0")}
+            await trio.to_thread.run_sync(replicated.standby.start)
+            (answer,) = answers
+            assert len(committed) == 1  # the primary has the row: the commit happened
+            assert answer in committed, f"told {answer!r} about a committed row"
+            await emitter.flush(timeout=30)
+    finally:
+        if bouncer is not None:
+            bouncer.stop()
+    delivered = _delivered_carrying(chip, marker)
+    assert delivered == committed and chip.counters.duplicates == 0
