@@ -7,7 +7,9 @@
 -- Pending events: Postgres is the queue. A row exists from the commit in
 -- emit() until Chip acknowledged its id (then DELETE) or the event was
 -- dead-lettered. Deletes leave dead tuples, so autovacuum runs early and often
--- here and pages keep room for HOT updates of the lease columns.
+-- here. A claim changes only columns no index holds (lease_owner,
+-- lease_expires_at, lease_token): a heap-only update, and each page keeps room
+-- (fillfactor) for one new version of each of its rows.
 CREATE TABLE chip_durable_events (
     id               text        PRIMARY KEY,         -- the CloudEvent id
     payload          bytea       NOT NULL,            -- the serialized CloudEvent
@@ -16,31 +18,27 @@ CREATE TABLE chip_durable_events (
     last_error       text,
     lease_owner      text        NOT NULL,            -- instance that may publish it now
     lease_expires_at timestamptz NOT NULL,            -- after this, any instance may claim it
-    emitted_by       text,                            -- instance that emitted it (NULL: before 0003)
-    lease_token      bigint      NOT NULL DEFAULT 0   -- the claim the lease belongs to (its transaction id; 0: as written)
+    emitted_by       text,                            -- instance that wrote it (NULL: before 0003)
+    lease_token      bigint      NOT NULL DEFAULT 0,  -- the claim the lease belongs to (its transaction id; 0: as written)
+    available_at     timestamptz NOT NULL DEFAULT now()  -- when it was first free for any instance (claims leave it)
 ) WITH (
-    fillfactor = 80,
+    fillfactor = 45,
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
 
--- Claims: rows whose lease has expired, oldest expiry first (a range scan:
--- live leases sit at the far end).
-CREATE INDEX chip_durable_events_lease_idx
-    ON chip_durable_events (lease_expires_at);
+-- Claims: rows free for anyone, oldest first (a range scan: rows written with a
+-- live lease sit at the far end).
+CREATE INDEX chip_durable_events_available_idx
+    ON chip_durable_events (available_at);
 -- Expiry and the oldest-pending age (the first entry).
 CREATE INDEX chip_durable_events_created_idx
     ON chip_durable_events (created_at);
--- One instance's rows: flush polls, writer-only claims.
-CREATE INDEX chip_durable_events_owner_created_idx
-    ON chip_durable_events (lease_owner, created_at);
--- Rows claimed away from the instance that emitted them: its flush() waits for
--- them too. Only such rows are indexed, so inserts pay nothing for it.
-CREATE INDEX chip_durable_events_emitted_away_idx
-    ON chip_durable_events (emitted_by, created_at)
-    WHERE lease_owner <> emitted_by;
+-- One instance's writing: flush polls, a gone instance's rows, writer-only claims, status.
+CREATE INDEX chip_durable_events_writer_idx
+    ON chip_durable_events (emitted_by, created_at);
 
 -- Events Chip rejected permanently, or that outlived the TTL. Kept with the
 -- reason so an operator can inspect and replay them.

@@ -244,11 +244,12 @@ class Emitter:
         """
         refuse_after_fork(self._opened_in)
         before: list[datetime] = []
+        held = self._sources.claimed()  # claimed from others and in flight now: settled, or held by another
 
         async def settled() -> bool:
             if not before:
                 before.append(await self._store.now())
-            return not await self._store.has_pending_before(before[0], owner=self.config.instance_id)
+            return not await self._store.has_pending_before(before[0], owner=self.config.instance_id, held=held)
 
         last_error = await poll_until(settled, timeout)
         if last_error is None:

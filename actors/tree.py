@@ -218,7 +218,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
 
         async with open_supervisor(intensity) as tree:
             sources = Sources(emits.statistics, persisted.statistics, dispatched.statistics, acked.statistics,
-                              sampled.statistics, tree.restarts.snapshot)
+                              sampled.statistics, tree.restarts.snapshot, dispatched.claimed_ids)
             collector = EmitterCollector(sources, version=_version(), instance_id=config.instance_id)
             registry.register(collector)
             stack.callback(registry.unregister, collector)

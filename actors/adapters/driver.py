@@ -323,15 +323,16 @@ class Connection:
             self._turn.release()
 
     async def run(self, sql: str, params: dict[str, Any] | None = None, *,
-                  prepare: bool | None = None) -> psycopg.Cursor[Any]:
+                  prepare: bool | None = None, binary: bool = False) -> psycopg.Cursor[Any]:
         """Run one statement. ``prepare=False``: plan it for these parameters every time.
+        ``binary``: results in binary (payloads as they are stored, not hex to decode).
 
         psycopg prepares a statement after a few runs, and Postgres may then
         keep one generic plan: for a query on one owner's rows, with one owner
         holding a million, that plan is a sequential scan.
         """
         async def talk(conn: psycopg.Connection) -> psycopg.Cursor[Any]:
-            cursor = conn.cursor()
+            cursor = conn.cursor(binary=binary)
             if self._per_transaction is None:
                 await _wait(cursor._execute_gen(sql, params, prepare=prepare), conn.pgconn.socket)
             else:
@@ -348,7 +349,7 @@ class Connection:
         pgconn = cursor.connection.pgconn
         results = yield from _unnamed(pgconn, self._settings(pgconn), partial(
             pgconn.send_query_params, query.query, query.params, param_formats=query.formats,
-            param_types=query.types))
+            param_types=query.types, result_format=cursor.format))
         cursor._check_results(results)
         cursor._set_results(results)
 

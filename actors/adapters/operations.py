@@ -30,7 +30,13 @@ from .operator_queries import (
     UNKNOWN_DEAD_LETTERS,
     explain,
 )
-from .queries import CLAIM_EVENTS, CLAIM_ORPHANS, HAS_PENDING_BEFORE, PENDING_STATS
+from .queries import (
+    CLAIM_EVENTS,
+    CLAIM_ORPHANS,
+    CLAIM_OWN_EVENTS,
+    HAS_PENDING_BEFORE,
+    PENDING_STATS,
+)
 from .store import EXACT_COUNT_BELOW_BYTES, Store
 
 LEASE_OWNERS_CAP = 10_000  # lease_owners counts each owner's rows up to this
@@ -126,10 +132,11 @@ class Operations(Store):
             return "\n".join(row[0] for row in rows)
 
         return ReadPlans(
-            claim=await plan(CLAIM_EVENTS, {"owner": owner, "lease": lease, "limit": limit,
-                                              "writer_only": writer_only}),
-            orphan_claim=await plan(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit}),
-            flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner}),
+            claim=await plan(CLAIM_OWN_EVENTS if writer_only else CLAIM_EVENTS, {
+                "owner": owner, "lease": lease, "limit": limit, "max_bytes": 2**31, "run_floor": 0}),
+            orphan_claim=await plan(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit,
+                                                    "max_bytes": 2**31}),
+            flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner, "held": []}),
             pending_stats=await plan(PENDING_STATS, {"exact_below": EXACT_COUNT_BELOW_BYTES}),
             lease_owners=await plan(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}),
         )

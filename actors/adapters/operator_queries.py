@@ -14,28 +14,29 @@ SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_del), 0)::bigint,
 FROM pg_stat_user_tables WHERE relname = 'chip_durable_events' AND schemaname = current_schema()
 """
 
-# Every owner that holds rows, by a skip scan of the owner index: one probe per
-# owner, however many rows each holds.
-_OWNERS = """
-WITH RECURSIVE owners AS (
-    SELECT min(lease_owner) AS owner FROM chip_durable_events
+# Every instance that wrote rows still pending, by a skip scan of the writer index: one
+# probe per writer, however many rows each wrote.
+_WRITERS = """
+WITH RECURSIVE writers AS (
+    SELECT min(emitted_by) AS writer FROM chip_durable_events
     UNION ALL
-    SELECT (SELECT min(lease_owner) FROM chip_durable_events WHERE lease_owner > owners.owner)
-    FROM owners WHERE owners.owner IS NOT NULL
+    SELECT (SELECT min(emitted_by) FROM chip_durable_events WHERE emitted_by > writers.writer)
+    FROM writers WHERE writers.writer IS NOT NULL
 )
 """
 
-# Each owner's rows and lapsed leases, and how it is judged (as the claim judges it);
-# the rows counted up to a cap, so a million-row backlog is not counted row by row.
-LEASE_OWNERS = _OWNERS + f"""
-SELECT owner,
+# Each writer's pending rows (whoever holds them now), those of them no lease holds, and how
+# the writer is judged (as the claim judges it); the rows counted up to a cap, so a
+# million-row backlog is not counted row by row.
+LEASE_OWNERS = _WRITERS + f"""
+SELECT writer,
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
-                              WHERE lease_owner = owners.owner LIMIT %(cap)s) held),
+                              WHERE emitted_by = writers.writer LIMIT %(cap)s) held),
        (SELECT count(*) FROM (SELECT FROM chip_durable_events
-                              WHERE lease_owner = owners.owner AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
+                              WHERE emitted_by = writers.writer AND lease_expires_at < now() LIMIT %(cap)s) lapsed),
        {judged("i")}
-FROM owners LEFT JOIN chip_durable_events_instances i ON i.instance_id = owners.owner
-WHERE owner IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
+FROM writers LEFT JOIN chip_durable_events_instances i ON i.instance_id = writers.writer
+WHERE writer IS NOT NULL ORDER BY 2 DESC, 1 LIMIT 50
 """
 
 DEAD_LETTERS_BY_REASON = """
@@ -73,8 +74,8 @@ WITH moved AS (
     WHERE %(all)s OR id = ANY(%(ids)s::text[])
     RETURNING id, payload, attempts
 )
-INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, lease_expires_at)
-SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', now()
+INSERT INTO chip_durable_events (id, payload, attempts, last_error, lease_owner, emitted_by, lease_expires_at)
+SELECT id, payload, attempts, 'replayed from the dead-letter table', 'replay', 'replay', now()
 FROM moved
 ON CONFLICT (id) DO NOTHING
 RETURNING id

@@ -11,31 +11,44 @@ from .hot import HotStatement
 
 # The running emitter's statements (store.py).
 
+# Where a row's lease stands, and how a claim finds it without touching an index.
+#
+# lease_owner, lease_expires_at, lease_token: who holds the row now, until when, under
+# which claim (0: as written). A claim changes only these, none of them indexed, so its
+# UPDATE is a heap-only (HOT) update on the same page: no index entry is written, which
+# is most of what a claim used to cost (the table's fillfactor leaves each page room for
+# one new version of each of its rows). emitted_by, which instance wrote it, never
+# changes; available_at (indexed) is when the row was first free for anyone: set when
+# it is written, released or lapsed, never by a claim. A row is claimable when both its
+# available_at and its lease_expires_at have passed; rows in flight under a claim stay
+# in the available_at range until deleted, and a claim steps over them.
+
 # One statement, binary parameters: one round trip, little client CPU, and the
 # lease measured on the database's clock like every comparison made with it.
-# Spilled rows are claimable at once, in their turn: their lease lapses as they
-# are written, so claims (oldest lapse first) take them after rows that became
-# claimable earlier (released or spilled before them), never ahead of all of them.
+# Spilled rows are claimable at once, in their turn: they are free as they are
+# written, so claims (oldest first) take them after rows that became claimable
+# earlier (released or spilled before them), never ahead of all of them.
 INSERT_EVENTS = HotStatement(b"durable_emitter_insert", b"""
-INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at)
-SELECT id, payload, $3, $3,
-       CASE WHEN $5 THEN now()
-            ELSE now() + make_interval(secs => $4) END
-FROM unnest($1::text[], $2::bytea[]) AS t(id, payload)
+INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at, available_at)
+SELECT id, payload, $3, $3, lease, lease
+FROM unnest($1::text[], $2::bytea[]) AS t(id, payload),
+     LATERAL (SELECT CASE WHEN $5 THEN now() ELSE now() + make_interval(secs => $4) END AS lease) l
 """, (1009, 1001, 25, 701, 16))  # ids text[], payloads bytea[], owner text, lease seconds float8, spilled bool
 
 
-def _claim(rows: str, *, before: str = "", returning: str = "") -> str:
-    """Lease the rows ``rows`` selects (ids, ordered, limited and locked SKIP LOCKED, which keeps
-    claims apart) to the claimer, finding each by its primary key however large the table.
-    Each claim's lease gets its own token (the claiming transaction's id), returned with the rows.
+def _claim(rows: str, *, before: str = "", returning: str = "", also: str = "") -> str:
+    """Lease the rows ``rows`` selects to the claimer, as many as fit ``max_bytes`` (one at least).
 
-    ``before``: CTEs ``rows`` reads; ``returning``: more columns of ``rows`` to return with each row.
+    ``rows`` yields ``ctid, id, ord, bytes`` (and ``returning``'s columns), ordered by ``ord``,
+    limited, and locked ``FOR UPDATE SKIP LOCKED``, which keeps claims apart; each row is then
+    found again by its ctid, with no index. Each claim's lease gets its own token (the claiming
+    transaction's id), returned with the rows. ``before``: CTEs ``rows`` reads; ``returning``:
+    more columns of ``rows`` to return with each row; ``also``: more columns to set.
     """
-    update = """UPDATE chip_durable_events e
+    update = f"""UPDATE chip_durable_events e
     SET lease_owner = %(owner)s, lease_expires_at = now() + make_interval(secs => %(lease)s),
-        lease_token = txid_current()
-    WHERE e.id = ANY(ARRAY(SELECT id FROM claimable))
+        lease_token = txid_current(){also}
+    WHERE e.ctid = ANY(ARRAY(SELECT ctid FROM fitting))
     RETURNING e.id, e.payload, e.created_at, e.lease_token"""
     if returning:
         update = f"""claimed AS (
@@ -46,35 +59,67 @@ FROM claimed JOIN claimable USING (id)"""
     return f"""
 WITH {before.strip()}{"," if before else ""} claimable AS (
     {rows.strip()}
+), fitting AS (
+    SELECT ctid FROM (SELECT ctid, sum(bytes + 8) OVER w AS upto, row_number() OVER w AS n
+                      FROM claimable WINDOW w AS (ORDER BY ord, ctid)) r
+    WHERE upto <= %(max_bytes)s OR n = 1
 ){"," if returning else ""}
 {update}
 """
 
 
-# Rows nobody holds: lease lapsed (spilled, released for retry, or lapsed by a
-# restart: see LAPSE_LEASES), oldest lapse first. A range scan of the lease index
-# however few rows are claimable: live leases sit at its far end.
-CLAIM_EVENTS = _claim("""
-    SELECT id FROM chip_durable_events
-    WHERE lease_expires_at < now()
-      AND (NOT %(writer_only)s OR lease_owner = %(owner)s)
-    ORDER BY lease_expires_at
+# Which owners are gone (queries.judged): their held rows are claimable whatever their lease says.
+_GONE = """gone AS (
+    SELECT i.instance_id FROM chip_durable_events_instances i
+    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judgement} = 'gone'
+)"""
+
+# Rows nobody holds (spilled, the outbox's, released for retry, lapsed by a restart: see
+# LAPSE_LEASES), rows held by an owner that is gone, and rows this instance claimed in an
+# earlier run (their claim's token is older than this run's start): oldest first. A range
+# scan of the available_at index however few rows are claimable: rows written with a live
+# lease sit at its far end.
+CLAIM_EVENTS = """
+    SELECT ctid, id, available_at AS ord, octet_length(payload) AS bytes FROM chip_durable_events
+    WHERE available_at < now()
+      AND (lease_expires_at < now() OR lease_owner IN (SELECT instance_id FROM gone)
+           OR (lease_owner = %(owner)s AND lease_token <> 0 AND lease_token < %(run_floor)s))
+    ORDER BY available_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+"""
+
+# A writer-only instance claims only rows it wrote (spilled, released, lapsed): a range
+# of the writer index, oldest first.
+CLAIM_OWN_EVENTS = _claim("""
+    SELECT ctid, id, created_at AS ord, octet_length(payload) AS bytes FROM chip_durable_events
+    WHERE emitted_by >= %(owner)s AND emitted_by <= %(owner)s AND available_at < now()
+      AND (lease_expires_at < now() OR (lease_owner = %(owner)s AND lease_token <> 0 AND lease_token < %(run_floor)s))
+    ORDER BY emitted_by, created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 """)
 
-# A (re)started dispatcher ends the leases its instance id holds: what an earlier
-# run held in memory or in flight is gone with it, so those rows are claimable
-# at once (by it, or by any instance) instead of after their lease.
+# A (re)started dispatcher ends the leases of rows its instance id wrote and still holds
+# as written: what an earlier run held in memory is gone with it, so those rows are
+# claimable at once (by it, or by any instance) instead of after their lease. Only rows
+# written within a lease's time can hold one (a range of the writer index); rows it had
+# claimed come back to it through their token (CLAIM_EVENTS' run_floor). Returns how
+# many, and this run's floor: claims made before it are an earlier run's.
 LAPSE_LEASES = """
-UPDATE chip_durable_events SET lease_expires_at = now()
-WHERE lease_owner = %(owner)s AND lease_expires_at > now()
+WITH lapsed AS (
+    UPDATE chip_durable_events SET lease_expires_at = now(), available_at = least(available_at, now())
+    WHERE emitted_by = %(owner)s AND created_at > now() - make_interval(secs => %(lease)s) - interval '1 minute'
+      AND lease_owner = %(owner)s AND lease_token = 0 AND lease_expires_at > now()
+    RETURNING 1
+)
+SELECT count(*), txid_current() FROM lapsed
 """
 
 # Committed groups a restarted dispatcher will not publish from memory: their rows
 # are claimable at once.
 LAPSE_ROWS = """
-UPDATE chip_durable_events SET lease_expires_at = now()
+UPDATE chip_durable_events SET lease_expires_at = now(), available_at = least(available_at, now())
 WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s AND lease_token = 0 AND lease_expires_at > now()
 """
 
@@ -171,7 +216,7 @@ WITH liveness AS (
     DELETE FROM chip_durable_events_instances WHERE instance_id IN (
         SELECT i.instance_id FROM chip_durable_events_instances i
         WHERE %(starting)s AND i.instance_id <> %(owner)s AND i.seen_at < now() - i.liveness_grace
-          AND NOT EXISTS (SELECT 1 FROM chip_durable_events e WHERE e.lease_owner = i.instance_id)
+          AND NOT EXISTS (SELECT 1 FROM chip_durable_events e WHERE e.emitted_by = i.instance_id)
         FOR UPDATE SKIP LOCKED)  -- starts running at once wait for none, nor deadlock
 ), recorded AS (
     INSERT INTO chip_durable_events_instances AS i
@@ -188,19 +233,22 @@ WITH liveness AS (
 SELECT held FROM liveness
 """
 
-# The rows of owners judged 'gone', whatever their lease says, in one statement (the
-# judgement and the claim see one state): each such owner's rows oldest first (an
-# ordered range of the owner index, however many it holds), the owner seen longest
-# ago first. Returns each row's previous owner too. The same statement notes, for
-# every owner whose lock it finds free for the first time, that moment: the grace
-# counts from there (on the database's clock), so one judged now was seen free a
+# The rows the owners judged 'gone' wrote and still hold as written, whatever their lease
+# says, in one statement (the judgement and the claim see one state): each such owner's
+# rows oldest first (an ordered range of the writer index, however many it wrote), the
+# owner seen longest ago first. Returns each row's previous owner too. The same statement
+# notes, for every owner whose lock it finds free for the first time, that moment: the
+# grace counts from there (on the database's clock), so one judged now was seen free a
 # grace ago. Records locked by another claimer or an owner's refresh are left to them.
+# Rows a gone owner had claimed from others come back through CLAIM_EVENTS; so do these,
+# should their claimer die too: they are made available now (an index entry, for rows of
+# the dead only), which rows written with a live lease were not.
 CLAIM_ORPHANS = _claim("""
-    SELECT c.id, o.instance_id AS orphaned_by
+    SELECT c.ctid, c.id, c.created_at AS ord, c.bytes, o.instance_id AS orphaned_by
     FROM orphans o CROSS JOIN LATERAL (
-        SELECT id FROM chip_durable_events
-        WHERE lease_owner >= o.instance_id AND lease_owner <= o.instance_id
-        ORDER BY lease_owner, created_at
+        SELECT ctid, id, created_at, octet_length(payload) AS bytes FROM chip_durable_events
+        WHERE emitted_by >= o.instance_id AND emitted_by <= o.instance_id AND lease_owner = o.instance_id
+        ORDER BY emitted_by, created_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
@@ -216,16 +264,19 @@ seen_free AS (
     SELECT i.instance_id FROM chip_durable_events_instances i
     WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judged("i")} = 'gone'
     ORDER BY i.seen_at
-)""", returning="claimable.orphaned_by")
+)""", returning="claimable.orphaned_by", also=", available_at = least(e.available_at, now())")
+
+CLAIM_EVENTS = _claim(CLAIM_EVENTS, before=_GONE.format(judgement=judged("i")))
 
 # A row's wait grows with the attempts it already had (the value before this update). Only
 # under the lease the releasing copy had: a copy left from an earlier lease of the same row
 # (its release came late) must not hand back a later claim's row while that is in flight.
-RELEASE_EVENTS = """
+_BACKOFF = """now() + make_interval(secs => least(
+        %(retry_max)s::float8, %(retry_after)s::float8 * power(%(multiplier)s::float8, least(attempts, 64))))"""
+RELEASE_EVENTS = f"""
 UPDATE chip_durable_events
 SET attempts = attempts + %(attempts)s, last_error = %(error)s,
-    lease_expires_at = now() + make_interval(secs => least(
-        %(retry_max)s::float8, %(retry_after)s::float8 * power(%(multiplier)s::float8, least(attempts, 64))))
+    lease_expires_at = {_BACKOFF}, available_at = {_BACKOFF}
 WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s AND lease_token = %(token)s
 """
 
@@ -290,13 +341,12 @@ SELECT coalesce((SELECT rows FROM estimate), (SELECT rows FROM counted)),
        (SELECT rows FROM estimate) IS NULL
 """
 
-# Rows this instance holds, and rows it emitted that another instance holds now
-# (claimed after a spill, a release, or a lapse): one probe of each index.
+# Rows this instance wrote, whoever holds them now (a range of the writer index), and the
+# rows it claimed from others that it still holds (their ids, which the dispatcher knows).
 HAS_PENDING_BEFORE = """
 SELECT EXISTS (SELECT 1 FROM chip_durable_events
-               WHERE created_at <= %(before)s AND lease_owner = %(owner)s)
-    OR EXISTS (SELECT 1 FROM chip_durable_events
-               WHERE created_at <= %(before)s AND emitted_by = %(owner)s AND lease_owner <> emitted_by)
+               WHERE emitted_by = %(owner)s AND created_at <= %(before)s)
+    OR EXISTS (SELECT 1 FROM chip_durable_events WHERE id = ANY(%(held)s::text[]) AND lease_owner = %(owner)s)
 """
 
 # The database's clock (not the transaction's start): flush compares row times with it.

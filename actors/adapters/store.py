@@ -31,6 +31,7 @@ from .queries import (
     BACKEND_PID,
     CLAIM_EVENTS,
     CLAIM_ORPHANS,
+    CLAIM_OWN_EVENTS,
     CONFIRM_EVENTS,
     DATABASE_NOW,
     DEAD_LETTER_EVENTS,
@@ -103,17 +104,22 @@ class Store:
         await self._db.run_hot(INSERT_EVENTS,
                                _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
 
-    async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool) -> list[StoredEvent]:
-        """Lease up to ``limit`` claimable rows to ``owner``; SKIP LOCKED keeps instances apart."""
-        cursor = await self._db.run(CLAIM_EVENTS, {
-            "owner": owner, "lease": lease, "limit": limit,
-            "writer_only": writer_only,
-        }, prepare=False)
+    async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool, max_bytes: int = 2**31,
+                    run_floor: int = 0) -> list[StoredEvent]:
+        """Lease up to ``limit`` claimable rows to ``owner``, as many as fit ``max_bytes`` of payload
+        (one at least); SKIP LOCKED keeps instances apart. ``writer_only``: only rows ``owner`` wrote.
+        ``run_floor`` (:meth:`lapse_leases`): rows ``owner`` claimed before it are its to take again."""
+        cursor = await self._db.run(CLAIM_OWN_EVENTS if writer_only else CLAIM_EVENTS, {
+            "owner": owner, "lease": lease, "limit": limit, "max_bytes": max_bytes, "run_floor": run_floor,
+        }, prepare=False, binary=True)
         return [StoredEvent(*row) for row in cursor.fetchall()]
 
-    async def lapse_leases(self, owner: str) -> int:
-        """End every lease ``owner`` holds, so its rows are claimable now; return how many."""
-        return (await self._db.run(LAPSE_LEASES, {"owner": owner})).rowcount
+    async def lapse_leases(self, owner: str, *, lease: float) -> tuple[int, int]:
+        """End the leases of rows ``owner`` wrote and still holds as written (``lease``: how long it
+        leases what it writes), so they are claimable now; return how many, and the run floor:
+        rows ``owner`` claimed before it are an earlier run's (:meth:`claim` takes them again)."""
+        lapsed, floor = one_row(await self._db.run(LAPSE_LEASES, {"owner": owner, "lease": lease}))
+        return int(lapsed), int(floor)
 
     async def lapse_rows(self, ids: Sequence[str], *, owner: str) -> int:
         """End ``owner``'s leases of the rows ``ids`` as written (not claimed since): claimable now."""
@@ -147,11 +153,13 @@ class Store:
         """:meth:`record_instance`, every sample: keep the lock (take it again after a reconnect), say so."""
         return await self.record_instance(owner, session_liveness=session_liveness, grace=grace, starting=False)
 
-    async def claim_orphans(self, *, owner: str, lease: float, limit: int) -> tuple[list[StoredEvent], set[str]]:
-        """Lease up to ``limit`` rows of owners judged gone to ``owner``, each owner's oldest first,
-        in the statement that judges them; return the rows and the owners they were taken from."""
-        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit},
-                                   prepare=False)).fetchall()
+    async def claim_orphans(self, *, owner: str, lease: float, limit: int,
+                            max_bytes: int = 2**31) -> tuple[list[StoredEvent], set[str]]:
+        """Lease up to ``limit`` rows that owners judged gone wrote and held (as many as fit
+        ``max_bytes``), each owner's oldest first, in the statement that judges them; return the
+        rows and the owners they were taken from."""
+        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit,
+                                                   "max_bytes": max_bytes}, prepare=False, binary=True)).fetchall()
         return [StoredEvent(*row[:4]) for row in rows], {row[4] for row in rows}
 
     async def release(self, ids: Sequence[str], *, owner: str, token: int, error: str, attempts: int,
@@ -196,8 +204,11 @@ class Store:
         now: datetime = one_row(await self._db.run(DATABASE_NOW))[0]
         return now
 
-    async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
-        cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
+    async def has_pending_before(self, before: datetime, *, owner: str, held: Sequence[str] = ()) -> bool:
+        """Whether a row ``owner`` wrote before ``before`` is pending (whoever holds it), or one of the
+        rows ``held`` (claimed by ``owner`` from others) still is ``owner``'s."""
+        cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner, "held": list(held)},
+                                    prepare=False)
         return bool(one_row(cursor)[0])
 
     async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,

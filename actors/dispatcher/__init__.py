@@ -75,14 +75,14 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     slots = trio.Semaphore(config.publishes_in_flight)
     backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
     rng = random.Random()
-    stale_before = await leave_to_the_table(wiring.store, config)
+    start = await leave_to_the_table(wiring.store, config)
     async with trio.open_nursery() as nursery:
         gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=backoff,
                             probe_timeout=config.publish_timeout, rng=rng, nursery=nursery)
         publisher = Publisher(config, chip=wiring.chip, store=wiring.store, outbox=wiring.outbox, gate=gate,
                               slots=slots, state=state, backoff=backoff, rng=rng)
         recovery = Recovery(config, store=wiring.store, doorbell=wiring.doorbell, gate=gate, publisher=publisher,
-                            slots=slots, state=state)
+                            slots=slots, state=state, run_floor=start.run_floor)
         recovery_scope = trio.CancelScope()
 
         async def recover() -> None:
@@ -94,7 +94,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
 
         nursery.start_soon(recover)
         task_status.started()
-        await _dispatch_fresh(wiring, slots, publisher, nursery, stale_before)
+        await _dispatch_fresh(wiring, slots, publisher, nursery, start.stale_before)
         recovery_scope.cancel()
         if gate.paused:  # held batches cannot finish: their rows stay in the table
             nursery.cancel_scope.cancel()

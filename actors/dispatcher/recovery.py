@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 
 import trio
@@ -20,7 +21,7 @@ import trio
 from ..adapters.store import Store, StoredEvent
 from ..config import EmitterConfig
 from ..core.failures import StoreFailure
-from ..core.publishing import claim_limit, publish_deadline, split_by_bytes
+from ..core.publishing import publish_deadline, split_by_bytes
 from ..errors import StoreUnavailable
 from ..logs import FailureLog, get_logger
 from ..messages import Outgoing
@@ -45,18 +46,26 @@ def _watched(step: FailureLog, *, crash_unless_transient: bool) -> Iterator[None
         step.worked()
 
 
-async def leave_to_the_table(store: Store, config: EmitterConfig) -> float:
-    """Leave what an earlier run held to the table; return the Trio time before which committed
-    groups were sent that this run must leave to the table too (-inf: none).
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """What a dispatcher run's start left to the table, and what that tells the run."""
+
+    stale_before: float  # committed groups sent before this (Trio time) are left to the table too
+    run_floor: int  # claims older than this (their token) are an earlier run's: the run takes them again
+
+
+async def leave_to_the_table(store: Store, config: EmitterConfig) -> RunStart:
+    """Leave what an earlier run held to the table.
 
     An earlier run of this dispatcher (or of this instance id) held rows in
-    memory or in flight, leased to this id; they went with it, so their leases
-    end now. Groups the persister committed before they ended (handed over now,
-    or later) may be claimable already: published from memory as well, they
-    would go twice, so the gatherer leaves them to the table.
+    memory or in flight, leased to this id; they went with it, so the leases of
+    rows it wrote end now, and rows it claimed are this run's to claim again at
+    once. Groups the persister committed before the leases ended (handed over
+    now, or later) may be claimable already: published from memory as well,
+    they would go twice, so the gatherer leaves them to the table.
     """
     try:
-        lapsed = await store.lapse_leases(config.instance_id)
+        lapsed, run_floor = await store.lapse_leases(config.instance_id, lease=config.lease_duration)
     except StoreUnavailable as exc:
         if exc.kind is not StoreFailure.TRANSIENT:
             raise
@@ -64,10 +73,10 @@ async def leave_to_the_table(store: Store, config: EmitterConfig) -> float:
         # are claimed then; nothing was lapsed, so every group handed over is ours to publish.
         # Crashing here would spend the restart budget on every restart.
         log.warning("could not end the leases an earlier run held; they lapse on their own", error=str(exc))
-        return float("-inf")
+        return RunStart(float("-inf"), 0)
     if lapsed:
         log.info("rows an earlier run held are claimable again", count=lapsed)
-    return publish_deadline(trio.current_time(), config.lease_duration, config.publish_timeout)
+    return RunStart(publish_deadline(trio.current_time(), config.lease_duration, config.publish_timeout), run_floor)
 
 
 async def leave_rows(store: Store, ids: list[str], owner: str) -> None:
@@ -82,10 +91,11 @@ async def leave_rows(store: Store, ids: list[str], owner: str) -> None:
 
 class Recovery:
     def __init__(self, config: EmitterConfig, *, store: Store, doorbell: trio.MemoryReceiveChannel[None],
-                 gate: DeliveryGate, publisher: Publisher, slots: trio.Semaphore, state: DispatcherState) -> None:
+                 gate: DeliveryGate, publisher: Publisher, slots: trio.Semaphore, state: DispatcherState,
+                 run_floor: int) -> None:
         self.config, self.store, self.doorbell = config, store, doorbell
         self.gate, self.publisher, self.slots, self.state = gate, publisher, slots, state
-        self.mean_payload = float(config.max_event_bytes)
+        self.run_floor = run_floor
         self.orphans_seen: set[str] = set()  # dead owners already logged
 
     async def recover_forever(self, nursery: trio.Nursery) -> None:
@@ -111,7 +121,7 @@ class Recovery:
                         rows_left = await self.claim_all(nursery, self.claim_orphans, deadline)
                     rows_left |= await self.claim_all(nursery, partial(
                         store.claim, owner=config.instance_id, lease=config.lease_duration,
-                        writer_only=config.writer_only), deadline)
+                        writer_only=config.writer_only, run_floor=self.run_floor), deadline)
             if rows_left:
                 continue
             with trio.move_on_after(config.scan_interval):
@@ -126,11 +136,11 @@ class Recovery:
             log.warning("events expired to the dead-letter table", count=expired)
             self.state.expired += expired
 
-    async def claim_orphans(self, *, limit: int) -> list[StoredEvent]:
-        """Claim rows of instances judged gone (their lock is free and their connections ended, or
-        their grace passed), whatever their lease says; log each such instance once."""
-        rows, owners = await self.store.claim_orphans(owner=self.config.instance_id,
-                                                      lease=self.config.lease_duration, limit=limit)
+    async def claim_orphans(self, *, limit: int, max_bytes: int) -> list[StoredEvent]:
+        """Claim rows of instances judged gone (their lock stayed free past their grace, or their
+        death is proven), whatever their lease says; log each such instance once."""
+        rows, owners = await self.store.claim_orphans(owner=self.config.instance_id, lease=self.config.lease_duration,
+                                                      limit=limit, max_bytes=max_bytes)
         if newly := sorted(owners - self.orphans_seen):
             log.warning("claiming the rows of instances that are not running", owners=newly)
             self.orphans_seen.update(newly)
@@ -138,7 +148,9 @@ class Recovery:
 
     async def claim_all(self, nursery: trio.Nursery, claim: Callable[..., Awaitable[list[StoredEvent]]],
                         deadline: float) -> bool:
-        """Claim with ``claim(limit=...)`` and publish, while full batches come back and until ``deadline``.
+        """Claim with ``claim(limit=..., max_bytes=...)`` and publish, while full batches come back and
+        until ``deadline``. Each claim is one request's worth, by count and by bytes (Postgres sums the
+        payloads), so the first claim is as large as any.
 
         True if it stopped at the deadline with rows still to claim.
         """
@@ -147,8 +159,7 @@ class Recovery:
             await self.slots.acquire()
             sent_at = trio.current_time()
             try:
-                limit = claim_limit(config.publish_batch_size, config.max_request_bytes, self.mean_payload)
-                rows = await claim(limit=limit)
+                rows = await claim(limit=config.publish_batch_size, max_bytes=config.max_request_bytes)
             except BaseException:
                 self.slots.release()
                 raise
@@ -158,13 +169,23 @@ class Recovery:
             self.state.claimed += len(rows)
             publish_by = publish_deadline(sent_at, config.lease_duration, config.publish_timeout)
             batch = Outgoing([r.id for r in rows], [r.payload for r in rows], publish_by, rows[0].lease_token)
-            self.mean_payload = sum(map(len, batch.payloads)) / len(rows)
-            # Sized by the mean payload: a few large rows may still need cutting to the cap.
-            nursery.start_soon(self.publisher.publish_holding_slot,
-                               [batch.slice(start, stop)
-                                for start, stop in split_by_bytes(batch.payloads, config.max_request_bytes)],
-                               "retransmit")
-            if len(rows) < limit:
-                return False
+            nursery.start_soon(self.publish_claimed, batch)
+            room_left = config.max_request_bytes - sum(map(len, batch.payloads)) - 8 * len(batch)
+            if len(rows) < config.publish_batch_size and room_left > config.max_event_bytes:
+                return False  # it had room for more: nothing more is claimable now
             if trio.current_time() >= deadline:
                 return True
+
+    async def publish_claimed(self, batch: Outgoing) -> None:
+        """Publish a claimed batch while it holds its slot; meanwhile its ids are this instance's to
+        flush (rows claimed from others are found by no index of their holder)."""
+        holding = self.state.holding
+        holding.update(batch.event_ids)
+        try:
+            # Within the cap by the claim's sum; framing may still ask for a cut.
+            await self.publisher.publish_holding_slot(
+                [batch.slice(start, stop) for start, stop in split_by_bytes(batch.payloads,
+                                                                           self.config.max_request_bytes)],
+                "retransmit")
+        finally:
+            holding.difference_update(batch.event_ids)

@@ -97,7 +97,7 @@ def test_backlog_reports_reads_drain_and_plans(tmp_path, pg_server_url) -> None:
         assert row[key] > 0, key
     assert "## Plan: claim, no row claimable (every lease live)" in report
     few = report.split("## Plan: claim, no row claimable")[1]
-    assert "Index Scan using chip_durable_events_lease_idx" in few.split("## ")[0]  # no scan of the whole table
+    assert "Index Scan using chip_durable_events_available_idx" in few.split("## ")[0]  # no scan of the whole table
 
 
 def test_outbox_reports_latency_both_ways_and_rates_beside_emit_many(tmp_path, pg_server_url) -> None:

@@ -35,7 +35,7 @@ async def _lapse_leases(database_url: str, owner: str) -> None:
     """End ``owner``'s leases, as a restart of it or a release does: its rows are claimable at once."""
     store = Store(database_url)
     try:
-        await store.lapse_leases(owner)
+        await store.lapse_leases(owner, lease=60)
     finally:
         store.close()
 
@@ -89,7 +89,7 @@ async def test_the_store_deletes_and_dead_letters_only_rows_the_owner_holds(data
             assert await store.delete(ids, owner="a") == 0, lease
             assert await store.dead_letter([Rejection(i, "SCHEMA_MISSING", "refused") for i in ids], owner="a") == []
             assert _owners(database_url) == dict.fromkeys(ids, "b") and dead_letters(database_url) == {}
-            await store.lapse_leases("b")
+            await store.lapse_leases("b", lease=60)
         # The holder's own statements do what they say.
         assert await store.delete(ids[:2], owner="b") == 2
         assert await store.dead_letter([Rejection(i, "SCHEMA_MISSING", "refused") for i in ids[2:]], owner="b") == [

@@ -22,23 +22,25 @@ class _Store:
     def __init__(self, error: StoreUnavailable | None = None) -> None:
         self.error, self.asked = error, 0
 
-    async def lapse_leases(self, owner: str) -> int:
+    async def lapse_leases(self, owner: str, *, lease: float) -> tuple[int, int]:
         self.asked += 1
         if self.error:
             raise self.error
-        return 3
+        return 3, 1234  # lapsed, and this run's floor
 
 
 async def test_a_start_ends_the_leases_and_leaves_groups_committed_before_that_to_the_table(autojump_clock) -> None:
     store = _Store()
-    stale_before = await leave_to_the_table(store, CONFIG)  # type: ignore[arg-type]  # a fake store
+    start = await leave_to_the_table(store, CONFIG)  # type: ignore[arg-type]  # a fake store
     # A group whose commit was sent before the leases ended is stale; one sent after is not.
-    assert store.asked == 1 and stale_before == trio.current_time() + 60 - 2 * 5
+    assert store.asked == 1 and start.stale_before == trio.current_time() + 60 - 2 * 5
+    assert start.run_floor == 1234  # claims older than this start are the earlier run's
 
 
 async def test_a_start_survives_a_postgres_that_is_away_and_then_publishes_every_group_from_memory() -> None:
     away = _Store(StoreUnavailable("Postgres: connection refused"))  # no SQLSTATE: transient
-    assert await leave_to_the_table(away, CONFIG) == -math.inf  # type: ignore[arg-type]
+    start = await leave_to_the_table(away, CONFIG)  # type: ignore[arg-type]
+    assert (start.stale_before, start.run_floor) == (-math.inf, 0)
 
     refused = _Store(StoreUnavailable("Postgres: permission denied", sqlstate="42501"))
     with pytest.raises(StoreUnavailable):  # rights: a retry cannot help, the supervisor hears of it
