@@ -94,5 +94,4 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         task_status.started()
         await _dispatch_fresh(wiring, slots, publisher, nursery)
         recovery_scope.cancel()
-        if gate.paused:  # held batches cannot finish: their rows stay in the table
-            nursery.cancel_scope.cancel()
+        gate.stop()  # batches Chip does not take now stay in the table: close waits for none of them

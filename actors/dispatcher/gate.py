@@ -31,6 +31,17 @@ class DeliveryGate:
         self._resumed = trio.Event()  # set while delivery is up; a fresh one while paused
         self._resumed.set()
         self._probing = False
+        self.stopping = False  # the inbox closed: a failed call ends its batch, and a pause ends them all
+
+    def stop(self) -> None:
+        """The emitter is closing: batches that cannot be delivered now leave their rows in the table.
+
+        Retrying, or waiting for a Chip that is away, would only hold the close up until the
+        shutdown deadline; the rows are durable and the next start publishes them.
+        """
+        self.stopping = True
+        if self.paused:
+            self.nursery.cancel_scope.cancel()
 
     @property
     def open(self) -> bool:
@@ -65,6 +76,9 @@ class DeliveryGate:
                 log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),
                             failed_calls=change.failed_calls)
             self._resumed.set()
+            return
+        if self.stopping:
+            self.nursery.cancel_scope.cancel()
             return
         if self._resumed.is_set():
             self._resumed = trio.Event()

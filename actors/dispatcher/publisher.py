@@ -20,7 +20,7 @@ from ..config import EmitterConfig
 from ..core.answers import PublishOutcome, interpret_response
 from ..core.backoff import Backoff
 from ..core.events import encode_batch
-from ..core.failures import CallFailed, StoreFailure
+from ..core.failures import CallFailed, CallKind, StoreFailure
 from ..core.publishing import decide, refusal
 from ..errors import StoreUnavailable
 from ..logs import get_logger
@@ -79,6 +79,8 @@ class Publisher:
                 continue  # the lease may have lapsed meanwhile
             answer = await self.call(pending, phase)
             gate.call_answered(answer if isinstance(answer, CallFailed) else None)
+            if gate.stopping and isinstance(answer, CallFailed) and answer.kind is not CallKind.TOO_LARGE:
+                return  # closing: no retry; the rows stay in the table for the next start
             decision = decide(answer, pending.event_ids, attempt=attempt,
                               attempts=config.publish_attempts, now=trio.current_time(), publish_by=publish_by,
                               backoff=self.backoff, rng=self.rng, paused=gate.paused)

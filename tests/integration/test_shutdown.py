@@ -6,6 +6,8 @@ delivers it. Real Postgres and real chipmock, default settings but for the knob
 a test is about.
 """
 
+import socket
+
 import psycopg
 import pytest
 import trio
@@ -114,3 +116,24 @@ async def test_publishes_that_outlast_shutdown_timeout_leave_their_rows_for_the_
         await emitter.flush(timeout=30)
     assert chip.counters.seen(ids) == ids
     assert pending_ids(database_url) == set()
+
+
+def _unused_port() -> int:
+    """A port nothing listens on (bound, then released, so the OS does not hand it out again at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_closing_while_nothing_listens_at_chips_address_returns_at_once_and_keeps_the_event(
+        database_url, caplog) -> None:
+    """A short-lived host (a CLI, a job) during a Chip outage: open, emit, close. The event waits in the
+    table; close does not sit out the shutdown deadline retrying a Chip that is not there."""
+    config = EmitterConfig(database_url=database_url, chip_endpoint=f"127.0.0.1:{_unused_port()}")
+    async with open_emitter(config) as emitter:
+        event_id = await emitter.emit(b"x", source="wf", type="tick")
+        closing = trio.current_time()
+    took = trio.current_time() - closing
+    assert pending_ids(database_url) == {event_id}
+    assert "did not stop within its shutdown deadline" not in caplog.text
+    assert took < config.shutdown_timeout / 2, took  # a broken close waits the whole deadline (5 s)
