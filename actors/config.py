@@ -11,11 +11,12 @@ import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.credentials import auth_problem, parse_headers
 from .errors import ConfigError
 from .logs import get_logger
 
@@ -100,6 +101,17 @@ class EmitterConfig:
     chip_ca_file: Path | None = None  # a CA bundle for Chip's certificate
     chip_username: str | None = None  # basic auth on every call, with chip_password
     chip_password: str | None = field(default=None, repr=False)  # never logged or shown
+
+    # Chip's node token, as Chainlink nodes authenticate: an ed25519 key file (PEM
+    # PKCS#8, or the 32-byte seed as 64 hex characters) signs a token refreshed once
+    # older than chip_auth_ttl. Credentials never go in plaintext beyond loopback
+    # unless chip_auth_plaintext says so.
+    chip_auth_key_file: Path | None = None
+    chip_auth_ttl: float = _seconds(default=600.0)  # token age before it is signed again (at least 10m)
+    chip_auth_public_key: str | None = None  # hex: the key chip_auth_signer signs for (code: or Emitter.set_chip_signer)
+    chip_auth_signer: Callable[[bytes], bytes | Awaitable[bytes]] | None = field(default=None, repr=False, metadata={"env": False})  # signs bytes (ed25519), sync or async, within 5 s
+    chip_auth_headers: Mapping[str, str] | None = field(default=None, repr=False, hash=False)  # name=value,... on every call
+    chip_auth_plaintext: bool = False  # allow credentials without TLS to a host other than loopback
 
     # Several instances may share one table; rows are leased to one at a time.
     instance_id: str = field(default_factory=default_instance_id)
@@ -229,6 +241,12 @@ class EmitterConfig:
             raise ConfigError(f"chip_endpoint must be host:port, got {self.chip_endpoint!r}")
         if (self.chip_username is None) != (self.chip_password is None):
             raise ConfigError("chip_username and chip_password must be given together")
+        auth = auth_problem(endpoint=self.chip_endpoint, tls=self.chip_tls, plaintext_allowed=self.chip_auth_plaintext,
+                            basic_auth=self.chip_username is not None, headers=self.chip_auth_headers,
+                            key_file=self.chip_auth_key_file is not None, public_key=self.chip_auth_public_key,
+                            signer=self.chip_auth_signer, ttl=self.chip_auth_ttl)
+        if auth:
+            raise ConfigError(auth)
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port!r}")
         if not _IDENTIFIER.match(self.schema):
@@ -267,12 +285,12 @@ class EmitterConfig:
         for f in dataclasses.fields(cls):
             name = ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}")
             raw = env.get(name)
-            if raw is None or f.name in overrides:
+            if raw is None or f.name in overrides or f.metadata.get("env") is False:
                 continue
             try:
                 values[f.name] = _parse_field(f, raw)
             except ValueError as exc:
-                shown = raw if f.name != "chip_password" else "***"
+                shown = raw if f.repr else "***"
                 raise ConfigError(f"{name}={shown!r}: {exc}") from None
         _warn_about_unknown_variables(env, cls)
         values.update(overrides)
@@ -303,12 +321,18 @@ ENV_NAMES = {
     "chip_ca_file": "CHIP_INGRESS_CA_FILE",
     "chip_username": "CHIP_INGRESS_USERNAME",
     "chip_password": "CHIP_INGRESS_PASSWORD",
+    "chip_auth_key_file": "CHIP_INGRESS_AUTH_KEY_FILE",
+    "chip_auth_ttl": "CHIP_INGRESS_AUTH_TTL",
+    "chip_auth_public_key": "CHIP_INGRESS_AUTH_PUBLIC_KEY",
+    "chip_auth_headers": "CHIP_INGRESS_AUTH_HEADERS",
+    "chip_auth_plaintext": "CHIP_INGRESS_AUTH_PLAINTEXT",
 }
 
 
 def _warn_about_unknown_variables(env: Mapping[str, str], cls: type[EmitterConfig]) -> None:
     """A mistyped ``DURABLE_EMITTER_*`` variable would be ignored in silence: name the closest known one."""
-    known = [ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}") for f in dataclasses.fields(cls)]
+    known = [ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}") for f in dataclasses.fields(cls)
+             if f.metadata.get("env") is not False]
     for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
         closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {closest[0]}?" if closest else "see the configuration table in README"
@@ -333,6 +357,8 @@ def _parse_field(f: dataclasses.Field[Any], raw: str) -> Any:
             raise ValueError(f"{raw!r} is not a number") from None
     if "Path" in kind:
         return Path(raw)
+    if "Mapping" in kind:
+        return parse_headers(raw)
     if not raw.strip():
         raise ValueError("is empty")
     return raw.strip()

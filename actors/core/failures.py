@@ -102,6 +102,9 @@ TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCE
                              "UNKNOWN", "CANCELLED"})
 # Credentials, rights, or the service itself: a human must act; retrying in a loop cannot help.
 CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+# Our side cannot make the node token (no signer yet, or it failed or hung): refused too, never a
+# dead letter; delivery resumes by itself once the host's signer works (actors/adapters/chip_auth.py).
+SIGNER_CODES = frozenset({"SIGNER_UNAVAILABLE", "SIGNER_FAILED"})
 # Everything else on a whole call (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED,
 # NOT_FOUND, ...) is about the request as a whole or the server's set-up, never one event:
 # per-event errors come in the answer's results.
