@@ -108,6 +108,7 @@ class ChipCredentials:
                               "or public_key=")
         self._sign, self.node_token = sign, True
         self._signed_at, self._failure, self._metadata = None, None, self._static
+        self._signing_thread = trio.CapacityLimiter(1)  # a hung signer before keeps its thread, not this one
 
     async def metadata(self) -> Metadata:
         """What the next call sends; signs a new token first when the last one is older than the TTL.

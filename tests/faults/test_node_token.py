@@ -1,0 +1,227 @@
+"""Chip's node token as Chainlink nodes send it, against a real chipmock that verifies it.
+
+Unknown keys, stale tokens, bad signatures, rotation past the TTL, a signer set after
+start, a signer that fails or hangs: emits stay durable, nothing is dead-lettered,
+delivery waits ("refused") and resumes by itself once a good key or signer is there.
+chipmock's own record (ids received, tokens admitted and refused) decides, and every
+log record and error these tests produce is searched for the key, tokens and header secret.
+"""
+
+import logging
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from actors import open_emitter
+from actors.adapters.chip import ChipClient
+from actors.core.node_token import format_token, signed_message
+from chipmock.auth import AuthPolicy
+from tests.helpers import dead_letters, pending_ids, wait_until
+
+HEADER_SECRET = "h3ader-s3cret-value"
+EVENTS = 200
+
+
+def _public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@pytest.fixture
+def openssl_key(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
+    """A node key as operators make one: ``openssl genpkey -algorithm ed25519`` (PEM, PKCS#8)."""
+    path = tmp_path / "node.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(path)], check=True, timeout=30)
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    return path, key
+
+
+class Secrets:
+    """What must never show: private keys (PEM and seed), every token chipmock saw signed by them, the header
+    secret. Checked after each test against every log record (message and fields) and every error text."""
+
+    def __init__(self) -> None:
+        self.keys: list[Ed25519PrivateKey] = []
+        self.chips: list = []
+        self.errors: list[str] = []
+
+    def texts(self) -> list[str]:
+        found = [HEADER_SECRET]
+        for key in self.keys:
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+            found += [key.private_bytes_raw().hex(), pem.splitlines()[1]]
+            public = _public(key)
+            for chip in self.chips:
+                for signer, unix_ns in chip.auth_counts[1]:
+                    if signer == public:  # ed25519 is deterministic: the very token that was sent
+                        signature = key.sign(signed_message(public, unix_ns))
+                        found += [format_token(public, unix_ns, signature), signature.hex()]
+        return found
+
+
+@pytest.fixture
+def secrets(caplog):
+    caplog.set_level(logging.DEBUG)
+    kept = Secrets()
+    yield kept
+    records = " ".join(f"{record.getMessage()} {record.__dict__!r}"
+                       for phase in ("setup", "call") for record in caplog.get_records(phase))
+    text = records + " ".join(kept.errors)
+    leaked = [secret[:12] + "..." for secret in kept.texts() if secret in text]
+    assert not leaked, f"secrets in logs or errors: {leaked}"
+
+
+def _watched(secrets: Secrets, emitter) -> str:
+    """The emitter's statistics as a text the secrets search reads too."""
+    text = repr(emitter.statistics()) + " ".join(str(s) for m in emitter.registry.collect() for s in m.samples)
+    secrets.errors.append(text)
+    return text
+
+
+async def test_an_openssl_key_delivers_everything_and_every_call_carries_a_valid_token(
+        start_chipmock, make_config, database_url, openssl_key, secrets) -> None:
+    path, key = openssl_key
+    secrets.keys.append(key)
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),), headers=(("x-api-key", HEADER_SECRET),)))
+    secrets.chips.append(chip)
+    config = make_config(chip, chip_auth_key_file=path, chip_auth_headers={"X-Api-Key": HEADER_SECRET},
+                         publish_batch_size=20)
+    async with open_emitter(config) as emitter:
+        ids = set(await emitter.emit_many([f"event {i}".encode() for i in range(EVENTS)], source="wf", type="t"))
+        await emitter.flush(timeout=30)
+        _watched(secrets, emitter)
+    assert chip.counters.seen(ids) == ids
+    admitted, tokens, refused = chip.auth_counts
+    calls = chip.counters.snapshot().calls
+    assert refused == {} and admitted >= calls >= EVENTS // 20  # every call, Ping included, carried a good one
+    assert len(tokens) == 1  # signed once, not per call
+
+
+async def test_an_unknown_key_keeps_every_event_and_the_right_key_then_delivers_all(
+        start_chipmock, make_config, database_url, tmp_path, secrets) -> None:
+    wrong, right = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    secrets.keys += [wrong, right]
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(right),)))
+    secrets.chips.append(chip)
+    files = {}
+    for name, key in (("wrong", wrong), ("right", right)):
+        files[name] = tmp_path / f"{name}.hex"
+        files[name].write_text(key.private_bytes_raw().hex())
+    async with open_emitter(make_config(chip, chip_auth_key_file=files["wrong"])) as emitter:  # starts all the same
+        ids = set(await emitter.emit_many([f"event {i}".encode() for i in range(50)], source="wf", type="t"))
+        await wait_until(lambda: emitter.statistics().delivery == "refused", what="delivery refused")
+        assert emitter.statistics().paused_by == "UNAUTHENTICATED"
+        await trio.sleep(0.5)  # probes keep being refused meanwhile: still nothing delivered or dead-lettered
+        _watched(secrets, emitter)
+    assert chip.counters.seen(ids) == set() and dead_letters(database_url) == {}
+    assert pending_ids(database_url) == ids  # every emit committed
+    assert chip.auth_counts[2].get("node token from an unknown key", 0) >= 2
+    async with open_emitter(make_config(chip, chip_auth_key_file=files["right"])) as emitter:
+        await wait_until(lambda: not pending_ids(database_url), what="the backlog delivered")
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+
+
+async def test_a_signer_set_after_start_resumes_delivery_and_signs_off_the_event_loop(
+        start_chipmock, make_config, database_url, secrets) -> None:
+    key = Ed25519PrivateKey.generate()
+    secrets.keys.append(key)
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
+    secrets.chips.append(chip)
+    signing_threads = []
+
+    def sign(message: bytes) -> bytes:  # a keystore's plain, blocking call
+        signing_threads.append(threading.current_thread())
+        return key.sign(message)
+
+    async with open_emitter(make_config(chip, chip_auth_public_key=_public(key).hex())) as emitter:
+        ids = set(await emitter.emit_many([f"event {i}".encode() for i in range(50)], source="wf", type="t"))
+        await wait_until(lambda: emitter.statistics().paused_by == "SIGNER_UNAVAILABLE", what="waiting for a signer")
+        assert emitter.statistics().delivery == "refused" and chip.counters.seen(ids) == set()
+        emitter.set_chip_signer(sign)
+        await emitter.flush(timeout=30)
+        assert emitter.statistics().delivery == "up"
+        _watched(secrets, emitter)
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+    assert signing_threads and threading.main_thread() not in signing_threads
+
+
+@pytest.mark.slow
+async def test_a_signer_that_fails_or_hangs_pauses_delivery_and_a_working_one_resumes_it(
+        start_chipmock, make_config, database_url, secrets) -> None:
+    key = Ed25519PrivateKey.generate()
+    secrets.keys.append(key)
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
+    secrets.chips.append(chip)
+    released = threading.Event()
+    entered = {"async": 0, "blocking": 0}
+
+    def failing(message: bytes) -> bytes:
+        raise RuntimeError(f"keystore locked; the key was {key.private_bytes_raw().hex()}")  # must not be shown
+
+    async def hanging(message: bytes) -> bytes:
+        entered["async"] += 1
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    def blocking(message: bytes) -> bytes:  # a keystore call that never returns (until the test ends)
+        entered["blocking"] += 1
+        released.wait(60)
+        return key.sign(message)
+
+    async def working(message: bytes) -> bytes:
+        return key.sign(message)
+
+    config = make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=failing)
+    try:
+        async with open_emitter(config) as emitter:
+            ids = set(await emitter.emit_many([f"event {i}".encode() for i in range(50)], source="wf", type="t"))
+            await wait_until(lambda: emitter.statistics().paused_by == "SIGNER_FAILED", what="the signer failing")
+            emitter.set_chip_signer(hanging)
+            # Each attempt gets 5 s, is abandoned, and the next probe asks again: never wedged.
+            await wait_until(lambda: entered["async"] >= 2, what="a second attempt after the first hung")
+            emitter.set_chip_signer(blocking)
+            await wait_until(lambda: entered["blocking"] == 1, what="the blocking signer called")
+            assert chip.counters.seen(ids) == set() and emitter.statistics().delivery == "refused"
+            emitter.set_chip_signer(working)  # while the blocking one still holds its thread
+            await emitter.flush(timeout=30)
+            _watched(secrets, emitter)
+    finally:
+        released.set()  # the abandoned signing thread ends
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+    assert entered["blocking"] == 1  # its thread was never asked again while it hung
+    assert chip.auth_counts[2] == {}  # no call went out without a token
+
+
+async def test_the_token_is_signed_again_only_once_older_than_the_ttl(start_chipmock, make_config, autojump_clock,
+                                                                      secrets) -> None:
+    key = Ed25519PrivateKey.generate()
+    secrets.keys.append(key)
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
+    secrets.chips.append(chip)
+    signed = []
+
+    async def sign(message: bytes) -> bytes:  # async: nothing for the virtual clock to jump over
+        signed.append(message)
+        return key.sign(message)
+
+    config = make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=sign, chip_auth_ttl=900.0)
+    chip_client = ChipClient(config, chip.endpoint)
+    try:
+        for _ in range(3):
+            assert await chip_client.probe(5.0) is None
+            await trio.sleep(299)  # 3 x 299 s: still within the TTL
+        assert len(signed) == 1 and len(chip.auth_counts[1]) == 1
+        await trio.sleep(4)  # now past it
+        assert await chip_client.probe(5.0) is None
+        assert await chip_client.probe(5.0) is None
+        assert len(signed) == 2 and len(chip.auth_counts[1]) == 2
+        assert chip.auth_counts[0] == 5 and chip.auth_counts[2] == {}
+    finally:
+        chip_client.close()
+    secrets.errors.append(repr(signed))
