@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chipmock: {exc}", file=sys.stderr)
         return 2
     metrics = f", metrics on http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    knobs = " ".join(part for part in (model.describe(), auth.describe()) if part != "defaults") or "defaults"
+    knobs = " ".join(part for part in (model.describe(), auth.describe()) if part not in ("", "defaults")) or "defaults"
     print(f"chipmock listening on {server.endpoint} ({knobs}){metrics}", flush=True)
     signal.sigwait(stop_signals)
     server.stop(grace=1.0)  # further signals stay pending (blocked) and end with the process
