@@ -10,7 +10,8 @@ ask here what a Postgres SQLSTATE or a Chip status means, and act on the kind.
   that connection, so the next try finds the primary); data and integrity
   errors are **poison** (something in *this* write is at fault: isolate it); missing
   rights or objects are **permanent** for every write (only a human helps).
-- Chip, by meaning: **transient** (retry with backoff; a rate limit too),
+- Chip, by meaning: **transient** (retry with backoff), **limited** (a rate limit: the same, after
+  the server's hint; delivery reads "limited", not "down"),
   **too large** (only gRPC's own message-size error, or a cap named by an
   invalid-argument answer: split the call; a single event that is still too
   large is dead-lettered), **refused** (Chip is misconfigured or refuses us:
@@ -93,7 +94,8 @@ def classify_sqlstate(sqlstate: str | None) -> StoreFailure:
 
 
 class CallKind(enum.Enum):
-    TRANSIENT = "transient"  # Chip may take the same request later (down, overloaded, rate-limiting us)
+    TRANSIENT = "transient"  # Chip may take the same request later (down, or failing for now)
+    LIMITED = "limited"  # Chip answers but rate-limits us (RESOURCE_EXHAUSTED): retried, after its hint if any
     TOO_LARGE = "too_large"  # the request is too big for Chip: split it
     REFUSED = "refused"  # Chip is misconfigured or refuses us: pause delivery, alert
 
@@ -123,7 +125,7 @@ RETRY_HINT_KEYS = ("grpc-retry-pushback-ms", "retry-after-ms", "retry-after")
 def classify_call(code: str, detail: str) -> CallKind:
     """What a whole-call gRPC status (its name and detail text) means for delivery."""
     if code == "RESOURCE_EXHAUSTED":
-        return CallKind.TOO_LARGE if _GRPC_MESSAGE_SIZE.search(detail) else CallKind.TRANSIENT
+        return CallKind.TOO_LARGE if _GRPC_MESSAGE_SIZE.search(detail) else CallKind.LIMITED
     if code in ("INVALID_ARGUMENT", "OUT_OF_RANGE") and (_OVER_A_CAP.search(detail)
                                                        or _GRPC_MESSAGE_SIZE.search(detail)):
         return CallKind.TOO_LARGE

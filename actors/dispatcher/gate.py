@@ -86,9 +86,11 @@ class DeliveryGate:
             self._probing = True
             self.nursery.start_soon(self._probe_until_answered)
         if change.line:
-            what = ("Chip refuses our calls, or every event in them; delivery {} (check credentials, "
-                    "Chip's configuration and its schema registry)"
-                    if change.state is Delivery.REFUSED else "Chip does not answer; delivery {}")
+            what = {Delivery.REFUSED: "Chip refuses our calls, or every event in them; delivery {} (check "
+                                      "credentials, the node's key or signer, Chip's configuration and its "
+                                      "schema registry)",
+                    Delivery.LIMITED: "Chip rate-limits us; delivery {} until it takes more"}.get(
+                change.state, "Chip does not answer; delivery {}")
             log.warning(what.format(change.line), reason=change.reason, down_for_s=round(change.down_for, 1),
                         failed_calls=change.failed_calls, held_events=self.state.held)
 
