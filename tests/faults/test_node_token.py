@@ -77,6 +77,15 @@ def secrets(caplog):
     assert not leaked, f"secrets in logs or errors: {leaked}"
 
 
+def _node_and_chip(start_chipmock, secrets: Secrets):
+    """A node key (searched for afterwards) and a chipmock that admits only its tokens."""
+    key = Ed25519PrivateKey.generate()
+    secrets.keys.append(key)
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
+    secrets.chips.append(chip)
+    return key, chip
+
+
 def _watched(secrets: Secrets, emitter) -> str:
     """The emitter's statistics as a text the secrets search reads too."""
     text = repr(emitter.statistics()) + " ".join(str(s) for m in emitter.registry.collect() for s in m.samples)
@@ -129,10 +138,7 @@ async def test_an_unknown_key_keeps_every_event_and_the_right_key_then_delivers_
 
 async def test_a_signer_set_after_start_resumes_delivery_and_signs_off_the_event_loop(
         start_chipmock, make_config, database_url, secrets) -> None:
-    key = Ed25519PrivateKey.generate()
-    secrets.keys.append(key)
-    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
-    secrets.chips.append(chip)
+    key, chip = _node_and_chip(start_chipmock, secrets)
     signing_threads = []
 
     def sign(message: bytes) -> bytes:  # a keystore's plain, blocking call
@@ -154,10 +160,7 @@ async def test_a_signer_set_after_start_resumes_delivery_and_signs_off_the_event
 @pytest.mark.slow
 async def test_a_signer_that_fails_or_hangs_pauses_delivery_and_a_working_one_resumes_it(
         start_chipmock, make_config, database_url, secrets) -> None:
-    key = Ed25519PrivateKey.generate()
-    secrets.keys.append(key)
-    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
-    secrets.chips.append(chip)
+    key, chip = _node_and_chip(start_chipmock, secrets)
     released = threading.Event()
     entered = {"async": 0, "blocking": 0}
 
@@ -200,10 +203,7 @@ async def test_a_signer_that_fails_or_hangs_pauses_delivery_and_a_working_one_re
 
 async def test_the_token_is_signed_again_only_once_older_than_the_ttl(start_chipmock, make_config, autojump_clock,
                                                                       secrets) -> None:
-    key = Ed25519PrivateKey.generate()
-    secrets.keys.append(key)
-    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(key),)))
-    secrets.chips.append(chip)
+    key, chip = _node_and_chip(start_chipmock, secrets)
     signed = []
 
     async def sign(message: bytes) -> bytes:  # async: nothing for the virtual clock to jump over
