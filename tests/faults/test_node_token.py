@@ -136,6 +136,20 @@ async def test_an_unknown_key_keeps_every_event_and_the_right_key_then_delivers_
     assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
 
 
+async def test_a_signer_for_another_key_is_refused_as_a_bad_signature_and_nothing_dead_lettered(
+        start_chipmock, make_config, database_url, secrets) -> None:
+    key, chip = _node_and_chip(start_chipmock, secrets)
+    impostor = Ed25519PrivateKey.generate()
+    secrets.keys.append(impostor)
+    config = make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=impostor.sign)
+    async with open_emitter(config) as emitter:
+        ids = set(await emitter.emit_many([b"a", b"b", b"c"], source="wf", type="t"))
+        await wait_until(lambda: emitter.statistics().paused_by == "UNAUTHENTICATED", what="delivery refused")
+        _watched(secrets, emitter)
+    assert chip.auth_counts[2].get("bad node token signature", 0) >= 1 and chip.auth_counts[0] == 0
+    assert chip.counters.seen(ids) == set() and dead_letters(database_url) == {} and pending_ids(database_url) == ids
+
+
 async def test_a_signer_set_after_start_resumes_delivery_and_signs_off_the_event_loop(
         start_chipmock, make_config, database_url, secrets) -> None:
     key, chip = _node_and_chip(start_chipmock, secrets)
