@@ -34,14 +34,18 @@ def parse_headers(text: str) -> dict[str, str]:
 
 
 def header_problem(headers: Mapping[str, str]) -> str | None:
-    """Why these static headers cannot be sent as gRPC metadata (names only in the answer), or None."""
-    for name, value in headers.items():
+    """Why these static headers cannot be sent as gRPC metadata, or None.
+
+    A header is named by its position, never its text: a pair mistyped as
+    ``authorization: Bearer <secret>=`` puts the secret in the name.
+    """
+    for position, (name, value) in enumerate(headers.items(), start=1):
         if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name.lower()) or name.lower().endswith("-bin"):
-            return f"header name {name!r} is not a gRPC metadata key (letters, digits, '-', '_', '.'; no -bin)"
+            return f"the name of header {position} is not a gRPC metadata key (letters, digits, '-', '_', '.'; no -bin)"
         if name.lower() in _RESERVED_HEADERS or name.lower().startswith("grpc-"):
-            return f"header {name!r} is gRPC's own"
+            return f"header {position} is one gRPC sets itself ({', '.join(sorted(_RESERVED_HEADERS))}, grpc-*)"
         if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
-            return f"the value of header {name!r} is not printable ASCII"
+            return f"the value of header {position} is not printable ASCII"
     return None
 
 

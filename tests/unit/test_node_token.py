@@ -100,6 +100,18 @@ def test_static_headers_from_the_environment_and_never_in_repr_or_errors() -> No
     assert parse_headers("a=1,b=2") == {"a": "1", "b": "2"}
 
 
+@pytest.mark.parametrize("headers", ["x-tenant=a, authorization: bearer s3crettoken==",
+                                     "x-tenant=a,Authorization Bearer s3crettoken=x"])
+def test_a_malformed_header_is_named_by_its_position_never_its_text(headers: str) -> None:
+    env = {"CHIP_INGRESS_ENDPOINT": "127.0.0.1:50051", "CHIP_INGRESS_AUTH_HEADERS": headers}
+    with pytest.raises(ConfigError, match="CHIP_INGRESS_AUTH_HEADERS.*the name of header 2 ") as info:
+        EmitterConfig.from_env(env)
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match="header 1 is one gRPC sets itself") as info:
+        EmitterConfig(chip_auth_headers={"grpc-s3cret": "x"})
+    assert "s3cret" not in str(info.value)
+
+
 @pytest.mark.parametrize("endpoint,loopback", [("127.0.0.1:1", True), ("localhost:1", True), ("[::1]:1", True),
                                                ("127.8.0.1:1", True), ("10.0.0.1:1", False),
                                                ("chip.example:443", False), ("localhost.example:1", False)])
