@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.credentials import auth_problem, parse_headers
+from .core.credentials import auth_problem, parse_headers, split_host_port
 from .errors import ConfigError
 from .logs import get_logger
 
@@ -237,8 +237,8 @@ class EmitterConfig:
             )
         if self.database_url and self.embedded_postgres:
             raise ConfigError("DATABASE_URL and DURABLE_EMITTER_EMBEDDED_POSTGRES are both set: choose one")
-        if self.chip_endpoint is not None and not _is_host_port(self.chip_endpoint):
-            raise ConfigError(f"chip_endpoint must be host:port, got {self.chip_endpoint!r}")
+        if self.chip_endpoint is not None and split_host_port(self.chip_endpoint) is None:
+            raise ConfigError(f"chip_endpoint must be host:port ([address]:port for IPv6), got {self.chip_endpoint!r}")
         if (self.chip_username is None) != (self.chip_password is None):
             raise ConfigError("chip_username and chip_password must be given together")
         auth = auth_problem(endpoint=self.chip_endpoint, tls=self.chip_tls, plaintext_allowed=self.chip_auth_plaintext,
@@ -362,11 +362,6 @@ def _parse_field(f: dataclasses.Field[Any], raw: str) -> Any:
     if not raw.strip():
         raise ValueError("is empty")
     return raw.strip()
-
-
-def _is_host_port(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def redact_dsn(dsn: str) -> str:

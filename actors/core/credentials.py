@@ -49,10 +49,33 @@ def header_problem(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def split_host_port(endpoint: str) -> tuple[str, int] | None:
+    """``host`` and ``port`` of ``host:port`` or ``[ipv6]:port``; None if it is neither.
+
+    An IPv6 address needs its brackets: gRPC reads ``::1:1`` as one address (on port 443).
+    """
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None
+    elif ":" in host or "[" in host or "]" in host:
+        return None
+    return host, int(port)
+
+
 def is_loopback(endpoint: str) -> bool:
-    """Whether ``host:port`` names this machine (localhost, 127.0.0.0/8, ::1), without asking DNS."""
-    host = endpoint.rpartition(":")[0].strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    """Whether ``host:port`` names this machine: exactly ``localhost``, or a loopback IP literal
+    (127.0.0.0/8, ``[::1]``). No DNS is asked, so no other name counts, ``*.localhost`` included."""
+    parts = split_host_port(endpoint)
+    if parts is None:
+        return False
+    host = parts[0].lower()
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

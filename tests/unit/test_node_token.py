@@ -113,10 +113,26 @@ def test_a_malformed_header_is_named_by_its_position_never_its_text(headers: str
 
 
 @pytest.mark.parametrize("endpoint,loopback", [("127.0.0.1:1", True), ("localhost:1", True), ("[::1]:1", True),
-                                               ("127.8.0.1:1", True), ("10.0.0.1:1", False),
-                                               ("chip.example:443", False), ("localhost.example:1", False)])
+                                               ("LocalHost:1", True), ("127.8.0.1:1", True), ("10.0.0.1:1", False),
+                                               ("chip.example:443", False), ("localhost.example:1", False),
+                                               # only the exact name: DNS decides where these go
+                                               ("foo.localhost:1", False), ("localhost.:1", False),
+                                               # gRPC reads an unbracketed ::1:1 as one address, on port 443
+                                               ("::1:1", False), ("[::2]:1", False)])
 def test_loopback_is_told_without_dns(endpoint: str, loopback: bool) -> None:
     assert is_loopback(endpoint) is loopback
+
+
+@pytest.mark.parametrize("endpoint", ["::1:1", "fe80::1:443", "[::1]", "[chip]:1", "chip:", "chip:0", "[::1:1"])
+def test_an_endpoint_that_is_not_host_port_is_refused(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"chip_endpoint must be host:port \(\[address\]:port for IPv6\)"):
+        EmitterConfig(chip_endpoint=endpoint)
+
+
+def test_credentials_to_an_unbracketed_ipv6_endpoint_or_a_localhost_subdomain_need_tls() -> None:
+    with pytest.raises(ConfigError, match="plaintext to foo.localhost:1"):
+        EmitterConfig(chip_endpoint="foo.localhost:1", chip_auth_headers={"x-api-key": "v"})
+    EmitterConfig(chip_endpoint="[::1]:50051", chip_auth_headers={"x-api-key": "v"})
 
 
 @pytest.mark.parametrize("secret", [dict(chip_auth_headers={"x-api-key": "v"}), dict(chip_auth_public_key="00" * 32),
