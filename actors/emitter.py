@@ -93,7 +93,9 @@ class Emitter:
         For a signer that becomes available after start (a keystore a plugin receives later):
         configure ``chip_auth_public_key`` (or pass ``public_key``, the 32 raw bytes), and set the
         signer when it is there. Until then emits commit and delivery waits (``refused``,
-        ``paused_by`` ``SIGNER_UNAVAILABLE``); it resumes by itself at the next probe.
+        ``paused_by`` ``SIGNER_UNAVAILABLE``); it resumes by itself at the next probe. Raises
+        :class:`ConfigError` where the token would go in plaintext beyond loopback (as the
+        configuration would have: set ``chip_tls``, or ``chip_auth_plaintext``).
         """
         if self._chip_credentials is None:
             raise EmitterClosed("the emitter is not running")

@@ -64,7 +64,7 @@ class ChipClient:
             self._channel = grpc.secure_channel(endpoint, grpc.ssl_channel_credentials(root), _channel_options(config))
         else:
             self._channel = grpc.insecure_channel(endpoint, _channel_options(config))
-        self.credentials = ChipCredentials(config)
+        self.credentials = ChipCredentials(config, endpoint)
         self._publish_batch: grpc.UnaryUnaryMultiCallable[bytes, pb.PublishResponse] = self._channel.unary_unary(
             PUBLISH_BATCH, request_serializer=None, response_deserializer=pb.PublishResponse.FromString,
         )

@@ -26,6 +26,7 @@ from typing import Any, cast
 import trio
 
 from ..config import EmitterConfig
+from ..core.credentials import plaintext_problem
 from ..core.failures import CallFailed
 from ..core.node_token import (
     SIGNATURE_BYTES,
@@ -72,7 +73,12 @@ def load_key_file(path: Path) -> tuple[bytes, Signer]:
 class ChipCredentials:
     """The metadata of every call. Made with the client; ``set_signer`` may come later, from the host."""
 
-    def __init__(self, config: EmitterConfig, *, wall_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, config: EmitterConfig, endpoint: str | None = None, *,
+                 wall_ns: Callable[[], int] = time.time_ns) -> None:
+        # A signer set later must not send a token where the configuration would not have (the check
+        # at construction saw no token then): the verdict on this endpoint is kept for set_signer.
+        self._plaintext = plaintext_problem(endpoint or config.chip_endpoint, tls=config.chip_tls,
+                                            plaintext_allowed=config.chip_auth_plaintext)
         static: list[tuple[str, str]] = []
         if config.chip_username is not None:
             basic = base64.b64encode(f"{config.chip_username}:{config.chip_password}".encode()).decode()
@@ -99,6 +105,8 @@ class ChipCredentials:
         """Sign the node token with ``sign`` from now on (for ``public_key``, if given); the next call signs."""
         if not callable(sign):
             raise ConfigError("the Chip signer must be a callable that signs bytes")
+        if self._plaintext is not None:
+            raise ConfigError(self._plaintext)
         if public_key is not None:
             if len(public_key) != 32:
                 raise ConfigError("the Chip signer's public key must be the 32 raw ed25519 bytes")

@@ -111,8 +111,14 @@ def auth_problem(*, endpoint: str | None, tls: bool, plaintext_allowed: bool, ba
             return f"CHIP_INGRESS_AUTH_HEADERS names {TOKEN_HEADER}, which the node token sets"
         if basic_auth and "authorization" in names:
             return "CHIP_INGRESS_AUTH_HEADERS names authorization, which CHIP_INGRESS_USERNAME's basic auth sets"
-    secrets = basic_auth or token or bool(headers)
-    if secrets and endpoint and not tls and not plaintext_allowed and not is_loopback(endpoint):
+    if basic_auth or token or headers:
+        return plaintext_problem(endpoint, tls=tls, plaintext_allowed=plaintext_allowed)
+    return None
+
+
+def plaintext_problem(endpoint: str | None, *, tls: bool, plaintext_allowed: bool) -> str | None:
+    """Why no credentials may go to ``endpoint`` (naming the settings), or None: TLS, loopback, or allowed."""
+    if endpoint and not tls and not plaintext_allowed and not is_loopback(endpoint):
         return (f"Chip credentials would go in plaintext to {endpoint}: set CHIP_INGRESS_TLS=true (chip_tls), or "
                 "CHIP_INGRESS_AUTH_PLAINTEXT=true (chip_auth_plaintext) if that network path is private")
     return None

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from actors.adapters.chip_auth import load_key_file
+from actors.adapters.chip_auth import ChipCredentials, load_key_file
 from actors.config import EmitterConfig
 from actors.core.credentials import is_loopback, parse_headers
 from actors.core.node_token import format_token, parse_token, signed_message
@@ -143,6 +143,22 @@ def test_credentials_in_plaintext_beyond_loopback_are_refused_naming_the_setting
     EmitterConfig(chip_endpoint="chip.example:443", chip_tls=True, **secret)
     EmitterConfig(chip_endpoint="chip.example:443", chip_auth_plaintext=True, **secret)
     EmitterConfig(chip_endpoint="127.0.0.1:50051", **secret)
+
+
+def test_a_signer_set_later_is_refused_where_its_token_would_go_in_plaintext() -> None:
+    """No credentials configured, so the configuration passed; a signer set after start must not change that."""
+    sign = Ed25519PrivateKey.generate().sign
+    remote = ChipCredentials(EmitterConfig(chip_endpoint="chip.example:443"))
+    with pytest.raises(ConfigError, match="plaintext to chip.example:443.*CHIP_INGRESS_TLS=true.*"
+                                          "CHIP_INGRESS_AUTH_PLAINTEXT=true"):
+        remote.set_signer(sign, b"\1" * 32)
+    assert not remote.node_token
+    for allowed in (dict(chip_endpoint="chip.example:443", chip_tls=True),
+                    dict(chip_endpoint="chip.example:443", chip_auth_plaintext=True),
+                    dict(chip_endpoint="127.0.0.1:50051")):
+        credentials = ChipCredentials(EmitterConfig(**allowed))
+        credentials.set_signer(sign, b"\1" * 32)
+        assert credentials.node_token
 
 
 def test_inconsistent_token_settings_are_refused() -> None:
