@@ -129,9 +129,13 @@ class ChipCredentials:
         async with self._refreshing:
             if not self._stale():
                 return self._metadata
-            if self._attempts != attempt and self._failure is not None:
-                raise self._failure  # the signing this caller waited for failed: no second try for it
+            failure = self._failure
+            if self._attempts != attempt and failure is not None:
+                # The signing this caller waited for failed: no second try for it, but its own exception
+                # (one instance raised in several tasks would gather their tracebacks).
+                raise CallFailed(failure.code, failure.detail)
             self._attempts += 1
+            self._failure = None  # a signing cut short (its caller cancelled) leaves no older failure behind
             try:
                 token = await self._signed_token()
             except CallFailed as failed:
