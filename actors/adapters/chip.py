@@ -114,8 +114,10 @@ class ChipClient:
             return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)
         except grpc.RpcError as exc:
             trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
-            raise CallFailed(exc.code().name, exc.details() or "",
-                             retry_after=retry_hint(trailing or ())) from None
+            code = exc.code().name
+            if code == "UNAUTHENTICATED":
+                self.credentials.refused(metadata)  # the next call signs anew: the TTL need not pass first
+            raise CallFailed(code, exc.details() or "", retry_after=retry_hint(trailing or ())) from None
 
     def close(self) -> None:
         self._channel.close()

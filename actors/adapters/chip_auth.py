@@ -8,7 +8,9 @@ own (one at a time, so a hung signer holds one thread, not one per attempt), a
 coroutine function on Trio, and either gets 5 s. Until a signer is there, or
 while it fails, calls fail as ``SIGNER_UNAVAILABLE`` / ``SIGNER_FAILED``, which
 pause delivery in the ``refused`` state: emits keep committing, nothing is
-dead-lettered, and the next probe after a working signer resumes delivery.
+dead-lettered, and the next probe after a working signer resumes delivery. A
+signer replaced while it signs is not used after, whatever it returns; a token
+Chip answers UNAUTHENTICATED is signed anew at the next call (a probe).
 
 ``cryptography`` is imported only to read a key file, so hosts without node
 auth never load it. No key, token or header value reaches a log or an error.
@@ -99,10 +101,14 @@ class ChipCredentials:
         self._refreshing = trio.Lock()
         self._attempts = 0  # signings tried: a caller that waited for one uses its outcome
         self._failure: CallFailed | None = None
+        self._generation = 0  # signers set so far: what a signing for an earlier one returns is not used
         self._signing_thread = trio.CapacityLimiter(1)
 
     def set_signer(self, sign: Signer, public_key: bytes | None = None) -> None:
-        """Sign the node token with ``sign`` from now on (for ``public_key``, if given); the next call signs."""
+        """Sign the node token with ``sign`` from now on (for ``public_key``, if given); the next call signs.
+
+        A signing still under way for the signer before is not used, whatever it returns.
+        """
         if not callable(sign):
             raise ConfigError("the Chip signer must be a callable that signs bytes")
         if self._plaintext is not None:
@@ -115,8 +121,16 @@ class ChipCredentials:
             raise ConfigError("set_chip_signer needs the public key it signs for: chip_auth_public_key, "
                               "or public_key=")
         self._sign, self.node_token = sign, True
+        self._generation += 1
         self._signed_at, self._failure, self._metadata = None, None, self._static
         self._signing_thread = trio.CapacityLimiter(1)  # a hung signer before keeps its thread, not this one
+
+    def refused(self, sent: Metadata) -> None:
+        """Chip answered UNAUTHENTICATED to a call that carried ``sent``: that token is not signed again
+        only after the TTL but at the next call, so a key Chip learns or a clock put right takes effect
+        at the next probe (a refusal pauses delivery, and probes back off: no signing per call)."""
+        if sent is self._metadata and self._signed_at is not None:
+            self._signed_at, self._metadata = None, self._static
 
     async def metadata(self) -> Metadata:
         """What the next call sends; signs a new token first when the last one is older than the TTL.
@@ -127,22 +141,24 @@ class ChipCredentials:
             return self._metadata
         attempt = self._attempts
         async with self._refreshing:
-            if not self._stale():
-                return self._metadata
-            failure = self._failure
-            if self._attempts != attempt and failure is not None:
-                # The signing this caller waited for failed: no second try for it, but its own exception
-                # (one instance raised in several tasks would gather their tracebacks).
-                raise CallFailed(failure.code, failure.detail)
-            self._attempts += 1
-            self._failure = None  # a signing cut short (its caller cancelled) leaves no older failure behind
-            try:
-                token = await self._signed_token()
-            except CallFailed as failed:
-                self._failure = failed
-                raise
-            self._failure = None
-            self._metadata = (*self._static, (TOKEN_HEADER, token))
+            while self._stale():
+                failure = self._failure
+                if self._attempts != attempt and failure is not None:
+                    # The signing this caller waited for failed: no second try for it, but its own exception
+                    # (one instance raised in several tasks would gather their tracebacks).
+                    raise CallFailed(failure.code, failure.detail)
+                self._attempts += 1
+                self._failure = None  # a signing cut short (its caller cancelled) leaves no older failure behind
+                generation = self._generation
+                try:
+                    token, signed_at = await self._signed_token()
+                except CallFailed as failed:
+                    if generation != self._generation:
+                        continue  # the signer was replaced meanwhile: the new one signs
+                    self._failure = failed
+                    raise
+                if generation == self._generation:  # else replaced while signing: the new one signs
+                    self._signed_at, self._metadata = signed_at, (*self._static, (TOKEN_HEADER, token))
             return self._metadata
 
     def _stale(self) -> bool:
@@ -153,7 +169,8 @@ class ChipCredentials:
         return (needs_refresh(clock, trio.current_time(), self._ttl)
                 or needs_refresh(wall / 1e9, self._wall_ns() / 1e9, self._ttl))
 
-    async def _signed_token(self) -> str:
+    async def _signed_token(self) -> tuple[str, tuple[float, int]]:
+        """A new token, and when it was signed (Trio's clock, unix ns)."""
         sign, public_key = self._sign, self._public_key
         if sign is None or public_key is None:
             raise CallFailed("SIGNER_UNAVAILABLE", "no signer for Chip's node token yet (the host sets one with "
@@ -174,6 +191,5 @@ class ChipCredentials:
                 raise CallFailed("SIGNER_FAILED", f"the signer raised {type(exc).__name__}") from None
             if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_BYTES:
                 raise CallFailed("SIGNER_FAILED", f"the signer returned no {SIGNATURE_BYTES}-byte ed25519 signature")
-            self._signed_at = (clock, unix_ns)
-            return format_token(public_key, unix_ns, bytes(signature))
+            return format_token(public_key, unix_ns, bytes(signature)), (clock, unix_ns)
         raise CallFailed("SIGNER_FAILED", f"the signer did not answer within {SIGNING_DEADLINE:g} s")

@@ -10,15 +10,18 @@ log record and error these tests produce is searched for the key, tokens and hea
 import logging
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from actors import open_emitter
 from actors.adapters.chip import ChipClient
+from actors.adapters.chip_auth import ChipCredentials
 from actors.core.node_token import format_token, signed_message
 from chipmock.auth import AuthPolicy
 from tests.helpers import dead_letters, pending_ids, wait_until
@@ -239,3 +242,61 @@ async def test_the_token_is_signed_again_only_once_older_than_the_ttl(start_chip
     finally:
         chip_client.close()
     secrets.errors.append(repr(signed))
+
+
+async def test_a_signer_replaced_while_the_old_one_signs_is_used_from_the_next_call_on(
+        start_chipmock, make_config, autojump_clock, secrets) -> None:
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    secrets.keys += [old, new]
+    chip = start_chipmock(auth=AuthPolicy(token_keys=(_public(new),)))  # Chip knows only the new key
+    secrets.chips.append(chip)
+    old_may_answer = trio.Event()
+
+    async def old_signer(message: bytes) -> bytes:  # a keystore slow to answer, for the key being replaced
+        await old_may_answer.wait()
+        return old.sign(message)
+
+    async def new_signer(message: bytes) -> bytes:
+        return new.sign(message)
+
+    config = make_config(chip, chip_auth_public_key=_public(old).hex(), chip_auth_signer=old_signer)
+    chip_client = ChipClient(config, chip.endpoint)
+    answers = []
+
+    async def probe() -> None:
+        answers.append(await chip_client.probe(5.0))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(probe)
+            await trio.testing.wait_all_tasks_blocked()  # the old signer is signing
+            chip_client.credentials.set_signer(new_signer, _public(new))
+            old_may_answer.set()  # and answers after it was replaced: that token must not be used
+        await probe()
+    finally:
+        chip_client.close()
+    assert answers == [None, None]  # both calls carried the new key's token
+    admitted, tokens, refused = chip.auth_counts
+    assert refused == {} and {key for key, _ in tokens} == {_public(new)}
+
+
+async def test_a_token_chip_refuses_is_signed_anew_at_the_next_call_not_after_the_ttl(
+        start_chipmock, make_config, autojump_clock, secrets) -> None:
+    key, chip = _node_and_chip(start_chipmock, secrets)
+    ahead_ns = [20 * 60 * 10**9]  # the host's clock is 20 minutes fast: Chip reads its token as signed in the future
+
+    async def sign(message: bytes) -> bytes:
+        return key.sign(message)
+
+    config = make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=sign)
+    chip_client = ChipClient(config, chip.endpoint)
+    chip_client.credentials = ChipCredentials(config, chip.endpoint, wall_ns=lambda: time.time_ns() + ahead_ns[0])
+    try:
+        refused = await chip_client.probe(5.0)
+        assert refused is not None and refused.code == "UNAUTHENTICATED"
+        ahead_ns[0] = 0  # the clock is put right (NTP): the next probe's token is good
+        assert await chip_client.probe(5.0) is None
+    finally:
+        chip_client.close()
+    admitted, tokens, refusals = chip.auth_counts
+    assert refusals == {"node token signed in the future": 1} and admitted == 1 and len(tokens) == 1
