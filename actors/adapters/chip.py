@@ -108,7 +108,9 @@ class ChipClient:
 
     async def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request,
                     timeout: float, *, wait_for_ready: bool = False) -> _Response:
-        metadata = await self.credentials.metadata()  # signs only when the token aged out
+        started = trio.current_time()
+        metadata = await self.credentials.metadata(within=timeout)  # signs only when the token aged out
+        timeout -= trio.current_time() - started  # signing is part of the call: its deadline holds
         call = partial(method, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready)
         try:
             return await trio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self._threads)

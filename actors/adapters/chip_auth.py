@@ -5,7 +5,8 @@ until it is older than ``chip_auth_ttl``; then the first call to need it signs
 a new one while concurrent calls wait for that one signing. A signer may be a
 keystore outside the process: a plain function runs on a worker thread of its
 own (one at a time, so a hung signer holds one thread, not one per attempt), a
-coroutine function on Trio, and either gets 5 s. Until a signer is there, or
+coroutine function on Trio, and either gets 5 s, or the call's deadline if
+sooner (signing counts in the call's deadline). Until a signer is there, or
 while it fails, calls fail as ``SIGNER_UNAVAILABLE`` / ``SIGNER_FAILED``, which
 pause delivery in the ``refused`` state: emits keep committing, nothing is
 dead-lettered, and the next probe after a working signer resumes delivery. A
@@ -132,34 +133,40 @@ class ChipCredentials:
         if sent is self._metadata and self._signed_at is not None:
             self._signed_at, self._metadata = None, self._static
 
-    async def metadata(self) -> Metadata:
+    async def metadata(self, within: float = SIGNING_DEADLINE) -> Metadata:
         """What the next call sends; signs a new token first when the last one is older than the TTL.
 
-        Raises :class:`CallFailed` (``SIGNER_UNAVAILABLE``, ``SIGNER_FAILED``) when no token can be made.
+        ``within``: the call's own deadline; the token is there within it, or 5 s if sooner (waiting for
+        another call's signing included). Raises :class:`CallFailed` (``SIGNER_UNAVAILABLE``,
+        ``SIGNER_FAILED``) when no token can be made.
         """
         if not self.node_token or not self._stale():
             return self._metadata
+        within = min(within, SIGNING_DEADLINE)
+        deadline = trio.current_time() + within
         attempt = self._attempts
-        async with self._refreshing:
-            while self._stale():
-                failure = self._failure
-                if self._attempts != attempt and failure is not None:
-                    # The signing this caller waited for failed: no second try for it, but its own exception
-                    # (one instance raised in several tasks would gather their tracebacks).
-                    raise CallFailed(failure.code, failure.detail)
-                self._attempts += 1
-                self._failure = None  # a signing cut short (its caller cancelled) leaves no older failure behind
-                generation = self._generation
-                try:
-                    token, signed_at = await self._signed_token()
-                except CallFailed as failed:
-                    if generation != self._generation:
-                        continue  # the signer was replaced meanwhile: the new one signs
-                    self._failure = failed
-                    raise
-                if generation == self._generation:  # else replaced while signing: the new one signs
-                    self._signed_at, self._metadata = signed_at, (*self._static, (TOKEN_HEADER, token))
-            return self._metadata
+        with trio.move_on_at(deadline):
+            async with self._refreshing:
+                while self._stale():
+                    failure = self._failure
+                    if self._attempts != attempt and failure is not None:
+                        # The signing this caller waited for failed: no second try for it, but its own
+                        # exception (one instance raised in several tasks would gather their tracebacks).
+                        raise CallFailed(failure.code, failure.detail)
+                    self._attempts += 1
+                    self._failure = None  # a signing cut short (its caller cancelled) leaves no older one
+                    generation = self._generation
+                    try:
+                        token, signed_at = await self._signed_token(deadline, within)
+                    except CallFailed as failed:
+                        if generation != self._generation:
+                            continue  # the signer was replaced meanwhile: the new one signs
+                        self._failure = failed
+                        raise
+                    if generation == self._generation:  # else replaced while signing: the new one signs
+                        self._signed_at, self._metadata = signed_at, (*self._static, (TOKEN_HEADER, token))
+                return self._metadata
+        raise _too_slow(within)  # waiting for another call's signing
 
     def _stale(self) -> bool:
         """Older than the TTL by Trio's clock or by the wall clock (which also runs while a host sleeps)."""
@@ -169,8 +176,8 @@ class ChipCredentials:
         return (needs_refresh(clock, trio.current_time(), self._ttl)
                 or needs_refresh(wall / 1e9, self._wall_ns() / 1e9, self._ttl))
 
-    async def _signed_token(self) -> tuple[str, tuple[float, int]]:
-        """A new token, and when it was signed (Trio's clock, unix ns)."""
+    async def _signed_token(self, deadline: float, within: float) -> tuple[str, tuple[float, int]]:
+        """A new token by ``deadline``, and when it was signed (Trio's clock, unix ns)."""
         sign, public_key = self._sign, self._public_key
         if sign is None or public_key is None:
             raise CallFailed("SIGNER_UNAVAILABLE", "no signer for Chip's node token yet (the host sets one with "
@@ -178,7 +185,7 @@ class ChipCredentials:
         unix_ns = self._wall_ns()
         message = signed_message(public_key, unix_ns)
         clock = trio.current_time()
-        with trio.move_on_after(SIGNING_DEADLINE):
+        with trio.move_on_at(deadline):
             try:
                 if inspect.iscoroutinefunction(sign):
                     signature: Any = await cast(Callable[[bytes], Awaitable[bytes]], sign)(message)
@@ -192,4 +199,8 @@ class ChipCredentials:
             if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_BYTES:
                 raise CallFailed("SIGNER_FAILED", f"the signer returned no {SIGNATURE_BYTES}-byte ed25519 signature")
             return format_token(public_key, unix_ns, bytes(signature)), (clock, unix_ns)
-        raise CallFailed("SIGNER_FAILED", f"the signer did not answer within {SIGNING_DEADLINE:g} s")
+        raise _too_slow(within)
+
+
+def _too_slow(within: float) -> CallFailed:
+    return CallFailed("SIGNER_FAILED", f"the signer did not answer within {within:g} s")

@@ -22,7 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from actors import open_emitter
 from actors.adapters.chip import ChipClient
 from actors.adapters.chip_auth import ChipCredentials
+from actors.core.events import encode_batch
+from actors.core.failures import CallFailed
 from actors.core.node_token import format_token, signed_message
+from chipmock import ChipModel
 from chipmock.auth import AuthPolicy
 from tests.helpers import dead_letters, pending_ids, wait_until
 
@@ -300,3 +303,28 @@ async def test_a_token_chip_refuses_is_signed_anew_at_the_next_call_not_after_th
         chip_client.close()
     admitted, tokens, refusals = chip.auth_counts
     assert refusals == {"node token signed in the future": 1} and admitted == 1 and len(tokens) == 1
+
+
+async def test_signing_counts_in_the_calls_deadline(start_chipmock, make_config, autojump_clock, secrets) -> None:
+    """open_emitter's 2 s Ping and publish_deadline's margin of two publish_timeouts hold with a slow signer."""
+    key, chip = _node_and_chip(start_chipmock, secrets)
+    chip.set_model(ChipModel(latency=1.0))  # publishes answer after 1 s (of real time)
+    signing_takes = [float("inf")]
+
+    async def sign(message: bytes) -> bytes:  # a keystore that hangs, then one that takes 1.5 s (virtual)
+        await trio.sleep(signing_takes[0])
+        return key.sign(message)
+
+    config = make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=sign, publish_timeout=2.0)
+    chip_client = ChipClient(config, chip.endpoint)
+    try:
+        started = trio.current_time()
+        hung = await chip_client.probe(2.0)
+        assert trio.current_time() - started == pytest.approx(2.0)  # not the signer's own 5 s
+        assert hung is not None and str(hung) == "SIGNER_FAILED: the signer did not answer within 2 s"
+        signing_takes[0] = 1.5
+        with pytest.raises(CallFailed) as late:
+            await chip_client.publish_batch(encode_batch([]))  # 0.5 s left of 2 s: Chip's 1 s is too long
+        assert late.value.code == "DEADLINE_EXCEEDED"
+    finally:
+        chip_client.close()
