@@ -165,6 +165,8 @@ class AsyncioEmitter:
                 await done.wait()
             finally:
                 task.cancel()  # nothing once it is done; the signing deadline otherwise
+            if task.cancelled():  # its CancelledError is no Exception: it would crash the dispatcher
+                raise RuntimeError("the asyncio signer's task was cancelled")  # SIGNER_FAILED, as a failure
             return task.result()
 
         self.emitter.set_chip_signer(on_the_loop, public_key)

@@ -212,3 +212,34 @@ def test_a_blocking_host_sets_a_signer_after_start(start_chipmock, make_config, 
         emitter.set_chip_signer(key.sign)
         emitter.flush(timeout=30)
     assert chip.counters.seen([event_id]) == {event_id}
+
+
+def test_an_asyncio_signer_cancelled_on_its_loop_fails_the_signing_not_the_emitter(
+        start_chipmock, make_config, database_url) -> None:
+    key, public, chip = _verifying_chip(start_chipmock)
+
+    async def cancelled(message: bytes) -> bytes:  # its task is cancelled (the host's loop cancelling its tasks)
+        raise asyncio.CancelledError
+
+    async def sign(message: bytes) -> bytes:
+        return key.sign(message)
+
+    async def host() -> tuple[set[str], str]:
+        async with open_asyncio_emitter(make_config(chip, chip_auth_public_key=public.hex())) as emitter:
+            ids = set(await emitter.emit_many([b"a", b"b"], source="wf", type="t"))
+            emitter.set_chip_signer(cancelled)
+            async with asyncio.timeout(20):  # the next probe signs with it (retry_max 0.2 s)
+                # Polls statistics, which no event signals.
+                while (paused_by := emitter.statistics().paused_by) != "SIGNER_FAILED":  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            emitter.set_chip_signer(sign)
+            await emitter.flush(timeout=30)
+            return ids, paused_by
+
+    loop = asyncio.new_event_loop()
+    try:
+        ids, paused_by = loop.run_until_complete(host())
+    finally:
+        loop.close()
+    assert paused_by == "SIGNER_FAILED"  # a failed signing: delivery waited, nothing crashed
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
