@@ -94,4 +94,4 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         task_status.started()
         await _dispatch_fresh(wiring, slots, publisher, nursery)
         recovery_scope.cancel()
-        gate.stop()  # batches Chip does not take now stay in the table: close waits for none of them
+        gate.stop(config.shutdown_timeout)  # calls in flight finish; what Chip does not take stays in the table

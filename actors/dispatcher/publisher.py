@@ -70,7 +70,9 @@ class Publisher:
             if trio.current_time() > publish_by:
                 await self.release(pending, "lease lapsing before delivery", attempt, 0.0)
                 return
-            if not gate.open:
+            if gate.holds:
+                if gate.closing:
+                    return  # Chip does not answer, or refuses us: the rows stay in the table for the next start
                 state.held += len(pending)
                 try:
                     await gate.wait_open()
@@ -79,7 +81,7 @@ class Publisher:
                 continue  # the lease may have lapsed meanwhile
             answer = await self.call(pending, phase)
             gate.call_answered(answer if isinstance(answer, CallFailed) else None)
-            if gate.stopping and isinstance(answer, CallFailed) and answer.kind is not CallKind.TOO_LARGE:
+            if gate.closing and isinstance(answer, CallFailed) and answer.kind is not CallKind.TOO_LARGE:
                 return  # closing: no retry; the rows stay in the table for the next start
             decision = decide(answer, pending.event_ids, attempt=attempt,
                               attempts=config.publish_attempts, now=trio.current_time(), publish_by=publish_by,
