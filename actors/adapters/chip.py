@@ -102,9 +102,10 @@ class ChipClient:
             return exc
         return None
 
-    async def publish_batch(self, encoded_batch: bytes) -> pb.PublishResponse:
-        """Send one pre-encoded ``CloudEventBatch``; raise :class:`CallFailed` (the failure classifies itself)."""
-        return await self._call(self._publish_batch, encoded_batch, self._timeout)
+    async def publish_batch(self, encoded_batch: bytes, timeout: float | None = None) -> pb.PublishResponse:
+        """Send one pre-encoded ``CloudEventBatch`` within ``timeout`` (``publish_timeout`` by default);
+        raise :class:`CallFailed` (the failure classifies itself)."""
+        return await self._call(self._publish_batch, encoded_batch, self._timeout if timeout is None else timeout)
 
     async def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request,
                     timeout: float, *, wait_for_ready: bool = False) -> _Response:

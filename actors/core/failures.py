@@ -107,6 +107,9 @@ CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 # Our side cannot make the node token (no signer yet, or it failed or hung): refused too, never a
 # dead letter; delivery resumes by itself once the host's signer works (actors/adapters/chip_auth.py).
 SIGNER_CODES = frozenset({"SIGNER_UNAVAILABLE", "SIGNER_FAILED"})
+# No answer from Chip at all: no connection (nothing listens, it broke) or none within the deadline.
+# Transient; but closing, not worth a retry: the rows wait in the table for the next start.
+UNANSWERED_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 # Everything else on a whole call (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED,
 # NOT_FOUND, ...) is about the request as a whole or the server's set-up, never one event:
 # per-event errors come in the answer's results.

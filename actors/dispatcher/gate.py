@@ -76,6 +76,13 @@ class DeliveryGate:
         while self.health.paused and not self.closing:
             await self._wake.wait()
 
+    async def sleep(self, delay: float) -> None:
+        """A retry's backoff: ``delay``, cut short at ``stop_by`` once the emitter closes."""
+        wake_at = trio.current_time() + delay
+        while trio.current_time() < min(wake_at, self.stop_by):
+            with trio.move_on_at(min(wake_at, self.stop_by)):
+                await self._wake.wait()  # set when the emitter closes (or delivery reopens): look again
+
     def _wake_held(self) -> None:
         self._wake.set()
         self._wake = trio.Event()

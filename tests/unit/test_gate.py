@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import trio
 import trio.testing
 
@@ -83,3 +84,18 @@ async def test_a_pause_while_closing_cancels_no_call_in_flight(autojump_clock) -
         gate.call_answered(CallFailed("UNAUTHENTICATED", "refused"))  # another batch's call: delivery pauses
         assert gate.paused and gate.holds
     assert done == ["delivered"] and chip.probes == 0
+
+
+async def test_a_retrys_backoff_is_cut_short_where_the_close_leaves_no_time_for_it(autojump_clock) -> None:
+    woke = []
+    async with trio.open_nursery() as nursery:
+        gate = _gate(_Chip(), nursery)
+
+        async def backoff() -> None:
+            await gate.sleep(10.0)
+            woke.append(trio.current_time())
+
+        nursery.start_soon(backoff)
+        await trio.sleep(1.0)
+        gate.stop(5.0)  # done within 5 s, half a second of it kept to hand rows back
+    assert woke == [pytest.approx(1.0 + 4.5)]
