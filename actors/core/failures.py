@@ -100,8 +100,8 @@ class CallKind(enum.Enum):
     REFUSED = "refused"  # Chip is misconfigured or refuses us: pause delivery, alert
 
 
-TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL",
-                             "UNKNOWN", "CANCELLED"})
+# (RESOURCE_EXHAUSTED is limited or too large: see classify_call.)
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL", "UNKNOWN", "CANCELLED"})
 # Credentials, rights, or the service itself: a human must act; retrying in a loop cannot help.
 CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 # Our side cannot make the node token (no signer yet, or it failed or hung): refused too, never a
@@ -132,9 +132,11 @@ def classify_call(code: str, detail: str) -> CallKind:
     if code in ("INVALID_ARGUMENT", "OUT_OF_RANGE") and (_OVER_A_CAP.search(detail)
                                                        or _GRPC_MESSAGE_SIZE.search(detail)):
         return CallKind.TOO_LARGE
+    if code in CREDENTIAL_CODES or code in SIGNER_CODES:
+        return CallKind.REFUSED  # by name: whatever becomes of the codes below, these pause delivery
     if code in TRANSIENT_CODES:
         return CallKind.TRANSIENT
-    return CallKind.REFUSED
+    return CallKind.REFUSED  # the rest: the request as a whole, or Chip's set-up (see above)
 
 
 def retry_hint(metadata: Sequence[tuple[str, str | bytes]]) -> float | None:

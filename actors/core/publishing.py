@@ -62,9 +62,9 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
       with Chip's reason, until delivered or past the TTL; the rest are retried.
     - The call was too large (gRPC's own size error): several events are split
       in halves; a single event is dead-lettered (``TOO_LARGE``), as it alone is over.
-    - The call failed while delivery is ``paused`` (Chip is down, or refuses
-      us): every event is held in memory until Chip is back; nothing is
-      written, nothing dead-lettered.
+    - The call failed while delivery is ``paused`` (Chip is down, refuses us,
+      or limits us): every event is held in memory until Chip is back; nothing
+      is written, nothing dead-lettered.
     - The call failed transiently, or was limited (a rate limit): every event is
       retried after the backoff, or the server's retry hint if that is longer.
     - A retry that would run past ``publish_by`` (our lease minus a margin),

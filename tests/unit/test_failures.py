@@ -85,6 +85,9 @@ def test_a_store_error_says_its_kind_decided_once_where_it_is_made() -> None:
     ("RESOURCE_EXHAUSTED", "quota exceeded: too large a share of the limit", CallKind.LIMITED),
     ("INVALID_ARGUMENT", "batch of 9 exceeds max 3", CallKind.TOO_LARGE),
     ("INVALID_ARGUMENT", "bad request", CallKind.REFUSED),
+    # Our side cannot make the node token: paused as refused, never retried as if Chip were down.
+    ("SIGNER_UNAVAILABLE", "no signer for Chip's node token yet", CallKind.REFUSED),
+    ("SIGNER_FAILED", "the signer did not answer within 5 s", CallKind.REFUSED),
     ("FAILED_PRECONDITION", "topic missing", CallKind.REFUSED),
     ("UNAUTHENTICATED", "", CallKind.REFUSED),
     ("PERMISSION_DENIED", "", CallKind.REFUSED),
