@@ -43,8 +43,9 @@ class AuthPolicy:
 
     token_keys: tuple[bytes, ...] = ()  # a valid token from one of these public keys, when any
     token_max_age: float = 900.0  # seconds since the token was signed
-    headers: tuple[tuple[str, str], ...] = ()  # (name, value) pairs each call must carry
-    basic: str | None = None  # the expected ``authorization`` value (basic auth)
+    # Secrets: never in repr (a test's assertion message, a log line of the policy).
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # (name, value) pairs each call must carry
+    basic: str | None = field(default=None, repr=False)  # the expected ``authorization`` value (basic auth)
 
     def describe(self) -> str:
         """For the banner: the knobs, never a header's value."""

@@ -60,6 +60,12 @@ def test_chipmock_admits_the_librarys_token_and_says_why_it_refuses_others() -> 
         "header x-api-key missing or wrong"
 
 
+def test_chipmocks_policy_shows_no_header_value_or_password_in_its_repr() -> None:
+    policy = AuthPolicy(token_keys=(b"\1" * 32,), headers=(("x-api-key", "h3ader-s3cret"),), basic="Basic dTpwYXNz")
+    assert "h3ader-s3cret" not in repr(policy) and "dTpwYXNz" not in repr(policy)
+    assert "x-api-key=***" in policy.describe()
+
+
 def test_key_files_from_openssl_and_as_hex_seed(tmp_path: Path) -> None:
     pem = tmp_path / "node.pem"
     subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(pem)], check=True, timeout=30)
