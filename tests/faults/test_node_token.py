@@ -221,6 +221,29 @@ async def test_a_signer_that_fails_or_hangs_pauses_delivery_and_a_working_one_re
     assert chip.auth_counts[2] == {}  # no call went out without a token
 
 
+async def test_a_hung_blocking_signer_holds_one_thread_however_many_calls_ask_it(
+        start_chipmock, make_config, secrets) -> None:
+    key, chip = _node_and_chip(start_chipmock, secrets)
+    released, entered = threading.Event(), []
+
+    def blocking(message: bytes) -> bytes:  # a keystore call that hangs (until the test ends)
+        entered.append(message)
+        released.wait(60)
+        return key.sign(message)
+
+    chip_client = ChipClient(make_config(chip, chip_auth_public_key=_public(key).hex(), chip_auth_signer=blocking),
+                             chip.endpoint)
+    try:
+        # Each call gives the signer its own deadline (0.5 s), then abandons it: past two more calls, a
+        # thread per call would have entered it twice more by the end (the last half a second ago).
+        failures = [str(await chip_client.probe(0.5)) for _ in range(3)]
+        assert failures == ["SIGNER_FAILED: the signer did not answer within 0.5 s"] * 3
+        assert len(entered) == 1  # the later calls waited for the one thread the hung signer holds
+    finally:
+        released.set()  # the abandoned signing thread ends
+        chip_client.close()
+
+
 async def test_the_token_is_signed_again_only_once_older_than_the_ttl(start_chipmock, make_config, autojump_clock,
                                                                       secrets) -> None:
     key, chip = _node_and_chip(start_chipmock, secrets)
