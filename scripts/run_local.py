@@ -225,18 +225,22 @@ async def run(args: argparse.Namespace) -> int:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
     stack = ExitStack()
+    auth = None
     if not config.chip_endpoint:
         auth, key_file = (generated_node_key(stack) if args.node_auth else (None, None))
         mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency), auth=auth,
                               metrics_port=usable_port(args.chipmock_metrics_port, "chipmock metrics"))
         config = dataclasses.replace(config, chip_endpoint=mock.endpoint, chip_auth_key_file=key_file)
+    elif args.node_auth:
+        print("run-local: --node-auth is ignored: CHIP_INGRESS_ENDPOINT is set, so no chipmock runs to verify "
+              "a key made for this run (CHIP_INGRESS_AUTH_KEY_FILE names the node's own key)", file=sys.stderr)
     interactive = sys.stdout.isatty() and not args.json
     try:
         async with open_emitter(config) as emitter:
             where = {
                 "database": config.redacted_database_url() if config.database_url else f"embedded, data in {config.data_dir}",
                 "chip": (f"chipmock at {mock.endpoint}" if mock else f"Chip at {emitter.chip_endpoint}")
-                + (" (node token of a key made for this run, verified)" if config.chip_auth_key_file else ""),
+                + (" (node token of a key made for this run, verified)" if auth else ""),
                 "metrics": f"http://127.0.0.1:{emitter.metrics_port}/metrics"
                 + (f" and chipmock http://127.0.0.1:{mock.metrics_port}/metrics" if mock else ""),
             }

@@ -208,6 +208,16 @@ def test_node_auth_signs_with_a_generated_key_that_chipmock_verifies(database_ur
     assert records[-1]["deletes"] >= 10  # delivered through a chipmock that admits only that key's tokens
 
 
+def test_node_auth_says_it_is_ignored_when_chip_ingress_endpoint_is_set(database_url) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.run_local", "--node-auth", "--metrics-port", "0", "--duration", "500ms"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, cwd=ROOT,
+        env=_env(DATABASE_URL=database_url, CHIP_INGRESS_ENDPOINT="127.0.0.1:1"))  # no chipmock is started
+    assert done.returncode == 0, done.stderr
+    assert "run-local: --node-auth is ignored: CHIP_INGRESS_ENDPOINT is set" in done.stderr
+    assert "key made for this run" not in done.stdout  # the run-local started line says no such thing
+
+
 def test_load_twenty_workflows_every_second(database_url) -> None:
     # Upstream: 20 workflows every 1 s for 3 minutes, sampled every 15 s; inserts > 20 x 40,
     # deletes > 0, max and final pending <= 20 x 16. Scaled: 10 s, sampled every second.
