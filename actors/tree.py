@@ -151,7 +151,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         # are durable without it, and delivery starts when it answers.
         problem = await chip.ping(timeout=min(2.0, config.publish_timeout))
         if problem:
-            log.warning(problem[0], chip=chip.endpoint, error=problem[1])
+            log.warning(problem.message, chip=chip.endpoint, error=problem.error)
 
         intake_send, intake = trio.open_memory_channel[EmitRequest](config.persist_batch_size)
         groups_send, groups = open_hand_off(config.dispatch_buffer, config.dispatch_buffer_bytes)

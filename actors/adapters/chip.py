@@ -15,6 +15,7 @@ side.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -55,6 +56,14 @@ def _channel_options(config: EmitterConfig) -> list[tuple[str, int]]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    """Chip cannot take events yet, at start: the warning to log, and Chip's answer."""
+
+    message: str
+    error: str
+
+
 class ChipClient:
     """One channel to Chip. Create it inside Trio; ``close`` when done."""
 
@@ -77,18 +86,18 @@ class ChipClient:
         self._threads = trio.CapacityLimiter(config.publishes_in_flight + 1)
         self.endpoint = endpoint
 
-    async def ping(self, timeout: float) -> tuple[str, str] | None:
+    async def ping(self, timeout: float) -> NotReady | None:
         """At start: None if Chip answers; else what to say and why. Raises :class:`ChipRejected` for bad
         basic-auth credentials. A node token Chip refuses (its key not known yet) or cannot be signed yet
         (no signer) does not stop the start: events wait in the table until Chip takes the token."""
         failed = await self.probe(timeout, wait_for_ready=False)
         if failed is None:
             return None
-        if failed.code in CREDENTIAL_CODES and not self.credentials.node_token:
+        if failed.code in CREDENTIAL_CODES and not self.credentials.uses_node_token:
             raise ChipRejected(f"Chip at {self.endpoint} refused the call: {failed}")
         if failed.code in CREDENTIAL_CODES or failed.code in SIGNER_CODES:
-            return "Chip does not take this node's token yet; events will wait in the table", str(failed)
-        return "Chip does not answer yet; events will wait in the table", str(failed)
+            return NotReady("Chip does not take this node's token yet; events will wait in the table", str(failed))
+        return NotReady("Chip does not answer yet; events will wait in the table", str(failed))
 
     async def probe(self, timeout: float, *, wait_for_ready: bool = True) -> CallFailed | None:
         """One Ping: None if Chip answers, else how it failed.

@@ -94,7 +94,7 @@ class ChipCredentials:
             self._public_key, self._sign = load_key_file(config.chip_auth_key_file)
         elif config.chip_auth_public_key is not None:
             self._public_key, self._sign = public_key_from_hex(config.chip_auth_public_key), config.chip_auth_signer
-        self.node_token = self._public_key is not None
+        self.uses_node_token = self._public_key is not None  # a token goes on every call
         self._ttl = config.chip_auth_ttl
         self._wall_ns = wall_ns
         self._metadata = self._static
@@ -121,7 +121,7 @@ class ChipCredentials:
         if self._public_key is None:
             raise ConfigError("set_chip_signer needs the public key it signs for: chip_auth_public_key, "
                               "or public_key=")
-        self._sign, self.node_token = sign, True
+        self._sign, self.uses_node_token = sign, True
         self._generation += 1
         self._signed_at, self._failure, self._metadata = None, None, self._static
         self._signing_thread = trio.CapacityLimiter(1)  # a hung signer before keeps its thread, not this one
@@ -140,7 +140,7 @@ class ChipCredentials:
         another call's signing included). Raises :class:`CallFailed` (``SIGNER_UNAVAILABLE``,
         ``SIGNER_FAILED``) when no token can be made.
         """
-        if not self.node_token or not self._stale():
+        if not self.uses_node_token or not self._stale():
             return self._metadata
         within = min(within, SIGNING_DEADLINE)
         deadline = trio.current_time() + within

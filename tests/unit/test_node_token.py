@@ -158,13 +158,13 @@ def test_a_signer_set_later_is_refused_where_its_token_would_go_in_plaintext() -
     with pytest.raises(ConfigError, match="plaintext to chip.example:443.*CHIP_INGRESS_TLS=true.*"
                                           "CHIP_INGRESS_AUTH_PLAINTEXT=true"):
         remote.set_signer(sign, b"\1" * 32)
-    assert not remote.node_token
+    assert not remote.uses_node_token
     for allowed in (dict(chip_endpoint="chip.example:443", chip_tls=True),
                     dict(chip_endpoint="chip.example:443", chip_auth_plaintext=True),
                     dict(chip_endpoint="127.0.0.1:50051")):
         credentials = ChipCredentials(EmitterConfig(**allowed))
         credentials.set_signer(sign, b"\1" * 32)
-        assert credentials.node_token
+        assert credentials.uses_node_token
 
 
 def test_inconsistent_token_settings_are_refused() -> None:
