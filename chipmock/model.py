@@ -39,7 +39,7 @@ _UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s
 def parse_duration(text: str) -> float:
     """Seconds from a duration with units, Go's spelling included: ``50ms``, ``2s``, ``1m30s``. Raises ValueError.
 
-    chipmock's own copy of ``actors.config.parse_duration`` (a test keeps the
+    chipmock's own copy of ``actors.config_env.parse_duration`` (a test keeps the
     two in step), so the mock never imports the library it stands in for.
     """
     stripped = text.strip()
