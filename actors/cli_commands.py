@@ -204,7 +204,9 @@ async def drain(config: EmitterConfig, args: argparse.Namespace) -> int:
                 while (left := await store.count_pending(cap=1)):
                     held = "; ".join(_owner_line(*owner) for owner in (await store.lease_owners())[:3])
                     about = (await store.pending_stats()).rows
-                    print(f"\rdraining: {about:,} pending ({held})", end="", file=sys.stderr, flush=True)
+                    delivery = emitter.statistics().delivery  # up, limited (Chip rate-limits), down, refused
+                    print(f"\rdraining: {about:,} pending ({held}); delivery {delivery}", end="", file=sys.stderr,
+                          flush=True)
                     await trio.sleep(0.5)
             if left:
                 left = await store.count_pending()

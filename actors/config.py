@@ -7,55 +7,22 @@ start with a message naming the setting, never deep inside an actor.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_env import ENV_NAMES as ENV_NAMES
+from .config_env import ENV_PREFIX as ENV_PREFIX
+from .config_env import parse_duration as parse_duration
+from .config_env import values_from_env
+from .core.credentials import auth_problem, split_host_port
 from .errors import ConfigError
-from .logs import get_logger
 
-log = get_logger("durable_emitter.config")
-
-_DURATION_PART = r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)"
-_DURATION = re.compile(f"(?:{_DURATION_PART})+")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from a duration with units, Go's spelling included. Raises ValueError.
-
-    ``"50ms"`` -> 0.05, ``"2s"``, ``"1.5s"``, ``"1m30s"`` -> 90.0, ``"1h"``;
-    ``"7d"`` (days, beyond Go); ``"0"`` alone needs no unit. A bare number is refused: ``--latency 50``
-    meaning 50 seconds surprised everyone who meant milliseconds.
-    (``chipmock/model.py`` keeps a copy that must behave the same; a test checks.)
-    """
-    stripped = text.strip()
-    if stripped == "0":
-        return 0.0
-    if re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", stripped):
-        raise ValueError(f"{text!r} has no unit: write {stripped}s or {stripped}ms")
-    if not _DURATION.fullmatch(stripped):
-        raise ValueError(f"{text!r} is not a duration (examples: 50ms, 2s, 1m30s, 1h)")
-    return sum(float(number) * _UNITS[unit] for number, unit in re.findall(_DURATION_PART, stripped))
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
-
-
 def default_state_dir() -> Path:
     """Where the embedded Postgres keeps its data: ``$XDG_STATE_HOME/durable-emitter``."""
     base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
@@ -87,7 +54,8 @@ class EmitterConfig:
     # events on throwaway disk, so the library starts nothing by itself.
     database_url: str | None = field(default=None, repr=False)  # may hold a password
     embedded_postgres: bool = False  # start (or reuse) a local PostgreSQL in data_dir instead
-    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")  # the embedded server's data, kept across restarts
+    # the embedded server's data, kept across restarts
+    data_dir: Path = field(default_factory=lambda: default_state_dir() / "pgdata")
     schema: str = "public"  # the Postgres schema holding the emitter's tables
     # An older schema at start: migrate it (True) or refuse, naming `durable-emitter
     # schema apply` (False). None: migrate only the embedded Postgres.
@@ -100,6 +68,21 @@ class EmitterConfig:
     chip_ca_file: Path | None = None  # a CA bundle for Chip's certificate
     chip_username: str | None = None  # basic auth on every call, with chip_password
     chip_password: str | None = field(default=None, repr=False)  # never logged or shown
+
+    # Chip's node token, as Chainlink nodes authenticate: an ed25519 key file (PEM
+    # PKCS#8, or the 32-byte seed as 64 hex characters) signs a token refreshed once
+    # older than chip_auth_ttl. Credentials never go in plaintext beyond loopback
+    # unless chip_auth_plaintext says so.
+    chip_auth_key_file: Path | None = None
+    chip_auth_ttl: float = _seconds(default=600.0)  # token age before it is signed again (at least 10m)
+    # hex: the key chip_auth_signer signs for (code: or Emitter.set_chip_signer)
+    chip_auth_public_key: str | None = None
+    # signs bytes (ed25519), sync or async, within 5 s
+    chip_auth_signer: Callable[[bytes], bytes | Awaitable[bytes]] | None = field(
+        default=None, repr=False, metadata={"env": False})
+    # name=value,... on every call
+    chip_auth_headers: Mapping[str, str] | None = field(default=None, repr=False, hash=False)
+    chip_auth_plaintext: bool = False  # allow credentials without TLS to a host other than loopback
 
     # Several instances may share one table; rows are leased to one at a time.
     instance_id: str = field(default_factory=default_instance_id)
@@ -161,7 +144,8 @@ class EmitterConfig:
     # unacknowledged data, or keepalive probes from tcp_keepalive_idle on.
     statement_timeout: float = _seconds(default=30.0)
     lock_timeout: float = _seconds(default=5.0)  # a lock wait's deadline
-    commit_timeout: float = _seconds(default=10.0)  # emit's commit deadline, and then how long a lost answer is asked for
+    # emit's commit deadline, and then how long a lost answer is asked for
+    commit_timeout: float = _seconds(default=10.0)
     tcp_user_timeout: float = _seconds(default=10.0)  # unacknowledged data before a connection is dropped
     tcp_keepalive_idle: float = _seconds(default=10.0)  # idle time before keepalive probes start
 
@@ -230,10 +214,17 @@ class EmitterConfig:
             )
         if self.database_url and self.embedded_postgres:
             raise ConfigError("DATABASE_URL and DURABLE_EMITTER_EMBEDDED_POSTGRES are both set: choose one")
-        if self.chip_endpoint is not None and not _is_host_port(self.chip_endpoint):
-            raise ConfigError(f"chip_endpoint must be host:port, got {self.chip_endpoint!r}")
+        if self.chip_endpoint is not None and split_host_port(self.chip_endpoint) is None:
+            raise ConfigError(f"chip_endpoint must be host:port ([address]:port for IPv6), "
+                              f"got {self.chip_endpoint!r}")
         if (self.chip_username is None) != (self.chip_password is None):
             raise ConfigError("chip_username and chip_password must be given together")
+        auth = auth_problem(endpoint=self.chip_endpoint, tls=self.chip_tls, plaintext_allowed=self.chip_auth_plaintext,
+                            basic_auth=self.chip_username is not None, headers=self.chip_auth_headers,
+                            key_file=self.chip_auth_key_file is not None, public_key=self.chip_auth_public_key,
+                            signer=self.chip_auth_signer, ttl=self.chip_auth_ttl)
+        if auth:
+            raise ConfigError(auth)
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be 0..65535, got {self.metrics_port!r}")
         if not _IDENTIFIER.match(self.schema):
@@ -267,19 +258,7 @@ class EmitterConfig:
         other field (``DURABLE_EMITTER_MAX_PENDING=50000``). A malformed value
         raises :class:`ConfigError` naming the variable.
         """
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            name = ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}")
-            raw = env.get(name)
-            if raw is None or f.name in overrides:
-                continue
-            try:
-                values[f.name] = _parse_field(f, raw)
-            except ValueError as exc:
-                shown = raw if f.name != "chip_password" else "***"
-                raise ConfigError(f"{name}={shown!r}: {exc}") from None
-        _warn_about_unknown_variables(env, cls)
+        values = values_from_env(dataclasses.fields(cls), os.environ if env is None else env, skip=list(overrides))
         values.update(overrides)
         return cls(**values)
 
@@ -299,54 +278,6 @@ class EmitterConfig:
 
     def redacted_database_url(self) -> str:
         return redact_dsn(self.database_url) if self.database_url else f"embedded PostgreSQL in {self.data_dir}"
-
-
-ENV_PREFIX = "DURABLE_EMITTER_"
-ENV_NAMES = {
-    "database_url": "DATABASE_URL",
-    "chip_endpoint": "CHIP_INGRESS_ENDPOINT",
-    "chip_tls": "CHIP_INGRESS_TLS",
-    "chip_ca_file": "CHIP_INGRESS_CA_FILE",
-    "chip_username": "CHIP_INGRESS_USERNAME",
-    "chip_password": "CHIP_INGRESS_PASSWORD",
-}
-
-
-def _warn_about_unknown_variables(env: Mapping[str, str], cls: type[EmitterConfig]) -> None:
-    """A mistyped ``DURABLE_EMITTER_*`` variable would be ignored in silence: name the closest known one."""
-    known = [ENV_NAMES.get(f.name, f"{ENV_PREFIX}{f.name.upper()}") for f in dataclasses.fields(cls)]
-    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
-        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {closest[0]}?" if closest else "see the configuration table in README"
-        log.warning(f"{name} is not a durable-emitter setting and is ignored; {hint}", variable=name)
-
-
-def _parse_field(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = str(f.type)
-    if f.metadata.get("unit") == "seconds":
-        return parse_duration(raw)
-    if kind.startswith("bool"):
-        return parse_bool(raw)
-    if kind.startswith("int"):
-        try:
-            return int(raw.replace("_", ""))
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-    if kind.startswith("float"):
-        try:
-            return float(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-    if "Path" in kind:
-        return Path(raw)
-    if not raw.strip():
-        raise ValueError("is empty")
-    return raw.strip()
-
-
-def _is_host_port(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def redact_dsn(dsn: str) -> str:

@@ -13,6 +13,7 @@ from datetime import datetime
 import trio
 from prometheus_client import CollectorRegistry
 
+from .adapters.chip_auth import ChipCredentials, Signer
 from .adapters.store import Store
 from .config import EmitterConfig
 from .core.admission import Admission
@@ -62,7 +63,8 @@ class Emitter:
     def __init__(self, config: EmitterConfig, *, intake: trio.MemorySendChannel[EmitRequest], admission: Admission,
                  buffer: Callable[[], BudgetStatistics], emits: EmitState, sources: Sources, store: Store,
                  registry: CollectorRegistry, metrics_port: int | None, database_url: str,
-                 chip_endpoint: str, tree_failure: Callable[[], BaseException | None]) -> None:
+                 chip_endpoint: str, tree_failure: Callable[[], BaseException | None],
+                 chip_credentials: ChipCredentials | None = None) -> None:
         self.config = config
         self.registry = registry  # the Prometheus registry this emitter's metrics are in
         self.metrics_port = metrics_port  # where /metrics is served, if it is
@@ -75,6 +77,7 @@ class Emitter:
         self._sources = sources
         self._store = store
         self._tree_failure = tree_failure
+        self._chip_credentials = chip_credentials
         self._closing = False
         self._opened_in = current_pid()  # the one process that may use it
 
@@ -82,6 +85,21 @@ class Emitter:
     def failure(self) -> BaseException | None:
         """Why the actor tree gave up, once it has (None while it runs or after a normal stop)."""
         return self._tree_failure()
+
+    def set_chip_signer(self, sign: Signer, public_key: bytes | None = None) -> None:
+        """Sign Chip's node token with ``sign`` from now on: ``sign(message) -> signature`` (ed25519,
+        64 bytes), a plain function (run on a worker thread) or a coroutine function; it gets 5 s.
+
+        For a signer that becomes available after start (a keystore a plugin receives later):
+        configure ``chip_auth_public_key`` (or pass ``public_key``, the 32 raw bytes), and set the
+        signer when it is there. Until then emits commit and delivery waits (``refused``,
+        ``paused_by`` ``SIGNER_UNAVAILABLE``); it resumes by itself at the next probe. Raises
+        :class:`ConfigError` where the token would go in plaintext beyond loopback (as the
+        configuration would have: set ``chip_tls``, or ``chip_auth_plaintext``).
+        """
+        if self._chip_credentials is None:
+            raise EmitterClosed("the emitter is not running")
+        self._chip_credentials.set_signer(sign, public_key)
 
     def stop_accepting(self) -> None:
         """From now on every emit raises :class:`EmitterClosed` (the tree calls this as shutdown begins)."""

@@ -29,7 +29,7 @@ RETRY_REASONS = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "NOT_
                  "DOMAIN_MISCONFIGURATION")
 DEAD_LETTER_REASONS = ("VALIDATION_FAILED", "SCHEMA_MISSING", "ENCODE_ERROR", "DOMAIN_MISCONFIGURATION", "EXPIRED",
                        "TOO_LARGE")
-DELIVERY_STATES = ("up", "down", "refused")
+DELIVERY_STATES = ("up", "limited", "down", "refused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,7 @@ class DispatcherStatistics:
     expired: int  # moved to the dead-letter table by the TTL sweep
     publish_seconds: dict[str, HistogramSnapshot]  # by phase
     batch_sizes: HistogramSnapshot
-    delivery: str  # "up"; "down" (Chip does not answer) or "refused" (Chip refuses us): delivery paused
+    delivery: str  # "up"; "limited" (Chip rate-limits us), "down" (Chip does not answer), "refused" (alert)
     held: int  # events held in memory while delivery is paused
     paused_calls: int  # calls that failed since delivery last worked
     paused_by: str  # while paused: the code that paused it (e.g. UNAVAILABLE, UNAUTHENTICATED, SCHEMA_MISSING)
@@ -156,7 +156,8 @@ class EmitterStatistics:
     dead_lettered: int
     publish_retries: int
     restarts: dict[str, int]  # by actor
-    delivery: str  # "up", or why delivery is paused: "down" (Chip does not answer), "refused" (alert: Chip refuses us)
+    delivery: str  # "up", or why delivery waits: "limited" (Chip rate-limits us: events still go at its pace),
+    # "down" (Chip does not answer), "refused" (alert: Chip refuses us, or no token can be signed)
     emit_seconds: HistogramSnapshot
     publish_seconds: HistogramSnapshot  # PublishBatch calls of fresh events
     paused_by: str = ""  # while paused: the code that paused delivery (a rejection storm names its per-event code)

@@ -199,7 +199,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         # are durable without it, and delivery starts when it answers.
         problem = await chip.ping(timeout=min(2.0, config.publish_timeout))
         if problem:
-            log.warning("Chip does not answer yet; events will wait in the table", chip=chip.endpoint, error=problem)
+            log.warning(problem.message, chip=chip.endpoint, error=problem.error)
 
         intake_send, intake = trio.open_memory_channel[EmitRequest](config.persist_batch_size)
         groups_send, groups = open_hand_off(config.dispatch_buffer, config.dispatch_buffer_bytes)
@@ -239,7 +239,8 @@ async def open_emitter(config: EmitterConfig | None = None, *,
 
             emitter = Emitter(config, intake=intake_send, admission=admission, buffer=groups.statistics, emits=emits,
                               sources=sources, store=setup, registry=registry, metrics_port=sampled.metrics_port,
-                              database_url=url, chip_endpoint=chip.endpoint, tree_failure=lambda: tree.failure)
+                              database_url=url, chip_endpoint=chip.endpoint, tree_failure=lambda: tree.failure,
+                              chip_credentials=chip.credentials)
             try:
                 yield emitter
             finally:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .auth import AuthPolicy, parse_header, parse_public_key
 from .model import ChipModel, Outage, RejectContaining, RejectWindow, parse_duration, parse_rate
 from .server import RETRY_AFTER_KEY, start
 
@@ -76,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--unauthenticated", type=_parsed_by(Outage.parse), action="append", default=[],
                         metavar="START:DURATION",
                         help="refuse every call, Ping included, with UNAUTHENTICATED in this window (repeatable)")
+    parser.add_argument("--internal", type=_parsed_by(Outage.parse), action="append", default=[],
+                        metavar="START:DURATION",
+                        help="fail every publish with INTERNAL in this window, as Chip does when its schema "
+                             "registry is unreachable; Ping answers (repeatable)")
     parser.add_argument("--refuse", default=None, metavar="CODE",
                         help="fail every publish with this status, e.g. FAILED_PRECONDITION (a misconfigured server)")
     parser.add_argument("--max-request-bytes", type=_positive_int, default=None,
@@ -98,7 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schema", dest="schemas", action="append", default=[], metavar="SUBJECT",
                         help="a subject (or path) registered from the start (repeatable)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible failures")
+    parser.add_argument("--auth-token-key", dest="auth_token_keys", type=_parsed_by(parse_public_key),
+                        action="append", default=[], metavar="HEX",
+                        help="require a valid node token (X-Beholder-Node-Auth-Token, V2) signed by this ed25519 "
+                             "public key, 64 hex characters (repeatable: any of them)")
+    parser.add_argument("--auth-token-max-age", type=_parsed_by(parse_duration), default=900.0, metavar="DURATION",
+                        help="oldest node token admitted (default 15m)")
+    parser.add_argument("--auth-header", dest="auth_headers", type=_parsed_by(parse_header), action="append",
+                        default=[], metavar="NAME=VALUE", help="require this header on every call (repeatable)")
     return parser
+
+
+def build_auth(args: argparse.Namespace) -> AuthPolicy:
+    """What every call must carry, from the --auth-* flags."""
+    return AuthPolicy(tuple(args.auth_token_keys), args.auth_token_max_age, tuple(args.auth_headers))
 
 
 _EPILOG = f"""\
@@ -138,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     model = build_model(parser, args)
+    auth = build_auth(args)
     # Signals are taken with sigwait, never by a handler: a handler that sets an
     # Event the main thread waits on deadlocked when a second signal came while
     # stopping. Blocked before start(), so the server's threads inherit the mask.
@@ -145,15 +164,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         server = start(model, host=args.host, port=args.port,
-                       metrics_port=None if args.metrics_port < 0 else args.metrics_port)
+                       metrics_port=None if args.metrics_port < 0 else args.metrics_port, auth=auth)
     except OSError as exc:  # it names the port that failed
         print(f"chipmock: {exc}", file=sys.stderr)
         return 2
     metrics = f", metrics on http://{args.host}:{server.metrics_port}/metrics" if server.metrics_port else ""
-    print(f"chipmock listening on {server.endpoint} ({model.describe()}){metrics}", flush=True)
+    knobs = " ".join(part for part in (model.describe(), auth.describe()) if part not in ("", "defaults")) or "defaults"
+    print(f"chipmock listening on {server.endpoint} ({knobs}){metrics}", flush=True)
     signal.sigwait(stop_signals)
     server.stop(grace=1.0)  # further signals stay pending (blocked) and end with the process
     snap = server.counters.snapshot()
+    admitted, tokens, refused = server.auth_counts
+    if auth != AuthPolicy():
+        print(f"chipmock auth: {admitted} calls admitted with {len(tokens)} distinct node tokens; refused: "
+              f"{' '.join(f'{reason}={n}' for reason, n in sorted(refused.items())) or 'none'}", flush=True)
     print(f"chipmock stopped: {snap.calls} calls ({snap.failed_calls} failed on purpose), "
           f"{snap.received} events received, {snap.unique} unique, {snap.duplicates} duplicates, "
           f"{snap.rejected} rejected, {snap.bytes} bytes, {snap.rate_limited} calls rate limited; "

@@ -39,7 +39,7 @@ _UNITS: dict[str, float] = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s
 def parse_duration(text: str) -> float:
     """Seconds from a duration with units, Go's spelling included: ``50ms``, ``2s``, ``1m30s``. Raises ValueError.
 
-    chipmock's own copy of ``actors.config.parse_duration`` (a test keeps the
+    chipmock's own copy of ``actors.config_env.parse_duration`` (a test keeps the
     two in step), so the mock never imports the library it stands in for.
     """
     stripped = text.strip()
@@ -178,6 +178,8 @@ class ChipModel:
     short_response: int | None = None
     # Windows (like outages) in which every call, Ping included, fails UNAUTHENTICATED.
     unauthenticated: tuple[Outage, ...] = ()
+    # Windows in which every publish fails INTERNAL (Chip's schema registry unreachable); Ping answers.
+    internal: tuple[Outage, ...] = ()
     # Every publish fails with this whole-call status (a server-side misconfiguration), e.g. FAILED_PRECONDITION.
     refuse: str | None = None
     # Requests larger than this fail RESOURCE_EXHAUSTED "message larger than max", as grpc's own limit does.
@@ -302,7 +304,7 @@ def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_s
                 request_bytes: int = 0, limiter: RateLimiter | None = None) -> CallDecision:
     """What one RPC does: how long it takes and whether it fails as a whole.
 
-    In this order: outage and UNAUTHENTICATED windows, ``refuse``, the size limit,
+    In this order: outage and UNAUTHENTICATED windows, INTERNAL windows, ``refuse``, the size limit,
     ``max_batch``, the rate limit (``limiter``, holding ``model.rate_limit``'s bucket;
     None: no limit), then the random failures.
     """
@@ -311,6 +313,8 @@ def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_s
     ping = decide_ping(model, elapsed=elapsed)
     if ping.status is not None:
         return ping
+    if any(window.covers(elapsed) for window in model.internal):
+        return CallDecision(delay, "INTERNAL", "chipmock: schema registry unreachable (internal window)")
     if model.refuse is not None:
         return CallDecision(delay, model.refuse, f"chipmock: refusing every call ({model.refuse})")
     if model.max_request_bytes is not None and request_bytes > model.max_request_bytes:

@@ -8,6 +8,7 @@ by :mod:`chipmock.model`; what it received is in ``server.counters``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import math
 import socket
 import threading
@@ -31,6 +32,7 @@ from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
+from .auth import TOKEN_HEADER, AuthCounts, AuthPolicy, refusal
 from .model import AGE_BUCKETS, ChipModel, ChipState, Counters, EventView, code_number, decide_ping
 
 _STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
@@ -162,34 +164,34 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
             for (subject, _, _), version in zip(entries, versions, strict=True)])
 
 
-class _BasicAuth(grpc.ServerInterceptor):
-    """Rejects calls without the expected ``authorization: Basic ...`` metadata (once required)."""
+class _Auth(grpc.ServerInterceptor):
+    """Refuses, UNAUTHENTICATED with the reason, calls whose metadata the policy does not admit."""
 
-    def __init__(self) -> None:
-        self.expected: str | None = None
-
-        def deny(request: object, context: grpc.ServicerContext) -> NoReturn:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "chipmock: bad or missing credentials")
-
-        # Any, Any: it stands in for whichever method was called, whatever its messages.
-        self._deny: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-
-    def require(self, username: str | None, password: str | None) -> None:
-        if username is None:
-            self.expected = None
-            return
-        self.expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    def __init__(self, policy: AuthPolicy) -> None:
+        self.policy = policy
+        self.counts = AuthCounts()
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[_Request, _Response] | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
-        if self.expected is not None:
-            metadata = dict(handler_call_details.invocation_metadata or ())
-            if metadata.get("authorization") != self.expected:
-                return self._deny
-        return continuation(handler_call_details)
+        policy = self.policy
+        if policy == AuthPolicy():
+            return continuation(handler_call_details)
+        metadata = {key: value for key, value in handler_call_details.invocation_metadata or ()
+                    if isinstance(value, str)}
+        reason = refusal(metadata, policy, time.time_ns())
+        self.counts.record(metadata.get(TOKEN_HEADER) if policy.token_keys else None, reason)
+        if reason is None:
+            return continuation(handler_call_details)
+
+        def deny(request: object, context: grpc.ServicerContext) -> NoReturn:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"chipmock: {reason}")
+
+        # Any, Any: it stands in for whichever method was called, whatever its messages.
+        handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
+        return handler
 
 
 class _CountersCollector:
@@ -232,7 +234,7 @@ class ChipMockServer:
     port: int
     counters: Counters
     servicer: ChipIngressMock
-    auth: _BasicAuth
+    auth: _Auth
     host: str = "127.0.0.1"
     metrics_port: int | None = None
     _metrics_server: WSGIServer | None = None
@@ -243,7 +245,16 @@ class ChipMockServer:
 
     def require_credentials(self, username: str | None, password: str | None = None) -> None:
         """From the next call on, refuse calls without these basic-auth credentials (None: accept any call)."""
-        self.auth.require(username, password)
+        self.auth.policy = dataclasses.replace(self.auth.policy, basic=_basic(username, password))
+
+    def require_auth(self, policy: AuthPolicy) -> None:
+        """From the next call on, admit only what ``policy`` admits (node tokens, headers; its basic auth too)."""
+        self.auth.policy = policy
+
+    @property
+    def auth_counts(self) -> tuple[int, frozenset[tuple[bytes, int]], dict[str, int]]:
+        """Calls admitted with a node token, the distinct tokens (public key, signing time), refusals by reason."""
+        return self.auth.counts.snapshot()
 
     def set_model(self, model: ChipModel) -> None:
         """Change behaviour from the next call on (end an outage, add latency...)."""
@@ -267,6 +278,11 @@ class ChipMockServer:
         self.stop(grace=0)
 
 
+def _basic(username: str | None, password: str | None) -> str | None:
+    """The ``authorization`` value basic auth sends (None: no basic auth)."""
+    return None if username is None else "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
 def _refuse_port_in_use(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -287,23 +303,32 @@ def start(
     credentials: tuple[str, str] | None = None,
     tls: tuple[bytes, bytes] | None = None,
     max_workers: int = 64,
+    auth: AuthPolicy | None = None,
 ) -> ChipMockServer:
     """Start a chipmock; ``port=0`` picks a free one (read it from ``.port``).
 
-    ``credentials`` (user, password) makes it require basic auth; ``tls``
-    (certificate chain PEM, private key PEM) makes it serve TLS.
+    ``credentials`` (user, password) makes it require basic auth; ``auth`` node
+    tokens and headers; ``tls`` (certificate chain PEM, private key PEM) makes it serve TLS.
     """
     model = model or ChipModel()
     counters = Counters(keep_payloads=keep_payloads)
-    auth = _BasicAuth()
+    policy = auth or AuthPolicy()
     if credentials:
-        auth.require(*credentials)
+        policy = dataclasses.replace(policy, basic=_basic(*credentials))
+    interceptor = _Auth(policy)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="chipmock"),
-        interceptors=[auth],
-        # No SO_REUSEPORT: with it, a second chipmock "listens" on a port another
-        # one holds and silently shares its traffic.
-        options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        interceptors=[interceptor],
+        options=[
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # No SO_REUSEPORT: with it, a second chipmock "listens" on a port another
+            # one holds and silently shares its traffic.
+            ("grpc.so_reuseport", 0),
+            # Keepalive pings every 5 s allowed, calls or none (as upstream's mock Chip): grpc's
+            # default policy answers a client pinging every 10 s with GOAWAY "too_many_pings".
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ],
     )
     servicer = ChipIngressMock(model, counters)
     pb_grpc.add_ChipIngressServicer_to_server(servicer, server)
@@ -319,7 +344,7 @@ def start(
         bound = 0
     if not bound:
         raise OSError(f"cannot listen for gRPC on {address}: the port is in use or not available")
-    running = ChipMockServer(server, bound, counters, servicer, auth, host)
+    running = ChipMockServer(server, bound, counters, servicer, interceptor, host)
     if metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(_CountersCollector(counters))

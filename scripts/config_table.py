@@ -75,7 +75,8 @@ def render() -> str:
     rows = ["| variable | field | default | meaning |", "|---|---|---|---|"]
     for field in dataclasses.fields(EmitterConfig):
         variable = ENV_NAMES.get(field.name, f"{ENV_PREFIX}{field.name.upper()}")
-        rows.append(f"| `{variable}` | `{field.name}` | {_default(field)} | {comments.get(field.name, '').replace('|', '/')} |")
+        variable = "(code only)" if field.metadata.get("env") is False else f"`{variable}`"
+        rows.append(f"| {variable} | `{field.name}` | {_default(field)} | {comments.get(field.name, '').replace('|', '/')} |")
     return "\n".join([START, *rows, END])
 
 

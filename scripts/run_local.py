@@ -36,11 +36,13 @@ import dataclasses
 import json
 import os
 import socket
+import tempfile
 import termios
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import trio
 
@@ -51,6 +53,7 @@ from actors.adapters.driver import Session
 from actors.adapters.operations import Operations
 from actors.adapters.postgres import start_embedded
 from actors.logs import LOG_FORMATS, configure_logging
+from chipmock.auth import AuthPolicy
 from scripts.args_and_databases import duration
 
 EMITTER_METRICS_PORT = 9465
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"emitter /metrics port on 127.0.0.1 (default {EMITTER_METRICS_PORT}; 0 picks one)")
     parser.add_argument("--chipmock-metrics-port", type=int, default=CHIPMOCK_METRICS_PORT,
                         help=f"chipmock /metrics port on 127.0.0.1 (default {CHIPMOCK_METRICS_PORT}; 0 picks one)")
+    parser.add_argument("--node-auth", action="store_true",
+                        help="sign Chip's node token with a key generated for this run; chipmock verifies it")
     parser.add_argument("--json", action="store_true", help="one JSON line per interval even on a terminal")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
                         help="log lines on stderr: console, json, or auto (console on a terminal; default)")
@@ -141,6 +146,21 @@ async def workflow(emitter, index: int, interval: float, body: bytes, stop: trio
         next_tick += interval
         with trio.move_on_at(next_tick):
             await stop.wait()
+
+
+def generated_node_key(stack: ExitStack) -> tuple[AuthPolicy, Path]:
+    """An ed25519 key made for this run (its seed in a private temporary file, removed at the end)
+    and the chipmock policy that admits only tokens it signed."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="run-local-key-")))
+    path = folder / "node.key"
+    path.touch(mode=0o600)
+    path.write_text(key.private_bytes_raw().hex())
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return AuthPolicy(token_keys=(public,)), path
 
 
 def render(sample: Sample, args: argparse.Namespace, where: dict[str, str]) -> str:
@@ -204,17 +224,23 @@ async def run(args: argparse.Namespace) -> int:
     except EmitterError as exc:
         print(f"run-local: {exc}", file=sys.stderr)
         return 2
-    if not config.chip_endpoint:
-        mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency),
-                              metrics_port=usable_port(args.chipmock_metrics_port, "chipmock metrics"))
-        config = dataclasses.replace(config, chip_endpoint=mock.endpoint)
-    interactive = sys.stdout.isatty() and not args.json
     stack = ExitStack()
+    auth = None
+    if not config.chip_endpoint:
+        auth, key_file = (generated_node_key(stack) if args.node_auth else (None, None))
+        mock = chipmock.start(chipmock.ChipModel(latency=args.chip_latency), auth=auth,
+                              metrics_port=usable_port(args.chipmock_metrics_port, "chipmock metrics"))
+        config = dataclasses.replace(config, chip_endpoint=mock.endpoint, chip_auth_key_file=key_file)
+    elif args.node_auth:
+        print("run-local: --node-auth is ignored: CHIP_INGRESS_ENDPOINT is set, so no chipmock runs to verify "
+              "a key made for this run (CHIP_INGRESS_AUTH_KEY_FILE names the node's own key)", file=sys.stderr)
+    interactive = sys.stdout.isatty() and not args.json
     try:
         async with open_emitter(config) as emitter:
             where = {
                 "database": config.redacted_database_url() if config.database_url else f"embedded, data in {config.data_dir}",
-                "chip": f"chipmock at {mock.endpoint}" if mock else f"Chip at {emitter.chip_endpoint}",
+                "chip": (f"chipmock at {mock.endpoint}" if mock else f"Chip at {emitter.chip_endpoint}")
+                + (" (node token of a key made for this run, verified)" if auth else ""),
                 "metrics": f"http://127.0.0.1:{emitter.metrics_port}/metrics"
                 + (f" and chipmock http://127.0.0.1:{mock.metrics_port}/metrics" if mock else ""),
             }

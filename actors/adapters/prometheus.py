@@ -85,8 +85,9 @@ class EmitterCollector(Collector):
         yield _gauge("queue_oldest_pending_age_seconds", "age of the oldest pending row (whole table)",
                      table.oldest_age_seconds)
         yield _gauge("publish_in_flight", "PublishBatch calls in flight", dispatcher.in_flight)
-        delivery = GaugeMetricFamily(P + "delivery_state", "1 for the dispatcher's current state: up; down (Chip "
-                                     "does not answer); refused (Chip refuses us: alert)", labels=["state"])
+        delivery = GaugeMetricFamily(P + "delivery_state", "1 for the dispatcher's current state: up; limited "
+                                     "(Chip rate-limits us: delivery at its pace); down (Chip does not answer); "
+                                     "refused (Chip refuses us, or no node token can be signed: alert)", labels=["state"])
         for state in DELIVERY_STATES:
             delivery.add_metric([state], 1.0 if dispatcher.delivery == state else 0.0)
         yield delivery

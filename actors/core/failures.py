@@ -10,7 +10,8 @@ ask here what a Postgres SQLSTATE or a Chip status means, and act on the kind.
   that connection, so the next try finds the primary); data and integrity
   errors are **poison** (something in *this* write is at fault: isolate it); missing
   rights or objects are **permanent** for every write (only a human helps).
-- Chip, by meaning: **transient** (retry with backoff; a rate limit too),
+- Chip, by meaning: **transient** (retry with backoff), **limited** (a rate limit: the same, after
+  the server's hint; delivery reads "limited", not "down"),
   **too large** (only gRPC's own message-size error, or a cap named by an
   invalid-argument answer: split the call; a single event that is still too
   large is dead-lettered), **refused** (Chip is misconfigured or refuses us:
@@ -119,15 +120,22 @@ def classify_sqlstate(sqlstate: str | None) -> StoreFailure:
 
 
 class CallKind(enum.Enum):
-    TRANSIENT = "transient"  # Chip may take the same request later (down, overloaded, rate-limiting us)
+    TRANSIENT = "transient"  # Chip may take the same request later (down, or failing for now)
+    LIMITED = "limited"  # Chip answers but rate-limits us (RESOURCE_EXHAUSTED): retried, after its hint if any
     TOO_LARGE = "too_large"  # the request is too big for Chip: split it
     REFUSED = "refused"  # Chip is misconfigured or refuses us: pause delivery, alert
 
 
-TRANSIENT_CODES = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL",
-                             "UNKNOWN", "CANCELLED"})
+# (RESOURCE_EXHAUSTED is limited or too large: see classify_call.)
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL", "UNKNOWN", "CANCELLED"})
 # Credentials, rights, or the service itself: a human must act; retrying in a loop cannot help.
 CREDENTIAL_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
+# Our side cannot make the node token (no signer yet, or it failed or hung): refused too, never a
+# dead letter; delivery resumes by itself once the host's signer works (actors/adapters/chip_auth.py).
+SIGNER_CODES = frozenset({"SIGNER_UNAVAILABLE", "SIGNER_FAILED"})
+# No answer from Chip at all: no connection (nothing listens, it broke) or none within the deadline.
+# Transient; but closing, not worth a retry: the rows wait in the table for the next start.
+UNANSWERED_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 # Everything else on a whole call (INVALID_ARGUMENT, FAILED_PRECONDITION, UNIMPLEMENTED,
 # NOT_FOUND, ...) is about the request as a whole or the server's set-up, never one event:
 # per-event errors come in the answer's results.
@@ -146,13 +154,15 @@ RETRY_HINT_KEYS = ("grpc-retry-pushback-ms", "retry-after-ms", "retry-after")
 def classify_call(code: str, detail: str) -> CallKind:
     """What a whole-call gRPC status (its name and detail text) means for delivery."""
     if code == "RESOURCE_EXHAUSTED":
-        return CallKind.TOO_LARGE if _GRPC_MESSAGE_SIZE.search(detail) else CallKind.TRANSIENT
+        return CallKind.TOO_LARGE if _GRPC_MESSAGE_SIZE.search(detail) else CallKind.LIMITED
     if code in ("INVALID_ARGUMENT", "OUT_OF_RANGE") and (_OVER_A_CAP.search(detail)
                                                        or _GRPC_MESSAGE_SIZE.search(detail)):
         return CallKind.TOO_LARGE
+    if code in CREDENTIAL_CODES or code in SIGNER_CODES:
+        return CallKind.REFUSED  # by name: whatever becomes of the codes below, these pause delivery
     if code in TRANSIENT_CODES:
         return CallKind.TRANSIENT
-    return CallKind.REFUSED
+    return CallKind.REFUSED  # the rest: the request as a whole, or Chip's set-up (see above)
 
 
 def retry_hint(metadata: Sequence[tuple[str, str | bytes]]) -> float | None:

@@ -22,7 +22,11 @@ from .failures import CallKind
 class Delivery(enum.Enum):
     UP = "up"
     DOWN = "down"  # Chip does not answer (or answers with transient errors only)
+    LIMITED = "limited"  # Chip answers but rate-limits us: delivery goes at the pace Chip allows
     REFUSED = "refused"  # Chip answers but refuses us: credentials, rights, its own set-up. Alert.
+
+
+_STATES = {CallKind.REFUSED: Delivery.REFUSED, CallKind.LIMITED: Delivery.LIMITED}  # else DOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +92,7 @@ class ChipHealth:
         self.retry_after = retry_after or 0.0
         self.consecutive_failures += 1
         self.failed_since_up += 1
-        state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
+        state = _STATES.get(kind, Delivery.DOWN)
         if self.trial:  # Ping answered but publishing still fails: paused again
             self.trial = False
             return self._enter(state, reason, now)
@@ -118,7 +122,7 @@ class ChipHealth:
     def probe_failed(self, kind: CallKind, reason: str, now: float) -> Change | None:
         """The probe failed: announce the pause if not yet done, else remind once per ``reminder_interval``."""
         self.failed_since_up += 1
-        state = Delivery.REFUSED if kind is CallKind.REFUSED else Delivery.DOWN
+        state = _STATES.get(kind, Delivery.DOWN)
         if state is not self.state or not self.announced:
             return self._enter(state, reason, now, announce=True)
         if now >= self._next_reminder:

@@ -8,6 +8,7 @@ database, a network or real time.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from .answers import PublishOutcome, Rejection
 from .backoff import Backoff
 from .events import framed_size
-from .failures import CallFailed, CallKind
+from .failures import UNANSWERED_CODES, CallFailed, CallKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ def refusal(answer: PublishOutcome, sent: int) -> CallFailed | None:
 
 
 def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt: int, attempts: int, now: float,
-           publish_by: float, backoff: Backoff, rng: random.Random, paused: bool = False) -> Decision:
+           publish_by: float, backoff: Backoff, rng: random.Random, paused: bool = False,
+           stop_by: float = math.inf) -> Decision:
     """The decision after attempt number ``attempt`` (0 for the first) of the events ``sent`` (their ids).
 
     - Chip answered: delivered events and events rejected for their own bytes
@@ -60,17 +62,21 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
       with Chip's reason, until delivered or past the TTL; the rest are retried.
     - The call was too large (gRPC's own size error): several events are split
       in halves; a single event is dead-lettered (``TOO_LARGE``), as it alone is over.
-    - The call failed while delivery is ``paused`` (Chip is down, or refuses
-      us): every event is held in memory until Chip is back; nothing is
-      written, nothing dead-lettered.
-    - The call failed transiently (a rate limit too): every event is retried
-      after the backoff, or the server's retry hint if that is longer.
+    - The call failed while delivery is ``paused`` (Chip is down, refuses us,
+      or limits us): every event is held in memory until Chip is back; nothing
+      is written, nothing dead-lettered.
+    - The call failed transiently, or was limited (a rate limit): every event is
+      retried after the backoff, or the server's retry hint if that is longer.
     - A retry that would run past ``publish_by`` (our lease minus a margin),
       or past ``attempts`` calls, becomes a release to the table. A call the
       server said when to try again (a retry hint: a rate limit) spends no
       attempt toward that release: the events are not at fault, and in the table
       they would wait on the row backoff, which grows with each release, long
       after the limit lifted.
+    - Closing (``stop_by``: when the dispatcher must be done): what would be held
+      (``paused``, a refusal) or a call nothing answered goes back to the table,
+      claimable at once, and so does a retry that would start past ``stop_by``; a
+      limited or transient call is still retried until then, after its hint.
     """
     deferred: tuple[int, ...] = ()
     deferred_reason = ""
@@ -82,6 +88,9 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
             if len(sent) == 1:
                 return Decision(rejected=(Rejection(sent[0], "TOO_LARGE", answer.detail or answer.code),))
             return Decision(split=True)
+        if stop_by < math.inf and (paused or kind is CallKind.REFUSED or answer.code in UNANSWERED_CODES):
+            why = f"closing while Chip does not take calls: {answer}"
+            return Decision(release=tuple(range(len(sent))), reason=answer.code, release_reason=why)
         if paused or kind is CallKind.REFUSED:
             return Decision(retry=tuple(range(len(sent))), hold=True, reason=answer.code)
         settled = Decision()
@@ -101,9 +110,10 @@ def decide(answer: PublishOutcome | CallFailed, sent: Sequence[str], *, attempt:
         return deferral
     delay = max(backoff.delay(attempt, rng), hint)
     spent = attempt + 1 >= attempts and not told_when
-    if spent or now + delay > publish_by:
-        lapsing = not spent
-        why = "lease lapsing before delivery" if lapsing else reason
+    if spent or now + delay > min(publish_by, stop_by):
+        lapsing = not spent  # out of time (lease or close), not of attempts: claimable at once
+        why = (reason if spent else "lease lapsing before delivery" if now + delay > publish_by
+               else f"closing before a retry: {reason}")
         return Decision(settled.delivered, settled.rejected, release=retry + deferred,
                         retry_after=0.0 if lapsing else backoff.ceiling(attempt),
                         reason=why, release_reason=deferred_reason or why)

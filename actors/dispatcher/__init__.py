@@ -96,5 +96,4 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
         task_status.started()
         await _dispatch_fresh(wiring, slots, publisher, nursery, start.stale_before)
         recovery_scope.cancel()
-        if gate.paused:  # held batches cannot finish: their rows stay in the table
-            nursery.cancel_scope.cancel()
+        gate.stop(config.shutdown_timeout)  # calls in flight finish; what Chip does not take stays in the table

@@ -52,8 +52,10 @@ class Publisher:
         state = self.state
         state.batch_sizes.observe(len(pending))
         started = trio.current_time()
+        # Closing: a call ends by the dispatcher's deadline, leaving time to hand its rows back.
+        timeout = min(self.config.publish_timeout, self.gate.stop_by - started)
         try:
-            response = await self.chip.publish_batch(encode_batch(pending.payloads))
+            response = await self.chip.publish_batch(encode_batch(pending.payloads), timeout)
         except CallFailed as failed:
             return failed
         finally:
@@ -67,10 +69,16 @@ class Publisher:
         attempt = 0
         publish_by = pending.publish_by
         while pending:
-            if trio.current_time() > publish_by:
-                await self.release(pending, "lease lapsing before delivery", attempt, 0.0)
+            now = trio.current_time()
+            if now > publish_by or now >= gate.stop_by:
+                await self.release(pending, "lease lapsing before delivery" if now > publish_by
+                                   else "closing before delivery", attempt, 0.0)
                 return
-            if not gate.open:
+            if gate.holds:
+                if gate.closing:  # Chip does not answer, or refuses us: the rows wait in the table, claimable
+                    await self.release(pending, f"closing while Chip does not take calls: {gate.health.reason}",
+                                       attempt, 0.0)
+                    return
                 state.held += len(pending)
                 try:
                     await gate.wait_open()
@@ -81,7 +89,7 @@ class Publisher:
             gate.call_answered(answer if isinstance(answer, CallFailed) else None)
             decision = decide(answer, pending.event_ids, attempt=attempt,
                               attempts=config.publish_attempts, now=trio.current_time(), publish_by=publish_by,
-                              backoff=self.backoff, rng=self.rng, paused=gate.paused)
+                              backoff=self.backoff, rng=self.rng, paused=gate.holds, stop_by=gate.stop_by)
             state.published.add(phase, len(decision.delivered))
             state.not_published.add(phase, len(pending) - len(decision.delivered))
             if decision.delivered:
@@ -102,7 +110,7 @@ class Publisher:
             if not decision.retry:
                 return
             state.retries.add(decision.reason)
-            await trio.sleep(decision.delay)
+            await gate.sleep(decision.delay)  # cut short by a close that leaves no time for the retry
             pending = pending.pick(decision.retry)
             attempt += 1
 

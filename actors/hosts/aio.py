@@ -10,13 +10,15 @@ and later call raises :class:`EmitterClosed` caused by the failure (e.g.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 from prometheus_client import CollectorRegistry
 
+from ..adapters.chip_auth import Signer
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
@@ -144,6 +146,30 @@ class AsyncioEmitter:
     async def flush(self, timeout: float) -> None:
         """As :meth:`Emitter.flush`."""
         await self._call(lambda emitter: emitter.flush(timeout))
+
+    def set_chip_signer(self, sign: Signer, public_key: bytes | None = None) -> None:
+        """As :meth:`Emitter.set_chip_signer`; a coroutine function runs as a task on this asyncio loop."""
+        if self.emitter is None or self._token is None:
+            raise EmitterClosed("the emitter is not running")
+        if not inspect.iscoroutinefunction(sign):
+            self.emitter.set_chip_signer(sign, public_key)
+            return
+        loop, token = self._loop, self._token
+        signer = cast(Callable[[bytes], Coroutine[Any, Any, bytes]], sign)  # an asyncio coroutine function
+
+        async def on_the_loop(message: bytes) -> bytes:
+            task: asyncio.Task[bytes] = loop.create_task(signer(message))
+            done = trio.Event()
+            task.add_done_callback(lambda _: token.run_sync_soon(done.set))
+            try:
+                await done.wait()
+            finally:
+                task.cancel()  # nothing once it is done; the signing deadline otherwise
+            if task.cancelled():  # its CancelledError is no Exception: it would crash the dispatcher
+                raise RuntimeError("the asyncio signer's task was cancelled")  # SIGNER_FAILED, as a failure
+            return task.result()
+
+        self.emitter.set_chip_signer(on_the_loop, public_key)
 
     def statistics(self) -> EmitterStatistics:
         """As :meth:`Emitter.statistics` (same thread as the loop: read directly)."""

@@ -15,6 +15,7 @@ from typing import TypeVar
 import trio
 from prometheus_client import CollectorRegistry
 
+from ..adapters.chip_auth import Signer
 from ..config import EmitterConfig
 from ..core.events import AttributeValue, Body
 from ..emitter import Emitter
@@ -146,6 +147,11 @@ class BlockingEmitter:
         """As :meth:`Emitter.flush`, blocking the calling thread."""
         emitter, token = self._running()
         self._in_trio(partial(emitter.flush, timeout), token)
+
+    def set_chip_signer(self, sign: Signer, public_key: bytes | None = None) -> None:
+        """As :meth:`Emitter.set_chip_signer`; ``sign`` is a plain function, called on a worker thread."""
+        emitter, token = self._running()
+        trio.from_thread.run_sync(partial(emitter.set_chip_signer, sign, public_key), trio_token=token)
 
     def statistics(self) -> EmitterStatistics:
         """As :meth:`Emitter.statistics`, read on the emitter's own thread."""

@@ -132,7 +132,7 @@ async def ratelimit(args, url: str, run: Run, progress: Progress) -> None:
     run.notes.append(f"chipmock --rate-limit {limit:g}/s from the first emit for {args.duration:g} s; then no limit "
                      "and no new events. Calls are PublishBatch calls Chip received, refused ones included; "
                      f"delivery is the share of the emitter's delivery state, read every {STATE_EVERY * 1000:g} ms "
-                     "(it stays 'down' while a Ping-answered trial publishes, until a publish works)")
+                     "(it stays 'limited' while a Ping-answered trial publishes, until a publish works)")
     run.series["pending"] = m.sampler.points
 
 

@@ -74,3 +74,18 @@ async def test_no_hot_loop_when_chip_refuses_everything_in_a_batch(start_chipmoc
         await emitter.flush(timeout=60)
     # Bisection found that single events go through: nothing was dead-lettered for the batch's sake.
     assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+
+
+async def test_an_internal_window_registry_trouble_dead_letters_nothing_and_delivery_resumes(
+        start_chipmock, make_config, database_url) -> None:
+    # Chip answers INTERNAL while its schema registry is unreachable (the proto's word for it), for
+    # every publish in the window; Ping answers throughout. The events are not at fault.
+    chip = start_chipmock(ChipModel(internal=(Outage(0, 3.0),)))
+    async with open_emitter(make_config(chip, publish_batch_size=50)) as emitter:
+        ids = await emit_concurrently(emitter, 500)
+        await emitter.flush(timeout=60)
+        assert emitter.statistics().delivery == "up"
+    snap = chip.counters.snapshot()
+    assert snap.failed_calls > 0, "no call fell in the window: the test proves nothing"
+    assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
+    assert pending_ids(database_url) == set()

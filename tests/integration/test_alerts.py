@@ -22,7 +22,7 @@ def test_the_promised_alerts_are_there() -> None:
     names = {rule["alert"] for rule in _rules()}
     assert names == {"DurableEmitterOldestPendingTooOld", "DurableEmitterDeadLettersRising",
                      "DurableEmitterActorRestarting", "DurableEmitterBacklogFull", "DurableEmitterDeliveryPaused",
-                     "DurableEmitterRejectionStorm"}
+                     "DurableEmitterRejectionStorm", "DurableEmitterRateLimited"}
 
 
 async def test_every_alert_expression_names_only_exported_metrics(chip, make_config) -> None:

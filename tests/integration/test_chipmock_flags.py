@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from chipmock.model import ChipModel, ChipState, EventView, Outage, RejectContaining, RejectWindow
 from chippb import chipingress_pb2 as pb
@@ -252,8 +254,65 @@ def test_required_schemas_come_from_the_flag_and_from_register_schema_and_option
 @pytest.mark.parametrize(("flags", "message"), [
     (["--rate-limit", "100"], "argument --rate-limit: '100' is not a rate"),
     (["--reject", "SCHEMA_MISSING"], "argument --reject: 'SCHEMA_MISSING' is not CODE@START:DURATION"),
+    (["--auth-token-key", "abc"], "argument --auth-token-key: 'abc' is not an ed25519 public key"),
+    (["--auth-header", "x-api-key"], "argument --auth-header: an --auth-header is NAME=VALUE"),
+    (["--auth-token-max-age", "15"], "argument --auth-token-max-age: '15' has no unit"),
 ])
 def test_a_bad_new_flag_value_stops_the_process_with_a_usage_error_naming_it(flags: list[str], message: str) -> None:
     done = subprocess.run([sys.executable, "-m", "chipmock", *flags], capture_output=True, text=True,
                           timeout=START_TIMEOUT)
     assert done.returncode == 2 and "usage: chipmock" in done.stderr and message in done.stderr
+
+
+def _token(key: Ed25519PrivateKey, *, age: float = 0.0, signed_by: Ed25519PrivateKey | None = None) -> str:
+    """A V2 node token for ``key``, signed ``age`` seconds ago (by ``signed_by``: a forgery)."""
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    unix_ns = time.time_ns() - int(age * 1e9)
+    message = public + unix_ns.to_bytes(8, "big")
+    return f"2:{public.hex()}:{unix_ns}:{(signed_by or key).sign(message).hex()}"
+
+
+def test_node_tokens_and_headers_are_required_and_every_refusal_says_why() -> None:
+    node, spare, stranger = (Ed25519PrivateKey.generate() for _ in range(3))
+    keys = [k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+            for k in (node, spare)]
+    with chipmock("--auth-token-key", keys[0], "--auth-token-key", keys[1], "--auth-token-max-age", "1m",
+                  "--auth-header", "X-Api-Key=h3ader-s3cret") as chip:
+        assert chip.model == (f"auth_token_key={keys[0]} auth_token_key={keys[1]} auth_token_max_age=60s "
+                              "auth_header=x-api-key=***")  # the header's value is never printed
+
+        def ping(token: str | None, header: str | None = "h3ader-s3cret") -> str:
+            metadata = [(name, value) for name, value in (("x-beholder-node-auth-token", token),
+                                                          ("x-api-key", header)) if value is not None]
+            try:
+                return chip.stub.Ping(pb.EmptyRequest(), metadata=metadata, timeout=CALL_TIMEOUT).message
+            except grpc.RpcError as failure:
+                assert failure.code() == grpc.StatusCode.UNAUTHENTICATED
+                return failure.details()
+
+        assert ping(_token(node)) == ping(_token(spare)) == "pong"
+        assert ping(None) == "chipmock: no node token"
+        assert ping(_token(stranger)) == "chipmock: node token from an unknown key"
+        assert re.fullmatch(r"chipmock: stale node token: signed 12\d s ago, max age 60 s", ping(_token(node, age=120)))
+        assert ping(_token(node, signed_by=stranger)) == "chipmock: bad node token signature"
+        assert ping("2:zz") == "chipmock: malformed node token"
+        assert ping(_token(node), header="wrong") == ping(_token(node), header=None) == \
+            "chipmock: header x-api-key missing or wrong"
+        token = _token(node)
+        published = chip.stub.PublishBatch(_batch(_event("a")), metadata=[("x-beholder-node-auth-token", token),
+                                                                          ("x-api-key", "h3ader-s3cret")],
+                                           timeout=CALL_TIMEOUT)
+        assert _errors(published) == [None]
+    assert "chipmock auth: 3 calls admitted with 3 distinct node tokens" in chip.summary
+    assert ("refused: bad node token signature=1 header x-api-key missing or wrong=2 malformed node token=1 "
+            "no node token=1 node token from an unknown key=1 stale node token=1") in chip.summary
+    assert "h3ader-s3cret" not in chip.summary
+
+
+def test_an_internal_window_fails_publishes_as_a_registry_outage_does_while_pings_answer() -> None:
+    with chipmock("--internal", "0s:1h") as chip:
+        assert chip.model == "internal=0:3600s"
+        assert chip.stub.Ping(pb.EmptyRequest(), timeout=CALL_TIMEOUT).message == "pong"
+        failed = _failure(lambda: chip.stub.PublishBatch(_batch(_event("a")), timeout=CALL_TIMEOUT))
+        assert (failed.code(), failed.details()) == (grpc.StatusCode.INTERNAL,
+                                                     "chipmock: schema registry unreachable (internal window)")

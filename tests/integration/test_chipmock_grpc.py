@@ -207,3 +207,40 @@ def test_a_rate_limited_call_says_so_and_when_to_come_back(start_chipmock) -> No
     assert 20_000 < int(retry_after) <= 30_000
     snap = server.counters.snapshot()
     assert (snap.rate_limited, snap.failed_calls, snap.received) == (1, 1, 30)
+
+
+@pytest.mark.slow
+def test_keepalive_pings_every_5s_while_idle_keep_the_connection(start_chipmock) -> None:
+    """As upstream's mock Chip: grpc's default server policy (pings no closer than 5 min) answers a
+    client pinging while idle with GOAWAY "too_many_pings" after two strikes, and the channel drops."""
+    import threading
+    import time
+
+    server = start_chipmock()
+    options = [("grpc.keepalive_time_ms", 5_000), ("grpc.keepalive_timeout_ms", 1_000),
+               ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+    states: list[grpc.ChannelConnectivity] = []
+    changed = threading.Condition()
+
+    def seen(state: grpc.ChannelConnectivity) -> None:
+        with changed:
+            states.append(state)
+            changed.notify_all()
+
+    with grpc.insecure_channel(server.endpoint, options=options) as channel:
+        channel.subscribe(seen)
+        pb_grpc.ChipIngressStub(channel).Ping(pb.EmptyRequest(), timeout=10)
+        ready = len(states)
+        assert states[-1] == grpc.ChannelConnectivity.READY
+        deadline = time.monotonic() + 17  # three pings at 5 s: the third is past two strikes
+        with changed:
+            while time.monotonic() < deadline and len(states) == ready:
+                changed.wait(deadline - time.monotonic())
+        channel.unsubscribe(seen)
+    assert states[ready:] == [], f"the idle connection was dropped: {states[ready - 1:]}"
+    # The emitter's own channel pings every 10 s, calls or none, as upstream's client does.
+    from actors import EmitterConfig
+    from actors.adapters.chip import _channel_options
+
+    ours = dict(_channel_options(EmitterConfig()))
+    assert ours["grpc.keepalive_time_ms"] == 10_000 and ours["grpc.keepalive_permit_without_calls"] == 1

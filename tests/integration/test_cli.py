@@ -87,6 +87,21 @@ async def test_drain_ends_on_an_exact_count_when_the_estimate_still_sees_rows(da
     assert done.stdout == "drain finished: 0 delivered, 0 dead-lettered, 0 left pending\n"
 
 
+async def test_drain_says_limited_while_chip_rate_limits_it(database_url, start_chipmock) -> None:
+    store = Store(database_url, Session(application_name="durable-emitter node-a"))
+    await store.record_instance("node-a", session_liveness=True, grace=60)
+    ids = [f"r{i}" for i in range(1500)]
+    await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
+    store.close()
+    limited = start_chipmock(ChipModel(rate_limit=500))  # three seconds of rows, in batches of 100
+    done = cli(database_url, "drain", "--timeout", "60s", CHIP_INGRESS_ENDPOINT=limited.endpoint,
+               DURABLE_EMITTER_PUBLISH_BATCH_SIZE="100")
+    assert done.returncode == 0, done.stderr
+    assert "delivery limited" in done.stderr and "delivery down" not in done.stderr  # progress lines
+    assert done.stdout == "drain finished: 1,500 delivered, 0 dead-lettered, 0 left pending\n"
+    assert limited.counters.snapshot().rate_limited > 0
+
+
 async def test_drain_says_when_everything_was_dead_lettered(database_url, start_chipmock) -> None:
     await _seed(database_url)
     rejecting = start_chipmock(ChipModel(event_failure_rate=1.0, event_failure_code="VALIDATION_FAILED"))

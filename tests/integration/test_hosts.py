@@ -79,7 +79,7 @@ def test_host_adapters_have_the_emitters_signatures() -> None:
     from actors import Emitter
     from actors.hosts import AsyncioEmitter, BlockingEmitter
 
-    for method in ("emit", "emit_many", "flush", "statistics"):
+    for method in ("emit", "emit_many", "flush", "statistics", "set_chip_signer"):
         expected = inspect.signature(getattr(Emitter, method))
         for adapter in (AsyncioEmitter, BlockingEmitter):
             assert inspect.signature(getattr(adapter, method)) == expected, (adapter.__name__, method)
@@ -170,3 +170,76 @@ def test_blocking_calls_get_the_tree_failure_never_a_hang(chip, make_config, dat
         errors.append(later.value)
     assert failed.value.subgroup(SupervisorGaveUp) is not None
     assert len(errors) == 5 and isinstance(later.value.__cause__, SupervisorGaveUp)
+
+
+def _verifying_chip(start_chipmock):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from chipmock.auth import AuthPolicy
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes_raw()
+    return key, public, start_chipmock(auth=AuthPolicy(token_keys=(public,)))
+
+
+def test_an_asyncio_host_sets_an_asyncio_signer_after_start(start_chipmock, make_config, database_url) -> None:
+    key, public, chip = _verifying_chip(start_chipmock)
+
+    async def sign(message: bytes) -> bytes:  # the host's keystore, asyncio code on the host's loop
+        await asyncio.sleep(0.01)
+        assert asyncio.get_running_loop() is loop
+        return key.sign(message)
+
+    async def host() -> set[str]:
+        async with open_asyncio_emitter(make_config(chip, chip_auth_public_key=public.hex())) as emitter:
+            ids = set(await emitter.emit_many([b"a", b"b"], source="wf", type="t"))
+            emitter.set_chip_signer(sign)
+            await emitter.flush(timeout=30)
+            return ids
+
+    loop = asyncio.new_event_loop()
+    try:
+        ids = loop.run_until_complete(host())
+    finally:
+        loop.close()
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
+
+
+def test_a_blocking_host_sets_a_signer_after_start(start_chipmock, make_config, database_url) -> None:
+    key, public, chip = _verifying_chip(start_chipmock)
+    with open_blocking_emitter(make_config(chip, chip_auth_public_key=public.hex())) as emitter:
+        event_id = emitter.emit(b"x", source="wf", type="t")
+        emitter.set_chip_signer(key.sign)
+        emitter.flush(timeout=30)
+    assert chip.counters.seen([event_id]) == {event_id}
+
+
+def test_an_asyncio_signer_cancelled_on_its_loop_fails_the_signing_not_the_emitter(
+        start_chipmock, make_config, database_url) -> None:
+    key, public, chip = _verifying_chip(start_chipmock)
+
+    async def cancelled(message: bytes) -> bytes:  # its task is cancelled (the host's loop cancelling its tasks)
+        raise asyncio.CancelledError
+
+    async def sign(message: bytes) -> bytes:
+        return key.sign(message)
+
+    async def host() -> tuple[set[str], str]:
+        async with open_asyncio_emitter(make_config(chip, chip_auth_public_key=public.hex())) as emitter:
+            ids = set(await emitter.emit_many([b"a", b"b"], source="wf", type="t"))
+            emitter.set_chip_signer(cancelled)
+            async with asyncio.timeout(20):  # the next probe signs with it (retry_max 0.2 s)
+                # Polls statistics, which no event signals.
+                while (paused_by := emitter.statistics().paused_by) != "SIGNER_FAILED":  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            emitter.set_chip_signer(sign)
+            await emitter.flush(timeout=30)
+            return ids, paused_by
+
+    loop = asyncio.new_event_loop()
+    try:
+        ids, paused_by = loop.run_until_complete(host())
+    finally:
+        loop.close()
+    assert paused_by == "SIGNER_FAILED"  # a failed signing: delivery waited, nothing crashed
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()

@@ -64,10 +64,10 @@ class Lines:
         return "\n".join(lines)
 
 
-def _records(lines: Lines, deadline: float, until) -> list[dict]:
-    """Interval records until ``until(records)``; the other lines only say why, if run-local ends first."""
+def _records(lines: Lines, deadline: float, until, said: list[str] | None = None) -> list[dict]:
+    """Interval records until ``until(records)``; the other lines (kept in ``said``) say why, if run-local ends first."""
     records: list[dict] = []
-    said: list[str] = []
+    said = [] if said is None else said
     while (line := lines.next(deadline)) is not None:
         if line.startswith('{"event": "run-local interval"'):
             records.append(json.loads(line))
@@ -83,7 +83,7 @@ def stopped_record(rest: str) -> dict:
     return record
 
 
-def run_local(args: list[str], env: dict[str, str], until, timeout: float = 90.0):
+def run_local(args: list[str], env: dict[str, str], until, timeout: float = 90.0, said: list[str] | None = None):
     """Start run-local as ``just run-local`` does, collect interval records until ``until(records)``; then SIGINT it.
 
     Returns (records, the rest of stdout, stderr, exit code).
@@ -95,7 +95,7 @@ def run_local(args: list[str], env: dict[str, str], until, timeout: float = 90.0
         )  # stdin: never the terminal pytest runs in, whose Ctrl-C run-local would take over
         try:
             lines = Lines(proc.stdout.fileno())
-            records = _records(lines, time.monotonic() + timeout, until)
+            records = _records(lines, time.monotonic() + timeout, until, said)
             proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + 30
             rest = lines.rest(deadline)
@@ -195,6 +195,27 @@ def test_smoke_inserts_and_deletes_rise_while_pending_stays_small(database_url) 
     assert code == 0, errors
     assert records[-1]["inserts"] >= 30 and records[-1]["deletes"] >= 30
     assert max(r["pending"] for r in records) <= 10
+
+
+def test_node_auth_signs_with_a_generated_key_that_chipmock_verifies(database_url) -> None:
+    said: list[str] = []
+    records, rest, errors, code = run_local(
+        ["--node-auth", "--workflows", "1", "--interval", "50ms", "--refresh", "250ms"],
+        _env(DATABASE_URL=database_url), until=lambda r: r[-1]["deletes"] >= 10, said=said)
+    assert code == 0, errors
+    (started,) = [json.loads(line) for line in said if line.startswith('{"event": "run-local started"')]
+    assert started["chip"].endswith("(node token of a key made for this run, verified)")
+    assert records[-1]["deletes"] >= 10  # delivered through a chipmock that admits only that key's tokens
+
+
+def test_node_auth_says_it_is_ignored_when_chip_ingress_endpoint_is_set(database_url) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.run_local", "--node-auth", "--metrics-port", "0", "--duration", "500ms"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=90, cwd=ROOT,
+        env=_env(DATABASE_URL=database_url, CHIP_INGRESS_ENDPOINT="127.0.0.1:1"))  # no chipmock is started
+    assert done.returncode == 0, done.stderr
+    assert "run-local: --node-auth is ignored: CHIP_INGRESS_ENDPOINT is set" in done.stderr
+    assert "key made for this run" not in done.stdout  # the run-local started line says no such thing
 
 
 def test_load_twenty_workflows_every_second(database_url) -> None:

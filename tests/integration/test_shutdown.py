@@ -6,6 +6,8 @@ delivers it. Real Postgres and real chipmock, default settings but for the knob
 a test is about.
 """
 
+import socket
+
 import psycopg
 import pytest
 import trio
@@ -120,3 +122,37 @@ async def test_publishes_that_outlast_shutdown_timeout_leave_their_rows_for_the_
         await emitter.flush(timeout=30)
     assert chip.counters.seen(ids) == ids
     assert pending_ids(database_url) == set()
+
+
+def _unused_port() -> int:
+    """A port nothing listens on (bound, then released, so the OS does not hand it out again at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_closing_while_nothing_listens_at_chips_address_returns_at_once_and_keeps_the_event(
+        database_url, caplog) -> None:
+    """A short-lived host (a CLI, a job) during a Chip outage: open, emit, close. The event waits in the
+    table; close does not sit out the shutdown deadline retrying a Chip that is not there."""
+    config = EmitterConfig(database_url=database_url, chip_endpoint=f"127.0.0.1:{_unused_port()}")
+    async with open_emitter(config) as emitter:
+        event_id = await emitter.emit(b"x", source="wf", type="tick")
+    assert pending_ids(database_url) == {event_id}
+    assert "did not stop within its shutdown deadline" not in caplog.text  # a broken close waits it out (5 s)
+    # Handed back, not left leased for lease_duration (60 s): any instance may claim it at once.
+    assert query(database_url, "SELECT lease_expires_at <= now() FROM chip_durable_events") == [(True,)]
+
+
+async def test_closing_under_a_rate_limit_delivers_what_chip_limits_within_shutdown_timeout(
+        start_chipmock, database_url, caplog) -> None:
+    """Chip answers, but rate-limits: at close a limited call is retried after Chip's hint, not abandoned."""
+    chip = start_chipmock(ChipModel(rate_limit=200, latency=0.2))  # 200 events a second, a second's worth at once
+    async with open_emitter(_config(database_url, chip)) as emitter:
+        ids = set(await emitter.emit_many([f"event {i}".encode() for i in range(200)], source="wf", type="tick"))
+        await emitter.flush(timeout=30)  # Chip's bucket is empty now: the next 100 wait for it to refill
+        ids |= set(await emitter.emit_many([f"later {i}".encode() for i in range(100)], source="wf", type="tick"))
+    # Closing began while those 100 were in flight (0.2 s): Chip limited them, and the close retried them.
+    assert chip.counters.snapshot().rate_limited >= 1
+    assert chip.counters.seen(ids) == ids and pending_ids(database_url) == set()
+    assert "did not stop within its shutdown deadline" not in caplog.text

@@ -78,15 +78,18 @@ def test_a_store_error_says_its_kind_decided_once_where_it_is_made() -> None:
 
 @pytest.mark.parametrize(("code", "detail", "kind"), [
     ("UNAVAILABLE", "", CallKind.TRANSIENT),
-    ("RESOURCE_EXHAUSTED", "overloaded", CallKind.TRANSIENT),
+    ("RESOURCE_EXHAUSTED", "overloaded", CallKind.LIMITED),
     ("DEADLINE_EXCEEDED", "", CallKind.TRANSIENT),
     ("RESOURCE_EXHAUSTED", "Received message larger than max (10485760 vs. 4194304)", CallKind.TOO_LARGE),
     ("RESOURCE_EXHAUSTED", "Sent message larger than max (5000 vs. 4000)", CallKind.TOO_LARGE),
     # A rate limiter's words are not a size error, however much they sound like one.
-    ("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", CallKind.TRANSIENT),
-    ("RESOURCE_EXHAUSTED", "quota exceeded: too large a share of the limit", CallKind.TRANSIENT),
+    ("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", CallKind.LIMITED),
+    ("RESOURCE_EXHAUSTED", "quota exceeded: too large a share of the limit", CallKind.LIMITED),
     ("INVALID_ARGUMENT", "batch of 9 exceeds max 3", CallKind.TOO_LARGE),
     ("INVALID_ARGUMENT", "bad request", CallKind.REFUSED),
+    # Our side cannot make the node token: paused as refused, never retried as if Chip were down.
+    ("SIGNER_UNAVAILABLE", "no signer for Chip's node token yet", CallKind.REFUSED),
+    ("SIGNER_FAILED", "the signer did not answer within 5 s", CallKind.REFUSED),
     ("FAILED_PRECONDITION", "topic missing", CallKind.REFUSED),
     ("UNAUTHENTICATED", "", CallKind.REFUSED),
     ("PERMISSION_DENIED", "", CallKind.REFUSED),
@@ -216,3 +219,18 @@ def test_a_server_retry_hint_is_read_from_trailing_metadata() -> None:
     assert retry_hint([("grpc-retry-pushback-ms", "-1")]) is None
     assert retry_hint([]) is None
     assert CallFailed("RESOURCE_EXHAUSTED", "slow down", retry_after=1.5).retry_after == 1.5
+
+
+def test_a_rate_limit_reads_limited_not_down_and_a_silent_chip_down() -> None:
+    health = _health()
+    for now in range(3):
+        change = health.call_failed(CallKind.LIMITED, "RESOURCE_EXHAUSTED: request rate exceeds", now, 0.4)
+    assert change is not None and change.state is Delivery.LIMITED and health.paused
+    assert change.line is None  # Chip answers: nothing for a human to do, no line
+    assert health.next_probe_delay(random.Random(1)) >= 0.4  # never before the hint
+    health.probe_answered(3.5)
+    assert health.state is Delivery.LIMITED  # until a publish works: it says why events go slowly
+    change = health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 4)
+    assert change is not None and change.state is Delivery.DOWN  # now Chip does not answer
+    health.probe_answered(5)
+    assert health.call_succeeded(5.5).state is Delivery.UP

@@ -1,5 +1,6 @@
 """Backoff, restart intensity, claim sizing, byte-limited splitting, the decision after each answer. Pure."""
 
+import math
 import random
 
 import pytest
@@ -106,9 +107,10 @@ def test_hand_off_room_is_refused_past_either_limit_and_given_back_unless_sent()
 IDS = [f"id-{i}" for i in range(8)]
 
 
-def _decide(answer, sent=IDS, *, attempt=0, attempts=5, now=0.0, publish_by=100.0, seed=0, paused=False):
+def _decide(answer, sent=IDS, *, attempt=0, attempts=5, now=0.0, publish_by=100.0, seed=0, paused=False,
+            stop_by=math.inf):
     return decide(answer, sent, attempt=attempt, attempts=attempts, now=now, publish_by=publish_by,
-                  backoff=BACKOFF, rng=random.Random(seed), paused=paused)
+                  backoff=BACKOFF, rng=random.Random(seed), paused=paused, stop_by=stop_by)
 
 
 def test_all_delivered_settles_everything() -> None:
@@ -203,6 +205,27 @@ def test_a_rate_limit_spends_no_attempts_and_waits_in_memory_until_the_lease_mar
     assert no_hint.release == (0, 1) and no_hint.retry_after == BACKOFF.ceiling(4)  # as any transient failure
 
 
+@pytest.mark.parametrize("answer,paused", [(CallFailed("UNAVAILABLE", "connection refused"), False),
+                                            (CallFailed("DEADLINE_EXCEEDED", ""), False),
+                                            (CallFailed("UNAUTHENTICATED", "no token"), False),
+                                            (CallFailed("INTERNAL", "registry"), True)])
+def test_closing_hands_back_at_once_what_chip_does_not_take(answer: CallFailed, paused: bool) -> None:
+    """Nothing answered, a refusal, or delivery paused for either: no retry, no hold; claimable at once."""
+    decision = _decide(answer, IDS[:2], attempt=1, now=10.0, paused=paused, stop_by=14.0)
+    assert decision.release == (0, 1) and decision.retry_after == 0.0 and not (decision.retry or decision.hold)
+    assert decision.release_reason == f"closing while Chip does not take calls: {answer}"
+
+
+def test_closing_retries_a_limited_or_transient_call_after_its_hint_while_time_is_left() -> None:
+    limited = CallFailed("RESOURCE_EXHAUSTED", "request rate exceeds the maximum allowed", retry_after=0.5)
+    decision = _decide(limited, IDS[:2], now=10.0, stop_by=14.0)
+    assert decision.retry == (0, 1) and decision.delay == 0.5
+    assert _decide(CallFailed("INTERNAL", "registry"), IDS[:2], now=10.0, stop_by=14.0).retry == (0, 1)
+    late = _decide(limited, IDS[:2], now=13.8, stop_by=14.0)  # the hint ends past the close's deadline
+    assert late.release == (0, 1) and late.retry_after == 0.0 and not late.retry
+    assert late.release_reason == "closing before a retry: RESOURCE_EXHAUSTED"
+
+
 answers = st.one_of(
     st.builds(CallFailed, st.sampled_from(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                                            "INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNAUTHENTICATED"]),
@@ -221,17 +244,20 @@ answers = st.one_of(
 
 
 @given(answer=answers, attempt=st.integers(0, 10), attempts=st.integers(1, 10),
-       now=st.floats(0, 200), seed=st.integers(0, 2**16), paused=st.booleans())
+       now=st.floats(0, 200), seed=st.integers(0, 2**16), paused=st.booleans(),
+       stop_by=st.just(math.inf) | st.floats(0, 200))
 def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, attempt, attempts, now, seed,
-                                                                    paused) -> None:
+                                                                    paused, stop_by) -> None:
     sent = IDS if isinstance(answer, CallFailed) else IDS[:len(answer.delivered) + len(answer.rejected)
                                                           + len(answer.deferred) + len(answer.retry)]
-    decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed, paused=paused)
+    decision = _decide(answer, sent, attempt=attempt, attempts=attempts, now=now, seed=seed, paused=paused,
+                       stop_by=stop_by)
     if isinstance(answer, CallFailed):
         assert not decision.rejected  # a whole-call failure never dead-letters several events
     else:  # only events whose own bytes are bad are dead-lettered
         assert {r.event_id for r in decision.rejected} == {r.event_id for r in answer.rejected}
-    if decision.hold:  # paused: everything waits in memory for Chip, nothing written
+    if decision.hold:  # paused: everything waits in memory for Chip, nothing written (never at close)
+        assert stop_by == math.inf
         assert decision.retry == tuple(range(len(sent))) and not (decision.release or decision.rejected)
         return
     if decision.split:
@@ -242,7 +268,7 @@ def test_every_event_gets_exactly_one_fate_and_retries_stay_bounded(answer, atte
     assert sorted(fates) == list(range(len(sent)))  # nothing dropped, nothing twice
     told_when = isinstance(answer, CallFailed) and answer.retry_after is not None
     if decision.retry:  # a retry happens only before the lease lapses, and within the attempts unless told when
-        assert (attempt + 1 < attempts or told_when) and now + decision.delay <= 100.0
+        assert (attempt + 1 < attempts or told_when) and now + decision.delay <= min(100.0, stop_by)
         hint = answer.retry_after if isinstance(answer, CallFailed) and answer.retry_after else 0.0
         assert 0 <= decision.delay <= max(BACKOFF.ceiling(attempt), hint)
 
