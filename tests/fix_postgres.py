@@ -8,6 +8,7 @@ fresh and dropped afterwards, so tests never see each other's rows.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,13 +71,16 @@ class OwnPostgres:
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path / "own-pgdata")
+def own_postgres() -> Iterator[OwnPostgres]:
+    """Not under tmp_path, for the reason pg_server_url says: another pytest run would prune it."""
+    folder = Path(tempfile.mkdtemp(prefix="durable-emitter-own-pg-"))
+    server = OwnPostgres(folder / "own-pgdata")
     yield server
     try:
         server.stop()
     except Exception:  # already stopped by the test
         pass
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

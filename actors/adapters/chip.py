@@ -36,12 +36,13 @@ _Response = TypeVar("_Response")
 
 
 def _channel_options(config: EmitterConfig) -> list[tuple[str, int]]:
-    """Upstream's sizes and keepalive; reconnects back off no longer than ``retry_max``.
+    """Upstream's sizes and keepalive; reconnects back off no longer than a second (or ``retry_max``).
 
     Keepalive pings every 10 s, with or without calls in flight, so a half-open
     connection is found while idle, not by the next publish's deadline (Chip, and
     chipmock, permit pings every 5 s). grpc's own reconnect backoff grows to 120 s,
-    which after a long outage made delivery resume up to two minutes after Chip was back.
+    which after a long outage made delivery resume up to two minutes after Chip was back;
+    a second keeps the drain's start within about a second of Chip answering again.
     """
     return [
         ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -52,7 +53,7 @@ def _channel_options(config: EmitterConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.initial_reconnect_backoff_ms", max(100, int(config.retry_initial * 1000))),
         ("grpc.min_reconnect_backoff_ms", max(100, int(config.retry_initial * 1000))),
-        ("grpc.max_reconnect_backoff_ms", max(100, int(config.retry_max * 1000))),
+        ("grpc.max_reconnect_backoff_ms", max(100, int(min(config.retry_max, 1.0) * 1000))),
     ]
 
 

@@ -35,6 +35,8 @@ from .listening import ring_on_notifications
 from .publisher import Publisher
 from .recovery import Recovery, leave_rows, leave_to_the_table
 
+PROBE_CAP = 1.0  # seconds: the longest wait between probes while Chip does not answer
+
 
 @dataclass(frozen=True)
 class Wiring:
@@ -77,7 +79,10 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     rng = random.Random()
     start = await leave_to_the_table(wiring.store, config)
     async with trio.open_nursery() as nursery:
-        gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=backoff,
+        # Probes at least every PROBE_CAP seconds: delivery (and the drain of what waited) resumes
+        # within about a second of Chip answering again; a Ping a second costs Chip nothing.
+        probes = Backoff(config.retry_initial, config.retry_multiplier, min(config.retry_max, PROBE_CAP))
+        gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=probes,
                             probe_timeout=config.publish_timeout, rng=rng, nursery=nursery)
         publisher = Publisher(config, chip=wiring.chip, store=wiring.store, outbox=wiring.outbox, gate=gate,
                               slots=slots, state=state, backoff=backoff, rng=rng)
