@@ -63,7 +63,9 @@ CREATE TABLE chip_durable_events_instances (
     started_at       timestamptz NOT NULL DEFAULT now(),
     seen_at          timestamptz NOT NULL DEFAULT now(),  -- last refreshed (with its lock held, if it uses one)
     free_since       timestamptz,  -- when a claimer first saw its lock free (NULL while it holds it)
-    incarnation      text          -- which run of which server it was last seen on (queries.py INCARNATION)
+    free_in          text,         -- the run of the server free_since was noted on (queries.py INCARNATION)
+    incarnation      text,         -- which run of which server it was last seen on
+    process          text          -- host, boot, pid namespace, pid, start: a claimer on that host looks
 );
 
 -- The migrations applied (actors/adapters/migrations/); the highest is the

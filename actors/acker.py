@@ -30,7 +30,7 @@ from .core.backoff import Backoff
 from .core.failures import StoreFailure, storable_text
 from .errors import StoreUnavailable
 from .logs import FailureLog, get_logger
-from .messages import Delivered, Outcome
+from .messages import Barrier, Delivered, Outcome
 from .statistics import AckerState
 
 log = get_logger("durable_emitter.acker")
@@ -50,8 +50,9 @@ class Wiring:
 
 
 def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
-             limit: int) -> tuple[list[str], list[Rejection]]:
-    """``first`` and the outcomes queued behind it, up to about ``limit`` deliveries, each id once.
+             limit: int) -> tuple[list[str], list[Rejection], Barrier | None]:
+    """``first`` and the outcomes queued behind it, up to about ``limit`` deliveries, each id once,
+    up to a :class:`Barrier` (returned, to be passed once these are written).
 
     An event can be in flight twice (a lapsed lease claimed again), and one
     statement may not touch a row twice: the one place ids are de-duplicated
@@ -61,6 +62,8 @@ def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
     rejected: dict[str, Rejection] = {}
     item: Outcome | None = first
     while item is not None:
+        if isinstance(item, Barrier):
+            return list(delivered), list(rejected.values()), item
         if isinstance(item, Delivered):
             delivered.update(dict.fromkeys(item.event_ids))
         else:
@@ -71,7 +74,7 @@ def _collect(first: Outcome, inbox: trio.MemoryReceiveChannel[Outcome],
             item = inbox.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             item = None
-    return list(delivered), list(rejected.values())
+    return list(delivered), list(rejected.values()), None
 
 
 class _Writer:
@@ -143,7 +146,7 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
 
     task_status.started()
     async for first in wiring.inbox:
-        delivered, rejected = _collect(first, wiring.inbox, config.delete_batch_size)
+        delivered, rejected, barrier = _collect(first, wiring.inbox, config.delete_batch_size)
         if delivered:
             deleted = await writer.isolating(delete, delivered, None)
             state.deleted += deleted
@@ -156,3 +159,5 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
             state.settled.add(len(codes))
             if codes:
                 log.warning("events dead-lettered", count=len(codes), codes=sorted(set(codes)))
+        if barrier is not None:
+            barrier.passed.set()

@@ -251,23 +251,22 @@ class Emitter:
 
         Covered: every row this instance emitted before the call, including
         those another instance claimed since (spilled, released or lapsed rows
-        go to whoever claims them first), and every row this instance holds,
-        including rows it claimed from instances that died. Settled means
-        acknowledged by Chip and deleted, or dead-lettered. Rows written with
-        :mod:`actors.outbox` were emitted through no emitter: covered only
-        while this instance holds them.
+        go to whoever claims them first). Settled means acknowledged by Chip and
+        deleted, or dead-lettered. Rows this instance claimed from others (the
+        outbox's, a dead instance's) were emitted through no emitter of this
+        process: no flush waits for them; ``durable-emitter drain`` waits until
+        the table is empty.
         Raises :class:`FlushTimeout` after ``timeout`` seconds; the events
         stay in the table and keep being delivered. Postgres being briefly
         unreachable only delays the answer.
         """
         refuse_after_fork(self._opened_in)
         before: list[datetime] = []
-        held = self._sources.claimed()  # claimed from others and in flight now: settled, or held by another
 
         async def settled() -> bool:
             if not before:
                 before.append(await self._store.now())
-            return not await self._store.has_pending_before(before[0], owner=self.config.instance_id, held=held)
+            return not await self._store.has_pending_before(before[0], owner=self.config.instance_id)
 
         last_error = await poll_until(settled, timeout)
         if last_error is None:

@@ -74,4 +74,15 @@ class Rejected:
     entries: tuple[Rejection, ...]  # as Chip answered
 
 
-Outcome = Delivered | Rejected
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """dispatcher -> acker: set ``passed`` once every outcome sent before this one is written.
+
+    A restarted dispatcher ends its earlier run's leases only then: a row delivered but
+    not yet deleted would otherwise be claimed and published again.
+    """
+
+    passed: trio.Event
+
+
+Outcome = Delivered | Rejected | Barrier

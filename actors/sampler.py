@@ -46,7 +46,7 @@ async def keep_record(store: Store, config: EmitterConfig, state: SamplerState) 
     reconnect) and say so. Logs changes only."""
     instance_id = config.instance_id
     held = await store.keep_instance(instance_id, session_liveness=config.session_liveness,
-                                     grace=config.liveness_grace)
+                                     grace=config.liveness_grace, lease=config.lease_duration)
     if held is not None and held != state.liveness_held:
         state.liveness_held = held
         if held:

@@ -100,11 +100,6 @@ class DispatcherState:
         self.held = 0
         self.paused_calls = 0
         self.paused_by = ""
-        self.holding: set[str] = set()  # ids of claimed rows in flight: flush waits for them
-
-    def claimed_ids(self) -> list[str]:
-        """The ids of rows claimed from the table that this instance holds now."""
-        return list(self.holding)
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
@@ -173,4 +168,3 @@ class Sources:
     acker: Callable[[], AckerStatistics]
     table: Callable[[], TableSample]
     restarts: Callable[[], dict[str, int]]
-    claimed: Callable[[], list[str]]  # ids of claimed rows the dispatcher holds now (flush waits for them)

@@ -175,10 +175,11 @@ async def open_emitter(config: EmitterConfig | None = None, *,
         liveness = store()  # the sampler's too: it keeps the lock, re-taking it after a reconnect
 
         async def start() -> None:
-            # Catalog reads only, unless the schema is older and migrating at start is allowed.
+            # Catalog reads only, unless the schema is older and migrating at start is allowed. Not
+            # abandoned at start_timeout: a migration runs to its end (its own lock_timeout bounds
+            # its waits), and connecting there is bounded by connect_timeout.
             await trio.to_thread.run_sync(partial(schema.check, url, config.schema,
-                                                  auto_migrate=config.migrates_at_start, writer=True),
-                                          abandon_on_cancel=True)
+                                                  auto_migrate=config.migrates_at_start, writer=True))
             if config.session_liveness:
                 probe, pin = (Store(url, _session(config, pooled=True)) for _ in range(2))
                 try:
@@ -189,7 +190,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 await _take_liveness(liveness, config.instance_id)
             # How the others judge whether this instance runs: by its lock, or (without one) by leases.
             await liveness.record_instance(config.instance_id, session_liveness=config.session_liveness,
-                                           grace=config.liveness_grace)
+                                           grace=config.liveness_grace, lease=config.lease_duration)
 
         await _waiting_for_postgres(config, url, start)
         log.info("emitter starting", database=describe(url), chip=config.chip_endpoint, instance=config.instance_id)
@@ -218,7 +219,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
 
         async with open_supervisor(intensity) as tree:
             sources = Sources(emits.statistics, persisted.statistics, dispatched.statistics, acked.statistics,
-                              sampled.statistics, tree.restarts.snapshot, dispatched.claimed_ids)
+                              sampled.statistics, tree.restarts.snapshot)
             collector = EmitterCollector(sources, version=_version(), instance_id=config.instance_id)
             registry.register(collector)
             stack.callback(registry.unregister, collector)
@@ -230,7 +231,8 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 config, outcomes, store(), acked)),
                 shutdown=grace))
             await tree.start(ChildSpec("dispatcher", partial(dispatcher.run, dispatcher.Wiring(
-                config, groups, doorbell, outcomes_send, chip, store(), dispatched, doorbell_send, listener())),
+                config, groups, doorbell, outcomes_send, chip, store(), dispatched, doorbell_send, listener(),
+                lambda: sampled.liveness_held)),
                 shutdown=grace, on_exit=outcomes_send.close))
             await tree.start(ChildSpec("persister", partial(persister.run, persister.Wiring(
                 config, intake, groups_send, doorbell_send,
@@ -247,8 +249,18 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 emitter.stop_accepting()
                 with trio.CancelScope(shield=True):
                     await tree.stop()
+                    await _leave(liveness, config)
                 _answer_what_was_never_taken(intake, tree.failure)
                 log.info("emitter stopped")
+
+
+async def _leave(store: Store, config: EmitterConfig) -> None:
+    """What this instance still holds is the others' at once: it left, it did not die (no grace to wait)."""
+    with trio.move_on_after(config.shutdown_timeout):
+        try:
+            await store.leave(config.instance_id, lease=config.lease_duration)
+        except StoreUnavailable as exc:  # the leases lapse on their own, and its grace passes
+            log.warning("could not leave the rows to the others; their leases lapse on their own", error=str(exc))
 
 
 def _session(config: EmitterConfig, *, pooled: bool | None = None) -> Session:

@@ -103,11 +103,8 @@ class Session:
                 "search_path": f'"{self.schema}"'}
 
     def statements(self) -> str:
-        """The settings for the whole session (``pooled=False``), on a session reset first: a session
-        pooler with no reset query hands on an earlier client's session with its prepared
-        statements (ours have the same names) and advisory locks (another instance's liveness)."""
-        reset = ["DEALLOCATE ALL", "SELECT pg_advisory_unlock_all()"]  # DISCARD ALL may not share a query string
-        return "; ".join([*reset, *(f"SET {name} = {value}" for name, value in self.settings().items())])
+        """The settings for the whole session (``pooled=False``)."""
+        return "; ".join(f"SET {name} = {value}" for name, value in self.settings().items())
 
     def per_transaction(self) -> bytes:
         """The settings for the transaction it runs in (``pooled=True``): one statement, undone at commit."""
@@ -216,8 +213,10 @@ async def connect_on_trio(url: str, session: Session) -> psycopg.Connection:
     try:
         params = conninfo_to_dict(url, **options)
         timeout = timeout_from_conninfo(params)
-        # Name resolution blocks: a thread, left behind if the caller gives up.
-        attempts = await trio.to_thread.run_sync(conninfo_attempts, params, abandon_on_cancel=True)
+        # Name resolution blocks: a thread of its own kind, left behind if the caller gives up (and
+        # never holding a token of Trio's default limiter, which hosts use too).
+        attempts = await trio.to_thread.run_sync(conninfo_attempts, params, abandon_on_cancel=True,
+                                                 limiter=trio.CapacityLimiter(1))
     except psycopg.Error as exc:
         raise unreachable(url, exc) from None
     failures: list[str] = []
@@ -267,10 +266,12 @@ class Connection:
             self.close()
             session = self._session
             conn = await connect_on_trio(self._url, session)
+            # Only the hot statements are prepared, under names of ours (run_hot frees a name an
+            # earlier client of a pooled session left); psycopg would prepare any statement on its
+            # 5th run, under names no one here can free.
+            conn.prepare_threshold = None
             try:
-                if session.pooled:
-                    conn.prepare_threshold = None  # psycopg would prepare a statement (named) on its 5th run
-                else:
+                if not session.pooled:
                     await _wait(conn.cursor()._execute_gen(session.statements()), conn.pgconn.socket)
             except psycopg.Error as exc:
                 conn.close()

@@ -66,7 +66,7 @@ class ReadPlans:
     """EXPLAIN (ANALYZE, BUFFERS) of the reads that must stay index scans however large the table, as they ran."""
 
     claim: str  # the dispatcher's claim
-    orphan_claim: str  # its claim of the rows of instances judged gone (the judgement included)
+    orphan_claim: str  # its claim of the rows of instances judged gone
     flush_poll: str  # has_pending_before, which flush() polls
     pending_stats: str  # the sampler's
     lease_owners: str  # status's
@@ -123,7 +123,7 @@ class Operations(Store):
         return self._db.transaction(rollback=True)
 
     async def read_plans(self, *, owner: str, lease: float, limit: int, writer_only: bool,
-                         before: datetime) -> ReadPlans:
+                         before: datetime, gone: Sequence[str] = ()) -> ReadPlans:
         """The plans of :class:`ReadPlans`' reads: a claim as :meth:`claim` takes it, a flush poll of
         ``owner`` from ``before``; each run, then rolled back."""
         async def plan(sql: str, params: dict[str, Any]) -> str:
@@ -133,10 +133,10 @@ class Operations(Store):
 
         return ReadPlans(
             claim=await plan(CLAIM_OWN_EVENTS if writer_only else CLAIM_EVENTS, {
-                "owner": owner, "lease": lease, "limit": limit, "max_bytes": 2**31, "run_floor": 0}),
+                "owner": owner, "lease": lease, "limit": limit, "max_bytes": 2**31, "run_floor": 0, "gone": []}),
             orphan_claim=await plan(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit,
-                                                    "max_bytes": 2**31}),
-            flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner, "held": []}),
+                                                    "max_bytes": 2**31, "gone": list(gone)}),
+            flush_poll=await plan(HAS_PENDING_BEFORE, {"before": before, "owner": owner}),
             pending_stats=await plan(PENDING_STATS, {"exact_below": EXACT_COUNT_BELOW_BYTES}),
             lease_owners=await plan(LEASE_OWNERS, {"cap": LEASE_OWNERS_CAP}),
         )

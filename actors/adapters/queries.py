@@ -68,12 +68,6 @@ WITH {before.strip()}{"," if before else ""} claimable AS (
 """
 
 
-# Which owners are gone (queries.judged): their held rows are claimable whatever their lease says.
-_GONE = """gone AS (
-    SELECT i.instance_id FROM chip_durable_events_instances i
-    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judgement} = 'gone'
-)"""
-
 # Rows nobody holds (spilled, the outbox's, released for retry, lapsed by a restart: see
 # LAPSE_LEASES), rows held by an owner that is gone, and rows this instance claimed in an
 # earlier run (their claim's token is older than this run's start): oldest first. A range
@@ -82,7 +76,7 @@ _GONE = """gone AS (
 CLAIM_EVENTS = """
     SELECT ctid, id, available_at AS ord, octet_length(payload) AS bytes FROM chip_durable_events
     WHERE available_at < now()
-      AND (lease_expires_at < now() OR lease_owner IN (SELECT instance_id FROM gone)
+      AND (lease_expires_at < now() OR lease_owner = ANY(%(gone)s::text[])
            OR (lease_owner = %(owner)s AND lease_token <> 0 AND lease_token < %(run_floor)s))
     ORDER BY available_at
     LIMIT %(limit)s
@@ -106,15 +100,12 @@ CLAIM_OWN_EVENTS = _claim("""
 # written within a lease's time can hold one (a range of the writer index); rows it had
 # claimed come back to it through their token (CLAIM_EVENTS' run_floor). Returns how
 # many, and this run's floor: claims made before it are an earlier run's.
-LAPSE_LEASES = """
-WITH lapsed AS (
+_LAPSE_WRITTEN = """
     UPDATE chip_durable_events SET lease_expires_at = now(), available_at = least(available_at, now())
     WHERE emitted_by = %(owner)s AND created_at > now() - make_interval(secs => %(lease)s) - interval '1 minute'
       AND lease_owner = %(owner)s AND lease_token = 0 AND lease_expires_at > now()
-    RETURNING 1
-)
-SELECT count(*), txid_current() FROM lapsed
-"""
+    RETURNING 1"""
+LAPSE_LEASES = f"WITH lapsed AS ({_LAPSE_WRITTEN}) SELECT count(*), txid_current() FROM lapsed"
 
 # Committed groups a restarted dispatcher will not publish from memory: their rows
 # are claimable at once.
@@ -126,8 +117,8 @@ WHERE id = ANY(%(ids)b) AND lease_owner = %(owner)s AND lease_token = 0 AND leas
 # Liveness: an instance that runs with session liveness holds
 # pg_advisory_lock(LIVENESS_KEY, hashtext(its instance id)) on a session it keeps for
 # its lifetime, and says so in its record (chip_durable_events_instances). A process
-# that dies ends its sessions and frees the lock, so its rows can be claimed at once
-# instead of after their lease (Que frees a dead worker's jobs the same way).
+# that dies ends its sessions and frees the lock, so its rows can be claimed after the
+# grace instead of after their lease (Que frees a dead worker's jobs the same way).
 LIVENESS_KEY = 0x64656D74
 _ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
                WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2
@@ -137,55 +128,77 @@ _ALIVE = f"""EXISTS (SELECT 1 FROM pg_locks l
 
 # Which run of which server this is: the postmaster's start, the WAL timeline (a promoted
 # standby starts a new one) and the last reset of the shared statistics (a crash recovery
-# discards them). Each instance records it at every sighting; readable by any role.
-INCARNATION = """concat_ws(' ', pg_postmaster_start_time(), substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),
-                        (SELECT stats_reset FROM pg_stat_bgwriter))"""
+# discards them), as epochs (no session's TimeZone or DateStyle in it). Readable by any role.
+INCARNATION = """concat_ws(' ', extract(epoch FROM pg_postmaster_start_time()),
+                        substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),
+                        extract(epoch FROM (SELECT stats_reset FROM pg_stat_bgwriter)))"""
 
-
-def _death_proven(record: str) -> str:
-    """Whether the owner's sessions ended with its process (or its own path to Postgres), not with
-    every session on the server: none of its connections is left, and either
-
-    - some instance's liveness session began before the owner was last seen, and is still here; or
-    - an instance that started after the owner was last seen holds its lock now, on the same run of
-      the same server the owner was last seen on (a host restarted after a crash, alone).
-
-    A server restart, a crash recovery (one killed backend is enough) or a failover ends every
-    session and starts another run; a pooler restart ends every session behind it: then neither
-    holds, and the owner is given its grace.
-    """
-    return f"""(NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                    WHERE a.application_name = {record}.backend_name AND a.datname = current_database())
-       AND (EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                    WHERE l.locktype = 'advisory' AND l.classid = {LIVENESS_KEY} AND l.objsubid = 2 AND l.granted
-                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                      AND a.backend_start < {record}.seen_at)
-            OR ({record}.incarnation = {INCARNATION}
-                AND EXISTS (SELECT 1 FROM chip_durable_events_instances later
-                            WHERE later.started_at > {record}.seen_at
-                              AND {_ALIVE.format(owner="later.instance_id")}))))"""
+# Whether an owner whose lock is free has been without it for its grace: counted from the
+# moment a claimer first saw it free after the owner was last seen (free_since), on this
+# run of this server (a free_since noted before a failover or a crash recovery, on another
+# clock or before every lock was freed again, counts for nothing). A server restart, a
+# crash recovery, a failover or a pooler restart frees every lock at once while every
+# process lives, and so does a path to one host that was reset: a live process takes its
+# lock back within the grace. (A process on the claimer's own host that is gone is known
+# dead at once: the dispatcher looks, see adapters/processes.py.)
+_GRACE_PASSED = """({r}.free_since >= {r}.seen_at AND {r}.free_in = {incarnation}
+        AND {r}.free_since < now() - {r}.liveness_grace)"""
 
 
 def judged(record: str) -> str:
-    """How the owner whose record is ``record`` (NULL: it has none) is judged: the claim takes a
-    'gone' owner's rows whatever their lease says; status shows the judgement.
+    """How the owner whose record is ``record`` (NULL: it has none) is judged, as status shows it.
 
     - 'unknown': no record (an older version, 'replay'); 'lease': it runs without session
       liveness (behind a transaction pooler). Neither is judged by a lock: its rows wait for
       their lease.
     - 'running': it holds its liveness lock.
-    - 'gone': its lock is free, and has been since a claimer first saw it free (``free_since``)
-      for longer than its grace; or its death is proven at once (:func:`_death_proven`): its
-      sessions ended with its process, not with a restart of the server or a pooler.
-    - 'lock lost': its lock is free, within its grace: a live process takes its lock back at its
-      next sample once it reaches Postgres again, and its rows may be in flight meanwhile.
+    - 'gone': its lock has been free for its grace (``_GRACE_PASSED``): claims take its rows
+      whatever their lease says.
+    - 'lock lost': its lock is free, within its grace: a live process takes its lock back at
+      its next sample once it reaches Postgres again, and its rows may be in flight meanwhile.
     """
     return f"""CASE
     WHEN {record}.instance_id IS NULL THEN 'unknown'
     WHEN NOT {record}.session_liveness THEN 'lease'
     WHEN {_ALIVE.format(owner=f"{record}.instance_id")} THEN 'running'
-    WHEN {record}.free_since < now() - {record}.liveness_grace OR {_death_proven(record)} THEN 'gone'
+    WHEN {_GRACE_PASSED.format(r=record, incarnation=INCARNATION)} THEN 'gone'
     ELSE 'lock lost' END"""
+
+
+# Once a scan, before its claims: the owners (using session liveness, this instance aside)
+# whose lock is free, each with its process (to look at when it ran on this host) and
+# whether its grace has passed. The same statement notes, for an owner found free for the
+# first time since it was last seen (or on another run of the server), that moment: its
+# grace counts from there. Records locked by another claimer or an owner's refresh are
+# left to them (SKIP LOCKED: no waiting, no deadlock).
+# An instance closing leaves its rows to the others at once: the leases of rows it wrote and
+# still holds as written end now, and its record says its lock is free past its grace (the
+# lock itself goes with its connection, a moment later), so the rows it claimed from others
+# are claimable too. Nothing to wait for: it did not die, it left.
+LEAVE = f"""
+WITH lapsed AS ({_LAPSE_WRITTEN}), left_ AS (
+    UPDATE chip_durable_events_instances
+    SET free_since = now() - liveness_grace, free_in = {INCARNATION},
+        seen_at = now() - liveness_grace - interval '1 second'
+    WHERE instance_id = %(owner)s AND session_liveness
+)
+SELECT count(*) FROM lapsed
+"""
+
+FREE_OWNERS = f"""
+WITH seen_free AS (
+    UPDATE chip_durable_events_instances SET free_since = now(), free_in = {INCARNATION}
+    WHERE instance_id IN (
+        SELECT i.instance_id FROM chip_durable_events_instances i
+        WHERE i.session_liveness AND i.instance_id <> %(owner)s AND NOT {_ALIVE.format(owner="i.instance_id")}
+          AND (i.free_since IS NULL OR i.free_since < i.seen_at OR i.free_in IS DISTINCT FROM {INCARNATION})
+        FOR UPDATE SKIP LOCKED)
+)
+SELECT i.instance_id, coalesce(i.process, ''), {_GRACE_PASSED.format(r="i", incarnation=INCARNATION)}
+FROM chip_durable_events_instances i
+WHERE i.session_liveness AND i.instance_id <> %(owner)s AND NOT {_ALIVE.format(owner="i.instance_id")}
+ORDER BY i.seen_at
+"""
 
 
 # Whether this session holds the instance id's liveness lock.
@@ -207,66 +220,54 @@ BACKEND_PID = "SELECT pg_backend_pid()"
 # record written only while this session holds it (which forgets when its lock was seen free); returns whether it does (NULL
 # without session liveness). backend_name is the application_name this session
 # shows in pg_stat_activity, as every connection of the instance does. A start
-# (``starting``) also forgets other instances' records that are stale and hold no
-# rows; a running instance whose record went writes it again at its next sample.
+# (``starting``) also forgets other instances' records that are stale (seen last a grace
+# and a lease ago, so no lease of theirs is left) and wrote no pending row; a running
+# instance whose record went writes it again at its next sample. ``process`` says which
+# process on which host runs it (adapters/processes.py).
 RECORD_INSTANCE = f"""
 WITH liveness AS (
     SELECT CASE WHEN %(session_liveness)s THEN {_TAKE_LIVENESS} END AS held
 ), forgotten AS (
     DELETE FROM chip_durable_events_instances WHERE instance_id IN (
         SELECT i.instance_id FROM chip_durable_events_instances i
-        WHERE %(starting)s AND i.instance_id <> %(owner)s AND i.seen_at < now() - i.liveness_grace
+        WHERE %(starting)s AND i.instance_id <> %(owner)s
+          AND i.seen_at < now() - i.liveness_grace - make_interval(secs => %(lease)s)  -- every lease it held is over
           AND NOT EXISTS (SELECT 1 FROM chip_durable_events e WHERE e.emitted_by = i.instance_id)
         FOR UPDATE SKIP LOCKED)  -- starts running at once wait for none, nor deadlock
 ), recorded AS (
     INSERT INTO chip_durable_events_instances AS i
-        (instance_id, session_liveness, backend_name, liveness_grace, started_at, seen_at, incarnation)
+        (instance_id, session_liveness, backend_name, liveness_grace, started_at, seen_at, incarnation, process)
     SELECT %(owner)s, %(session_liveness)s, current_setting('application_name'),
-           make_interval(secs => %(grace)s), now(), now(), {INCARNATION}
+           make_interval(secs => %(grace)s), now(), now(), {INCARNATION}, %(process)s
     FROM liveness WHERE held IS NOT false
     ON CONFLICT (instance_id) DO UPDATE
     SET session_liveness = EXCLUDED.session_liveness, backend_name = EXCLUDED.backend_name,
         liveness_grace = EXCLUDED.liveness_grace, seen_at = EXCLUDED.seen_at, free_since = NULL,
-        incarnation = EXCLUDED.incarnation,
+        free_in = NULL, incarnation = EXCLUDED.incarnation, process = EXCLUDED.process,
         started_at = CASE WHEN %(starting)s THEN EXCLUDED.started_at ELSE i.started_at END
 )
 SELECT held FROM liveness
 """
 
-# The rows the owners judged 'gone' wrote and still hold as written, whatever their lease
-# says, in one statement (the judgement and the claim see one state): each such owner's
-# rows oldest first (an ordered range of the writer index, however many it wrote), the
-# owner seen longest ago first. Returns each row's previous owner too. The same statement
-# notes, for every owner whose lock it finds free for the first time, that moment: the
-# grace counts from there (on the database's clock), so one judged now was seen free a
-# grace ago. Records locked by another claimer or an owner's refresh are left to them.
-# Rows a gone owner had claimed from others come back through CLAIM_EVENTS; so do these,
-# should their claimer die too: they are made available now (an index entry, for rows of
-# the dead only), which rows written with a live lease were not.
+# The rows the owners found gone (FREE_OWNERS, and the dispatcher's look at this host's
+# processes: ``gone``, in that order) wrote and still hold as written, whatever their
+# lease says: each owner's rows oldest first (an ordered range of the writer index, however
+# many it wrote). Returns each row's previous owner too. Rows a gone owner had claimed from
+# others come back through CLAIM_EVENTS; so do these, should their claimer die too: they
+# are made available now (an index entry, for rows of the dead only), which rows written
+# with a live lease were not.
 CLAIM_ORPHANS = _claim("""
     SELECT c.ctid, c.id, c.created_at AS ord, c.bytes, o.instance_id AS orphaned_by
-    FROM orphans o CROSS JOIN LATERAL (
+    FROM unnest(%(gone)s::text[]) WITH ORDINALITY AS o(instance_id, n) CROSS JOIN LATERAL (
         SELECT ctid, id, created_at, octet_length(payload) AS bytes FROM chip_durable_events
         WHERE emitted_by >= o.instance_id AND emitted_by <= o.instance_id AND lease_owner = o.instance_id
         ORDER BY emitted_by, created_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED) c
     LIMIT %(limit)s
-""", before=f"""
-seen_free AS (
-    UPDATE chip_durable_events_instances SET free_since = now()
-    WHERE instance_id IN (
-        SELECT i.instance_id FROM chip_durable_events_instances i
-        WHERE i.session_liveness AND i.free_since IS NULL AND i.instance_id <> %(owner)s
-          AND NOT {_ALIVE.format(owner="i.instance_id")}
-        FOR UPDATE SKIP LOCKED)
-), orphans AS (
-    SELECT i.instance_id FROM chip_durable_events_instances i
-    WHERE i.session_liveness AND i.instance_id <> %(owner)s AND {judged("i")} = 'gone'
-    ORDER BY i.seen_at
-)""", returning="claimable.orphaned_by", also=", available_at = least(e.available_at, now())")
+""", returning="claimable.orphaned_by", also=", available_at = least(e.available_at, now())")
 
-CLAIM_EVENTS = _claim(CLAIM_EVENTS, before=_GONE.format(judgement=judged("i")))
+CLAIM_EVENTS = _claim(CLAIM_EVENTS)
 
 # A row's wait grows with the attempts it already had (the value before this update). Only
 # under the lease the releasing copy had: a copy left from an earlier lease of the same row
@@ -341,12 +342,9 @@ SELECT coalesce((SELECT rows FROM estimate), (SELECT rows FROM counted)),
        (SELECT rows FROM estimate) IS NULL
 """
 
-# Rows this instance wrote, whoever holds them now (a range of the writer index), and the
-# rows it claimed from others that it still holds (their ids, which the dispatcher knows).
+# Rows this instance wrote, whoever holds them now: a range of the writer index.
 HAS_PENDING_BEFORE = """
-SELECT EXISTS (SELECT 1 FROM chip_durable_events
-               WHERE emitted_by = %(owner)s AND created_at <= %(before)s)
-    OR EXISTS (SELECT 1 FROM chip_durable_events WHERE id = ANY(%(held)s::text[]) AND lease_owner = %(owner)s)
+SELECT EXISTS (SELECT 1 FROM chip_durable_events WHERE emitted_by = %(owner)s AND created_at <= %(before)s)
 """
 
 # The database's clock (not the transaction's start): flush compares row times with it.

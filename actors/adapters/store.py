@@ -27,6 +27,7 @@ from .driver import (
     one_row,
 )
 from .driver import Session as Session  # what tree.py and the scripts configure a Store with
+from .processes import this_process
 from .queries import (
     BACKEND_PID,
     CLAIM_EVENTS,
@@ -37,17 +38,19 @@ from .queries import (
     DEAD_LETTER_EVENTS,
     DELETE_EVENTS,
     EXPIRE_EVENTS,
+    FREE_OWNERS,
     HAS_PENDING_BEFORE,
     HOLD_LIVENESS,
     INSERT_EVENTS,
     LAPSE_LEASES,
     LAPSE_ROWS,
+    LEAVE,
     PENDING_STATS,
     RECORD_INSTANCE,
     RELEASE_EVENTS,
 )
 
-EXACT_COUNT_BELOW_BYTES = 8 * 1024 * 1024  # about 20,000 rows of 256 B: counted in a few ms
+EXACT_COUNT_BELOW_BYTES = 8 * 1024 * 1024  # about 10,000 rows of 256 B (pages half full): counted in a few ms
 _FLOAT8 = struct.Struct(">d").pack
 
 
@@ -105,12 +108,14 @@ class Store:
                                _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
 
     async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool, max_bytes: int = 2**31,
-                    run_floor: int = 0) -> list[StoredEvent]:
+                    run_floor: int = 0, gone: Sequence[str] = ()) -> list[StoredEvent]:
         """Lease up to ``limit`` claimable rows to ``owner``, as many as fit ``max_bytes`` of payload
         (one at least); SKIP LOCKED keeps instances apart. ``writer_only``: only rows ``owner`` wrote.
-        ``run_floor`` (:meth:`lapse_leases`): rows ``owner`` claimed before it are its to take again."""
+        ``run_floor`` (:meth:`lapse_leases`): rows ``owner`` claimed before it are its to take again;
+        rows held by the ``gone`` owners are claimable whatever their lease says."""
         cursor = await self._db.run(CLAIM_OWN_EVENTS if writer_only else CLAIM_EVENTS, {
             "owner": owner, "lease": lease, "limit": limit, "max_bytes": max_bytes, "run_floor": run_floor,
+            "gone": list(gone),
         }, prepare=False, binary=True)
         return [StoredEvent(*row) for row in cursor.fetchall()]
 
@@ -120,6 +125,10 @@ class Store:
         rows ``owner`` claimed before it are an earlier run's (:meth:`claim` takes them again)."""
         lapsed, floor = one_row(await self._db.run(LAPSE_LEASES, {"owner": owner, "lease": lease}))
         return int(lapsed), int(floor)
+
+    async def leave(self, owner: str, *, lease: float) -> int:
+        """``owner`` closes: its rows are the others' to claim at once; return how many leases ended."""
+        return int(one_row(await self._db.run(LEAVE, {"owner": owner, "lease": lease}))[0])
 
     async def lapse_rows(self, ids: Sequence[str], *, owner: str) -> int:
         """End ``owner``'s leases of the rows ``ids`` as written (not claimed since): claimable now."""
@@ -134,31 +143,39 @@ class Store:
         pid: int = one_row(await self._db.run(BACKEND_PID))[0]
         return pid
 
-    async def record_instance(self, owner: str, *, session_liveness: bool, grace: float,
+    async def record_instance(self, owner: str, *, session_liveness: bool, grace: float, lease: float,
                               starting: bool = True) -> bool | None:
         """Write ``owner``'s record, by which the others judge whether it runs; at a start, also forget
         other instances' stale records that hold no rows.
 
         With ``session_liveness`` the liveness lock is taken (or kept) on this session first, and the
         record says the instance is seen only while the lock is held; returns whether it is (None
-        without session liveness). ``grace``: how long the others forgive the lock's loss while some
-        of this instance's connections remain (a blip of this one).
+        without session liveness). ``grace``: how long the others wait, once they found the lock
+        free, for it to be taken back; ``lease``: how long a lease of this instance's lasts.
         """
         held = one_row(await self._db.run(RECORD_INSTANCE, {
-            "owner": owner, "session_liveness": session_liveness, "grace": grace, "starting": starting,
+            "owner": owner, "session_liveness": session_liveness, "grace": grace, "lease": lease,
+            "starting": starting, "process": this_process(),
         }, prepare=False))[0]
         return None if held is None else bool(held)
 
-    async def keep_instance(self, owner: str, *, session_liveness: bool, grace: float) -> bool | None:
+    async def keep_instance(self, owner: str, *, session_liveness: bool, grace: float,
+                            lease: float) -> bool | None:
         """:meth:`record_instance`, every sample: keep the lock (take it again after a reconnect), say so."""
-        return await self.record_instance(owner, session_liveness=session_liveness, grace=grace, starting=False)
+        return await self.record_instance(owner, session_liveness=session_liveness, grace=grace, lease=lease,
+                                          starting=False)
 
-    async def claim_orphans(self, *, owner: str, lease: float, limit: int,
+    async def free_owners(self, *, owner: str) -> list[tuple[str, str, bool]]:
+        """The other owners whose liveness lock is free: (instance id, its process, grace passed), the one
+        seen longest ago first; notes when each was first found free (its grace counts from there)."""
+        cursor = await self._db.run(FREE_OWNERS, {"owner": owner}, prepare=False)
+        return [(instance_id, process, bool(passed)) for instance_id, process, passed in cursor.fetchall()]
+
+    async def claim_orphans(self, *, owner: str, lease: float, limit: int, gone: Sequence[str],
                             max_bytes: int = 2**31) -> tuple[list[StoredEvent], set[str]]:
-        """Lease up to ``limit`` rows that owners judged gone wrote and held (as many as fit
-        ``max_bytes``), each owner's oldest first, in the statement that judges them; return the
-        rows and the owners they were taken from."""
-        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit,
+        """Lease up to ``limit`` rows that the ``gone`` owners wrote and held (as many as fit
+        ``max_bytes``), each owner's oldest first; return the rows and the owners they were taken from."""
+        rows = (await self._db.run(CLAIM_ORPHANS, {"owner": owner, "lease": lease, "limit": limit, "gone": list(gone),
                                                    "max_bytes": max_bytes}, prepare=False, binary=True)).fetchall()
         return [StoredEvent(*row[:4]) for row in rows], {row[4] for row in rows}
 
@@ -204,11 +221,9 @@ class Store:
         now: datetime = one_row(await self._db.run(DATABASE_NOW))[0]
         return now
 
-    async def has_pending_before(self, before: datetime, *, owner: str, held: Sequence[str] = ()) -> bool:
-        """Whether a row ``owner`` wrote before ``before`` is pending (whoever holds it), or one of the
-        rows ``held`` (claimed by ``owner`` from others) still is ``owner``'s."""
-        cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner, "held": list(held)},
-                                    prepare=False)
+    async def has_pending_before(self, before: datetime, *, owner: str) -> bool:
+        """Whether a row ``owner`` wrote before ``before`` is pending, whoever holds it now."""
+        cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
         return bool(one_row(cursor)[0])
 
     async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,

@@ -98,7 +98,8 @@ def stale_session(sqlstate: str | None) -> bool:
 # libpq gives no SQLSTATE for a connection the server refused, only its message: these
 # say the server is up and refuses this role or database until someone changes a setting.
 _REFUSED_FOR_GOOD = re.compile(r"FATAL:.*(does not exist|authentication failed|no pg_hba\.conf entry"
-                               r"|permission denied|not permitted to log in|SSL (is )?(required|off))", re.I | re.S)
+                               r"|permission denied|not permitted to log in|SSL (is )?(required|off))"
+                               r"|server does not support SSL, but SSL was required", re.I | re.S)
 
 
 def refused_for_good(message: str) -> bool:

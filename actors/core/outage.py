@@ -2,8 +2,9 @@
 
 A few consecutive failed calls mean Chip is down (or one call said it refuses
 us): the dispatcher then holds what it has in memory, stops claiming and
-releasing rows, and probes Chip with a Ping on backoff up to ``retry_max``, never
-before the server's retry hint (a rate limiter answers Ping whatever the limit).
+releasing rows, and probes Chip with a Ping on backoff up to ``retry_max`` (a
+second while Chip does not answer), never before the server's retry hint (a rate
+limiter answers Ping whatever the limit).
 The first answer opens delivery again at full speed. During an outage an
 emitter costs Postgres nothing but its inserts, and logs a line when delivery
 stops, once a minute while it stays stopped, and when it resumes.
@@ -47,9 +48,14 @@ class Change:
 class ChipHealth:
     """Tracks consecutive failed calls and the outage they make. Owned by the dispatcher."""
 
-    def __init__(self, *, failures_to_pause: int, probe_backoff: Backoff, reminder_interval: float = 60.0) -> None:
+    def __init__(self, *, failures_to_pause: int, probe_backoff: Backoff, reminder_interval: float = 60.0,
+                 down_probe_cap: float = 1.0) -> None:
         self.failures_to_pause = failures_to_pause
         self.probe_backoff = probe_backoff
+        # While Chip does not answer, probes at least this often: delivery (and the drain of what
+        # waited) resumes about a second after Chip is back, and a Ping a second costs nothing. Not
+        # while it answers and refuses or limits us: each trial then is a batch, or a signing.
+        self.down_probe_cap = down_probe_cap
         self.reminder_interval = reminder_interval
         self.state = Delivery.UP
         self.consecutive_failures = 0
@@ -108,7 +114,10 @@ class ChipHealth:
     def next_probe_delay(self, rng: random.Random) -> float:
         """Seconds to wait before the next probe: backoff on the probes made since delivery last worked,
         or the server's retry hint if that is longer."""
-        delay = self.probe_backoff.ceiling(self.probes) * rng.uniform(0.5, 1.0)  # half jitter: never 0
+        ceiling = self.probe_backoff.ceiling(self.probes)
+        if self.state is Delivery.DOWN:
+            ceiling = min(ceiling, self.down_probe_cap)
+        delay = ceiling * rng.uniform(0.5, 1.0)  # half jitter: never 0
         self.probes += 1
         delay, self.retry_after = max(delay, self.retry_after), 0.0
         return delay

@@ -16,6 +16,7 @@ wrote are claimed at once when their notification rings the doorbell
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,8 +36,6 @@ from .listening import ring_on_notifications
 from .publisher import Publisher
 from .recovery import Recovery, leave_rows, leave_to_the_table
 
-PROBE_CAP = 1.0  # seconds: the longest wait between probes while Chip does not answer
-
 
 @dataclass(frozen=True)
 class Wiring:
@@ -49,6 +48,7 @@ class Wiring:
     state: DispatcherState
     bell: trio.MemorySendChannel[None]  # the doorbell's other end: rung when outbox rows were committed
     listener: Listener | None  # None: no LISTEN (a pooler in transaction mode); the scan finds outbox rows
+    liveness_held: Callable[[], bool]  # the sampler's word: False while another session holds the instance's lock
 
 
 async def _dispatch_fresh(wiring: Wiring, slots: trio.Semaphore, publisher: Publisher, nursery: trio.Nursery,
@@ -77,17 +77,14 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     slots = trio.Semaphore(config.publishes_in_flight)
     backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
     rng = random.Random()
-    start = await leave_to_the_table(wiring.store, config)
+    start = await leave_to_the_table(wiring.store, config, wiring.outbox)
     async with trio.open_nursery() as nursery:
-        # Probes at least every PROBE_CAP seconds: delivery (and the drain of what waited) resumes
-        # within about a second of Chip answering again; a Ping a second costs Chip nothing.
-        probes = Backoff(config.retry_initial, config.retry_multiplier, min(config.retry_max, PROBE_CAP))
-        gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=probes,
+        gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=backoff,
                             probe_timeout=config.publish_timeout, rng=rng, nursery=nursery)
         publisher = Publisher(config, chip=wiring.chip, store=wiring.store, outbox=wiring.outbox, gate=gate,
                               slots=slots, state=state, backoff=backoff, rng=rng)
         recovery = Recovery(config, store=wiring.store, doorbell=wiring.doorbell, gate=gate, publisher=publisher,
-                            slots=slots, state=state, run_floor=start.run_floor)
+                            slots=slots, state=state, run_floor=start.run_floor, liveness_held=wiring.liveness_held)
         recovery_scope = trio.CancelScope()
 
         async def recover() -> None:

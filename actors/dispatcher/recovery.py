@@ -11,6 +11,7 @@ good (rights, schema) is beyond the dispatcher and crashes it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,13 +19,15 @@ from functools import partial
 
 import trio
 
+from ..adapters.processes import gone
 from ..adapters.store import Store, StoredEvent
 from ..config import EmitterConfig
+from ..core.backoff import Backoff
 from ..core.failures import StoreFailure
 from ..core.publishing import publish_deadline, split_by_bytes
 from ..errors import StoreUnavailable
 from ..logs import FailureLog, get_logger
-from ..messages import Outgoing
+from ..messages import Barrier, Outcome, Outgoing
 from ..statistics import DispatcherState
 from .gate import DeliveryGate
 from .publisher import Publisher
@@ -54,29 +57,48 @@ class RunStart:
     run_floor: int  # claims older than this (their token) are an earlier run's: the run takes them again
 
 
-async def leave_to_the_table(store: Store, config: EmitterConfig) -> RunStart:
+async def leave_to_the_table(store: Store, config: EmitterConfig,
+                             acker: trio.MemorySendChannel[Outcome]) -> RunStart:
     """Leave what an earlier run held to the table.
 
     An earlier run of this dispatcher (or of this instance id) held rows in
     memory or in flight, leased to this id; they went with it, so the leases of
     rows it wrote end now, and rows it claimed are this run's to claim again at
-    once. Groups the persister committed before the leases ended (handed over
-    now, or later) may be claimable already: published from memory as well,
-    they would go twice, so the gatherer leaves them to the table.
+    once. First the acker writes what that run told it: a row delivered but not
+    yet deleted would be claimed and published again. Groups the persister
+    committed before the leases ended (handed over now, or later) may be
+    claimable already: published from memory as well, they would go twice, so
+    the gatherer leaves them to the table. When Postgres cannot be asked, the
+    leases lapse on their own, and groups committed before now wait for theirs.
     """
-    try:
-        lapsed, run_floor = await store.lapse_leases(config.instance_id, lease=config.lease_duration)
-    except StoreUnavailable as exc:
-        if exc.kind is not StoreFailure.TRANSIENT:
-            raise
-        # Postgres is away (a failover, a restart): the leases lapse on their own and the rows
-        # are claimed then; nothing was lapsed, so every group handed over is ours to publish.
-        # Crashing here would spend the restart budget on every restart.
-        log.warning("could not end the leases an earlier run held; they lapse on their own", error=str(exc))
-        return RunStart(float("-inf"), 0)
+    barrier = Barrier(trio.Event())
+    with trio.move_on_after(config.commit_timeout):  # the acker may be waiting for Postgres itself
+        await acker.send(barrier)
+        await barrier.passed.wait()
+    answer: tuple[int, int] | None = None
+    attempt, rng = 0, random.Random()
+    with trio.move_on_after(config.commit_timeout):
+        while answer is None:
+            try:
+                answer = await store.lapse_leases(config.instance_id, lease=config.lease_duration)
+            except StoreUnavailable as exc:
+                if exc.kind is not StoreFailure.TRANSIENT:
+                    raise
+                await trio.sleep(_LAPSE_AGAIN.delay(attempt, rng))
+                attempt += 1
+    stale_before = publish_deadline(trio.current_time(), config.lease_duration, config.publish_timeout)
+    if answer is None:
+        # Postgres is away (a failover, a restart): the leases lapse on their own and the rows are
+        # claimed then. Crashing here would spend the restart budget on every restart.
+        log.warning("could not end the leases an earlier run held; they lapse on their own")
+        return RunStart(stale_before, 0)
+    lapsed, run_floor = answer
     if lapsed:
         log.info("rows an earlier run held are claimable again", count=lapsed)
-    return RunStart(publish_deadline(trio.current_time(), config.lease_duration, config.publish_timeout), run_floor)
+    return RunStart(stale_before, run_floor)
+
+
+_LAPSE_AGAIN = Backoff(0.05, 2.0, 1.0)
 
 
 async def leave_rows(store: Store, ids: list[str], owner: str) -> None:
@@ -92,10 +114,10 @@ async def leave_rows(store: Store, ids: list[str], owner: str) -> None:
 class Recovery:
     def __init__(self, config: EmitterConfig, *, store: Store, doorbell: trio.MemoryReceiveChannel[None],
                  gate: DeliveryGate, publisher: Publisher, slots: trio.Semaphore, state: DispatcherState,
-                 run_floor: int) -> None:
+                 run_floor: int, liveness_held: Callable[[], bool]) -> None:
         self.config, self.store, self.doorbell = config, store, doorbell
         self.gate, self.publisher, self.slots, self.state = gate, publisher, slots, state
-        self.run_floor = run_floor
+        self.run_floor, self.liveness_held = run_floor, liveness_held
         self.orphans_seen: set[str] = set()  # dead owners already logged
 
     async def recover_forever(self, nursery: trio.Nursery) -> None:
@@ -114,14 +136,18 @@ class Recovery:
                 await self.expire()
             # No claims while Chip is away (they would only churn the table); the TTL
             # sweep above still runs every scan.
-            if self.gate.open:
+            # No claims while Chip is away (they would only churn the table), nor while another
+            # session holds this instance's liveness lock (the others may judge it gone and take
+            # what it claims); the TTL sweep above still runs every scan.
+            if self.gate.open and self.liveness_held():
                 with _watched(claims, crash_unless_transient=True):
                     deadline = trio.current_time() + config.scan_interval
-                    if not config.writer_only:
-                        rows_left = await self.claim_all(nursery, self.claim_orphans, deadline)
+                    gone = await self.gone_owners() if not config.writer_only else []
+                    if gone:
+                        rows_left = await self.claim_all(nursery, partial(self.claim_orphans, gone=gone), deadline)
                     rows_left |= await self.claim_all(nursery, partial(
                         store.claim, owner=config.instance_id, lease=config.lease_duration,
-                        writer_only=config.writer_only, run_floor=self.run_floor), deadline)
+                        writer_only=config.writer_only, run_floor=self.run_floor, gone=gone), deadline)
             if rows_left:
                 continue
             with trio.move_on_after(config.scan_interval):
@@ -136,11 +162,16 @@ class Recovery:
             log.warning("events expired to the dead-letter table", count=expired)
             self.state.expired += expired
 
-    async def claim_orphans(self, *, limit: int, max_bytes: int) -> list[StoredEvent]:
-        """Claim rows of instances judged gone (their lock stayed free past their grace, or their
-        death is proven), whatever their lease says; log each such instance once."""
+    async def gone_owners(self) -> list[str]:
+        """The owners whose rows are claimable whatever their lease says: their lock has been free for
+        their grace, or their process ran on this host and is gone."""
+        free = await self.store.free_owners(owner=self.config.instance_id)
+        return [instance_id for instance_id, process, grace_passed in free if grace_passed or gone(process)]
+
+    async def claim_orphans(self, *, limit: int, max_bytes: int, gone: list[str]) -> list[StoredEvent]:
+        """Claim rows the ``gone`` owners wrote and held, whatever their lease says; log each owner once."""
         rows, owners = await self.store.claim_orphans(owner=self.config.instance_id, lease=self.config.lease_duration,
-                                                      limit=limit, max_bytes=max_bytes)
+                                                      limit=limit, max_bytes=max_bytes, gone=gone)
         if newly := sorted(owners - self.orphans_seen):
             log.warning("claiming the rows of instances that are not running", owners=newly)
             self.orphans_seen.update(newly)
@@ -177,15 +208,7 @@ class Recovery:
                 return True
 
     async def publish_claimed(self, batch: Outgoing) -> None:
-        """Publish a claimed batch while it holds its slot; meanwhile its ids are this instance's to
-        flush (rows claimed from others are found by no index of their holder)."""
-        holding = self.state.holding
-        holding.update(batch.event_ids)
-        try:
-            # Within the cap by the claim's sum; framing may still ask for a cut.
-            await self.publisher.publish_holding_slot(
-                [batch.slice(start, stop) for start, stop in split_by_bytes(batch.payloads,
-                                                                           self.config.max_request_bytes)],
-                "retransmit")
-        finally:
-            holding.difference_update(batch.event_ids)
+        """Publish a claimed batch while it holds its slot, cut to the request cap if framing asks for it."""
+        await self.publisher.publish_holding_slot(
+            [batch.slice(start, stop) for start, stop in split_by_bytes(batch.payloads, self.config.max_request_bytes)],
+            "retransmit")

@@ -24,6 +24,7 @@ from actors.adapters import schema
 from chipmock import ChipModel
 from tests.fix_processes import Workload
 from tests.fix_replication import Replicated
+from tests.helpers import postgres_socket
 
 RATE = "400"  # events/s offered by each host
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -85,13 +86,31 @@ async def test_a_host_back_later_than_the_other_after_a_crash_recovery_keeps_its
     url_b = psycopg.conninfo.make_conninfo(own_postgres.url, host="127.0.0.1", port=str(path_of_b.port))
 
     async def crash_and_b_back_3_s_later() -> None:
-        path_of_b.black_hole()
+        path_of_b.refuse()  # b's connections are refused, from the crash on, for 3 s
         await trio.to_thread.run_sync(_kill_a_backend, own_postgres.url)
-        await trio.sleep(3)  # b's path to Postgres stays dark this long after the crash
+        await trio.sleep(3)  # the fault's length
         path_of_b.heal()
 
     await _through(_hosts(start_workload, own_postgres.url, chip, url_b), crash_and_b_back_3_s_later, chip,
                    capsys, "a crash recovery, one host back 3 s after the other")
+
+
+async def test_one_hosts_connections_reset_while_the_server_runs_on_takes_none_of_its_rows(
+        database_url, start_chipmock, start_workload, start_proxy, capsys) -> None:
+    """A pooler restarted in front of one host, a proxy or a load balancer resetting its path: its
+    sessions end, its lock is free, the server and the other host's sessions run on. It lives."""
+    chip = start_chipmock(ChipModel(latency=0.05))  # rows in flight while b is away
+    path_of_b = start_proxy(postgres_socket(database_url))
+    url_b = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=str(path_of_b.port))
+
+    async def b_reset_and_refused_for_2_s() -> None:
+        path_of_b.refuse()
+        path_of_b.drop_connections()
+        await trio.sleep(2)  # the fault's length
+        path_of_b.heal()
+
+    await _through(_hosts(start_workload, database_url, chip, url_b), b_reset_and_refused_for_2_s, chip, capsys,
+                   "one host's connections reset, refused for 2 s")
 
 
 async def test_an_immediate_stop_publishes_nothing_twice(own_postgres, start_chipmock, start_workload,

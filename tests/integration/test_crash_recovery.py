@@ -4,6 +4,7 @@ import pytest
 import trio
 
 from actors import ConfigError, open_emitter
+from actors.adapters.operations import Operations, OwnerLiveness
 from chipmock import ChipModel
 from tests.helpers import pending_ids, query, wait_until
 
@@ -87,9 +88,13 @@ async def test_a_different_instance_claims_a_stopped_instances_rows_at_once(star
 
     ids = await _emit_then_cancel(make_config(chip, instance_id="gone"), 10, publishes_failing)
     chip.set_model(ChipModel())
-    # Their 60 s leases have not lapsed, but no session holds "gone"'s liveness lock.
-    # (flush() covers rows this instance holds, and these become its own only once
-    # claimed, so wait on the table itself.)
+    # Their 60 s leases have not lapsed, but "gone" left: judged gone at once, no grace to wait.
+    operations = Operations(database_url)
+    try:
+        assert [liveness for owner, _, _, liveness in await operations.lease_owners()] == [OwnerLiveness.GONE]
+    finally:
+        operations.close()
+    # (flush() covers rows the instance emitted; these were another's, so wait on the table.)
     async with open_emitter(make_config(chip, instance_id="another-instance")):
         await wait_until(lambda: not pending_ids(database_url), timeout=20, what="the stopped instance's rows")
     assert chip.counters.seen(ids) == ids

@@ -2,14 +2,17 @@
 
 Only owners whose record says they hold a liveness lock while they run are
 judged by it. One whose lock is free is taken over once its lock stayed free for
-its grace, counted from the moment a claimer first saw it free; at once only if
-its death is proven: its connections are gone while another instance's liveness
-session, older than the owner's last sighting, is not (so no restart ended them
-all). Instances with liveness off, and owners without a record, wait for their
-lease; a blip of a live instance's liveness connection takes nothing.
+its grace, counted on the database's clock from the moment a claimer first saw
+it free (after it was last seen, on this run of the server); at once only when
+its process is seen gone by a claimer on its own host. Instances with liveness
+off, and owners without a record, wait for their lease; a blip of a live
+instance's liveness connection takes nothing.
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import psycopg
 import trio
@@ -17,13 +20,15 @@ import trio
 from actors import open_emitter
 from actors.adapters import schema
 from actors.adapters.operations import Operations, OwnerLiveness
+from actors.adapters.processes import gone, this_process
 from actors.adapters.queries import LIVENESS_KEY
 from actors.adapters.store import Session, Store
 from actors.errors import StoreUnavailable
 from chipmock import ChipModel
+from chippb import cloudevent_pb2 as ce
 from tests.helpers import emit_concurrently, pending_ids, query, wait_until
 
-GRACE = 60.0  # never passes during a test, unless the test sets an owner's grace to 0
+GRACE = 60.0  # never passes during a test, unless the test moves an owner's free_since back
 
 
 def _store(url: str, instance_id: str) -> Store:
@@ -46,71 +51,17 @@ async def _owner_states(url: str) -> dict[str, OwnerLiveness]:
         operations.close()
 
 
+async def _record(store: Store, owner: str, *, session_liveness: bool = True) -> bool | None:
+    return await store.record_instance(owner, session_liveness=session_liveness, grace=GRACE, lease=GRACE)
+
+
 async def _seed_rows(store: Store, owner: str, count: int = 3) -> list[str]:
-    """``count`` rows leased to ``owner`` for a minute, oldest first in the returned order."""
+    """``count`` events leased to ``owner`` for a minute, oldest first in the returned order."""
     ids = [f"{owner}-{i}" for i in range(count)]
     for event_id in ids:  # one commit each: distinct created_at, so "oldest first" is observable
-        await store.insert_events([event_id], [event_id.encode()], owner=owner, lease=GRACE, spilled=False)
+        event = ce.CloudEvent(id=event_id, source="wf", spec_version="1.0", type="tick").SerializeToString()
+        await store.insert_events([event_id], [event], owner=owner, lease=GRACE, spilled=False)
     return ids
-
-
-def _takeovers(caplog) -> list[str]:
-    """What the dispatchers logged as taking over instances that are not running."""
-    return [r.getMessage() for r in caplog.records if "instances that are not running" in r.getMessage()]
-
-
-async def test_only_owners_that_use_a_lock_and_are_gone_are_claimed_at_once(database_url) -> None:
-    url = database_url
-    # running: holds its lock. blipped: lost its lock, another of its connections remains.
-    # killed: lost its lock and every connection. off: liveness off. old: no record at all.
-    running, blip_lock, blip_other, killed, off, old = (
-        _store(url, name) for name in ("running", "blipped", "blipped", "killed", "off", "old"))
-    judge = Store(url)  # any instance: the claim needs no session of its own (liveness on or off)
-    try:
-        for store, name in ((running, "running"), (blip_lock, "blipped"), (killed, "killed")):
-            assert await store.record_instance(name, session_liveness=True, grace=GRACE) is True
-        assert await off.record_instance("off", session_liveness=False, grace=GRACE) is None
-        ids = {name: await _seed_rows(store, name)
-               for store, name in ((running, "running"), (blip_other, "blipped"), (killed, "killed"),
-                                   (off, "off"), (old, "old"))}
-        for gone in (blip_lock, killed, off, old):
-            gone.close()
-
-        assert await _owner_states(url) == {
-            "running": OwnerLiveness.RUNNING, "blipped": OwnerLiveness.LOCK_LOST, "killed": OwnerLiveness.GONE,
-            "off": OwnerLiveness.LEASE, "old": OwnerLiveness.UNKNOWN}
-        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
-        assert [row.id for row in rows] == ids["killed"] and taken_from == {"killed"}  # oldest first
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
-
-        # The lock stays lost for longer than the grace (as if the grace were over): no longer forgiven.
-        query(url, "UPDATE chip_durable_events_instances SET liveness_grace = '0' WHERE instance_id = 'blipped'")
-        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
-        assert [row.id for row in rows] == ids["blipped"] and taken_from == {"blipped"}
-    finally:
-        for store in (running, blip_other, judge):
-            store.close()
-    assert {owner for (owner,) in query(url, "SELECT DISTINCT lease_owner FROM chip_durable_events")} == {
-        "running", "off", "old", "judge"}
-
-
-async def test_a_claim_takes_one_batch_from_several_gone_owners(database_url) -> None:
-    witness = _store(database_url, "witness")  # a live instance whose session outlives theirs
-    stores = [_store(database_url, name) for name in ("a", "b")]
-    judge = Store(database_url)
-    try:
-        await witness.record_instance("witness", session_liveness=True, grace=GRACE)
-        for store, name in zip(stores, ("a", "b"), strict=True):
-            await store.record_instance(name, session_liveness=True, grace=GRACE)
-            await _seed_rows(store, name, 4)
-            store.close()
-        first, _ = await judge.claim_orphans(owner="judge", lease=GRACE, limit=6)
-        second, _ = await judge.claim_orphans(owner="judge", lease=GRACE, limit=6)
-    finally:
-        judge.close()
-        witness.close()
-    assert (len(first), len(second)) == (6, 2)
-    assert pending_ids(database_url) == {f"{n}-{i}" for n in "ab" for i in range(4)}
 
 
 def _free_since(url: str, instance_id: str):
@@ -118,59 +69,153 @@ def _free_since(url: str, instance_id: str):
                  (instance_id,))[0][0]
 
 
+def _grace_passed(url: str, instance_id: str) -> None:
+    """As if the owner's grace had passed since a claimer first found its lock free (and it was last
+    seen a moment before that)."""
+    query(url, "UPDATE chip_durable_events_instances SET free_since = free_since - make_interval(secs => %s), "
+               "seen_at = seen_at - make_interval(secs => %s) WHERE instance_id = %s", (GRACE + 1, GRACE + 1,
+                                                                                          instance_id))
+
+
+def _a_dead_process() -> str:
+    """What a process of this host that has ended recorded of itself (a real child, reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "from actors.adapters.processes import this_process; "
+                                                    "print(this_process(), flush=True); input()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    identity = child.stdout.readline().strip()
+    child.kill()
+    child.wait()
+    return identity
+
+
+def _takeovers(caplog) -> list[str]:
+    """What the dispatchers logged as taking over instances that are not running."""
+    return [r.getMessage() for r in caplog.records if "instances that are not running" in r.getMessage()]
+
+
+def test_a_process_of_this_host_is_gone_once_it_ended_and_nothing_else_is_proven() -> None:
+    dead = _a_dead_process()
+    assert dead and gone(dead)
+    assert not gone(this_process())  # alive
+    host, boot, namespace, pid, started = this_process().split(" ")
+    assert not gone(f"elsewhere {boot} {namespace} {pid} {started}")  # another host proves nothing
+    assert not gone(f"{host} {boot} 1 999999 1")  # another pid namespace (a container) neither
+    assert not gone("")  # an older version's record, or not Linux
+
+
+async def test_only_owners_that_use_a_lock_are_judged_by_it_and_a_free_lock_starts_their_grace(
+        database_url) -> None:
+    url = database_url
+    # running: holds its lock. blipped: lost its lock, another of its connections remains.
+    # killed: lost its lock and every connection. off: liveness off. old: no record at all.
+    running, blip_lock, blip_other, killed, off, old = (
+        _store(url, name) for name in ("running", "blipped", "blipped", "killed", "off", "old"))
+    judge = Store(url)  # any instance: judging needs no session of its own (liveness on or off)
+    try:
+        for store, name in ((running, "running"), (blip_lock, "blipped"), (killed, "killed")):
+            assert await _record(store, name) is True
+        assert await _record(off, "off", session_liveness=False) is None
+        for store, name in ((running, "running"), (blip_other, "blipped"), (killed, "killed"), (off, "off"),
+                            (old, "old")):
+            await _seed_rows(store, name)
+        for store in (blip_lock, killed, off, old):
+            store.close()
+
+        # Free locks are found and noted; nobody's grace has passed yet: no death is proven.
+        assert sorted(await judge.free_owners(owner="judge")) == [("blipped", this_process(), False),
+                                                                  ("killed", this_process(), False)]
+        assert await _owner_states(url) == {
+            "running": OwnerLiveness.RUNNING, "blipped": OwnerLiveness.LOCK_LOST, "killed": OwnerLiveness.LOCK_LOST,
+            "off": OwnerLiveness.LEASE, "old": OwnerLiveness.UNKNOWN}
+        _grace_passed(url, "killed")
+        assert ("killed", this_process(), True) in await judge.free_owners(owner="judge")
+        assert (await _owner_states(url))["killed"] is OwnerLiveness.GONE
+    finally:
+        for store in (running, blip_other, judge):
+            store.close()
+
+
+async def test_a_claim_takes_one_batch_from_several_gone_owners_each_oldest_first(database_url) -> None:
+    stores = [_store(database_url, name) for name in ("a", "b")]
+    judge = Store(database_url)
+    try:
+        ids = {}
+        for store, name in zip(stores, ("a", "b"), strict=True):
+            await _record(store, name)
+            ids[name] = await _seed_rows(store, name, 4)
+            store.close()
+        first, taken = await judge.claim_orphans(owner="judge", lease=GRACE, limit=6, gone=["a", "b"])
+        second, _ = await judge.claim_orphans(owner="judge", lease=GRACE, limit=6, gone=["a", "b"])
+    finally:
+        judge.close()
+    assert [row.id for row in first] == ids["a"] + ids["b"][:2] and taken == {"a", "b"}
+    assert [row.id for row in second] == ids["b"][2:]
+    assert pending_ids(database_url) == {f"{n}-{i}" for n in "ab" for i in range(4)}
+
+
 async def test_after_a_restart_an_owner_is_taken_over_a_grace_after_a_claimer_first_saw_its_lock_free(
         own_postgres) -> None:
-    """A restart frees every lock at once and proves no death: an owner is given its grace, counted on
-    the database's clock from the first claim that found its lock free; a live one takes its lock back."""
+    """A restart frees every lock at once: an owner is given its grace, counted on the database's clock
+    from the first time a claimer found its lock free after it was last seen."""
     url = own_postgres.url
     schema.apply(url, "public", lock_timeout=10)
-    owner, witness, judge = _store(url, "before-restart"), _store(url, "witness"), Store(url)
+    owner, judge = _store(url, "before-restart"), Store(url)
     try:
-        await witness.record_instance("witness", session_liveness=True, grace=GRACE)
-        await owner.record_instance("before-restart", session_liveness=True, grace=GRACE)
+        await _record(owner, "before-restart")
         await _seed_rows(owner, "before-restart")
         owner.close()
         await trio.to_thread.run_sync(own_postgres.stop)
         await trio.to_thread.run_sync(own_postgres.start)
-        # The witness is back, on a session younger than the owner's last sighting: that proves nothing.
-        try:
-            await witness.keep_instance("witness", session_liveness=True, grace=GRACE)
-        except StoreUnavailable:  # its old connection, found broken by this first statement; the next reconnects
-            assert await witness.keep_instance("witness", session_liveness=True, grace=GRACE)
-        assert (await _owner_states(url))["before-restart"] is OwnerLiveness.LOCK_LOST
         assert _free_since(url, "before-restart") is None
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        try:
+            assert await judge.free_owners(owner="judge") == [("before-restart", this_process(), False)]
+        except StoreUnavailable:  # its old connection, found broken by this first statement; the next reconnects
+            assert await judge.free_owners(owner="judge") == [("before-restart", this_process(), False)]
         first_seen = _free_since(url, "before-restart")
-        assert first_seen is not None  # noted by that claim, on the database's clock
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        assert first_seen is not None  # noted then, on the database's clock
+        assert await judge.free_owners(owner="judge") == [("before-restart", this_process(), False)]
         assert _free_since(url, "before-restart") == first_seen  # the first sighting counts, not the last
-        # Its grace has passed since then (as if GRACE seconds went by): now it is gone.
-        query(url, "UPDATE chip_durable_events_instances SET free_since = free_since - make_interval(secs => %s) "
-                   "WHERE instance_id = 'before-restart'", (GRACE + 1,))
-        assert (await _owner_states(url))["before-restart"] is OwnerLiveness.GONE
-        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
-        assert len(rows) == 3 and taken_from == {"before-restart"}
+        _grace_passed(url, "before-restart")
+        assert await judge.free_owners(owner="judge") == [("before-restart", this_process(), True)]
     finally:
         judge.close()
-        witness.close()
+
+
+async def test_a_grace_noted_before_the_owner_was_last_seen_or_on_another_run_of_the_server_counts_for_nothing(
+        database_url) -> None:
+    """A free_since an owner's own refresh did not clear (an older version's), or one noted before a
+    failover or a crash recovery, starts the grace again instead of ending it."""
+    url = database_url
+    owner, judge = _store(url, "o"), Store(url)
+    try:
+        await _record(owner, "o")
+        owner.close()
+        await judge.free_owners(owner="judge")
+        _grace_passed(url, "o")
+        query(url, "UPDATE chip_durable_events_instances SET free_in = 'another run of another server'")
+        assert await judge.free_owners(owner="judge") == [("o", this_process(), False)]  # noted again, now
+        _grace_passed(url, "o")
+        query(url, "UPDATE chip_durable_events_instances SET seen_at = now()")  # seen after it was noted
+        assert await judge.free_owners(owner="judge") == [("o", this_process(), False)]
+    finally:
+        judge.close()
 
 
 async def test_an_owner_that_takes_its_lock_back_within_its_grace_keeps_its_rows(database_url) -> None:
-    """Alone on the server, an owner whose sessions all ended may be alive (a restart, its pooler): the
+    """An owner whose sessions all ended may be alive (a restart, its pooler, its path reset): the
     claimer notes when it first saw the lock free, and the owner taking it back ends the grace."""
     url = database_url
     owner, judge = _store(url, "blinks"), Store(url)
     try:
-        await owner.record_instance("blinks", session_liveness=True, grace=GRACE)
+        await _record(owner, "blinks")
         ids = await _seed_rows(owner, "blinks")
         owner.close()  # every connection and the lock gone
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        await judge.free_owners(owner="judge")
         assert _free_since(url, "blinks") is not None
         owner = _store(url, "blinks")
-        assert await owner.keep_instance("blinks", session_liveness=True, grace=GRACE)  # back within its grace
+        assert await owner.keep_instance("blinks", session_liveness=True, grace=GRACE, lease=GRACE)
         assert _free_since(url, "blinks") is None
-        query(url, "UPDATE chip_durable_events_instances SET liveness_grace = '0'")  # no grace would be left
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())
+        assert await judge.free_owners(owner="judge") == []
         assert (await _owner_states(url))["blinks"] is OwnerLiveness.RUNNING
     finally:
         for store in (owner, judge):
@@ -178,22 +223,20 @@ async def test_an_owner_that_takes_its_lock_back_within_its_grace_keeps_its_rows
     assert {row for (row,) in query(url, "SELECT id FROM chip_durable_events WHERE lease_owner = 'blinks'")} == set(ids)
 
 
-async def test_a_host_restarted_alone_after_a_crash_takes_the_dead_ones_rows_at_once(database_url) -> None:
-    """No instance outlived the dead one, but one that started after it was last seen runs on the same run
-    of the server: its sessions ended with its process, not with a restart."""
-    url = database_url
-    dead, replacement, judge = _store(url, "crashed"), _store(url, "replacement"), Store(url)
+async def test_a_dead_process_of_this_host_is_taken_over_at_once_by_a_running_instance(
+        start_chipmock, make_config, database_url, caplog) -> None:
+    """Its lock free, and its process seen gone by an instance on the same host: no grace to wait."""
+    dead = _store(database_url, "crashed")
     try:
-        await dead.record_instance("crashed", session_liveness=True, grace=GRACE)
-        ids = await _seed_rows(dead, "crashed")
-        dead.close()
-        assert await judge.claim_orphans(owner="judge", lease=GRACE, limit=100) == ([], set())  # nobody runs
-        await replacement.record_instance("replacement", session_liveness=True, grace=GRACE)
-        rows, taken_from = await judge.claim_orphans(owner="judge", lease=GRACE, limit=100)
+        await _record(dead, "crashed")
+        ids = set(await _seed_rows(dead, "crashed"))
     finally:
-        for store in (replacement, judge):
-            store.close()
-    assert [row.id for row in rows] == ids and taken_from == {"crashed"}
+        dead.close()
+    query(database_url, "UPDATE chip_durable_events_instances SET process = %s", (_a_dead_process(),))
+    chip = start_chipmock()
+    async with open_emitter(make_config(chip, instance_id="survivor")):
+        await wait_until(lambda: chip.counters.seen(ids) == ids, what="the dead one's rows delivered")
+    assert _takeovers(caplog)
 
 
 async def test_instances_with_liveness_on_and_off_on_one_table_send_no_duplicates(start_chipmock, make_config,
@@ -263,3 +306,35 @@ def test_an_upgrade_gives_the_instances_table_the_rights_roles_hold_on_the_event
         for name in (role, reader):
             query(url, f'DROP OWNED BY "{name}"')
             query(url, f'DROP ROLE "{name}"')
+
+
+async def test_an_instance_whose_lock_another_session_holds_claims_nothing_until_it_has_it_back(
+        start_chipmock, make_config, database_url, caplog) -> None:
+    """The others may judge it gone and take what it would claim: it only writes, sweeps and delivers
+    what it wrote, until its sampler has the lock again."""
+    chip = start_chipmock()
+    config = make_config(chip, instance_id="fenced")
+    async with open_emitter(config):
+        holder = _liveness_holder(database_url, "fenced")
+        with psycopg.connect(database_url, autocommit=True) as foreign:
+            query(database_url, "SELECT pg_terminate_backend(%s, 5000)", (holder,))
+            foreign.execute("SELECT pg_advisory_lock(%s, hashtext('fenced'))", (LIVENESS_KEY,))  # as a zombie would
+            await wait_until(lambda: any("another live session holds" in r.getMessage() for r in caplog.records),
+                             what="the sampler finding its lock held by another session")
+            other = Store(database_url)
+            try:
+                claimable = await _seed_rows(other, "other-writer")
+                query(database_url, "UPDATE chip_durable_events SET lease_expires_at = now(), available_at = now()")
+                for marker in ("first", "second"):  # each swept by a later scan: the scans go on
+                    old = ce.CloudEvent(id=marker, source="wf", spec_version="1.0", type="t").SerializeToString()
+                    await other.insert_events([marker], [old], owner="other-writer", lease=0, spilled=True)
+                    query(database_url, "UPDATE chip_durable_events SET created_at = now() - interval '2 days' "
+                                        "WHERE id = %s", (marker,))
+                    await wait_until(lambda m=marker: query(database_url, "SELECT count(*) FROM "
+                                                        "chip_durable_events_dead_letter WHERE id = %s", (m,))[0][0],
+                                     what=f"the TTL sweep of a later scan ({marker})")
+                assert chip.counters.seen(claimable) == set()  # two scans ran, and claimed none of them
+            finally:
+                other.close()
+        # The foreign session ended: the sampler takes the lock back, and the rows are claimed.
+        await wait_until(lambda: chip.counters.seen(claimable) == set(claimable), what="claims once the lock is back")

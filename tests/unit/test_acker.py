@@ -14,7 +14,7 @@ from actors.acker import _RETRY, _collect, _Writer
 from actors.core.answers import Rejection
 from actors.core.backoff import Backoff
 from actors.errors import StoreUnavailable
-from actors.messages import Delivered, Outcome, Rejected
+from actors.messages import Barrier, Delivered, Outcome, Rejected
 
 
 async def test_outcomes_queued_together_are_one_write_with_each_id_once() -> None:
@@ -22,15 +22,25 @@ async def test_outcomes_queued_together_are_one_write_with_each_id_once() -> Non
     send.send_nowait(Delivered(("b", "c")))
     send.send_nowait(Rejected((Rejection("x", "SCHEMA_MISSING", "again"),)))
     send.send_nowait(Delivered(("a",)))
-    delivered, rejected = _collect(Delivered(("a", "b")), inbox, limit=100)
+    delivered, rejected, barrier = _collect(Delivered(("a", "b")), inbox, limit=100)
     first = Rejected((Rejection("x", "SCHEMA_MISSING", "first"),))
     assert delivered == ["a", "b", "c"]
     assert rejected == [Rejection("x", "SCHEMA_MISSING", "again")]  # the last reason wins
     send.send_nowait(first)
     send.send_nowait(Delivered(("d",)))
-    delivered, rejected = _collect(Delivered(tuple("pqr")), inbox, limit=2)
-    assert (delivered, rejected) == (["p", "q", "r"], [])  # the limit reached: the rest waits for the next write
+    delivered, rejected, barrier = _collect(Delivered(tuple("pqr")), inbox, limit=2)
+    assert (delivered, rejected, barrier) == (["p", "q", "r"], [], None)  # the limit: the rest waits for the next write
     assert inbox.receive_nowait() == first
+
+
+async def test_a_barrier_ends_what_is_gathered_so_that_it_is_passed_once_those_are_written() -> None:
+    send, inbox = trio.open_memory_channel[Outcome](10)
+    barrier = Barrier(trio.Event())
+    send.send_nowait(Delivered(("b",)))
+    send.send_nowait(barrier)
+    send.send_nowait(Delivered(("c",)))
+    assert _collect(Delivered(("a",)), inbox, limit=100) == (["a", "b"], [], barrier)
+    assert inbox.receive_nowait() == Delivered(("c",))  # after the barrier: the next write's
 
 
 # -- the isolating writer, with fake writes --------------------------------------------

@@ -151,7 +151,7 @@ def test_one_refusal_pauses_at_once_loudly_and_too_large_never_pauses() -> None:
     assert change is not None and change.state is Delivery.REFUSED and change.line == "paused"
 
 
-def test_probes_back_off_to_retry_max_and_remind_once_a_minute() -> None:
+def test_while_chip_does_not_answer_probes_back_off_to_a_second_and_remind_once_a_minute() -> None:
     health = _health(failures_to_pause=1)
     health.call_failed(CallKind.TRANSIENT, "UNAVAILABLE", 0)
     rng, now, delays, lines = random.Random(1), 0.0, [], []
@@ -162,13 +162,24 @@ def test_probes_back_off_to_retry_max_and_remind_once_a_minute() -> None:
         change = health.probe_failed(CallKind.TRANSIENT, "UNAVAILABLE", now)
         if change is not None:
             lines.append(change.line)
-    assert delays[0] <= 0.1 and max(delays) <= 5.0 and min(delays[20:]) >= 2.5  # grew to the cap
+    # Grew to a second, not retry_max: delivery resumes about a second after Chip is back.
+    assert delays[0] <= 0.1 and max(delays) <= 1.0 and min(delays[20:]) >= 0.5
     assert lines[0] == "paused" and set(lines[1:]) == {"still paused"}
     assert now // 60 - 1 <= len(lines) - 1 <= now // 60  # reminders once a minute, not once per probe
     health.probe_answered(now)
     back = health.call_succeeded(now)
     assert back is not None and back.state is Delivery.UP and back.line == "resumed"
     assert back.failed_calls == 101 and back.down_for == pytest.approx(now)
+
+
+@pytest.mark.parametrize("kind", [CallKind.REFUSED, CallKind.LIMITED])
+def test_while_chip_answers_but_refuses_or_limits_probes_back_off_to_retry_max(kind) -> None:
+    """Each trial then is a batch sent (or a token signed): not once a second."""
+    health = _health(failures_to_pause=1)
+    health.call_failed(kind, "X", 0)
+    rng = random.Random(1)
+    delays = [health.next_probe_delay(rng) for _ in range(30)]
+    assert max(delays) <= 5.0 and min(delays[20:]) >= 2.5
 
 
 def test_probe_backoff_resets_only_when_a_publish_works() -> None:

@@ -73,4 +73,10 @@ def test_the_psycopg_internals_the_store_drives_are_still_there() -> None:
     assert inspect.isgeneratorfunction(psycopg.Cursor._start_query), "Cursor._start_query is no longer a generator"
     for name in ("_convert_query", "_check_results", "_set_results"):
         assert callable(getattr(psycopg.Cursor, name, None)), f"psycopg.Cursor.{name} is gone"
+    # Connecting on Trio (driver.connect_on_trio): psycopg splits the attempts, we drive each one.
+    from psycopg.conninfo import conninfo_attempts, timeout_from_conninfo  # noqa: F401
     from psycopg.generators import execute, fetch_many, send  # noqa: F401
+
+    connect_gen = getattr(psycopg.Connection, "_connect_gen", None)
+    assert connect_gen is not None, "psycopg.Connection._connect_gen is gone"
+    assert inspect.isgeneratorfunction(connect_gen), "Connection._connect_gen is no longer a generator"

@@ -3,8 +3,6 @@ and a Postgres away at start is no crash."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import trio
 
@@ -13,7 +11,7 @@ from actors.dispatcher.gathering import Gatherer
 from actors.dispatcher.recovery import leave_to_the_table
 from actors.errors import StoreUnavailable
 from actors.handoff import open_hand_off
-from actors.messages import Outgoing
+from actors.messages import Barrier, Delivered, Outcome, Outgoing
 
 CONFIG = EmitterConfig(lease_duration=60.0, publish_timeout=5.0)
 
@@ -29,22 +27,42 @@ class _Store:
         return 3, 1234  # lapsed, and this run's floor
 
 
-async def test_a_start_ends_the_leases_and_leaves_groups_committed_before_that_to_the_table(autojump_clock) -> None:
-    store = _Store()
-    start = await leave_to_the_table(store, CONFIG)  # type: ignore[arg-type]  # a fake store
+async def _acker(inbox: trio.MemoryReceiveChannel[Outcome], written: list[object]) -> None:
+    """An acker that writes each outcome (records it) and passes each barrier after what came before."""
+    async for item in inbox:
+        if isinstance(item, Barrier):
+            item.passed.set()
+        written.append(item)
+
+
+async def test_a_start_ends_the_leases_once_the_acker_wrote_what_the_earlier_run_told_it(autojump_clock) -> None:
+    store, written = _Store(), []
+    send, inbox = trio.open_memory_channel[Outcome](10)
+    send.send_nowait(Delivered(("delivered by the earlier run",)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_acker, inbox, written)
+        start = await leave_to_the_table(store, CONFIG, send)  # type: ignore[arg-type]  # a fake store
+        nursery.cancel_scope.cancel()
+    assert isinstance(written[0], Delivered) and isinstance(written[1], Barrier)  # deleted before the lapse
     # A group whose commit was sent before the leases ended is stale; one sent after is not.
     assert store.asked == 1 and start.stale_before == trio.current_time() + 60 - 2 * 5
     assert start.run_floor == 1234  # claims older than this start are the earlier run's
 
 
-async def test_a_start_survives_a_postgres_that_is_away_and_then_publishes_every_group_from_memory() -> None:
-    away = _Store(StoreUnavailable("Postgres: connection refused"))  # no SQLSTATE: transient
-    start = await leave_to_the_table(away, CONFIG)  # type: ignore[arg-type]
-    assert (start.stale_before, start.run_floor) == (-math.inf, 0)
+async def test_a_start_survives_a_postgres_that_is_away_and_then_leaves_earlier_groups_to_the_table(
+        autojump_clock) -> None:
+    send, inbox = trio.open_memory_channel[Outcome](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_acker, inbox, [])
+        away = _Store(StoreUnavailable("Postgres: connection refused"))  # no SQLSTATE: transient
+        start = await leave_to_the_table(away, CONFIG, send)  # type: ignore[arg-type]
+        assert away.asked > 1  # asked again, within commit_timeout
+        assert start.run_floor == 0 and start.stale_before == trio.current_time() + 60 - 2 * 5
 
-    refused = _Store(StoreUnavailable("Postgres: permission denied", sqlstate="42501"))
-    with pytest.raises(StoreUnavailable):  # rights: a retry cannot help, the supervisor hears of it
-        await leave_to_the_table(refused, CONFIG)  # type: ignore[arg-type]
+        refused = _Store(StoreUnavailable("Postgres: permission denied", sqlstate="42501"))
+        with pytest.raises(StoreUnavailable):  # rights: a retry cannot help, the supervisor hears of it
+            await leave_to_the_table(refused, CONFIG, send)  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
 
 
 async def test_groups_committed_before_a_restart_ended_the_leases_go_to_the_table_not_to_chip(
