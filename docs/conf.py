@@ -36,8 +36,9 @@ autodoc_preserve_defaults = True
 # signatures name: noise, not broken references.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:class", r"(trio|psycopg|prometheus_client|collections\.abc|typing|types|pathlib|datetime)\..*"),
-    ("py:class", r"actors\.(core|adapters|statistics|hosts|emitter|config|messages)\..*"),
+    ("py:class", r"(trio|psycopg|prometheus_client|google\.protobuf|asyncio|collections\.abc|typing|types|pathlib"
+                 r"|datetime)\..*"),
+    ("py:class", r"actors\.(core|adapters|statistics|hosts|emitter|config|messages|handoff)\..*"),
     ("py:class", r"(Awaitable|Callable|Mapping|Iterable|Sequence|AsyncIterator|Iterator|Path|Any|Body|Signer"
                  r"|AttributeValue|HistogramSnapshot|StoreFailure|Message|T)"),
 ]

@@ -49,7 +49,20 @@ class MetricsTable(_Generated):
         return metrics_table.render(families)
 
 
+def _public_name(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
+    """Docstrings name public things the way their readers do (``SchemaError``,
+    ``Emitter.statistics``): resolve such a name as ``actors.<name>``, the face they come from."""
+    import actors
+
+    target = node.get("reftarget", "")
+    if node.get("refdomain") != "py" or target.split(".")[0] not in actors.__all__:
+        return None
+    domain = env.get_domain("py")
+    return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], f"actors.{target}", node, contnode)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("missing-reference", _public_name)
     app.add_directive("config-table", ConfigTable)
     app.add_directive("metrics-table", MetricsTable)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
