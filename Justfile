@@ -36,4 +36,4 @@ chaos *ARGS:
 
 # Build the documentation site from docs/ into docs/_build/html (warnings as errors, as `just test` does)
 docs *ARGS:
-    {{python}} -m sphinx -W --keep-going -n -b html docs docs/_build/html {{ARGS}}
+    {{python}} -m sphinx -E -W --keep-going -n -b html docs docs/_build/html {{ARGS}}

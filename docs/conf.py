@@ -23,6 +23,7 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["colon_fence", "deflist"]
 myst_heading_anchors = 3  # [text](page.md#a-heading) links resolve, and the build says when one does not
 
+smartquotes = False  # the pages quote code and messages: keep their characters as written
 html_theme = "alabaster"
 html_theme_options = {"nosidebar": False, "description": "emit() commits to Postgres; Chip Ingress gets it"}
 html_static_path: list[str] = []
