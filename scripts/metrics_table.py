@@ -15,7 +15,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 
 from actors.adapters.prometheus import EmitterCollector
-from actors.statistics import AckerState, DispatcherState, EmitState, PersisterState, SamplerState, Sources
+from actors.statistics import (
+    AckerState,
+    DispatcherState,
+    EmitState,
+    PersisterState,
+    SamplerState,
+    Sources,
+)
 
 _SUFFIX = {"counter": "_total", "info": "_info"}
 
