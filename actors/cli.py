@@ -20,6 +20,7 @@ database already exists, and says so on stderr: it never creates one by accident
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from . import __version__
@@ -40,7 +41,7 @@ from .errors import EmitterError, root_cause
 from .logs import LOG_FORMATS, configure_logging
 
 # The commands import the runtime (trio, psycopg, grpc, prometheus_client) when they
-# run, so --version and --help answer without loading it.
+# run, so --version and --help answer without loading it; status loads psycopg alone.
 
 
 def _duration(text: str) -> float:
@@ -110,12 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and --version end here, before the runtime loads
-    import trio
-
     configure_logging(args.log_format)
     try:
         config = choose_database(EmitterConfig.from_env(), embedded=args.embedded)
-        code: int = trio.run(args.run, config, args)
+        if not inspect.iscoroutinefunction(args.run):  # status: blocking, without Trio
+            code: int = args.run(config, args)
+            return code
+        import trio
+
+        code = trio.run(args.run, config, args)
         return code
     except EmitterError as exc:
         print(f"durable-emitter: {exc}", file=sys.stderr)

@@ -3,7 +3,8 @@
 Each takes the configuration and the parsed arguments and returns the exit code.
 The runtime (trio, psycopg, grpc, prometheus_client) is imported inside the
 commands that use it, so ``--version`` and ``--help`` answer without loading it;
-status and dlq load the store alone, and only drain loads the actor tree.
+status loads psycopg alone and runs without Trio, dlq loads the store, and only drain loads
+the actor tree.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .config import EmitterConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .adapters.operations import Operations, OwnerLiveness
+    from .adapters.operations import Operations
+    from .adapters.table_report import OwnerLiveness
     from .core.schema_plan import Plan
 
 
@@ -76,7 +78,7 @@ async def _opened(config: EmitterConfig, *, writer: bool) -> AsyncIterator[Opera
 
 def _counted(n: int, *, cap: int | None = None) -> str:
     """``n``, with a ``+`` when counting stopped at ``cap`` (default: lease owners' cap)."""
-    from .adapters.operations import LEASE_OWNERS_CAP
+    from .adapters.table_report import LEASE_OWNERS_CAP
 
     return f"{n:,}+" if n >= (cap or LEASE_OWNERS_CAP) else f"{n:,}"
 
@@ -95,13 +97,15 @@ def _owner_line(owner: str, rows: int, lapsed: int, liveness: OwnerLiveness) -> 
     return f"{owner}: {_counted(rows)} rows ({_OWNER_STATES[liveness.value]}, {_counted(lapsed)} lapsed)"
 
 
-async def status(config: EmitterConfig, args: argparse.Namespace) -> int:
-    async with _opened(config, writer=False) as store:
-        pending = await store.pending_stats()
-        activity = await store.table_activity()
-        owners = await store.lease_owners()
-        letters = await store.dead_letters_by_reason()
-        oldest_xact = await store.oldest_transaction_seconds()
+def status(config: EmitterConfig, args: argparse.Namespace) -> int:
+    """Blocking, on psycopg alone (no Trio, gRPC or protobuf): a probe's answer in a fraction of a second."""
+    from .adapters.postgres import start_embedded
+    from .adapters.table_report import read_report
+
+    url = config.database_url or start_embedded(config.data_dir)
+    report = read_report(url, config.schema, statement_timeout=config.statement_timeout)
+    pending, activity, owners = report.pending, report.activity, report.owners
+    letters, oldest_xact = report.dead_letters, report.oldest_transaction_seconds
     too_old = args.max_oldest is not None and pending.oldest_age_seconds > args.max_oldest
     if args.json:
         print(json.dumps({

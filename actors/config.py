@@ -125,8 +125,8 @@ class EmitterConfig:
     retry_multiplier: float = 2.0  # backoff growth per attempt
     retry_max: float = _seconds(default=5.0)  # longest backoff
     # Failed calls in a row before delivery pauses (outage mode: no claims, no
-    # releases, Ping on backoff up to retry_max until Chip answers). A call Chip
-    # refuses (credentials, its own set-up) pauses at once.
+    # releases, Ping on backoff up to retry_max, at most 1 s apart, until Chip answers).
+    # A call Chip refuses (credentials, its own set-up) pauses at once.
     failures_to_pause: int = 3
     # A row handed back to the table waits retry_initial-ish x retry_multiplier per
     # attempt it already had, up to this: rows that keep failing come back slowly.

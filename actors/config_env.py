@@ -97,7 +97,7 @@ def _warn_about_unknown_variables(env: Mapping[str, str], fields: Sequence[datac
              if f.metadata.get("env") is not False]
     for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
         closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f"did you mean {closest[0]}?" if closest else "see the configuration table in README"
+        hint = f"did you mean {closest[0]}?" if closest else "see the configuration page (docs/configuration.md)"
         log.warning(f"{name} is not a durable-emitter setting and is ignored; {hint}", variable=name)
 
 

@@ -110,6 +110,7 @@ class Emitter:
         return closed_error(self._tree_failure(), consequence="; the event was not written")
 
     def statistics(self) -> EmitterStatistics:
+        """A snapshot of what this emitter holds and has done since it opened (the metrics read the same records)."""
         budget, dispatcher, acker = self._buffer(), self._sources.dispatcher(), self._sources.acker()
         emits = self._emits.statistics()
         return EmitterStatistics(

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 from ..errors import UnknownDeadLetter
@@ -37,28 +36,12 @@ from .queries import (
     HAS_PENDING_BEFORE,
     PENDING_STATS,
 )
-from .store import EXACT_COUNT_BELOW_BYTES, Store
+from .store import Store
+from .table_report import EXACT_COUNT_BELOW_BYTES, TableActivity
+from .table_report import LEASE_OWNERS_CAP as LEASE_OWNERS_CAP
+from .table_report import OwnerLiveness as OwnerLiveness
 
-LEASE_OWNERS_CAP = 10_000  # lease_owners counts each owner's rows up to this
 PENDING_COUNT_CAP = 1_000_000  # count_pending stops here
-
-
-class OwnerLiveness(Enum):
-    """How an owner of rows is judged (queries.py ``judged``): the claims' judgement, for status."""
-
-    RUNNING = "running"  # holds its liveness lock
-    GONE = "gone"  # lock free past its grace, or its death proven: its rows are claimed at once
-    LOCK_LOST = "lock lost"  # lock free, within its grace: it takes the lock back if it runs
-    LEASE = "lease"  # runs without session liveness: its rows wait for their lease
-    UNKNOWN = "unknown"  # no record (an older version, 'replay'): its rows wait for their lease
-
-
-@dataclass(frozen=True, slots=True)
-class TableActivity:
-    inserts: int
-    deletes: int
-    dead_tuples: int
-    last_vacuum: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,18 @@ def check(url: str, schema: str, *, auto_migrate: bool, writer: bool, lock_timeo
     if on_start(found, auto_migrate=auto_migrate) is Start.MIGRATE:
         apply(url, schema, lock_timeout=lock_timeout)
         return check(url, schema, auto_migrate=False, writer=writer)
+    return _with_rights(catalog, found, writer=writer)
+
+
+def check_current(conn: psycopg.Connection, schema: str, *, writer: bool) -> Plan:
+    """:func:`check` without migrating, on a connection the caller goes on using (status reads on it)."""
+    catalog = read_catalog(conn, schema)
+    found = plan(catalog, expected_version())
+    on_start(found, auto_migrate=False)  # raises unless current
+    return _with_rights(catalog, found, writer=writer)
+
+
+def _with_rights(catalog: Catalog, found: Plan, *, writer: bool) -> Plan:
     problem = missing_rights(catalog, WRITER_RIGHTS if writer else READER_RIGHTS)
     if problem:
         raise SchemaError(problem)

@@ -49,8 +49,9 @@ from .queries import (
     RECORD_INSTANCE,
     RELEASE_EVENTS,
 )
+from .table_report import EXACT_COUNT_BELOW_BYTES as EXACT_COUNT_BELOW_BYTES
+from .table_report import PendingStats as PendingStats
 
-EXACT_COUNT_BELOW_BYTES = 8 * 1024 * 1024  # about 10,000 rows of 256 B (pages half full): counted in a few ms
 _FLOAT8 = struct.Struct(">d").pack
 
 
@@ -60,14 +61,6 @@ class StoredEvent:
     payload: bytes
     created_at: datetime
     lease_token: int  # the claim's: a release must name it (queries.RELEASE_EVENTS)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingStats:
-    rows: int
-    payload_bytes: int
-    oldest_age_seconds: float
-    exact: bool = True  # False: the planner's estimate (a large table)
 
 
 def _insert_parameters(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
