@@ -108,7 +108,7 @@ async def test_an_outcome_for_a_row_another_instance_claimed_leaves_it_to_that_i
     def config(to, instance_id: str) -> EmitterConfig:
         return EmitterConfig(database_url=database_url, chip_endpoint=to.endpoint, instance_id=instance_id)
 
-    async with open_emitter(config(chip_b, "b")) as b:
+    async with open_emitter(config(chip_b, "b")):
         async with open_emitter(config(chip_a, "a")) as a:
             ids = set(await a.emit_many([f"event {i}".encode() for i in range(10)], source="wf", type="tick"))
             await wait_until(lambda: a.statistics().delivery == "down", what="a holding its batch, paused")
