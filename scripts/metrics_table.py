@@ -39,7 +39,7 @@ def emitter_families() -> list[Metric]:
     """What a fresh emitter's collector exports (every known label value is there from the start, at 0)."""
     sources = Sources(emit=EmitState().statistics, persister=PersisterState().statistics,
                       dispatcher=DispatcherState().statistics, acker=AckerState().statistics,
-                      table=SamplerState().statistics, restarts=dict, claimed=list)
+                      table=SamplerState().statistics, restarts=dict)
     return list(EmitterCollector(sources, version="0", instance_id="i").collect())
 
 

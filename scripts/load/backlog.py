@@ -114,10 +114,11 @@ def _measure_reads(conn: psycopg.Connection, url: str, run: Run, progress: Progr
     figures["status_command_ms"] = round(min(walls) * 1000, 1)
 
     progress.show("backlog reads", 0, 1, "few claimable: every lease pushed an hour ahead")
-    conn.execute("UPDATE chip_durable_events SET lease_expires_at = now() + interval '1 hour'")
+    conn.execute("UPDATE chip_durable_events SET lease_expires_at = now() + interval '1 hour', "
+                 "available_at = now() + interval '1 hour'")
     conn.execute("VACUUM (ANALYZE) chip_durable_events")
     figures.update(trio.run(partial(_store_reads, url, run, every_row_claimable=False)))
-    conn.execute("UPDATE chip_durable_events SET lease_expires_at = '-infinity'")
+    conn.execute("UPDATE chip_durable_events SET lease_expires_at = '-infinity', available_at = '-infinity'")
     conn.execute("VACUUM (ANALYZE) chip_durable_events")
     progress.done()
     return figures
