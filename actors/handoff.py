@@ -34,9 +34,10 @@ class _Budget:
     def __init__(self, max_events: int, max_bytes: int) -> None:
         self.max_events, self.max_bytes = max_events, max_bytes
         self.events = self.bytes = 0
+        self.closed = False  # no room given, whatever is left (delivery paused)
 
     def try_take(self, events: int, size: int) -> bool:
-        if self.events + events > self.max_events or self.bytes + size > self.max_bytes:
+        if self.closed or self.events + events > self.max_events or self.bytes + size > self.max_bytes:
             return False
         self.events += events
         self.bytes += size
@@ -108,6 +109,12 @@ class HandOffReceiver:
 
     def statistics(self) -> BudgetStatistics:
         return self._budget.statistics()
+
+    def give_no_room(self, closed: bool) -> None:
+        """While ``closed``, the persister gets no room: what it commits is written spilled, claimable
+        as soon as delivery resumes, instead of waiting in memory past its lease's margin (it would
+        then come back from the table only as each lease lapsed)."""
+        self._budget.closed = closed
 
 
 def open_hand_off(max_events: int, max_bytes: int) -> tuple[HandOffSender, HandOffReceiver]:

@@ -16,8 +16,8 @@ from .hot import HotStatement
 # lease_owner, lease_expires_at, lease_token: who holds the row now, until when, under
 # which claim (0: as written). A claim changes only these, none of them indexed, so its
 # UPDATE is a heap-only (HOT) update on the same page: no index entry is written, which
-# is most of what a claim used to cost (the table's fillfactor leaves each page room for
-# one new version of each of its rows). emitted_by, which instance wrote it, never
+# is most of what a claim used to cost (the table's fillfactor, 60, leaves most pages room
+# for it; 45 left room for every row but made fresh rows, most rows, cost Postgres more). emitted_by, which instance wrote it, never
 # changes; available_at (indexed) is when the row was first free for anyone: set when
 # it is written, released or lapsed, never by a claim. A row is claimable when both its
 # available_at and its lease_expires_at have passed; rows in flight under a claim stay

@@ -77,10 +77,12 @@ async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_
     slots = trio.Semaphore(config.publishes_in_flight)
     backoff = Backoff(config.retry_initial, config.retry_multiplier, config.retry_max)
     rng = random.Random()
+    wiring.inbox.give_no_room(False)  # an earlier run may have paused
     start = await leave_to_the_table(wiring.store, config, wiring.outbox)
     async with trio.open_nursery() as nursery:
         gate = DeliveryGate(wiring.chip, state, failures_to_pause=config.failures_to_pause, probe_backoff=backoff,
-                            probe_timeout=config.publish_timeout, rng=rng, nursery=nursery)
+                            probe_timeout=config.publish_timeout, rng=rng, nursery=nursery,
+                            paused=wiring.inbox.give_no_room)
         publisher = Publisher(config, chip=wiring.chip, store=wiring.store, outbox=wiring.outbox, gate=gate,
                               slots=slots, state=state, backoff=backoff, rng=rng)
         recovery = Recovery(config, store=wiring.store, doorbell=wiring.doorbell, gate=gate, publisher=publisher,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
 import trio
 
@@ -31,8 +32,10 @@ log = get_logger("durable_emitter.dispatcher")
 
 class DeliveryGate:
     def __init__(self, chip: ChipClient, state: DispatcherState, *, failures_to_pause: int, probe_backoff: Backoff,
-                 probe_timeout: float, rng: random.Random, nursery: trio.Nursery) -> None:
+                 probe_timeout: float, rng: random.Random, nursery: trio.Nursery,
+                 paused: Callable[[bool], None] = lambda _: None) -> None:
         self.chip, self.state, self.rng, self.nursery = chip, state, rng, nursery
+        self.paused_changed = paused  # told when delivery pauses (True) and resumes (False)
         self.probe_timeout = probe_timeout
         self.health = ChipHealth(failures_to_pause=failures_to_pause, probe_backoff=probe_backoff)
         self._wake = trio.Event()  # held batches wait on it: set (and renewed) when delivery reopens or closes
@@ -102,6 +105,7 @@ class DeliveryGate:
         self.state.delivery = self.health.state.value  # "up" only once a publish worked again
         self.state.paused_calls = change.failed_calls
         self.state.paused_by = "" if change.state is Delivery.UP else change.reason.partition(":")[0]
+        self.paused_changed(change.state is not Delivery.UP)
         if change.state is Delivery.UP:
             if change.line:
                 log.warning("Chip answers again; delivery resumed", down_for_s=round(change.down_for, 1),

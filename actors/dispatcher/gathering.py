@@ -33,8 +33,10 @@ class Gatherer:
 
     Whole groups at a time: a group's events share one deadline, so freshness
     is checked per group, and a run of events is taken with one slice. Groups
-    whose ``publish_by`` is before ``stale_before`` were committed before this
-    dispatcher run ended its instance's leases: ``leave`` hands them to the table.
+    past their ``publish_by`` (they waited while Chip was away), and groups whose
+    ``publish_by`` is before ``stale_before`` (committed before this dispatcher
+    run ended its instance's leases), ``leave`` hands to the table, claimable at
+    once: left to their leases, they would come back one by one as each lapsed.
     """
 
     def __init__(self, inbox: HandOffReceiver, batch_size: int, max_bytes: int, linger: float, *,
@@ -47,25 +49,32 @@ class Gatherer:
         self.group: Outgoing | None = None  # taken off the inbox, partly gathered
         self.taken = 0  # how many of self.group went into batches
 
+    def _left(self, group: Outgoing) -> bool:
+        """Whether ``group`` is not to be published from memory: committed before this run ended the
+        instance's leases, or past its lease's margin (published now, it could go twice)."""
+        return group.publish_by < self.stale_before or group.publish_by < trio.current_time()
+
     async def _refill(self, deadline: float) -> bool:
-        """Queue the next group still within its lease (older ones are left to the table); False at the deadline."""
+        """Queue the next group still within its lease (others are left to the table, claimable at
+        once, in one statement with the ones queued behind them); False at the deadline."""
         while True:
             group = await _receive_until(self.inbox, deadline)
-            if group is not None and group.publish_by < self.stale_before:
-                self.stale += group.event_ids  # left in one statement with the ones queued behind it
+            if group is not None and self._left(group):
+                self.stale += group.event_ids
                 if len(self.stale) < self.batch_size and self.inbox.statistics().events:
                     continue
-            if self.stale:
-                ids, self.stale = self.stale, []
-                if self.leave is not None:
-                    await self.leave(ids)
+            await self._leave_stale()
             if group is None:
                 return False
-            if group.publish_by < self.stale_before:
-                continue
-            if trio.current_time() <= group.publish_by:
+            if not self._left(group):
                 self.group, self.taken = group, 0
                 return True
+
+    async def _leave_stale(self) -> None:
+        if self.stale:
+            ids, self.stale = self.stale, []
+            if self.leave is not None:
+                await self.leave(ids)
 
     def _queued(self) -> int:
         return len(self.group) - self.taken if self.group is not None else 0
@@ -87,7 +96,8 @@ class Gatherer:
             group = self.group
             assert group is not None  # _queued() or _refill() made sure
             if group.publish_by < trio.current_time():
-                self.group = None  # lapsed while queued: left to the table
+                self.stale += group.event_ids[self.taken:]  # lapsed while queued: left to the table
+                self.group = None
                 continue
             stop = min(len(group), self.taken + self.batch_size - len(ids))
             count, group_size = fitting(group.payloads, self.taken, stop, self.max_bytes - size)

@@ -5,6 +5,7 @@
 """
 
 import logging
+import math
 
 import trio
 
@@ -130,3 +131,20 @@ async def test_an_unauthenticated_window_pauses_delivery_without_restarts(start_
         stats = emitter.statistics()
     assert chip.counters.seen(ids) == ids and dead_letters(database_url) == {}
     assert sum(stats.restarts.values()) == 0
+
+
+async def test_while_delivery_is_paused_new_events_wait_in_the_table_claimable_once_chip_answers(
+        start_chipmock, make_config, database_url) -> None:
+    """Not in memory, where they would outlive their lease's margin and come back only as each lease
+    lapsed: written claimable, they are delivered as fast as claims go once Chip is back."""
+    chip = start_chipmock(ChipModel(outages=(Outage(0, math.inf),)))
+    async with open_emitter(make_config(chip)) as emitter:
+        await emitter.emit(b"first", source="wf", type="tick")
+        await wait_until(lambda: emitter.statistics().delivery == "down", what="delivery paused")
+        ids = set(await emitter.emit_many([b"while paused"] * 50, source="wf", type="tick"))
+        leased = query(database_url, "SELECT count(*) FROM chip_durable_events WHERE id = ANY(%s) "
+                                     "AND lease_expires_at > now()", (list(ids),))[0][0]
+        assert leased == 0  # claimable as written: no lease held in memory
+        chip.set_model(ChipModel())
+        await emitter.flush(timeout=30)
+    assert chip.counters.seen(ids) == ids

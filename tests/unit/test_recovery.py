@@ -84,3 +84,25 @@ async def test_groups_committed_before_a_restart_ended_the_leases_go_to_the_tabl
     gatherer = Gatherer(inbox, 10, 1000, 0.0, stale_before=stale_before, leave=leave)
     batch = await gatherer.gather()
     assert batch.event_ids == ["after"] and left == [["before"]]
+
+
+async def test_groups_past_their_lease_margin_go_to_the_table_together_not_one_lease_at_a_time(
+        autojump_clock) -> None:
+    """They waited while Chip was away: left to their leases, they would come back one by one."""
+    send, inbox = open_hand_off(100, 1000)
+    left: list[list[str]] = []
+
+    async def leave(ids: list[str]) -> None:
+        left.append(ids)
+
+    for name in ("a", "b", "c"):
+        with send.reserve(1, 1) as room:
+            assert room is not None
+            room.send(Outgoing([name], [b"x"], trio.current_time() + 1))  # publish_by in a second
+    await trio.sleep(2)  # Chip was away meanwhile
+    with send.reserve(1, 1) as room:
+        assert room is not None
+        room.send(Outgoing(["fresh"], [b"x"], trio.current_time() + 50))
+    gatherer = Gatherer(inbox, 10, 1000, 0.0, leave=leave)
+    batch = await gatherer.gather()
+    assert batch.event_ids == ["fresh"] and left == [["a", "b", "c"]]  # one statement for the three

@@ -15,8 +15,8 @@
 -- chip_durable_events.available_at: when the row was first free for any instance. Claims
 -- find rows by it (and a gone instance's rows, flush polls and status by emitted_by), so
 -- the lease columns a claim changes are in no index: a claim is a heap-only update with
--- no index entry written, on a page kept half empty for it (fillfactor 45, for pages
--- written from now on). Rows already pending get the upgrade's time, which is right for
+-- no index entry written, wherever its page has room (fillfactor 60, for pages written
+-- from now on). Rows already pending get the upgrade's time, which is right for
 -- all of them (each is claimable once its lease_expires_at has passed too).
 --
 -- The columns are added without a table rewrite (their defaults are kept in the
@@ -30,7 +30,7 @@ ALTER TABLE chip_durable_events_instances
 ALTER TABLE chip_durable_events
     ADD COLUMN lease_token bigint NOT NULL DEFAULT 0,
     ADD COLUMN available_at timestamptz NOT NULL DEFAULT now();
-ALTER TABLE chip_durable_events SET (fillfactor = 45);
+ALTER TABLE chip_durable_events SET (fillfactor = 60);
 
 DROP INDEX chip_durable_events_lease_idx;
 DROP INDEX chip_durable_events_owner_created_idx;
