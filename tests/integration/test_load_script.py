@@ -113,8 +113,25 @@ def test_outbox_reports_latency_both_ways_and_rates_beside_emit_many(tmp_path, p
     assert "recordedtime" in report
 
 
+def test_bench_claimed_rows_beside_fresh_emit_many(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "sustained", "--events", "1000", "--concurrency", "10",
+                       "--batch", "100", "--claimed", "--rate", "200", "--duration", "2s")
+    (fresh,) = run["rows"]
+    assert fresh["callers"] == "10 callers x emit_many(100)" and fresh["delivered_unique"] == 1000
+    reference, outbox, backlog = run["tables"]["Claimed delivery against fresh emit_many (same run)"]
+    assert reference["overall_per_s"] == fresh["end_to_end_per_s"]
+    assert outbox["path"].startswith("claimed: outbox") and backlog["path"].startswith("claimed: backlog")
+    assert outbox["events"] == outbox["delivered_unique"] == 1000  # chipmock received every outbox row
+    assert 0 < backlog["events"] == backlog["delivered_unique"] and backlog["emit_errors"] == 0
+    for row in (outbox, backlog):
+        assert row["duplicates"] == 0 and row["first_delivery_s"] >= 0
+        assert row["drain_per_s"] > 0 and row["drain_x_fresh"] > 0 and row["overall_x_fresh"] > 0
+    assert run["summary"]["backlog: Chip answering to the first backlog delivery, s"] == backlog["first_delivery_s"]
+    assert "## Claimed delivery against fresh emit_many (same run)" in report and "load average" in report
+
+
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"],
-                                  ["ratelimit", "--limit", "0"], ["nothing"]])
+                                  ["ratelimit", "--limit", "0"], ["nothing"], ["tps", "--claimed"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
