@@ -14,6 +14,12 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
              calls and refused calls per second, backlog, delivery state; then the catch-up time
   outbox     commit -> Chip for outbox events (--rate, --duration) with LISTEN and with the scan alone, an emitter
              in another process; outbox.emit_many(100) from 10 connections beside Emitter.emit_many (--events)
+  mixed      fresh emits at --rate (5,000/s, --concurrency 50 callers) while a backlog of --events (500,000) outbox
+             rows drains in the same instance, until it is delivered or --duration (180 s): every --every (5 s) and
+             overall, fresh emit p50/p99, fresh delivery latency, the backlog's drain rate
+  claimsize  --events (1,000,000) outbox rows drained by one instance in its own process: table and index sizes and
+             dead/HOT tuple counts, written, delivered, and after a plain VACUUM
+
 ``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
 and commit per emit, one unary Publish per event, one DELETE per ack) and
 ``limit`` (batched COPY then batched DELETE on the same Postgres, no gRPC: the

@@ -20,6 +20,7 @@ from . import claimed
 from . import outbox as outbox_load
 from .backlog import backlog
 from .chip import ChipProcess, chip_args, wait_for_unique
+from .claimsize import claimsize
 from .cpu import per_event_us, postgres_cpu, process_cpu
 from .measure import (
     MAX_SECONDS_PER_PHASE,
@@ -34,6 +35,7 @@ from .measure import (
     quantile,
     rss_trend,
 )
+from .mixed import mixed
 from .progress import Progress
 from .ratelimit import ratelimit
 from .report import Run
@@ -298,4 +300,4 @@ async def outbox(args, url: str, run: Run, progress: Progress) -> None:
 
 
 SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
-             "backlog": backlog, "ratelimit": ratelimit, "outbox": outbox}
+             "backlog": backlog, "ratelimit": ratelimit, "outbox": outbox, "mixed": mixed, "claimsize": claimsize}

@@ -130,8 +130,34 @@ def test_bench_claimed_rows_beside_fresh_emit_many(tmp_path, pg_server_url) -> N
     assert "## Claimed delivery against fresh emit_many (same run)" in report and "load average" in report
 
 
+def test_mixed_reports_fresh_emits_beside_the_backlog_drain(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "mixed", "--events", "3000", "--rate", "200", "--concurrency", "10",
+                       "--every", "1s", "--duration", "30s")
+    summary = run["summary"]
+    # The backlog is told from fresh events by its age at Chip: all of it, and none of the fresh ones.
+    assert summary["backlog_drained"] and summary["backlog_delivered"] == 3000
+    assert summary["fresh_delivered_over_60s"] == 0 and summary["duplicates"] == 0
+    assert summary["fresh_emitted"] > 0 and summary["fresh_emit_errors"] == 0
+    assert 0 < summary["fresh_delivery_p50_ms"] <= summary["fresh_delivery_p99_ms"]
+    assert run["rows"] and run["rows"][-1]["backlog_left"] == 0
+    assert sum(row["backlog_delivered_per_s"] for row in run["rows"]) > 0
+    assert "## Summary" in report
+
+
+def test_claimsize_reports_sizes_written_delivered_and_vacuumed(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "claimsize", "--events", "3000")
+    written, delivered, vacuumed = run["rows"]
+    assert written["n_live_tup"] == 3000 and written["heap_mb"] > 0
+    assert delivered["deletes"] == 3000 and delivered["updates"] >= 3000  # each row claimed, then deleted
+    assert vacuumed["n_dead_tup"] == 0 and vacuumed["heap_mb"] <= delivered["heap_mb"]
+    assert all(row["indexes_mb"] > 0 and row["total_mb"] >= row["heap_mb"] for row in run["rows"])
+    assert [row["phase"] for row in run["tables"]["Index sizes, MB"]] == [row["phase"] for row in run["rows"]]
+    assert run["summary"]["delivered_unique"] == 3000 and "## Index sizes, MB" in report
+
+
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"],
-                                  ["ratelimit", "--limit", "0"], ["nothing"], ["tps", "--claimed"]])
+                                  ["ratelimit", "--limit", "0"], ["nothing"], ["tps", "--claimed"],
+                                  ["mixed", "--rate", "0"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
