@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 import grpc
+import psycopg
 
 from chippb import chipingress_pb2 as pb
 from chippb import chipingress_pb2_grpc as pb_grpc
@@ -39,6 +40,7 @@ from .report import Run
 
 FRESH = "10 callers x emit_many(100)"  # the reference row, sustained's label
 COLUMNS = ("path", "events", "first_delivery_s", "drain_per_s", "drain_x_fresh", "overall_per_s", "overall_x_fresh",
+           "leased_at_chip_back", "lease_left_max_s", "claimable_drain_per_s", "claimable_x_fresh",
            "emitter_cpu_us_per_event", "pg_cpu_us_per_event", "chip_cpu_us_per_event", "ready_s", "written_per_s",
            "emit_errors", "delivered_unique", "duplicates")
 LEADS = (5.0, 10.0, 20.0)  # seconds for the emitter process to start before the outage; longer if it was late
@@ -60,6 +62,8 @@ def measure(args, url: str, run: Run, fresh: dict, progress: Progress) -> None:
         row["drain_x_fresh"] = round(row["drain_per_s"] / reference, 2) if reference else None
         row["overall_x_fresh"] = round(row["overall_per_s"] / reference, 2) if reference else None
         rows.append(row)
+    if reference and backlog["claimable_drain_per_s"]:
+        backlog["claimable_x_fresh"] = round(backlog["claimable_drain_per_s"] / reference, 2)
     run.tables["Claimed delivery against fresh emit_many (same run)"] = [
         {column: "" if row.get(column) is None else row[column] for column in COLUMNS} for row in rows]
     run.summary.update({
@@ -67,12 +71,18 @@ def measure(args, url: str, run: Run, fresh: dict, progress: Progress) -> None:
         "outbox drain, first to last delivery, x fresh emit_many": outbox["drain_x_fresh"],
         "backlog drain, first to last delivery, x fresh emit_many": backlog["drain_x_fresh"],
         "backlog: Chip answering to the first backlog delivery, s": backlog["first_delivery_s"],
+        "backlog: rows still leased when Chip answered (delivered only as their lease ends)":
+            backlog["leased_at_chip_back"],
     })
     run.notes.append(
         "claimed rows: overall_per_s counts from the instance's start (outbox: the process's spawn, "
         "interpreter start-up included) or from Chip answering again (backlog) to the last id chipmock received; "
         "drain_per_s from the first delivery to the last; first_delivery_s from that same start. "
-        "CPU per event: the emitter process (fresh: this process), every Postgres server process, chipmock")
+        "CPU per event: the emitter process (fresh: this process), every Postgres server process, chipmock. "
+        "leased_at_chip_back: backlog rows whose lease had not ended as Chip answered (handed to the dispatcher in "
+        "memory during the outage: published from memory while within their publish deadline, else claimable only "
+        "once their lease ends); claimable_drain_per_s: the rest of the backlog (spilled, claimable at once), from "
+        "the first delivery until as many rows had arrived")
 
 
 def outbox_drain(args, url: str, progress: Progress) -> dict:
@@ -134,21 +144,37 @@ def _backlog(args, url: str, progress: Progress, lead: float) -> dict:
             if delivered_before := chip.figures().unique:  # every emit fell in chipmock's outage window
                 raise RuntimeError(f"chipmock received {delivered_before} events during its outage: its window "
                                    "and the emits did not line up")
+            leased, lease_left = _leased(url)
             stop_at = time.monotonic() + outage + MAX_SECONDS_PER_PHASE
             back = answering_again(chip, stop_at)
             before = {"emitter": emitter.cpu(), "pg": pg_cpu(), "chip": process_cpu(chip.proc.pid)}
             first = first_arrival(chip, 0, stop_at)
-            last, figures = last_arrival(chip, emitted, stop_at, _shower(progress, f"{label} drain"))
+            samples: list[tuple[float, int]] = []
+            last, figures = last_arrival(chip, emitted, stop_at, _shower(progress, f"{label} drain"), samples)
             used = {"emitter": (before["emitter"], emitter.cpu()), "pg": (before["pg"], pg_cpu()),
                     "chip": (before["chip"], process_cpu(chip.proc.pid))}
     progress.done()
     backlog = emitted
+    claimable = backlog - leased  # when Chip answered: the rest waits for its lease to end
+    claimable_by = next((t for t, unique in samples if unique >= claimable), last)
     return {"path": f"claimed: backlog of a {outage:g} s Chip outage, emitting {args.rate:g}/s for {emitting:g} s "
                     "(own process)",
             "events": backlog, "emit_errors": failed, "first_delivery_s": round(first - back, 2),
             "drain_per_s": round(backlog / max(last - first, 1e-6), 1),
             "overall_per_s": round(backlog / (last - back), 1),
+            "leased_at_chip_back": leased, "lease_left_max_s": lease_left,
+            "claimable_drain_per_s": round(claimable / max(claimable_by - first, 1e-6), 1) if claimable else None,
             **_cpu_columns(used, backlog), "delivered_unique": figures.unique, "duplicates": figures.duplicates}
+
+
+def _leased(url: str) -> tuple[int, float]:
+    """Rows whose lease has not ended, and the longest lease left (s): rows an instance holds (in memory, or
+    dropped from it) that no claim takes before their lease ends."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        count, left = conn.execute("SELECT count(*) FILTER (WHERE lease_expires_at > now()), "
+                                   "coalesce(extract(epoch FROM max(lease_expires_at) - now()), 0)::float8 "
+                                   "FROM chip_durable_events").fetchone()
+    return count, round(max(left, 0.0), 1)
 
 
 def answering_again(chip: ChipProcess, stop_at: float) -> float:
@@ -174,12 +200,15 @@ def first_arrival(chip: ChipProcess, above: int, stop_at: float) -> float:
     raise RuntimeError(f"nothing was delivered within {MAX_SECONDS_PER_PHASE} s")
 
 
-def last_arrival(chip: ChipProcess, total: int, stop_at: float,
-                 show: Callable[[int, int], None]) -> tuple[float, ChipFigures]:
-    """When chipmock had ``total`` distinct ids (polled every 50 ms), and its figures then."""
+def last_arrival(chip: ChipProcess, total: int, stop_at: float, show: Callable[[int, int], None],
+                 samples: list[tuple[float, int]] | None = None) -> tuple[float, ChipFigures]:
+    """When chipmock had ``total`` distinct ids (polled every 50 ms, each read kept in ``samples``), and its
+    figures then."""
     while True:
         now = time.monotonic()
         figures = chip.figures()
+        if samples is not None:
+            samples.append((now, figures.unique))
         if figures.unique >= total:
             return now, figures
         if now > stop_at:

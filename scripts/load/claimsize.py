@@ -27,7 +27,7 @@ from .report import Run
 
 TABLE_FIGURES = """
 SELECT pg_relation_size(c.oid), pg_indexes_size(c.oid), pg_total_relation_size(c.oid),
-       s.n_live_tup, s.n_dead_tup, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del, s.autovacuum_count
+       (SELECT count(*) FROM chip_durable_events), s.n_dead_tup, s.n_tup_ins, s.n_tup_upd, s.n_tup_hot_upd, s.n_tup_del, s.autovacuum_count
 FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid
 WHERE c.oid = 'chip_durable_events'::regclass
 """
@@ -79,7 +79,7 @@ def _figures(conn: psycopg.Connection, phase: str, since: dict | None) -> dict:
     base = since or {"updates": updates, "hot_updates": hot, "deletes": deletes, "autovacuums": autovacuums}
     return {
         "phase": phase, "heap_mb": round(heap / MB, 1), "indexes_mb": round(indexes / MB, 1),
-        "total_mb": round(total / MB, 1), "n_live_tup": live, "n_dead_tup": dead,
+        "total_mb": round(total / MB, 1), "rows": live, "n_dead_tup": dead,
         "updates": updates - base["updates"] if since else updates,
         "hot_updates": hot - base["hot_updates"] if since else hot,
         "hot_share": round((hot - base["hot_updates"]) / (updates - base["updates"]), 3)
