@@ -22,11 +22,11 @@ test *ARGS:
 proto:
     {{python}} scripts/gen_proto.py
 
-# 100,000 events of 1 KiB: 10 and 100 callers, emit and emit_many(100), chipmock in its own process, baselines beside
+# 100,000 events of 1 KiB: emit and emit_many(100) from 10 and 100 callers, baselines; claimed (outbox rows, a 60 s outage's backlog) vs emit_many
 bench *ARGS:
-    {{python}} -m scripts.load sustained --events 100000 --concurrency 10,100 --batch 1,100 --size 1024 --chip-latency 0 --compare {{ARGS}}
+    {{python}} -m scripts.load sustained --events 100000 --concurrency 10,100 --batch 1,100 --size 1024 --chip-latency 0 --compare --claimed --rate 1000 --duration 60s {{ARGS}}
 
-# Load tests: `just load ramp|sustained|tps|latency|payload|backlog|ratelimit [--compare] ...` (report in results/)
+# Load tests: `just load ramp|sustained|tps|latency|payload|backlog|ratelimit|outbox|mixed|claimsize [--compare] ...` (report in results/)
 load SCENARIO *ARGS:
     {{python}} -m scripts.load {{SCENARIO}} {{ARGS}}
 

@@ -3,7 +3,9 @@
 Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
 
   ramp       offered load in steps; per step achieved rate, latencies, Q max; names the saturation point
-  sustained  N events from C concurrent emitters as fast as possible (--instances 1,2,3: processes)
+  sustained  N events from C concurrent emitters as fast as possible (--instances 1,2,3: processes); --claimed
+             adds the claimed path against emit_many(100) from 10 callers: N outbox rows drained by an instance started
+             after them, and the backlog of a Chip outage (--rate for --duration, default 1,000/s for 60 s)
   tps        hold a target rate, optionally through a Chip outage; time to drain afterwards
   latency    emit -> received by Chip, p50/p99, at 10 and 1,000 events/s (--rates), per --lingers
   payload    event sizes from 64 B to 1 MiB: events/s, MB/s, peak RSS
@@ -12,6 +14,11 @@ Scenarios (each bounded in count and time, all traffic on 127.0.0.1):
              calls and refused calls per second, backlog, delivery state; then the catch-up time
   outbox     commit -> Chip for outbox events (--rate, --duration) with LISTEN and with the scan alone, an emitter
              in another process; outbox.emit_many(100) from 10 connections beside Emitter.emit_many (--events)
+  mixed      fresh emits at --rate (5,000/s, --concurrency 50 callers) while a backlog of --events (500,000) outbox
+             rows drains in the same instance, until it is delivered or --duration (180 s): every --every (5 s) and
+             overall, fresh emit p50/p99, fresh delivery latency, the backlog's drain rate
+  claimsize  --events (1,000,000) outbox rows drained by one instance in its own process: table and index sizes and
+             dead/HOT tuple counts, written, delivered, and after a plain VACUUM
 
 ``--compare`` runs the baselines in the same invocation: ``naive`` (one INSERT
 and commit per emit, one unary Publish per event, one DELETE per ack) and
@@ -46,7 +53,7 @@ from scripts.args_and_databases import (
 from . import baselines
 from .measure import MAX_SECONDS_PER_PHASE
 from .progress import Progress
-from .report import Run, machine_info, print_summary, write_report
+from .report import Run, load_average, machine_info, print_summary, write_report
 from .scenarios import SCENARIOS
 
 
@@ -57,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step-seconds", type=duration, default=20.0)
     parser.add_argument("--keep-going", action="store_true", help="ramp: run every step past saturation")
     parser.add_argument("--events", type=int, default=None,
-                        help="sustained/payload: events (default 100,000); backlog: its size (default 1,000,000)")
-    parser.add_argument("--concurrency", type=positive_ints, default=[10],
-                        help="concurrent callers; sustained takes a list, e.g. 10,100 (one row each)")
+                        help="sustained/payload: events (default 100,000); backlog, claimsize: the backlog's size "
+                             "(default 1,000,000); mixed: the backlog's size (default 500,000)")
+    parser.add_argument("--concurrency", type=positive_ints, default=None,
+                        help="concurrent callers (default 10; mixed: 50); sustained takes a list, e.g. 10,100 "
+                             "(one row each)")
     parser.add_argument("--batch", type=positive_ints, default=[1],
                         help="sustained: events per call, 1 = emit, more = emit_many; a list gives a row each")
     parser.add_argument("--rates", type=positive_ints, default=[10, 1000], help="latency: offered events/s")
@@ -67,10 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latency: publish_linger values, e.g. 0,5ms,20ms (default: the configured one)")
     parser.add_argument("--instances", type=positive_ints, default=[1], help="sustained: e.g. 1,2,3 processes")
     parser.add_argument("--rate", type=float, default=None,
-                        help="tps, ratelimit: events/s (default 1000); outbox: (default 100); payload: (default 0: "
-                             "as fast as possible)")
+                        help="tps, ratelimit, sustained --claimed (the outage's emits): events/s (default 1000); "
+                             "outbox: (default 100); mixed: fresh emits (default 5000); payload: (default 0: as fast "
+                             "as possible)")
     parser.add_argument("--duration", type=duration, default=None,
-                        help="tps, ratelimit, outbox: how long (60s); latency: per row (20s)")
+                        help="tps, ratelimit, outbox: how long (60s); sustained --claimed: the outage's emits (60s); "
+                             "latency: per row (20s); mixed: at most (180s)")
+    parser.add_argument("--claimed", action="store_true",
+                        help="sustained: the claimed path too (outbox rows, an outage's backlog), with its ratios")
+    parser.add_argument("--every", type=duration, default=5.0, help="mixed: a row every (5s)")
     parser.add_argument("--limit", type=float, default=None,
                         help="ratelimit: events/s Chip lets through (default: half of --rate)")
     parser.add_argument("--outage", default=None, help="tps: Chip outage START:DURATION, e.g. 20s:15s")
@@ -92,11 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.chip_latency is None:
         args.chip_latency = 0.05 if args.scenario == "ramp" else 0.0
     if args.duration is None:
-        args.duration = 20.0 if args.scenario == "latency" else 60.0
+        args.duration = {"latency": 20.0, "mixed": 180.0}.get(args.scenario, 60.0)
     if args.events is None:
-        args.events = 1_000_000 if args.scenario == "backlog" else 100_000
+        args.events = {"backlog": 1_000_000, "claimsize": 1_000_000, "mixed": 500_000}.get(args.scenario, 100_000)
     if args.rate is None:
-        args.rate = {"tps": 1000.0, "ratelimit": 1000.0, "outbox": 100.0}.get(args.scenario, 0.0)
+        args.rate = {"tps": 1000.0, "ratelimit": 1000.0, "outbox": 100.0, "mixed": 5000.0,
+                     "sustained": 1000.0}.get(args.scenario, 0.0)
+    if args.concurrency is None:
+        args.concurrency = [50 if args.scenario == "mixed" else 10]
     if args.outage:
         try:
             Outage.parse(args.outage)
@@ -106,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("ratelimit needs --rate above 0 and --limit above 0")
     if not 0 < args.events <= 10_000_000 or not all(0 < c <= 1000 for c in args.concurrency):
         parser.error("--events must be 1..10,000,000 and --concurrency 1..1000")
-    if args.scenario != "sustained" and (len(args.concurrency) > 1 or args.batch != [1]):
-        parser.error("only sustained takes several --concurrency values or --batch")
+    if args.scenario != "sustained" and (len(args.concurrency) > 1 or args.batch != [1] or args.claimed):
+        parser.error("only sustained takes several --concurrency values, --batch or --claimed")
+    if ((args.scenario == "mixed" or args.claimed) and not args.rate > 0) or args.every <= 0:
+        parser.error("mixed and sustained --claimed need --rate above 0, and --every must be above 0")
     if args.duration > MAX_SECONDS_PER_PHASE or args.step_seconds > MAX_SECONDS_PER_PHASE:
         parser.error(f"--duration and --step-seconds are capped at {MAX_SECONDS_PER_PHASE}s")
     configure_logging("json", level=30)
@@ -118,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_database(server, "load") as url:
         apply_schema(url)
         trio.run(SCENARIOS[args.scenario], args, url, run, progress)
+        run.machine["load_average_end"] = load_average()
         if args.compare:
             events = args.events if args.scenario == "sustained" else min(args.events, 20_000)
             run.baselines.append(baselines.naive(url, min(events, 20_000), args.concurrency[0], args.size,

@@ -24,6 +24,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # figures of the run as a whole, beside the rows
     plans: dict[str, str] = field(default_factory=dict)  # EXPLAIN (ANALYZE, BUFFERS) output by query
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # more tables of rows, by title
 
 
 def machine_info(server: str) -> dict:
@@ -35,7 +36,20 @@ def machine_info(server: str) -> dict:
     return {
         "host": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
         "platform": platform.platform(), "postgres": settings.pop("server_version", "?"), "postgres_settings": settings,
+        "load_average": load_average(),
     }
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: on a shared machine, how busy it was besides this run."""
+    return " ".join(f"{n:.2f}" for n in os.getloadavg())
+
+
+def _machine_line(m: dict) -> str:
+    load = f"load average {m.get('load_average', '?')} at the start"
+    if "load_average_end" in m:
+        load += f", {m['load_average_end']} at the end"
+    return f"{m['host']}, {m['cores']} cores, Python {m['python']}, PostgreSQL {m['postgres']}, {load}"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -59,10 +73,13 @@ def _cell(value: object) -> str:
 def print_summary(run: Run, report: Path) -> None:
     """The machine, the tables and the notes on stdout, then where the report is."""
     m = run.machine
-    print(f"machine: {m['host']}, {m['cores']} cores, Python {m['python']}, PostgreSQL {m['postgres']}")
+    print(f"machine: {_machine_line(m)}")
     print(markdown_table(run.rows), end="")
     if run.baselines:
         print(markdown_table(run.baselines), end="")
+    for title, rows in run.tables.items():
+        print(f"{title}:")
+        print(markdown_table(rows), end="")
     for key, value in run.summary.items():
         print(f"{key}: {_cell(value)}")
     for note in run.notes:
@@ -77,10 +94,12 @@ def write_report(run: Run, folder: Path) -> Path:
     plots = make_plots(run, folder)
     m = run.machine
     text = [f"# Load test: {run.scenario}", "",
-            f"Machine: {m['host']}, {m['cores']} cores, Python {m['python']}, PostgreSQL {m['postgres']} "
-            f"({', '.join(f'{k}={v}' for k, v in m['postgres_settings'].items())}), {m['platform']}", "",
+            f"Machine: {_machine_line(m)}; PostgreSQL settings "
+            f"{', '.join(f'{k}={v}' for k, v in m['postgres_settings'].items())}; {m['platform']}", "",
             "Settings: " + ", ".join(f"{k}={v}" for k, v in run.settings.items()), "",
             "## Results", "", markdown_table(run.rows)]
+    for title, rows in run.tables.items():
+        text += [f"## {title}", "", markdown_table(rows)]
     if run.summary:
         text += ["## Summary", "", *(f"- {key}: {_cell(value)}" for key, value in run.summary.items()), ""]
     if run.baselines:

@@ -16,9 +16,12 @@ from actors.adapters.store import Store
 from chipmock import Outage
 from scripts import ROOT
 
+from . import claimed
 from . import outbox as outbox_load
 from .backlog import backlog
 from .chip import ChipProcess, chip_args, wait_for_unique
+from .claimsize import claimsize
+from .cpu import per_event_us, postgres_cpu, process_cpu
 from .measure import (
     MAX_SECONDS_PER_PHASE,
     Latencies,
@@ -32,6 +35,7 @@ from .measure import (
     quantile,
     rss_trend,
 )
+from .mixed import mixed
 from .progress import Progress
 from .ratelimit import ratelimit
 from .report import Run
@@ -75,7 +79,8 @@ async def ramp(args, url: str, run: Run, progress: Progress) -> None:
 
 
 async def sustained(args, url: str, run: Run, progress: Progress) -> None:
-    """N events as fast as possible: per caller count and emit batch (in one process), or per process count."""
+    """N events as fast as possible: per caller count and emit batch (in one process), or per process count;
+    with ``--claimed``, the claimed path too, against the emit_many(100) from 10 callers row."""
     for instances in args.instances:
         if instances == 1:
             for concurrency in args.concurrency:
@@ -83,6 +88,12 @@ async def sustained(args, url: str, run: Run, progress: Progress) -> None:
                     run.rows.append(await _sustained_in_process(args, url, concurrency, batch, progress))
         else:
             run.rows.append(await _sustained_processes(args, url, instances, progress))
+    if args.claimed:
+        fresh = next((row for row in run.rows if row.get("callers") == claimed.FRESH), None)
+        if fresh is None:  # the reference the ratios need, when the rows asked for did not include it
+            fresh = await _sustained_in_process(args, url, outbox_load.CONNECTIONS, outbox_load.BATCH, progress)
+            run.rows.append(fresh)
+        await trio.to_thread.run_sync(claimed.measure, args, url, run, fresh, progress)
 
 
 async def _sustained_in_process(args, url: str, concurrency: int, batch: int, progress: Progress) -> dict:
@@ -90,6 +101,7 @@ async def _sustained_in_process(args, url: str, concurrency: int, batch: int, pr
     errors: list[str] = []
     label = f"{concurrency} callers x {'emit' if batch == 1 else f'emit_many({batch})'}"
     events = args.events // batch * batch
+    pg_cpu = postgres_cpu(url)
     async with measured(url, chip_args(args.chip_latency)) as m:
         async def show() -> None:
             while True:  # until measured() cancels it
@@ -98,7 +110,7 @@ async def _sustained_in_process(args, url: str, concurrency: int, batch: int, pr
                 await trio.sleep(0.5)
 
         m.nursery.start_soon(show)
-        cpu_before = cpu_seconds()
+        cpu_before, pg_before, chip_before = cpu_seconds(), pg_cpu(), process_cpu(m.chip.proc.pid)
         started = time.perf_counter()
         emitted = await paced_emits(m.emitter, 0, MAX_SECONDS_PER_PHASE, concurrency, os.urandom(args.size),
                                     latencies, errors, limit=events, batch=batch)
@@ -106,6 +118,7 @@ async def _sustained_in_process(args, url: str, concurrency: int, batch: int, pr
         await m.emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
         finished = time.perf_counter()
         cpu = cpu_seconds() - cpu_before
+        pg_used, chip_used = (pg_before, pg_cpu()), (chip_before, process_cpu(m.chip.proc.pid))
     figures = m.chip_figures
     progress.done()
     publish = m.emitter.statistics().publish_seconds
@@ -117,7 +130,9 @@ async def _sustained_in_process(args, url: str, concurrency: int, batch: int, pr
         f"emit{'' if batch == 1 else '_call'}_p99_ms": round(quantile(latencies, 0.99) * 1000, 2),
         "publish_mean_ms": round(publish.mean * 1000, 2), "publish_p99_ms": round(publish.quantile(0.99) * 1000, 2),
         "q_max": m.sampler.q_max(), "drain_s": round(finished - emit_done, 2),
-        "cpu_us_per_event": round(cpu / max(emitted, 1) * 1e6, 1), "delivered_unique": figures.unique,
+        "cpu_us_per_event": round(cpu / max(emitted, 1) * 1e6, 1),
+        "pg_cpu_us_per_event": per_event_us(*pg_used, emitted), "chip_cpu_us_per_event": per_event_us(*chip_used, emitted),
+        "delivered_unique": figures.unique,
     }
 
 
@@ -285,4 +300,4 @@ async def outbox(args, url: str, run: Run, progress: Progress) -> None:
 
 
 SCENARIOS = {"ramp": ramp, "sustained": sustained, "tps": tps, "latency": latency, "payload": payload,
-             "backlog": backlog, "ratelimit": ratelimit, "outbox": outbox}
+             "backlog": backlog, "ratelimit": ratelimit, "outbox": outbox, "mixed": mixed, "claimsize": claimsize}

@@ -113,8 +113,52 @@ def test_outbox_reports_latency_both_ways_and_rates_beside_emit_many(tmp_path, p
     assert "recordedtime" in report
 
 
+def test_bench_claimed_rows_beside_fresh_emit_many(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "sustained", "--events", "1000", "--concurrency", "10",
+                       "--batch", "100", "--claimed", "--rate", "200", "--duration", "2s")
+    (fresh,) = run["rows"]
+    assert fresh["callers"] == "10 callers x emit_many(100)" and fresh["delivered_unique"] == 1000
+    reference, outbox, backlog = run["tables"]["Claimed delivery against fresh emit_many (same run)"]
+    assert reference["overall_per_s"] == fresh["end_to_end_per_s"]
+    assert outbox["path"].startswith("claimed: outbox") and backlog["path"].startswith("claimed: backlog")
+    assert outbox["events"] == outbox["delivered_unique"] == 1000  # chipmock received every outbox row
+    assert 0 < backlog["events"] == backlog["delivered_unique"] and backlog["emit_errors"] == 0
+    for row in (outbox, backlog):
+        assert row["duplicates"] == 0 and row["first_delivery_s"] >= 0
+        assert row["drain_per_s"] > 0 and row["drain_x_fresh"] > 0 and row["overall_x_fresh"] > 0
+    assert run["summary"]["backlog: Chip answering to the first backlog delivery, s"] == backlog["first_delivery_s"]
+    assert 0 <= backlog["leased_at_chip_back"] <= backlog["events"]
+    assert "## Claimed delivery against fresh emit_many (same run)" in report and "load average" in report
+
+
+def test_mixed_reports_fresh_emits_beside_the_backlog_drain(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "mixed", "--events", "3000", "--rate", "200", "--concurrency", "10",
+                       "--every", "1s", "--duration", "30s")
+    summary = run["summary"]
+    # The backlog is told from fresh events by its age at Chip: all of it, and none of the fresh ones.
+    assert summary["backlog_drained"] and summary["backlog_delivered"] == 3000
+    assert summary["fresh_delivered_over_60s"] == 0 and summary["duplicates"] == 0
+    assert summary["fresh_emitted"] > 0 and summary["fresh_emit_errors"] == 0
+    assert 0 < summary["fresh_delivery_p50_ms"] <= summary["fresh_delivery_p99_ms"]
+    assert run["rows"] and run["rows"][-1]["backlog_left"] == 0
+    assert sum(row["backlog_delivered_per_s"] for row in run["rows"]) > 0
+    assert "## Summary" in report
+
+
+def test_claimsize_reports_sizes_written_delivered_and_vacuumed(tmp_path, pg_server_url) -> None:
+    run, report = load(tmp_path, pg_server_url, "claimsize", "--events", "3000")
+    written, delivered, vacuumed = run["rows"]
+    assert written["rows"] == 3000 and written["heap_mb"] > 0 and vacuumed["rows"] == 0
+    assert delivered["deletes"] == 3000 and delivered["updates"] >= 3000  # each row claimed, then deleted
+    assert vacuumed["n_dead_tup"] == 0 and vacuumed["heap_mb"] <= delivered["heap_mb"]
+    assert all(row["indexes_mb"] > 0 and row["total_mb"] >= row["heap_mb"] for row in run["rows"])
+    assert [row["phase"] for row in run["tables"]["Index sizes, MB"]] == [row["phase"] for row in run["rows"]]
+    assert run["summary"]["delivered_unique"] == 3000 and "## Index sizes, MB" in report
+
+
 @pytest.mark.parametrize("args", [["ramp", "--steps", "fast"], ["tps", "--outage", "soon"],
-                                  ["ratelimit", "--limit", "0"], ["nothing"]])
+                                  ["ratelimit", "--limit", "0"], ["nothing"], ["tps", "--claimed"],
+                                  ["mixed", "--rate", "0"]])
 def test_bad_arguments_get_a_usage_error(args) -> None:
     done = subprocess.run([sys.executable, "-m", "scripts.load", *args], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
