@@ -134,6 +134,32 @@ class RejectWindow:
 
 
 @dataclass(frozen=True)
+class LatencySpike:
+    """Between ``window``'s start and end (after server start), every publish takes ``delay`` instead of the latency."""
+
+    delay: float
+    window: Outage
+
+    def __post_init__(self) -> None:
+        if self.delay < 0:
+            raise ValueError(f"a latency spike's delay must not be negative, got {self.delay}")
+
+    @classmethod
+    def parse(cls, text: str) -> LatencySpike:
+        """``"2s@10s:5s"``: publishes take 2 s from 10 s after start, for 5 s."""
+        delay, sep, window = text.partition("@")
+        try:
+            if not sep:
+                raise ValueError("no @")
+            return cls(parse_duration(delay), Outage.parse(window))
+        except ValueError as exc:
+            raise ValueError(f"{text!r} is not DELAY@START:DURATION (example: 2s@10s:5s): {exc}") from None
+
+    def __str__(self) -> str:
+        return f"{format_duration(self.delay)}@{self.window}"
+
+
+@dataclass(frozen=True)
 class RejectContaining:
     """Every event whose id or data contains ``text`` is answered ``code``, at any time: a test's chosen events.
 
@@ -169,6 +195,8 @@ class ChipModel:
 
     latency: float = 0.0
     jitter: float = 0.0
+    # Windows in which every publish takes the spike's delay instead of latency +/- jitter.
+    latency_spikes: tuple[LatencySpike, ...] = ()
     failure_rate: float = 0.0  # whole call fails with UNAVAILABLE
     resource_exhausted_rate: float = 0.0  # whole call fails with RESOURCE_EXHAUSTED
     event_failure_rate: float = 0.0  # per event: answered event_failure_code with reject_reason
@@ -310,6 +338,10 @@ def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_s
     """
     delay = model.latency + (rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0)
     delay = max(0.0, delay)
+    for spike in model.latency_spikes:
+        if spike.window.covers(elapsed):
+            delay = spike.delay
+            break
     ping = decide_ping(model, elapsed=elapsed)
     if ping.status is not None:
         return ping
