@@ -94,9 +94,12 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
                 samples.append(_sample(deployment, clock))
                 next_sample = now + SAMPLE_EVERY
             if now >= next_progress:
-                left = samples[-1].get("left", "?")
+                last = samples[-1]
+                table = (f"{last['left']} rows in the table ({last['table_bytes'] / 2**20:.1f} MB, "
+                         f"{last['dead_tuples']} dead tuples, {last['vacuums']} vacuums since the statistics' reset)"
+                         if "left" in last else "the table cannot be read now")
                 say(clock, f"acknowledged {sum(count() for count in acked):,}, received {received():,} "
-                           f"(duplicates included), {left} rows in the table")
+                           f"(duplicates included), {table}")
                 next_progress = now + PROGRESS_EVERY
             if now > args.seconds and samples[-1].get("left") == 0:
                 break  # the hosts stopped emitting and the backlog drained

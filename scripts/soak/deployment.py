@@ -275,14 +275,18 @@ class Deployment:
                 self.hosts[self.pooled].postgres[0].target = f"127.0.0.1:{self.pooler.port}"
 
     def table_figures(self) -> dict[str, int]:
-        """Pending and dead-lettered rows, and the events table's size (its indexes' apart), on the primary."""
+        """On the primary: pending and dead-lettered rows, the events table's size (and its indexes'), its dead
+        tuples and vacuums so far (on this server, since its statistics were last reset: a crash recovery
+        discards them), and the age of the oldest snapshot any session holds (what vacuum must keep)."""
         assert self.primary is not None
-        [(left, dead, total, indexes, dead_total)] = self.primary.query(
+        [row] = self.primary.query(
             "SELECT (SELECT count(*) FROM chip_durable_events), (SELECT count(*) FROM chip_durable_events_dead_letter),"
             " pg_total_relation_size('chip_durable_events'), pg_indexes_size('chip_durable_events'),"
-            " pg_total_relation_size('chip_durable_events_dead_letter')")
-        return {"left": left, "dead_lettered": dead, "table_bytes": total, "index_bytes": indexes,
-                "dead_letter_table_bytes": dead_total}
+            " (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'chip_durable_events'),"
+            " (SELECT autovacuum_count + vacuum_count FROM pg_stat_user_tables WHERE relname = 'chip_durable_events'),"
+            " (SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity)")
+        return dict(zip(("left", "dead_lettered", "table_bytes", "index_bytes", "dead_tuples", "vacuums",
+                         "oldest_xmin_age"), row, strict=True))
 
     # -- chipmock -----------------------------------------------------------------------------------
 
