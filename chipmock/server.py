@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
-import os
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
 from .auth import TOKEN_HEADER, AuthCounts, AuthPolicy, refusal
+from .ids_log import IdsLog
 from .model import AGE_BUCKETS, ChipModel, ChipState, Counters, EventView, code_number, decide_ping
 
 _STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
@@ -67,33 +67,6 @@ def _options_kind(batch: pb.CloudEventBatch) -> str:
     if not batch.options.HasField("transaction_enabled"):
         return "unset"
     return "true" if batch.options.transaction_enabled else "false"
-
-
-class IdsLog:
-    """Appends ``<event id> <arrival, unix seconds> <peer>`` per produced event: an outside record of receipts.
-
-    The peer (gRPC's ``ipv4:127.0.0.1:PORT``) tells which connection, so which
-    client, sent it.
-    One ``write`` per call, before the call is answered: a line is in the file
-    (the page cache) before the client can hear the event was taken, so a
-    SIGKILLed chipmock never answered an event its log lacks.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._lock = threading.Lock()  # a handler still running after close() writes nothing
-
-    def record(self, event_ids: list[str], arrived: float, peer: str) -> None:
-        stamp = f" {arrived:.6f} {peer}\n"
-        with self._lock:
-            if event_ids and self._fd is not None:
-                os.write(self._fd, "".join(event_id + stamp for event_id in event_ids).encode())
-
-    def close(self) -> None:
-        with self._lock:
-            fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
 
 
 class ChipIngressMock(pb_grpc.ChipIngressServicer):
@@ -343,7 +316,7 @@ def start(
 
     ``credentials`` (user, password) makes it require basic auth; ``auth`` node
     tokens and headers; ``tls`` (certificate chain PEM, private key PEM) makes it serve TLS;
-    ``ids_file`` gets a line per produced event (see :class:`IdsLog`).
+    ``ids_file`` gets a line per produced event (see :class:`chipmock.ids_log.IdsLog`).
     """
     model = model or ChipModel()
     counters = Counters(keep_payloads=keep_payloads)
