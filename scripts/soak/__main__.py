@@ -75,7 +75,9 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     samples: list[dict[str, Any]] = []
     say(clock, f"seed {args.seed}, {args.seconds:g}s, {len(faults)} faults planned "
                f"({', '.join(f'{k} {n}' for k, n in Counter(f.kind for f in faults).most_common())}); "
-               f"pooled host: {deployment.pooled or 'none (pgbouncer not installed)'}; records in {run_dir}")
+               f"pooled host: {deployment.pooled or 'none (pgbouncer not installed)'}; hosts on "
+               f"{'machines of their own' if deployment.machines else 'this machine (not root: no UTS namespace)'}; "
+               f"records in {run_dir}")
     try:
         deployment.start_servers()
         clock.t0 = time.time()

@@ -6,7 +6,8 @@ in its own process logging each event it received, and one process per host.
 Each host reaches Postgres through a TCP proxy of its own per server (a
 multi-host DSN, ``target_session_attrs=read-write``; the pooled host through
 one proxy to the pooler) and Chip through another, which the cuts stall or
-reset. A failover keeps the two servers' ports: the dead primary's port gets the
+reset. Each host runs on a "machine" of its own (its own host name, so no
+other host can see its process end), where we may make one. A failover keeps the two servers' ports: the dead primary's port gets the
 new standby, rebuilt from the new primary. Every process is stopped by its pid.
 """
 
@@ -37,6 +38,7 @@ POOLED = "emit_many"  # behind PgBouncer (transaction mode, session liveness off
 # host away that long after every restart of Postgres: a pooler before a failover pair is set lower).
 POOLER_SETTINGS = {"server_login_retry": 1}
 TASKS = 4  # emit loops per host
+RESTART_GAP = 2.0  # seconds between starts of a host that keeps exiting on its own
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Host:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     pids: list[int] = field(default_factory=list)  # every incarnation's
+    started: float = 0.0  # the last start (monotonic)
     exits: list[str] = field(default_factory=list)  # the exits nobody asked for
 
 
@@ -59,6 +62,9 @@ class Deployment:
         self.run_dir, self.rate, self.chip_flags = run_dir, rate, chip_flags
         self.emit_until = 0.0  # unix time the hosts stop emitting at
         self.pooled = POOLED if pgbouncer_binary() else None
+        # Each host on a machine of its own: a host name of its own (a UTS namespace; root may make one). Else
+        # they share this one, and a claimer sees a killed host's process gone at once (liveness's local proof).
+        self.machines = os.geteuid() == 0 and shutil.which("unshare") is not None
         self.root = Path(tempfile.mkdtemp(prefix="durable-emitter-soak-"))
         self.nodes: list[Node] = []
         self.primary: Node | None = None
@@ -154,13 +160,17 @@ class Deployment:
     # -- hosts --------------------------------------------------------------------------------------
 
     def start_host(self, name: str) -> int:
+        """Start host ``name``; on a machine of its own where we may (see ``machines``), same pid either way."""
         host = self.hosts[name]
+        # unshare execs sh, which sets the name and execs python: the pid we get is the host's.
+        machine = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', f"soak-{name.replace('_', '-')}"] if self.machines else []
         with self.host_lock, open(host.log, "ab") as log:
             host.proc = subprocess.Popen(
-                [sys.executable, "-m", "scripts.soak.host", name, "--acked", str(host.acked), "--rate",
+                [*machine, sys.executable, "-m", "scripts.soak.host", name, "--acked", str(host.acked), "--rate",
                  f"{self.rate:g}", "--tasks", str(TASKS), "--until", f"{self.emit_until:.3f}"],
                 cwd=ROOT, env=host.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             host.pids.append(host.proc.pid)
+            host.started = time.monotonic()
             return host.proc.pid
 
     def kill_host(self, name: str) -> int:
@@ -179,7 +189,7 @@ class Deployment:
         for host in self.hosts.values():
             with self.host_lock:
                 code = host.proc.poll() if host.proc is not None else None
-            if code is not None:
+            if code is not None and time.monotonic() - host.started > RESTART_GAP:  # no restart loop
                 tail = host.log.read_bytes()[-1500:].decode(errors="replace")
                 host.exits.append(f"{now:.1f}s pid {host.pids[-1]} exited {code}: ...{tail}")
                 exited.append(host.name)
