@@ -30,6 +30,10 @@ bench *ARGS:
 load SCENARIO *ARGS:
     {{python}} -m scripts.load {{SCENARIO}} {{ARGS}}
 
+# Faults drawn from a seed against everything real, checked from outside: `just soak --seconds 120 --seed 1`
+soak *ARGS:
+    {{python}} -m scripts.soak {{ARGS}}
+
 # The fault suite, longer: more SIGKILL rounds and events (CHAOS_SCALE=N multiplies them)
 chaos *ARGS:
     CHAOS_SCALE=${CHAOS_SCALE:-5} {{python}} -m pytest tests/faults -s -q {{ARGS}}

@@ -14,7 +14,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .auth import AuthPolicy, parse_header, parse_public_key
-from .model import ChipModel, Outage, RejectContaining, RejectWindow, parse_duration, parse_rate
+from .model import (
+    ChipModel,
+    LatencySpike,
+    Outage,
+    RejectContaining,
+    RejectWindow,
+    parse_duration,
+    parse_rate,
+)
 from .server import RETRY_AFTER_KEY, start
 
 _T = TypeVar("_T")
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (default 9464; -1 disables)")
     parser.add_argument("--latency", type=_parsed_by(parse_duration), default=0.0, help="added to every call, e.g. 50ms")
     parser.add_argument("--jitter", type=_parsed_by(parse_duration), default=0.0, help="uniform +/- around --latency")
+    parser.add_argument("--latency-spike", dest="latency_spikes", type=_parsed_by(LatencySpike.parse), action="append",
+                        default=[], metavar="DELAY@START:DURATION",
+                        help="every publish in this window takes DELAY instead, e.g. 2s@10s:5s (repeatable)")
     parser.add_argument("--failure-rate", type=_fraction, default=0.0, help="fraction of calls failing UNAVAILABLE")
     parser.add_argument("--resource-exhausted-rate", type=_fraction, default=0.0,
                         help="fraction of calls failing RESOURCE_EXHAUSTED")
@@ -111,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="oldest node token admitted (default 15m)")
     parser.add_argument("--auth-header", dest="auth_headers", type=_parsed_by(parse_header), action="append",
                         default=[], metavar="NAME=VALUE", help="require this header on every call (repeatable)")
+    parser.add_argument("--ids-file", default=None, metavar="PATH",
+                        help="append '<event id> <arrival, unix seconds> <peer>' for each event received, "
+                             "written before the call is answered (an outside record of receipts)")
     return parser
 
 
@@ -164,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
         server = start(model, host=args.host, port=args.port,
-                       metrics_port=None if args.metrics_port < 0 else args.metrics_port, auth=auth)
+                       metrics_port=None if args.metrics_port < 0 else args.metrics_port, auth=auth,
+                       ids_file=args.ids_file)
     except OSError as exc:  # it names the port that failed
         print(f"chipmock: {exc}", file=sys.stderr)
         return 2

@@ -11,10 +11,10 @@ import random
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 UNAVAILABLE = "UNAVAILABLE"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
@@ -103,6 +103,20 @@ def parse_rate(text: str) -> float:
     return rate
 
 
+_T = TypeVar("_T")
+
+
+def _at_window(text: str, what: str, example: str, parse: Callable[[str], _T]) -> tuple[_T, Outage]:
+    """``X@START:DURATION`` read as (``parse(X)``, the window). Raises ValueError naming the form."""
+    head, sep, window = text.partition("@")
+    try:
+        if not sep:
+            raise ValueError("no @")
+        return parse(head), Outage.parse(window)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not {what}@START:DURATION (example: {example}): {exc}") from None
+
+
 @dataclass(frozen=True)
 class RejectWindow:
     """Between ``window``'s start and end (after server start), every event is answered ``code``.
@@ -120,17 +134,32 @@ class RejectWindow:
     @classmethod
     def parse(cls, text: str) -> RejectWindow:
         """``"SCHEMA_MISSING@5s:10s"``: from 5 s after start, for 10 s."""
-        code, sep, window = text.partition("@")
-        try:
-            if not sep:
-                raise ValueError("no @")
-            parsed = Outage.parse(window)
-        except ValueError as exc:
-            raise ValueError(f"{text!r} is not CODE@START:DURATION (example: SCHEMA_MISSING@5s:10s): {exc}") from None
-        return cls(code.strip(), parsed)
+        code, window = _at_window(text, "CODE", "SCHEMA_MISSING@5s:10s", str)
+        return cls(code.strip(), window)
 
     def __str__(self) -> str:
         return f"{self.code}@{self.window}"
+
+
+@dataclass(frozen=True)
+class LatencySpike:
+    """Between ``window``'s start and end (after server start), every publish takes ``delay`` instead of the latency."""
+
+    delay: float
+    window: Outage
+
+    def __post_init__(self) -> None:
+        if self.delay < 0:
+            raise ValueError(f"a latency spike's delay must not be negative, got {self.delay}")
+
+    @classmethod
+    def parse(cls, text: str) -> LatencySpike:
+        """``"2s@10s:5s"``: publishes take 2 s from 10 s after start, for 5 s."""
+        delay, window = _at_window(text, "DELAY", "2s@10s:5s", parse_duration)
+        return cls(delay, window)
+
+    def __str__(self) -> str:
+        return f"{format_duration(self.delay)}@{self.window}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +198,8 @@ class ChipModel:
 
     latency: float = 0.0
     jitter: float = 0.0
+    # Windows in which every publish takes the spike's delay instead of latency +/- jitter.
+    latency_spikes: tuple[LatencySpike, ...] = ()
     failure_rate: float = 0.0  # whole call fails with UNAVAILABLE
     resource_exhausted_rate: float = 0.0  # whole call fails with RESOURCE_EXHAUSTED
     event_failure_rate: float = 0.0  # per event: answered event_failure_code with reject_reason
@@ -310,6 +341,10 @@ def decide_call(model: ChipModel, rng: random.Random, *, elapsed: float, batch_s
     """
     delay = model.latency + (rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0)
     delay = max(0.0, delay)
+    for spike in model.latency_spikes:
+        if spike.window.covers(elapsed):
+            delay = spike.delay
+            break
     ping = decide_ping(model, elapsed=elapsed)
     if ping.status is not None:
         return ping

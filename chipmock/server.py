@@ -33,6 +33,7 @@ from chippb import chipingress_pb2_grpc as pb_grpc
 from chippb import cloudevent_pb2 as ce
 
 from .auth import TOKEN_HEADER, AuthCounts, AuthPolicy, refusal
+from .ids_log import IdsLog
 from .model import AGE_BUCKETS, ChipModel, ChipState, Counters, EventView, code_number, decide_ping
 
 _STATUS: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
@@ -69,9 +70,10 @@ def _options_kind(batch: pb.CloudEventBatch) -> str:
 
 
 class ChipIngressMock(pb_grpc.ChipIngressServicer):
-    def __init__(self, model: ChipModel, counters: Counters) -> None:
+    def __init__(self, model: ChipModel, counters: Counters, ids_log: IdsLog | None = None) -> None:
         self.model = model
         self.counters = counters
+        self.ids_log = ids_log
         self.state = ChipState(model.seed)
         self._lock = threading.Lock()  # every decision, one at a time: the state is not thread-safe
         self._started = time.monotonic()
@@ -95,8 +97,8 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
             context.abort(_STATUS[decision.status], decision.detail)
         return arrived
 
-    def _produce(self, events: list[ce.CloudEvent], arrived: float, *, transactional: bool = False
-                 ) -> pb.PublishResponse:
+    def _produce(self, events: list[ce.CloudEvent], arrived: float, context: grpc.ServicerContext, *,
+                 transactional: bool = False) -> pb.PublishResponse:
         model = self.model
         full = model.reads_contents
         views = [_view(event, full=full) for event in events]
@@ -118,17 +120,19 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
                     recorded = event.attributes["recordedtime"].ce_timestamp
                     ages.append(arrived - recorded.seconds - recorded.nanos / 1e9)
         self.counters.record_events(produced, rejected=len(events) - len(produced), ages=ages)
+        if self.ids_log is not None:
+            self.ids_log.record([event_id for event_id, _ in produced], arrived, context.peer())
         if self.model.short_response is not None:
             del response.results[self.model.short_response:]
         return response
 
     def Publish(self, request: ce.CloudEvent, context: grpc.ServicerContext) -> pb.PublishResponse:
-        return self._produce([request], self._enter_call(context, 1))
+        return self._produce([request], self._enter_call(context, 1), context)
 
     def PublishBatch(self, request: pb.CloudEventBatch, context: grpc.ServicerContext) -> pb.PublishResponse:
         self.counters.record_batch_options(_options_kind(request))
         arrived = self._enter_call(context, len(request.events), request.ByteSize())
-        return self._produce(list(request.events), arrived, transactional=request.options.transaction_enabled)
+        return self._produce(list(request.events), arrived, context, transactional=request.options.transaction_enabled)
 
     def _check_windows(self, context: grpc.ServicerContext) -> None:
         """Outage and UNAUTHENTICATED windows, as for Ping: the calls that carry no events."""
@@ -145,7 +149,7 @@ class ChipIngressMock(pb_grpc.ChipIngressServicer):
         self, request_iterator: Iterator[pb.StreamEventsRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamEventsResponse]:
         for request in request_iterator:
-            response = self._produce([request.event], self._enter_call(context, 1))
+            response = self._produce([request.event], self._enter_call(context, 1), context)
             ok = not response.results or not response.results[0].HasField("error")
             yield pb.StreamEventsResponse(eventId=request.event.id, status="success" if ok else "error")
 
@@ -270,6 +274,8 @@ class ChipMockServer:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
+        if self.servicer.ids_log is not None:
+            self.servicer.ids_log.close()
 
     def __enter__(self) -> ChipMockServer:
         return self
@@ -304,11 +310,13 @@ def start(
     tls: tuple[bytes, bytes] | None = None,
     max_workers: int = 64,
     auth: AuthPolicy | None = None,
+    ids_file: str | None = None,
 ) -> ChipMockServer:
     """Start a chipmock; ``port=0`` picks a free one (read it from ``.port``).
 
     ``credentials`` (user, password) makes it require basic auth; ``auth`` node
-    tokens and headers; ``tls`` (certificate chain PEM, private key PEM) makes it serve TLS.
+    tokens and headers; ``tls`` (certificate chain PEM, private key PEM) makes it serve TLS;
+    ``ids_file`` gets a line per produced event (see :class:`chipmock.ids_log.IdsLog`).
     """
     model = model or ChipModel()
     counters = Counters(keep_payloads=keep_payloads)
@@ -355,5 +363,7 @@ def start(
             raise OSError(f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror or exc}") from None
         running._metrics_server = metrics_server
         running.metrics_port = metrics_server.server_port
+    if ids_file:
+        servicer.ids_log = IdsLog(ids_file)
     server.start()
     return running

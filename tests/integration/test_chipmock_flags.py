@@ -229,6 +229,30 @@ def test_reject_windows_and_chosen_events_answer_per_event_codes() -> None:
     assert "3 rejected" in chip.summary
 
 
+def test_a_latency_spike_slows_publishes_only_inside_its_window() -> None:
+    with chipmock("--latency-spike", "1s@1h:1s") as chip:
+        assert chip.model == "latency_spikes=1s@3600s:1s"
+        chip.stub.PublishBatch(_batch(_event("a")), timeout=0.5)
+    with chipmock("--latency-spike", "1s@0s:1h") as chip:
+        late = _failure(lambda: chip.stub.PublishBatch(_batch(_event("a")), timeout=0.1))
+        assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert chip.stub.Ping(pb.EmptyRequest(), timeout=CALL_TIMEOUT).message == "pong"
+
+
+def test_the_ids_file_gets_each_event_taken_with_its_arrival_and_sender_before_the_answer(tmp_path) -> None:
+    """Appended, across restarts; an event answered with an error is not in it (it was not taken)."""
+    ids_file = tmp_path / "received.txt"
+    for name in ("a", "b"):
+        with chipmock("--ids-file", str(ids_file), "--reject-containing", "VALIDATION_FAILED=poison") as chip:
+            before = time.time()
+            chip.stub.PublishBatch(_batch(_event(f"{name}1"), _event(f"{name}2", b"poison")), timeout=CALL_TIMEOUT)
+            lines = ids_file.read_text().splitlines()  # already there when the call returned
+            assert lines[-1].split(" ")[0] == f"{name}1"
+            arrived, peer = float(lines[-1].split(" ")[1]), lines[-1].split(" ")[2]
+            assert before <= arrived <= time.time() and re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", peer)
+    assert [line.split(" ")[0] for line in ids_file.read_text().splitlines()] == ["a1", "b1"]
+
+
 def test_required_schemas_come_from_the_flag_and_from_register_schema_and_options_are_counted() -> None:
     with chipmock("--require-schemas", "--schema", "/preloaded/v1", "--metrics-port", "0") as chip:
         assert chip.model == "require_schemas=True schemas=/preloaded/v1" and chip.metrics_url

@@ -18,6 +18,7 @@ from chipmock.model import (
     Counters,
     EventError,
     EventView,
+    LatencySpike,
     Outage,
     RateLimiter,
     RejectContaining,
@@ -128,6 +129,25 @@ def test_unauthenticated_windows_refuse_pings_and_publishes_only_inside_them() -
     assert decide_call(model, random.Random(0), elapsed=12).status == "UNAUTHENTICATED"
     assert decide_ping(model, elapsed=16).status is None
     assert decide_ping(ChipModel(outages=(Outage(0, 5),)), elapsed=1).status == UNAVAILABLE  # Ping too
+
+
+def test_internal_windows_fail_publishes_but_not_pings_only_inside_them() -> None:
+    model = ChipModel(internal=(Outage(10, 5),))
+    rng = random.Random(0)
+    assert decide_call(model, rng, elapsed=12).status == "INTERNAL"
+    assert decide_ping(model, elapsed=12).status is None
+    assert decide_call(model, rng, elapsed=15).status is None
+
+
+def test_a_latency_spike_replaces_the_latency_inside_its_window_only() -> None:
+    model = ChipModel(latency=0.01, latency_spikes=(LatencySpike(2.0, Outage(10, 5)),))
+    rng = random.Random(0)
+    assert [decide_call(model, rng, elapsed=at).delay for at in (9.9, 10, 14.9, 15)] == [0.01, 2.0, 2.0, 0.01]
+    assert LatencySpike.parse("2s@10s:5s") == LatencySpike(2.0, Outage(10, 5))
+    assert str(LatencySpike(0.5, Outage(1, 2))) == "500ms@1s:2s"
+    for text in ("2s", "2@1s:1s", "2s@1s"):
+        with pytest.raises(ValueError, match="is not DELAY@START:DURATION"):
+            LatencySpike.parse(text)
 
 
 def test_a_refusing_chip_fails_every_publish_with_its_code_and_a_bad_code_is_refused() -> None:
@@ -380,6 +400,7 @@ def test_the_cli_maps_each_flag_to_its_keyword() -> None:
             "--event-failure-rate", "0.3", "--event-failure-code", "ENCODE_ERROR", "--outage", "1s:2s",
             "--outage", "3s:4s", "--max-batch", "7", "--unauthenticated", "5s:6s", "--refuse", "NOT_FOUND",
             "--max-request-bytes", "1000", "--reject-reason", "x\\x00y", "--rate-limit", "20/s",
+            "--latency-spike", "1s@2s:3s", "--internal", "4s:5s",
             "--rate-limit-window", "0s:1m", "--reject", "SCHEMA_MISSING@1s:2s",
             "--reject-containing", "VALIDATION_FAILED=poison",
             "--require-schemas", "--schema", "s1", "--schema", "/p/v1", "--seed", "9"]
@@ -387,8 +408,8 @@ def test_the_cli_maps_each_flag_to_its_keyword() -> None:
         latency=0.05, jitter=0.01, failure_rate=0.1, resource_exhausted_rate=0.2, event_failure_rate=0.3,
         event_failure_code="ENCODE_ERROR", outages=(Outage(1, 2), Outage(3, 4)), max_batch=7,
         unauthenticated=(Outage(5, 6),), refuse="NOT_FOUND", max_request_bytes=1000, reject_reason="x\x00y",
-        rate_limit=20, rate_limit_window=Outage(0, 60),
-        reject_windows=(RejectWindow("SCHEMA_MISSING", Outage(1, 2)),),
+        rate_limit=20, rate_limit_window=Outage(0, 60), latency_spikes=(LatencySpike(1, Outage(2, 3)),),
+        internal=(Outage(4, 5),), reject_windows=(RejectWindow("SCHEMA_MISSING", Outage(1, 2)),),
         reject_containing=(RejectContaining("VALIDATION_FAILED", "poison"),), require_schemas=True,
         schemas=("s1", "/p/v1"), seed=9)
     assert build_model(parser, parser.parse_args([])) == ChipModel()

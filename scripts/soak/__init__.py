@@ -1,0 +1,1 @@
+"""The soak: a seeded nemesis against everything real, checked from outside (``python -m scripts.soak``)."""
