@@ -129,6 +129,15 @@ def read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
         return catalog
 
 
+def _read_catalog(conn: psycopg.Connection, schema: str) -> Catalog:
+    """:func:`read_catalog` on a connection of ours: a failed read is our error, classified by its SQLSTATE
+    (a pooler's "server login has been failing", 08P01, while Postgres restarts: transient)."""
+    try:
+        return read_catalog(conn, schema)
+    except psycopg.Error as exc:
+        raise StoreUnavailable(f"Postgres: {_one_line(exc)}", sqlstate=exc.sqlstate) from exc
+
+
 def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...]:
     if not rows:
         raise StoreUnavailable("Postgres returned no row where one was certain")
@@ -146,7 +155,7 @@ def statements(found: Plan) -> list[tuple[str, str]]:
 def inspect(url: str, schema: str) -> Plan:
     """The version found and the steps to the current one (catalog reads only)."""
     with _connection(url) as conn:
-        return plan(read_catalog(conn, schema), expected_version())
+        return plan(_read_catalog(conn, schema), expected_version())
 
 
 def check(url: str, schema: str, *, auto_migrate: bool, writer: bool, lock_timeout: float = 10.0) -> Plan:
@@ -155,7 +164,7 @@ def check(url: str, schema: str, *, auto_migrate: bool, writer: bool, lock_timeo
     ``writer``: the caller inserts and deletes (emitter, drain, replay), else it only reads.
     """
     with _connection(url) as conn:
-        catalog = read_catalog(conn, schema)
+        catalog = _read_catalog(conn, schema)
     found = plan(catalog, expected_version())
     if on_start(found, auto_migrate=auto_migrate) is Start.MIGRATE:
         apply(url, schema, lock_timeout=lock_timeout)

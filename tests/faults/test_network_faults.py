@@ -141,3 +141,5 @@ async def test_a_server_that_refuses_the_role_or_database_for_good_is_said_at_on
         with pytest.raises(StoreUnavailable, match='database "no_such_database" does not exist'):
             async with open_emitter(make_config(chip, database_url=wrong)):
                 pytest.fail("started on a database that does not exist")
+
+

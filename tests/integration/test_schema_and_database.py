@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
+from actors.adapters import schema
 from actors.adapters.postgres import connect, start_embedded
+from actors.core.failures import StoreFailure
 from actors.errors import StoreUnavailable
 
 
@@ -75,3 +78,16 @@ async def test_a_released_row_waits_longer_the_more_attempts_it_had(database_url
     assert waits["fresh"] == pytest.approx(1.0, abs=0.5)
     assert waits["tired"] == pytest.approx(8.0, abs=0.5)  # 1 s x 2^3
     assert waits["exhausted"] == pytest.approx(60.0, abs=0.5)  # capped at row_retry_max
+
+
+def test_a_catalog_read_that_fails_is_a_store_error_of_its_kind_not_a_psycopg_one(database_url) -> None:
+    """A pooler's 'server login has been failing' (08P01) while Postgres restarts reaches the start's catalog
+    read as a broken exchange: it must be a StoreUnavailable of its kind, so the start waits for Postgres."""
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.pgconn.finish()  # the session is gone under the open connection, as a reset path leaves it
+    try:
+        with pytest.raises(StoreUnavailable) as raised:
+            schema._read_catalog(conn, "public")
+        assert raised.value.kind is StoreFailure.TRANSIENT
+    finally:
+        conn.close()
