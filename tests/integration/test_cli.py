@@ -34,6 +34,13 @@ async def _seed(database_url: str) -> None:
     store.close()
 
 
+def _seed_from_a_process_that_ended(database_url: str) -> None:
+    """:func:`_seed` in a child process that has exited: node-a's record names a process that is gone."""
+    seeding = "import sys, trio; from tests.integration.test_cli import _seed; trio.run(_seed, sys.argv[1])"
+    subprocess.run([sys.executable, "-c", seeding, database_url], check=True, timeout=60,
+                   cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
 async def test_status_reports_pending_leases_and_dead_letters(database_url) -> None:
     await _seed(database_url)
     done = cli(database_url, "status")
@@ -62,10 +69,10 @@ async def test_dlq_list_and_replay(database_url) -> None:
 
 
 async def test_drain_delivers_everything_pending(database_url, chip) -> None:
-    await _seed(database_url)
+    _seed_from_a_process_that_ended(database_url)
     cli(database_url, "dlq", "replay", "--all")
-    # node-a's leases have not lapsed, but node-a is not running: a drain with its
-    # own (default) instance id claims those rows at once.
+    # node-a's leases have not lapsed, but its process is gone from this host: a drain with
+    # its own (default) instance id claims those rows at once, without waiting for a grace.
     done = cli(database_url, "drain", "--timeout", "60s", CHIP_INGRESS_ENDPOINT=chip.endpoint)
     assert done.returncode == 0, done.stderr
     assert pending_ids(database_url) == set()
