@@ -30,10 +30,14 @@ RATE = "400"  # events/s offered by each host
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-def _hosts(start_workload, url: str, chip, url_b: str | None = None) -> list[Workload]:
-    """Two hosts emitting for 20 s, then flushing; each records the ids its emit() returned."""
+def _hosts(start_workload, url: str, chip, url_b: str | None = None, seconds: int = 20) -> list[Workload]:
+    """Two hosts emitting for ``seconds``, then flushing; each records the ids its emit() returned.
+
+    The fault begins about 2 s in; a host wrongly judged gone has its rows taken a grace (10 s)
+    after the other first found its lock free, so the hosts must still emit then.
+    """
     return [start_workload(to, chip.endpoint, "--rate", RATE, "--concurrency", "8", "--events", "1000000",
-                           "--duration", "20s", "--flush", "60s", name=name)
+                           "--duration", f"{seconds}s", "--flush", "60s", name=name)
             for name, to in (("host-a", url), ("host-b", url_b or url))]
 
 
@@ -91,7 +95,7 @@ async def test_a_host_back_later_than_the_other_after_a_crash_recovery_keeps_its
         await trio.sleep(3)  # the fault's length
         path_of_b.heal()
 
-    await _through(_hosts(start_workload, own_postgres.url, chip, url_b), crash_and_b_back_3_s_later, chip,
+    await _through(_hosts(start_workload, own_postgres.url, chip, url_b, seconds=15), crash_and_b_back_3_s_later, chip,
                    capsys, "a crash recovery, one host back 3 s after the other")
 
 
@@ -109,7 +113,8 @@ async def test_one_hosts_connections_reset_while_the_server_runs_on_takes_none_o
         await trio.sleep(2)  # the fault's length
         path_of_b.heal()
 
-    await _through(_hosts(start_workload, database_url, chip, url_b), b_reset_and_refused_for_2_s, chip, capsys,
+    await _through(_hosts(start_workload, database_url, chip, url_b, seconds=15), b_reset_and_refused_for_2_s, chip,
+                   capsys,
                    "one host's connections reset, refused for 2 s")
 
 

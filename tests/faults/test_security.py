@@ -67,7 +67,8 @@ async def test_dsn_and_chip_passwords_never_reach_logs_or_errors(start_chipmock,
         await emitter.emit(b"x", source="wf", type="tick")
         await emitter.flush(timeout=30)
         metrics = emitter.registry.collect()
-    unreachable = EmitterConfig(database_url="postgresql://u:db-pa55@127.0.0.1:1/x", chip_endpoint=chip.endpoint)
+    unreachable = EmitterConfig(database_url="postgresql://u:db-pa55@127.0.0.1:1/x", chip_endpoint=chip.endpoint,
+                                start_timeout=1.0)  # the start's messages while it waits, then its error
     with pytest.raises(Exception) as info:
         async with open_emitter(unreachable):
             pass

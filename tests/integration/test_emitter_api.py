@@ -86,8 +86,10 @@ def test_the_library_never_imports_its_test_double() -> None:
 
 
 async def test_unreachable_database_fails_at_start_with_one_clear_line(chip) -> None:
-    config = EmitterConfig(database_url="postgresql://u:topsecret@127.0.0.1:1/db", chip_endpoint=chip.endpoint)
-    with pytest.raises(StoreUnavailable) as info:
+    # Refused connections are waited on for start_timeout (30 s by default) before the start gives up.
+    config = EmitterConfig(database_url="postgresql://u:topsecret@127.0.0.1:1/db", chip_endpoint=chip.endpoint,
+                           start_timeout=1.0)
+    with trio.fail_after(10), pytest.raises(StoreUnavailable) as info:
         async with open_emitter(config):
             pass
     assert "127.0.0.1:1/db" in str(info.value) and "topsecret" not in str(info.value)

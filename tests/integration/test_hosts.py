@@ -67,7 +67,8 @@ def test_blocking_host_emits_from_many_threads(chip, make_config, database_url) 
 def test_blocking_host_start_failure_is_raised_in_the_caller(chip) -> None:
     from actors import EmitterConfig, StoreUnavailable
 
-    config = EmitterConfig(database_url="postgresql://u:p@127.0.0.1:1/x", chip_endpoint=chip.endpoint)
+    config = EmitterConfig(database_url="postgresql://u:p@127.0.0.1:1/x", chip_endpoint=chip.endpoint,
+                           start_timeout=1.0)  # how long refused connections are waited on
     with pytest.raises(StoreUnavailable), open_blocking_emitter(config):
         pass
 

@@ -220,8 +220,8 @@ def test_node_auth_says_it_is_ignored_when_chip_ingress_endpoint_is_set(database
 
 def test_load_twenty_workflows_every_second(database_url) -> None:
     # Upstream: 20 workflows every 1 s for 3 minutes, sampled every 15 s; inserts > 20 x 40,
-    # deletes > 0, max and final pending <= 20 x 16. Scaled: 10 s, sampled every second.
-    seconds = 10
+    # deletes > 0, max and final pending <= 20 x 16. Scaled: 6 s, sampled every second.
+    seconds = 6
     records, _, errors, code = run_local(
         ["--workflows", "20", "--interval", "1s", "--refresh", "1s"], _env(DATABASE_URL=database_url),
         until=lambda r: r[-1]["elapsed_s"] >= seconds)
