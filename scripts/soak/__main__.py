@@ -12,6 +12,13 @@ twice. The fault timeline goes to stderr as it happens; the run's folder under
 last line of stdout is the summary as one JSON object. Exit status 0 only when
 nothing was lost, dead-lettered or left, no duplicate is unexplained, every
 fault was followed by a delivery, and no host exited on its own.
+
+``--reject-rate F``: the hosts mark that fraction of their events and chipmock
+rejects those for good (VALIDATION_FAILED), so they are dead-lettered at once;
+the run then passes with exactly those dead-lettered and the library's
+dead-letter counter, summed over every host process, equal to the table's rows.
+Each process reports its counter when it stops cleanly, so it implies
+``--without host_kill``.
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from typing import Any
 
 from scripts import ROOT
 from scripts.args_and_databases import duration
-from scripts.soak.checker import Publishers, check, read_ids
+from scripts.soak.checker import Publishers, check, dead_letters, failures, read_counters, read_ids
 from scripts.soak.deployment import HOSTS, Deployment
 from scripts.soak.nemesis import Clock, Nemesis, say
 from scripts.soak.report import picture, print_timeline, summary
-from scripts.soak.schedule import DEFAULTS, chip_flags, plan
+from scripts.soak.schedule import DEFAULTS, KINDS, chip_flags, plan
 
 SAMPLE_EVERY = 5.0  # seconds between samples of RSS and table size
 PROGRESS_EVERY = 10.0
@@ -69,15 +76,17 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     run_dir.mkdir(parents=True)
     clock, stopping = Clock(), threading.Event()
     faults: list = []
-    deployment = Deployment(run_dir, args.rate, lambda: chip_flags(faults, clock.now()))
-    faults += plan(args.seed, args.seconds, HOSTS, deployment.pooled)
+    deployment = Deployment(run_dir, args.rate, lambda: chip_flags(faults, clock.now()), args.reject_rate)
+    faults += plan(args.seed, args.seconds, HOSTS, deployment.pooled, args.without)
     nemesis = Nemesis(deployment, faults, clock, stopping)
     samples: list[dict[str, Any]] = []
     say(clock, f"seed {args.seed}, {args.seconds:g}s, {len(faults)} faults planned "
                f"({', '.join(f'{k} {n}' for k, n in Counter(f.kind for f in faults).most_common())}); "
                f"pooled host: {deployment.pooled or 'none (pgbouncer not installed)'}; hosts on "
-               f"{'machines of their own' if deployment.machines else 'this machine (not root: no UTS namespace)'}; "
-               f"records in {run_dir}")
+               f"{'machines of their own' if deployment.machines else 'this machine (not root: no UTS namespace)'}"
+               f"{'; left out: ' + ','.join(sorted(args.without)) if args.without else ''}"
+               f"{f'; chipmock rejects the {args.reject_rate:g} of events marked' if args.reject_rate else ''}"
+               f"; records in {run_dir}")
     try:
         deployment.start_servers()
         clock.t0 = time.time()
@@ -111,6 +120,7 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         say(clock, "stopping the hosts (each flushes)")
         deployment.stop_hosts(deadline=60)
         final = deployment.table_figures()
+        dead_rows = deployment.dead_letter_rows()
         assert deployment.chip is not None
         deployment.chip.stop()  # its receipts file is complete
         exits = [line for host in deployment.hosts.values() for line in host.exits]
@@ -121,7 +131,11 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     receipts = read_ids(run_dir / "received.txt", clock.t0)
     publishers = Publishers({name: host.chip.upstream_ports for name, host in deployment.hosts.items()}, clock.t0)
     verdict = check(acked_ids, receipts, nemesis.timeline, float(DEFAULTS["publish_timeout"]), deployment.pooled,
-                    publishers)
+                    publishers, [event_id for event_id, _ in dead_rows])
+    hosts = deployment.hosts.values()
+    dead = dead_letters([report for host in hosts for report in read_counters(host.counters)],
+                        [pid for host in hosts for pid in host.pids], dead_rows,
+                        [event_id for host in hosts for event_id, _, _ in read_ids(host.rejected, clock.t0)])
     print_timeline(verdict)
     image = run_dir / "soak.png"
     first_receipts = {}
@@ -132,17 +146,23 @@ def soak(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     causes = Counter((dup.cause or "unexplained").split()[0] for dup in verdict.duplicates)
     result = summary(args.seconds, args.seed, nemesis.timeline, verdict, final, samples, {
         "duplicates_by_cause": dict(causes), "host_exits": len(exits), "harness_errors": len(nemesis.errors),
+        "dead_letter_counter": dead.counter, "dead_letter_rows": dead.rows,
+        "dead_letter_counter_matches": dead.counter_matches, "dead_letter_unreported": dead.unreported,
+        "reject_rate": args.reject_rate, "marked": dead.marked,
+        "marked_not_dead_lettered": len(dead.marked_not_dead_lettered), "dead_lettered_unmarked": len(dead.unmarked),
         "picture": str(image), "records": str(run_dir)})
-    ok = not (result["lost"] or result["unexplained_duplicates"] or result["dead_lettered"] or result["left"]
-              or result["wedged"] or exits or nemesis.errors)
+    failed = failures(result, args.reject_rate)
+    if failed:
+        print(f"soak: failed on {', '.join(failed)}", file=sys.stderr)
     details = {"summary": result, "t0": clock.t0,
                "pids": {name: host.pids for name, host in deployment.hosts.items()}, "timeline": [asdict(fault) for fault in nemesis.timeline],
                "resumes": [[fault.kind, fault.target, fault.start, resume] for fault, resume in verdict.resumes],
                "lost": verdict.lost, "duplicates": [asdict(dup) for dup in verdict.duplicates],
+               "marked_not_dead_lettered": dead.marked_not_dead_lettered, "dead_lettered_unmarked": dead.unmarked,
                "host_exits": exits, "harness_errors": nemesis.errors, "samples": samples,
                "plan": [asdict(fault) for fault in faults]}
     (run_dir / "summary.json").write_text(json.dumps(details, indent=1))
-    return result, ok
+    return result, not failed
 
 
 def _seconds(text: str) -> float:
@@ -151,6 +171,21 @@ def _seconds(text: str) -> float:
         return float(text)
     except ValueError:
         return duration(text)
+
+
+def _kinds(text: str) -> frozenset[str]:
+    """``host_kill,chip_kill``: fault kinds, each one the plan knows."""
+    kinds = frozenset(kind.strip() for kind in text.split(",") if kind.strip())
+    if unknown := sorted(kinds - set(KINDS)):
+        raise argparse.ArgumentTypeError(f"no fault kind {', '.join(unknown)} (the kinds: {', '.join(KINDS)})")
+    return kinds
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1)")
+    return value
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -166,7 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=duration, default=90.0,
                         help="longest wait for the backlog after the hosts stop emitting (default 90s)")
     parser.add_argument("--out", default=str(ROOT / "results"), help="where the run's folder goes (default results/)")
+    parser.add_argument("--without", type=_kinds, default=frozenset(), metavar="KIND[,KIND...]",
+                        help="fault kinds left out of the plan (the rest drawn from the same seed)")
+    parser.add_argument("--reject-rate", type=_fraction, default=0.0, metavar="F",
+                        help="fraction of events chipmock rejects for good, to be dead-lettered (implies "
+                             "--without host_kill: a killed process's dead-letter counter dies with it)")
     args = parser.parse_args(argv)
+    if args.reject_rate:
+        args.without |= {"host_kill"}
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         result, ok = soak(args)

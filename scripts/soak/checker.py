@@ -2,23 +2,26 @@
 
 It trusts none of the emitter's counters. Its inputs are records kept outside
 the library: each host's acknowledged ids (written when ``emit`` or the commit
-returned), chipmock's receipts (written before it answered) and the faults'
-timeline. lost = acknowledged and never received. A duplicate (received more
+returned), chipmock's receipts (written before it answered), the dead-letter
+table and the faults' timeline. lost = acknowledged and neither received nor
+dead-lettered. A duplicate (received more
 than once) is explained only where design promise 6 allows one: a process died,
 or a path to Chip was cut, while the event was in flight. Its first receipt must
 then fall in that fault's in-flight window and, for a host killed or cut off,
 have come from that host (chipmock logs which connection sent it; each host's
 proxy to Chip, which of its connections are the host's). Every other duplicate
-is unexplained.
+is unexplained. The library's dead-letter counter is only checked against the
+table (:func:`dead_letters`), never believed.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scripts.soak.nemesis import Happened
 from scripts.soak.schedule import GLOBAL
@@ -45,6 +48,20 @@ def read_ids(path: Path, t0: float) -> list[tuple[str, float, int | None]]:
         try:
             port = int(fields[2].rpartition(":")[2]) if len(fields) > 2 else None
             found.append((fields[0], float(fields[1]) - t0, port))
+        except ValueError:
+            continue
+    return found
+
+
+def read_counters(path: Path) -> list[tuple[int, int]]:
+    """A host's ``<pid> <dead-lettered>`` lines, one per clean stop (a line cut short is skipped)."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().split("\n")[:-1]:
+        try:
+            pid, count = line.split(" ")
+            found.append((int(pid), int(count)))
         except ValueError:
             continue
     return found
@@ -179,14 +196,15 @@ def resumes(timeline: Sequence[Happened], receipts: Mapping[str | None, list[flo
 
 
 def check(acked: Mapping[str, list[tuple[str, float, int | None]]], received: list[tuple[str, float, int | None]],
-          timeline: Sequence[Happened], publish_timeout: float, pooled: str | None, publishers: Publishers
-          ) -> Verdict:
-    """``acked``: each host's (id, time, _); ``received``: chipmock's (id, time, peer port), in any order."""
+          timeline: Sequence[Happened], publish_timeout: float, pooled: str | None, publishers: Publishers,
+          dead_lettered: Collection[str] = ()) -> Verdict:
+    """``acked``: each host's (id, time, _); ``received``: chipmock's (id, time, peer port), in any order;
+    ``dead_lettered``: the ids in the dead-letter table (not lost: what they count for is the caller's)."""
     by_id: defaultdict[str, list[tuple[float, int | None]]] = defaultdict(list)
     for event_id, at, port in received:
         by_id[event_id].append((at, port))
     owner = {event_id: host for host, ids in acked.items() for event_id, _, _ in ids}
-    lost = sorted(set(owner) - set(by_id))
+    lost = sorted(set(owner) - set(by_id) - set(dead_lettered))
     windows = in_flight_windows(timeline, publish_timeout, pooled)
     duplicates = []
     for event_id, receipts in by_id.items():
@@ -204,3 +222,52 @@ def check(acked: Mapping[str, list[tuple[str, float, int | None]]], received: li
         times.sort()
     return Verdict(len(owner), len(by_id), lost, sorted(duplicates, key=lambda d: d.first),
                    resumes(timeline, scoped, pooled))
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    """The library's dead-letter counter, summed over the host processes, against the dead-letter table."""
+
+    counter: int  # summed over the processes that reported it
+    unreported: int  # processes that ran and never reported (killed: their counter died with them)
+    rows: int
+    marked: int  # events the hosts marked for chipmock to reject
+    marked_not_dead_lettered: list[str]
+    unmarked: list[str]  # rows whose event carried no mark: dead-lettered for something else
+
+    @property
+    def counter_matches(self) -> bool | None:
+        """Whether the counter equals the table; None when a process's counter is missing."""
+        return None if self.unreported else self.counter == self.rows
+
+
+def dead_letters(reports: Iterable[tuple[int, int]], pids: Iterable[int], rows: Sequence[tuple[str, bool]],
+                 marked: Collection[str]) -> DeadLetters:
+    """``reports``: (pid, counter) of each clean stop; ``pids``: every host process that ran; ``rows``: the
+    table's (id, whether its bytes carry the mark); ``marked``: the ids the hosts marked."""
+    reports = list(reports)
+    unreported = Counter(pids) - Counter(pid for pid, _ in reports)
+    in_table = {event_id for event_id, _ in rows}
+    return DeadLetters(sum(count for _, count in reports), sum(unreported.values()), len(rows), len(set(marked)),
+                       sorted(set(marked) - in_table), sorted(event_id for event_id, mark in rows if not mark))
+
+
+def failures(result: Mapping[str, Any], reject_rate: float) -> list[str]:
+    """What fails a run, by its summary's keys: empty when it passed.
+
+    Nothing lost, left, wedged or sent twice without a cause, no host exit and no
+    fault the harness could not carry out; and no dead letter, unless chipmock was
+    told to reject some (``reject_rate``): then exactly those, with the counter
+    summed over every host process equal to the table's rows. A counter that
+    disagrees with the table fails any run.
+    """
+    bad = [key for key in ("lost", "unexplained_duplicates", "left", "wedged", "host_exits", "harness_errors")
+           if result[key]]
+    if reject_rate:
+        bad += [key for key in ("marked_not_dead_lettered", "dead_lettered_unmarked") if result[key]]
+        if result["dead_letter_counter_matches"] is not True:
+            bad.append("dead_letter_counter_matches")
+    else:
+        bad += ["dead_lettered"] if result["dead_lettered"] else []
+        bad += ["dead_letter_counter_matches"] if result["dead_letter_counter_matches"] is False else []
+    return bad

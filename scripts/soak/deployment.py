@@ -30,6 +30,7 @@ from scripts.load.chip import ChipProcess
 from scripts.pgbouncer import PgBouncer, pgbouncer_binary
 from scripts.proxy import TcpProxy
 from scripts.replication import Node, Tools, add_standby, bin_dir, build_pair
+from scripts.soak.host import REJECT_MARK
 
 DATABASE = "soak"
 HOSTS = ("emit", "emit_many", "outbox", "asyncio")  # each name is also the host's mode
@@ -45,6 +46,8 @@ RESTART_GAP = 2.0  # seconds between starts of a host that keeps exiting on its 
 class Host:
     name: str
     acked: Path
+    rejected: Path  # the acknowledged ids that carry the reject mark
+    counters: Path  # each clean stop's dead-letter counter
     log: Path
     postgres: list[TcpProxy]
     chip: TcpProxy
@@ -58,8 +61,9 @@ class Host:
 class Deployment:
     """Start with :meth:`start`, fault through the methods below, end with :meth:`stop` (whatever happened)."""
 
-    def __init__(self, run_dir: Path, rate: float, chip_flags: Callable[[], list[str]]) -> None:
-        self.run_dir, self.rate, self.chip_flags = run_dir, rate, chip_flags
+    def __init__(self, run_dir: Path, rate: float, chip_flags: Callable[[], list[str]], reject_rate: float = 0.0
+                 ) -> None:
+        self.run_dir, self.rate, self.chip_flags, self.reject_rate = run_dir, rate, chip_flags, reject_rate
         self.emit_until = 0.0  # unix time the hosts stop emitting at
         self.pooled = POOLED if pgbouncer_binary() else None
         # Each host on a machine of its own: a host name of its own (a UTS namespace; root may make one). Else
@@ -108,7 +112,8 @@ class Deployment:
                        "?target_session_attrs=read-write")
                 env = {}
             env = {**os.environ, "DATABASE_URL": dsn, "CHIP_INGRESS_ENDPOINT": chip.endpoint, **env}
-            self.hosts[name] = Host(name, self.run_dir / f"acked-{name}.txt", self.run_dir / f"host-{name}.log",
+            self.hosts[name] = Host(name, self.run_dir / f"acked-{name}.txt", self.run_dir / f"rejected-{name}.txt",
+                                    self.run_dir / f"counters-{name}.txt", self.run_dir / f"host-{name}.log",
                                     postgres, chip, env)
 
     def start_hosts(self) -> None:
@@ -167,7 +172,9 @@ class Deployment:
         with self.host_lock, open(host.log, "ab") as log:
             host.proc = subprocess.Popen(
                 [*machine, sys.executable, "-m", "scripts.soak.host", name, "--acked", str(host.acked), "--rate",
-                 f"{self.rate:g}", "--tasks", str(TASKS), "--until", f"{self.emit_until:.3f}"],
+                 f"{self.rate:g}", "--tasks", str(TASKS), "--until", f"{self.emit_until:.3f}",
+                 "--reject-rate", f"{self.reject_rate:g}", "--rejected", str(host.rejected),
+                 "--counters", str(host.counters)],
                 cwd=ROOT, env=host.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             host.pids.append(host.proc.pid)
             host.started = time.monotonic()
@@ -298,12 +305,20 @@ class Deployment:
         return dict(zip(("left", "dead_lettered", "table_bytes", "index_bytes", "dead_tuples", "vacuums",
                          "oldest_xmin_age"), row, strict=True))
 
+    def dead_letter_rows(self) -> list[tuple[str, bool]]:
+        """On the primary: each dead-letter row's id, and whether its bytes carry the reject mark."""
+        assert self.primary is not None
+        return [(event_id, marked) for event_id, marked in self.primary.query(
+            f"SELECT id, position('{REJECT_MARK}'::bytea IN payload) > 0 FROM chip_durable_events_dead_letter")]
+
     # -- chipmock -----------------------------------------------------------------------------------
 
     def start_chip(self) -> str:
         """chipmock with the windows still ahead as flags; ``chip_lag``: how late its clock starts on the plan's."""
         before = time.time()
         flags = self.chip_flags()  # relative to now on the run's clock
+        if self.reject_rate:
+            flags += ["--reject-containing", f"VALIDATION_FAILED={REJECT_MARK}"]
         self.chip = ChipProcess("--ids-file", str(self.run_dir / "received.txt"), *flags)
         self.chip_lag = time.time() - before
         for host in self.hosts.values():

@@ -7,9 +7,12 @@ delivers) or ``asyncio`` (``open_asyncio_emitter`` on an asyncio loop).
 
 Each id goes to ``--acked`` with the time its ``emit`` (or the commit) returned,
 one write per call, so the file of a SIGKILLed host lists exactly what it was
-told was durable. Emits until ``--until`` (unix time), then only delivers;
-SIGTERM: stops emitting, flushes, exits. Configuration comes from the
-environment, as for any host.
+told was durable. With ``--reject-rate F``, that fraction of its events carry
+:data:`REJECT_MARK` in their bytes (chipmock is told to reject those for good),
+and their ids go to ``--rejected`` first. Emits until ``--until`` (unix time),
+then only delivers; SIGTERM: stops emitting, flushes, appends ``<pid> <the
+emitter's statistics().dead_lettered>`` to ``--counters`` and exits. Configuration
+comes from the environment, as for any host.
 """
 
 from __future__ import annotations
@@ -43,18 +46,52 @@ MODES = ("emit", "emit_many", "outbox", "asyncio")
 BATCH = 10  # events per emit_many call, and per outbox transaction
 FLUSH_TIMEOUT = 20.0
 BODY = b"soak " + b"x" * 250
+REJECT_MARK = "soak-reject-me"  # chipmock rejects (VALIDATION_FAILED) every event whose bytes contain it
+REJECT_BODY = f"soak {REJECT_MARK} ".encode() + b"x" * 235
 OUTBOX_DEADLINE = 30.0  # an outbox transaction stuck longer has its socket shut (the host's own deadline)
 
 
+def _append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
 class Acked:
-    """The acknowledged-ids file: ``<id> <unix time>`` a line, one ``write`` per call."""
+    """The acknowledged-ids file, ``<id> <unix time>`` a line, and the same of the marked ones in ``rejected``.
 
-    def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    One ``write`` per call to each; the marked ids first, so an id acknowledged is
+    never missing from ``rejected`` (a kill in between leaves one there that was
+    committed, not yet acknowledged: it is dead-lettered all the same).
+    """
 
-    def record(self, event_ids: list[str]) -> None:
+    def __init__(self, path: str, rejected: str) -> None:
+        self._fd, self._rejected = _append(path), _append(rejected)
+
+    def record(self, event_ids: list[str], bodies: list[bytes]) -> None:
         stamp = f" {time.time():.6f}\n"
+        marked = [event_id for event_id, body in zip(event_ids, bodies, strict=True) if body == REJECT_BODY]
+        if marked:
+            os.write(self._rejected, "".join(event_id + stamp for event_id in marked).encode())
         os.write(self._fd, "".join(event_id + stamp for event_id in event_ids).encode())
+
+
+class Marks:
+    """Which bodies carry the reject mark: the events whose count crosses the next multiple of ``1 / rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.count = rate, 0
+
+    def bodies(self, count: int) -> list[bytes]:
+        found = []
+        for _ in range(count):
+            self.count += 1
+            found.append(REJECT_BODY if int(self.count * self.rate) > int((self.count - 1) * self.rate) else BODY)
+        return found
+
+
+def _report(args: argparse.Namespace, dead_lettered: int) -> None:
+    """The library's own counter of this process, for the checker to sum against the dead-letter table."""
+    with open(args.counters, "a") as file:
+        file.write(f"{os.getpid()} {dead_lettered}\n")
 
 
 class Failures:
@@ -88,7 +125,7 @@ def _ready(mode: str, config: EmitterConfig) -> None:
 
 async def _trio_host(args: argparse.Namespace) -> None:
     config = EmitterConfig.from_env()
-    acked, failures = Acked(args.acked), Failures()
+    acked, failures, marks = Acked(args.acked, args.rejected), Failures(), Marks(args.reject_rate)
     calls_per_task = args.rate / args.tasks / (BATCH if args.mode == "emit_many" else 1)
     async with open_emitter(config) as emitter:
         _ready(args.mode, config)
@@ -97,15 +134,16 @@ async def _trio_host(args: argparse.Namespace) -> None:
             pacer = Pacer(calls_per_task, trio.current_time() + index / args.rate)
             while time.time() < args.until:
                 await trio.sleep_until(pacer.due(trio.current_time()))
+                bodies = marks.bodies(1 if args.mode == "emit" else BATCH)
                 try:
                     if args.mode == "emit":
-                        ids = [await emitter.emit(BODY, source="soak", type="emit")]
+                        ids = [await emitter.emit(bodies[0], source="soak", type="emit")]
                     else:
-                        ids = await emitter.emit_many([BODY] * BATCH, source="soak", type="emit_many")
+                        ids = await emitter.emit_many(bodies, source="soak", type="emit_many")
                 except EmitterError as exc:
                     failures.note(exc)
                     continue
-                acked.record(ids)
+                acked.record(ids, bodies)
 
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
@@ -118,11 +156,12 @@ async def _trio_host(args: argparse.Namespace) -> None:
             await emitter.flush(timeout=FLUSH_TIMEOUT)
         except EmitterError as exc:
             failures.note(exc)
+        _report(args, emitter.statistics().dead_lettered)
 
 
 async def _asyncio_host(args: argparse.Namespace) -> None:
     config = EmitterConfig.from_env()
-    acked, failures = Acked(args.acked), Failures()
+    acked, failures, marks = Acked(args.acked, args.rejected), Failures(), Marks(args.reject_rate)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -134,12 +173,13 @@ async def _asyncio_host(args: argparse.Namespace) -> None:
             pacer = Pacer(args.rate / args.tasks, loop.time() + index / args.rate)
             while time.time() < args.until:
                 await asyncio.sleep(max(0.0, pacer.due(loop.time()) - loop.time()))
+                bodies = marks.bodies(1)
                 try:
-                    event_id = await emitter.emit(BODY, source="soak", type="asyncio")
+                    event_id = await emitter.emit(bodies[0], source="soak", type="asyncio")
                 except EmitterError as exc:
                     failures.note(exc)
                     continue
-                acked.record([event_id])
+                acked.record([event_id], bodies)
 
         tasks = [asyncio.create_task(emit_loop(index)) for index in range(args.tasks)]
         await stop.wait()
@@ -150,6 +190,7 @@ async def _asyncio_host(args: argparse.Namespace) -> None:
             await emitter.flush(timeout=FLUSH_TIMEOUT)
         except EmitterError as exc:
             failures.note(exc)
+        _report(args, emitter.statistics().dead_lettered)
 
 
 @contextmanager
@@ -173,7 +214,7 @@ def _deadline(conn: psycopg.Connection[Any], seconds: float) -> Iterator[None]:
 def _outbox_host(args: argparse.Namespace) -> None:
     config = EmitterConfig.from_env()
     assert config.database_url is not None
-    acked, failures = Acked(args.acked), Failures()
+    acked, failures, marks = Acked(args.acked, args.rejected), Failures(), Marks(args.reject_rate)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -184,24 +225,26 @@ def _outbox_host(args: argparse.Namespace) -> None:
         while not stop.wait(max(0.0, pacer.due(time.monotonic()) - time.monotonic())):
             if time.time() >= args.until:
                 continue
+            bodies = marks.bodies(BATCH)
             try:
                 conn = conn or psycopg.connect(config.database_url, autocommit=True, connect_timeout=5)
                 with _deadline(conn, OUTBOX_DEADLINE), conn.transaction():
                     conn.execute("INSERT INTO soak_orders (note) VALUES ('outbox')")
-                    ids = outbox.emit_many(conn, [BODY] * BATCH, source="soak", type="outbox")
+                    ids = outbox.emit_many(conn, bodies, source="soak", type="outbox")
             except (psycopg.Error, EmitterError) as exc:
                 failures.note(exc)
                 if conn is not None:
                     conn.close()
                 conn = None
                 continue
-            acked.record(ids)
+            acked.record(ids, bodies)
         if conn is not None:
             conn.close()
         try:
             emitter.flush(timeout=FLUSH_TIMEOUT)
         except EmitterError as exc:
             failures.note(exc)
+        _report(args, emitter.statistics().dead_lettered)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=150.0, help="events/s (default 150)")
     parser.add_argument("--tasks", type=int, default=4, help="concurrent emit loops (emit, emit_many, asyncio)")
     parser.add_argument("--until", type=float, required=True, help="unix time to stop emitting at")
+    parser.add_argument("--reject-rate", type=float, default=0.0, help="fraction of events marked for rejection")
+    parser.add_argument("--rejected", required=True, help="file of the marked ids (appended)")
+    parser.add_argument("--counters", required=True, help="file of each clean stop's dead-letter counter (appended)")
     args = parser.parse_args(argv)
     configure_logging("json")
     if args.mode == "outbox":

@@ -11,7 +11,7 @@ is for the backlog to drain.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 
 from actors.config import EmitterConfig
@@ -88,12 +88,14 @@ def _duration(rng: random.Random, kind: str) -> tuple[float, float]:
     return rng.uniform(1.0, 8.0), 0.0  # cuts and the other chip windows
 
 
-def plan(seed: int, seconds: float, hosts: Sequence[str], pooled: str | None) -> list[Fault]:
+def plan(seed: int, seconds: float, hosts: Sequence[str], pooled: str | None,
+         without: Collection[str] = ()) -> list[Fault]:
     """The faults of a run of ``seconds`` against ``hosts`` (``pooled``: the one behind PgBouncer, if any).
 
     A killed pooled host's rows wait for their lease (no session liveness), so it
     is killed only where that lease lapses before the hosts stop emitting. At
-    most one rate-limit window per chipmock process (its flag takes one).
+    most one rate-limit window per chipmock process (its flag takes one). The
+    kinds in ``without`` are never drawn (the others are, from the same seed).
     """
     rng = random.Random(seed)
     until = seconds * FAULTS_UNTIL
@@ -104,7 +106,7 @@ def plan(seed: int, seconds: float, hosts: Sequence[str], pooled: str | None) ->
     while at < until:
         for _ in range(2 if rng.random() < TWO_AT_ONCE else 1):
             for _attempt in range(5):  # a draw on a busy resource is drawn again
-                fault = _draw(rng, at, until, seconds, hosts, pooled, busy, rate_limited)
+                fault = _draw(rng, at, until, seconds, hosts, pooled, busy, rate_limited, without)
                 if fault is not None:
                     break
             else:
@@ -120,9 +122,11 @@ def plan(seed: int, seconds: float, hosts: Sequence[str], pooled: str | None) ->
 
 
 def _draw(rng: random.Random, at: float, until: float, seconds: float, hosts: Sequence[str], pooled: str | None,
-          busy: dict[str, float], rate_limited: bool) -> Fault | None:
-    kinds = [kind for kind in KINDS if not (kind == "pooler_restart" and pooled is None)
+          busy: dict[str, float], rate_limited: bool, without: Collection[str]) -> Fault | None:
+    kinds = [kind for kind in KINDS if kind not in without and not (kind == "pooler_restart" and pooled is None)
              and not (kind == "chip_rate_limit" and rate_limited)]
+    if not kinds:
+        return None
     kind = rng.choices(kinds, weights=[KINDS[kind][0] for kind in kinds])[0]
     target = rng.choice(list(hosts)) if KINDS[kind][1] == "host" else KINDS[kind][1]
     duration, value = _duration(rng, kind)

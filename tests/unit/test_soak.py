@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from scripts.soak.checker import Publishers, check, read_ids, resumes
+from scripts.soak.checker import Publishers, check, dead_letters, failures, read_ids, resumes
+from scripts.soak.host import BODY, REJECT_BODY, REJECT_MARK, Marks
 from scripts.soak.nemesis import Happened
 from scripts.soak.schedule import CHIP_WINDOWS, FAULTS_UNTIL, KINDS, LEASE, chip_flags, plan
 
@@ -118,3 +121,51 @@ def test_a_host_killed_while_postgres_was_away_from_it_may_send_again_what_chip_
                 (_id(2), 41.0, 2), (_id(2), 60.0, 3)]   # during outbox's cut, but that ended 10 s before its kill
     causes = {dup.event_id: dup.cause for dup in check({}, received, timeline, 5.0, None, publishers).duplicates}
     assert causes == {_id(1): "host_kill emit at 31.0s", _id(2): None}
+
+
+def test_without_leaves_a_kind_out_and_draws_the_others() -> None:
+    faults = [fault for seed in range(5) for fault in plan(seed, 600, HOSTS, "emit_many", {"host_kill"})]
+    assert {fault.kind for fault in faults} == set(KINDS) - {"host_kill"}
+    assert plan(3, 300, HOSTS, "emit_many", set(KINDS)) == []
+
+
+def test_marks_hit_one_event_in_every_hundred_at_one_percent_and_none_at_zero() -> None:
+    marks = Marks(0.01)
+    bodies = [body for _ in range(100) for body in marks.bodies(10)]
+    assert bodies.count(REJECT_BODY) == 10 and bodies.count(BODY) == 990
+    assert REJECT_MARK.encode() in REJECT_BODY and REJECT_MARK.encode() not in BODY
+    assert Marks(0.0).bodies(1000) == [BODY] * 1000
+
+
+def test_the_dead_letter_counter_is_checked_against_the_table_and_a_killed_process_leaves_it_unknown() -> None:
+    rows = [("a", True), ("b", True), ("x", False)]
+    found = dead_letters([(10, 2), (11, 1)], [10, 11], rows, ["a", "b", "c"])
+    assert (found.counter, found.rows, found.counter_matches) == (3, 3, True)
+    assert found.marked_not_dead_lettered == ["c"] and found.unmarked == ["x"]
+    assert dead_letters([(10, 2)], [10, 11], rows, []).counter_matches is None  # 11 never reported
+    assert dead_letters([(10, 2), (11, 0)], [10, 11], rows, []).counter_matches is False
+
+
+def test_a_run_fails_on_any_dead_letter_unless_rejections_were_asked_for_and_then_on_a_counter_off_the_table() -> None:
+    clean = {"lost": 0, "unexplained_duplicates": 0, "left": 0, "wedged": 0, "host_exits": 0, "harness_errors": 0,
+             "dead_lettered": 0, "dead_letter_counter_matches": True, "marked_not_dead_lettered": 0,
+             "dead_lettered_unmarked": 0}
+    assert failures(clean, 0.0) == []
+    assert failures({**clean, "dead_lettered": 5}, 0.0) == ["dead_lettered"]
+    assert failures({**clean, "dead_lettered": 5}, 0.01) == []
+    assert failures({**clean, "dead_lettered": 5, "dead_letter_counter_matches": None}, 0.01) == [
+        "dead_letter_counter_matches"]
+    assert failures({**clean, "dead_lettered": 5, "marked_not_dead_lettered": 1}, 0.01) == ["marked_not_dead_lettered"]
+    assert failures({**clean, "lost": 1, "dead_letter_counter_matches": False}, 0.0) == [
+        "lost", "dead_letter_counter_matches"]
+
+
+def test_the_command_line_refuses_an_unknown_kind_and_a_rate_outside_a_fraction() -> None:
+    from scripts.soak.__main__ import _fraction, _kinds
+
+    assert _kinds("host_kill, chip_kill") == {"host_kill", "chip_kill"}
+    with pytest.raises(argparse.ArgumentTypeError, match="no fault kind nope"):
+        _kinds("host_kill,nope")
+    assert _fraction("0.01") == 0.01
+    with pytest.raises(argparse.ArgumentTypeError, match="not a fraction"):
+        _fraction("1.5")
