@@ -1,7 +1,7 @@
 """The persister -> dispatcher hand-off: a memory channel bounded by events and by payload bytes.
 
 Room is taken before a group's commit, so the persister knows whether to write
-the group "spilled" (claimable at once, left to the table) or to hand it over
+the group "spilled" (left to the table, claimable after a short hold) or to hand it over
 in memory, and is given back the moment the dispatcher takes the group off the
 channel. Only this module counts: a reservation that is not sent gives its
 room back when its ``with`` block ends, however it ends, so no actor can die
@@ -112,7 +112,7 @@ class HandOffReceiver:
 
     def give_no_room(self, closed: bool) -> None:
         """While ``closed``, the persister gets no room: what it commits is written spilled, claimable
-        as soon as delivery resumes, instead of waiting in memory past its lease's margin (it would
+        (after its short hold) as soon as delivery resumes, instead of waiting in memory past its lease's margin (it would
         then come back from the table only as each lease lapsed)."""
         self._budget.closed = closed
 

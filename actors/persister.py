@@ -5,16 +5,21 @@ of them (up to about ``persist_batch_size`` events; with several writers free,
 each takes its share), so batches grow exactly as fast as Postgres is slow. Each caller is resolved after its commit; a failed commit
 fails exactly the emits in it. Committed events go on to the dispatcher in
 memory when its buffer has room, else they are written "spilled" (claimable
-at once) and the dispatcher reads them back from the table.
+after :data:`SPILL_HOLD`) and the dispatcher reads them back from the table.
 
 Every answer is definite while Postgres can be asked. An error Postgres
 answered rolled the group back, and a connection that could not be opened
 sent nothing: StoreUnavailable, not written. When the answer is lost after
 the insert was sent, the writer asks again on a fresh connection for up to
 ``commit_timeout`` by writing the same rows again, keeping those that exist:
-then the group is committed like any other. Only if that gets no answer do
-the callers get CommitOutcomeUnknown. The asking is inline: this writer
-takes no new group meanwhile (others do), for at most that bound.
+then the group is committed like any other. It writes again only while the
+rows the lost commit may have written are still held by this instance (half
+their lease, or of SPILL_HOLD): past that another instance may have delivered
+and deleted them, and writing them again would publish them twice, so it
+only looks, and finds them (committed) or not (CommitOutcomeUnknown). The
+callers get CommitOutcomeUnknown too if Postgres does not answer. The asking
+is inline: this writer takes no new group meanwhile (others do), for at most
+that bound.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ class Wiring:
     config: EmitterConfig
     inbox: trio.MemoryReceiveChannel[EmitRequest]
     outbox: HandOffSender  # to the dispatcher, within the memory budget
-    doorbell: trio.MemorySendChannel[None]  # tells the dispatcher spilled rows wait in the table
     writers: list[Store]  # one connection each, committing in parallel
     state: PersisterState
 
@@ -97,6 +101,12 @@ class _Lost(Exception):
     """The group's commit was sent, its answer lost, and Postgres could not be asked in time (the message says why)."""
 
 
+# Seconds a spilled group stays with its writer before anyone may claim it: a lost
+# commit's rows can be written again (safely) within half of it. It delays only
+# spilled rows, which wait for room or for delivery anyway.
+SPILL_HOLD = 2.0
+
+
 class _Writer:
     """One writer's commits on its own connection, each answered for certain when Postgres can be asked.
 
@@ -121,8 +131,10 @@ class _Writer:
         within ``commit_timeout``, a FATAL error) it asks, see :meth:`confirm`.
         """
         config, store = self.config, self.store
-        rows: dict[str, Any] = {"owner": config.instance_id, "lease": config.lease_duration, "spilled": spilled}
+        rows: dict[str, Any] = {"owner": config.instance_id, "lease": config.lease_duration, "spilled": spilled,
+                                "spill_hold": SPILL_HOLD}
         answered, self.answered, self.sent = self.answered, False, False
+        held_until = trio.current_time() + (SPILL_HOLD if spilled else config.lease_duration) / 2
         try:
             with trio.move_on_after(config.commit_timeout):
                 if not answered:
@@ -139,23 +151,34 @@ class _Writer:
             if not self.sent or rolled_back(exc):
                 raise
             lost = exc
-        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), len(ids), lost)
+        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), partial(store.count_events, ids),
+                           held_until, len(ids), lost)
 
-    async def confirm(self, write_again: Callable[[], Awaitable[int]], events: int, lost: StoreUnavailable) -> None:
+    async def confirm(self, write_again: Callable[[], Awaitable[int]], count: Callable[[], Awaitable[int]],
+                      held_until: float, events: int, lost: StoreUnavailable) -> None:
         """Ask whether the lost commit happened, until ``commit_timeout`` passes; return once the group is committed.
 
-        ``write_again`` keeps the rows the lost commit wrote and writes the
-        others, under the same ids: once it answers, the group is committed,
-        whatever happened in which order (``queries.CONFIRM_EVENTS`` says
-        why a lookup could not tell). Each try opens a fresh connection (the
-        store dropped the one whose answer was lost). A connection attempt
-        under way when the time is up ends by its own connect_timeout (5 s).
+        Until ``held_until``, ``write_again`` keeps the rows the lost commit
+        wrote and writes the others, under the same ids: once it answers, the
+        group is committed, whatever happened in which order
+        (``queries.CONFIRM_EVENTS`` says why a lookup could not tell). Later,
+        rows missing may have been delivered and deleted already: ``count``
+        only looks, and none found raises :class:`_Lost`. Each try opens a fresh
+        connection (the store dropped the one whose answer was lost). A
+        connection attempt under way when the time is up ends by its own
+        connect_timeout (5 s).
         """
         attempt, last = 0, lost
         with trio.move_on_after(self.config.commit_timeout):
             while True:
                 try:
-                    written = await write_again()
+                    written = 0
+                    with trio.move_on_at(held_until) as writing:
+                        written = await write_again()
+                    if writing.cancelled_caught and not await count():
+                        raise _Lost(f"the commit was sent and its answer lost ({lost}); its rows are not in the "
+                                    f"table: never written, or delivered and deleted by another instance since. "
+                                    f"Not written again, which could publish them twice")
                 except StoreUnavailable as exc:
                     last = exc
                     if exc.kind is not StoreFailure.TRANSIENT:
@@ -233,11 +256,7 @@ async def _write(wiring: Wiring, store: Store, idle: _Idle) -> None:
                 room.send(Outgoing(ids, payloads, publish_deadline(sent_at, config.lease_duration,
                                                                    config.publish_timeout)))
             else:
-                state.spilled += len(ids)
-                try:
-                    wiring.doorbell.send_nowait(None)
-                except trio.WouldBlock:
-                    pass  # already rung
+                state.spilled += len(ids)  # the dispatcher's scans find them once SPILL_HOLD passed
 
 
 async def run(wiring: Wiring, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -7,7 +7,6 @@
     └── persister   emit requests -> group commit                 (transient)
 
     Emitter.emit ─intake─▶ persister ─groups─▶ dispatcher ─outcomes─▶ acker
-                                      └─doorbell (spilled rows wait in the table)─┘
     outbox.emit, in a host's transaction ─NOTIFY at its commit─▶ the dispatcher's listener rings the doorbell
 
 Children start downstream first, so each has a reader before it is fed, and
@@ -235,8 +234,7 @@ async def open_emitter(config: EmitterConfig | None = None, *,
                 lambda: sampled.liveness_held)),
                 shutdown=grace, on_exit=outcomes_send.close))
             await tree.start(ChildSpec("persister", partial(persister.run, persister.Wiring(
-                config, intake, groups_send, doorbell_send,
-                [store() for _ in range(config.persist_writers)], persisted)),
+                config, intake, groups_send, [store() for _ in range(config.persist_writers)], persisted)),
                 shutdown=grace, stop=intake_send.close, on_exit=groups_send.close))
 
             emitter = Emitter(config, intake=intake_send, admission=admission, buffer=groups.statistics, emits=emits,

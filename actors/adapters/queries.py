@@ -25,15 +25,16 @@ from .hot import HotStatement
 
 # One statement, binary parameters: one round trip, little client CPU, and the
 # lease measured on the database's clock like every comparison made with it.
-# Spilled rows are claimable at once, in their turn: they are free as they are
-# written, so claims (oldest first) take them after rows that became claimable
-# earlier (released or spilled before them), never ahead of all of them.
+# The writer holds its rows for $4 seconds: a lease for a group its dispatcher
+# publishes from memory, a short hold for a spilled one (persister.SPILL_HOLD).
+# Then they are claimable in their turn: claims (oldest first) take them after
+# rows that became claimable earlier, never ahead of all of them.
 INSERT_EVENTS = HotStatement(b"durable_emitter_insert", b"""
 INSERT INTO chip_durable_events (id, payload, lease_owner, emitted_by, lease_expires_at, available_at)
 SELECT id, payload, $3, $3, lease, lease
 FROM unnest($1::text[], $2::bytea[]) AS t(id, payload),
-     LATERAL (SELECT CASE WHEN $5 THEN now() ELSE now() + make_interval(secs => $4) END AS lease) l
-""", (1009, 1001, 25, 701, 16))  # ids text[], payloads bytea[], owner text, lease seconds float8, spilled bool
+     LATERAL (SELECT now() + make_interval(secs => $4) AS lease) l
+""", (1009, 1001, 25, 701))  # ids text[], payloads bytea[], owner text, seconds held float8
 
 
 def _claim(rows: str, *, before: str = "", returning: str = "", also: str = "") -> str:
@@ -360,5 +361,10 @@ DATABASE_NOW = "SELECT clock_timestamp()"
 # a retry would then write a second event under a new id. What remains is at least once
 # under the same id: a spilled row already delivered and deleted, or an old session
 # committing after these rows were, are delivered twice. Returns the rows it wrote.
+# The persister writes again only while the lost commit's rows would still be held
+# by it (nobody can have delivered and deleted them yet); later it only looks.
 CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm", INSERT_EVENTS.sql + b"ON CONFLICT (id) DO NOTHING\n",
                               INSERT_EVENTS.types)
+
+# How many of these ids have a row: a lost commit's rows are all there or none (one statement).
+COUNT_EVENTS = "SELECT count(*) FROM chip_durable_events WHERE id = ANY(%(ids)s)"

@@ -34,6 +34,7 @@ from .queries import (
     CLAIM_ORPHANS,
     CLAIM_OWN_EVENTS,
     CONFIRM_EVENTS,
+    COUNT_EVENTS,
     DATABASE_NOW,
     DEAD_LETTER_EVENTS,
     DELETE_EVENTS,
@@ -64,10 +65,10 @@ class StoredEvent:
 
 
 def _insert_parameters(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                       spilled: bool) -> list[bytes]:
+                       spilled: bool, spill_hold: float = 0.0) -> list[bytes]:
     """INSERT_EVENTS' parameters, binary, in its order."""
     return [binary_array(list(map(str.encode, ids)), TEXT_OID), binary_array(payloads, BYTEA_OID),
-            owner.encode(), _FLOAT8(lease), b"\x01" if spilled else b"\x00"]
+            owner.encode(), _FLOAT8(spill_hold if spilled else lease)]
 
 
 def insert_statement(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
@@ -93,12 +94,12 @@ class Store:
         behind a pooler in transaction mode, while the caller looks at what other connections see."""
         return self._db.transaction(rollback=True)
 
-    async def insert_events(
-        self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float, spilled: bool
-    ) -> None:
-        """Commit the rows in one statement. ``spilled`` rows are claimable at once."""
-        await self._db.run_hot(INSERT_EVENTS,
-                               _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
+    async def insert_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
+                            spilled: bool, spill_hold: float = 0.0) -> None:
+        """Commit the rows in one statement, held by ``owner`` for ``lease`` seconds; ``spilled`` rows
+        for ``spill_hold`` seconds (0: claimable at once)."""
+        await self._db.run_hot(INSERT_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease,
+                                                                 spilled=spilled, spill_hold=spill_hold))
 
     async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool, max_bytes: int = 2**31,
                     run_floor: int = 0, gone: Sequence[str] = ()) -> list[StoredEvent]:
@@ -220,14 +221,18 @@ class Store:
         return bool(one_row(cursor)[0])
 
     async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                             spilled: bool) -> int:
+                             spilled: bool, spill_hold: float = 0.0) -> int:
         """Make certain the rows of an insert whose answer was lost are committed; return how many it wrote.
 
         Rows the lost commit wrote are kept as they are; the others are written
         now, as :meth:`insert_events` would have. 0: the lost commit had written them.
         """
-        return await self._db.run_hot(CONFIRM_EVENTS,
-                                      _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled))
+        return await self._db.run_hot(CONFIRM_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease,
+                                                                          spilled=spilled, spill_hold=spill_hold))
+
+    async def count_events(self, ids: Sequence[str]) -> int:
+        """How many of ``ids`` have a row in the events table."""
+        return int(one_row(await self._db.run(COUNT_EVENTS, {"ids": list(ids)}, prepare=False))[0])
 
 
 def rolled_back(error: StoreUnavailable) -> bool:

@@ -41,7 +41,7 @@ from .recovery import Recovery, leave_rows, leave_to_the_table
 class Wiring:
     config: EmitterConfig
     inbox: HandOffReceiver  # committed groups from the persister
-    doorbell: trio.MemoryReceiveChannel[None]  # rung when spilled rows wait in the table
+    doorbell: trio.MemoryReceiveChannel[None]  # rung when outbox rows were committed
     outbox: trio.MemorySendChannel[Outcome]  # to the acker
     chip: ChipClient
     store: Store

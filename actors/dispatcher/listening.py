@@ -2,8 +2,8 @@
 
 The outbox (:mod:`actors.outbox`) notifies its schema's channel in the
 writing transaction; Postgres delivers that at the commit. This task listens
-on a connection of its own (:mod:`..adapters.listener`) and rings the same
-doorbell spilled rows ring: recovery then scans at once, and claims outbox
+on a connection of its own (:mod:`..adapters.listener`) and rings the
+doorbell: recovery then scans at once, and claims outbox
 rows beside spilled and lapsed ones, oldest lapse first, through the same
 publish slots as fresh emits. Rings fold into one while a scan runs (the
 doorbell holds one), so a burst of commits costs a scan or two, not one each.

@@ -1,7 +1,7 @@
 """Rows claimed back from the table: startup recovery, spilled events, lapsed leases, dead instances' rows.
 
-Every ``scan_interval`` (or when the persister rings the doorbell for spilled
-rows) one scan runs the TTL sweep, claims the rows of instances that died,
+Every ``scan_interval`` (or when an outbox notification rings the doorbell)
+one scan runs the TTL sweep, claims the rows of instances that died,
 then rows whose lease lapsed, oldest first, and publishes them through the
 same slots as fresh events. A failing step is logged when it starts and stops
 failing. The TTL sweep failing (e.g. no rights on the dead-letter table) never

@@ -242,3 +242,44 @@ async def test_a_session_ended_after_its_local_commit_is_answered_committed(
             bouncer.stop()
     delivered = _delivered_carrying(chip, marker)
     assert delivered == committed and chip.counters.duplicates == 0
+
+
+async def test_a_spilled_groups_lost_commit_is_not_written_again_once_another_instance_may_have_delivered_it(
+        chip, start_chipmock, make_config, database_url, start_proxy) -> None:
+    """The rows of a spilled group are anyone's after a short hold. Asked about after that, the group's rows
+    may be gone because they were delivered and deleted: written again, they would be published twice."""
+    from chipmock import ChipModel
+
+    proxy = start_proxy(postgres_socket(database_url))
+    away = start_chipmock(ChipModel(failure_rate=1.0))  # this instance cannot deliver: it spills
+    async with open_emitter(make_config(away, database_url=through_proxy(database_url, proxy))) as writer, \
+            open_emitter(make_config(chip, instance_id="deliverer")) as deliverer:
+        await writer.emit(b"warm", source="wf", type="tick")
+        await wait_until(lambda: writer.statistics().delivery == "down", what="the writer's delivery paused")
+        marker = _marker()
+        cut = proxy.cut_at(marker, delivered=True, then_refuse=True)  # committed; the answer lost
+        answers: list[object] = []
+
+        async def answer() -> None:
+            try:
+                answers.append(await writer.emit(marker, source="wf", type="tick"))
+            except CommitOutcomeUnknown as exc:
+                answers.append(exc)
+
+        marked = f"SELECT count(*) FROM chip_durable_events WHERE position('{marker.decode()}'::bytea IN payload) > 0"
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer)
+                await wait_until(lambda: cut.done.is_set(), what="the marked commit cut")
+                # The other instance claims the group after its hold, delivers it and deletes it.
+                await wait_until(lambda: query(database_url, marked)[0][0] == 0 and chip.counters.snapshot().received,
+                                 timeout=20, what="the group delivered by the other instance")
+                proxy.heal()
+        (unknown,) = answers
+        assert isinstance(unknown, CommitOutcomeUnknown), unknown  # not "written": nobody can tell now
+        assert "delivered and deleted" in str(unknown)
+        await wait_until(lambda: not pending_ids(database_url) & set(unknown.event_ids), timeout=20,
+                         what="nothing of the group left in the table")
+        assert deliverer.statistics().delivery == "up"
+    assert chip.counters.seen(unknown.event_ids) == set(unknown.event_ids)  # published once,
+    assert chip.counters.duplicates == 0  # and not again
