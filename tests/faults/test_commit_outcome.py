@@ -8,6 +8,7 @@ instant, so that Postgres cannot be asked again for a while, or for longer than 
 answer, the rows in the table, and what chipmock received (each id once).
 """
 
+import math
 import uuid
 
 import psycopg
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from actors import CommitOutcomeUnknown, StoreUnavailable, open_emitter
+from chipmock import ChipModel, Outage
 from scripts.pgbouncer import PgBouncer, pgbouncer_binary
 from tests.fix_replication import Node, Replicated
 from tests.helpers import (
@@ -248,14 +250,14 @@ async def test_a_spilled_groups_lost_commit_is_not_written_again_once_another_in
         chip, start_chipmock, make_config, database_url, start_proxy) -> None:
     """The rows of a spilled group are anyone's after a short hold. Asked about after that, the group's rows
     may be gone because they were delivered and deleted: written again, they would be published twice."""
-    from chipmock import ChipModel
-
     proxy = start_proxy(postgres_socket(database_url))
-    away = start_chipmock(ChipModel(failure_rate=1.0))  # this instance cannot deliver: it spills
+    away = start_chipmock(ChipModel(outages=(Outage(0, math.inf),)))  # every call, probes too: it spills
     async with open_emitter(make_config(away, database_url=through_proxy(database_url, proxy))) as writer, \
             open_emitter(make_config(chip, instance_id="deliverer")) as deliverer:
-        await writer.emit(b"warm", source="wf", type="tick")
-        await wait_until(lambda: writer.statistics().delivery == "down", what="the writer's delivery paused")
+        with trio.fail_after(20):  # until the writer's delivery is paused, so its groups are spilled
+            while writer.statistics().spilled == 0:
+                await writer.emit(b"warm", source="wf", type="tick")
+                await trio.sleep(0.05)  # the emit rate, not a synchronisation
         marker = _marker()
         cut = proxy.cut_at(marker, delivered=True, then_refuse=True)  # committed; the answer lost
         answers: list[object] = []
