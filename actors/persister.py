@@ -151,7 +151,7 @@ class _Writer:
             if not self.sent or rolled_back(exc):
                 raise
             lost = exc
-        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), partial(store.count_events, ids),
+        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), partial(store.count_events, ids, owner=config.instance_id),
                            held_until, len(ids), lost)
 
     async def confirm(self, write_again: Callable[[], Awaitable[int]], count: Callable[[], Awaitable[int]],

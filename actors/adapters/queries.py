@@ -363,8 +363,18 @@ DATABASE_NOW = "SELECT clock_timestamp()"
 # committing after these rows were, are delivered twice. Returns the rows it wrote.
 # The persister writes again only while the lost commit's rows would still be held
 # by it (nobody can have delivered and deleted them yet); later it only looks.
-CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm", INSERT_EVENTS.sql + b"ON CONFLICT (id) DO NOTHING\n",
-                              INSERT_EVENTS.types)
+# The rows found may be ones a crash recovery replayed from the primary's own WAL, never
+# sent to the synchronous standby: finding them writes nothing, so the commit would wait
+# for nothing, and a failover would lose them. Touching the writer's own instance record
+# writes WAL, so the commit waits until the standby has everything up to it.
+_WAIT_FOR_THE_STANDBY = """WITH standby_has_it AS (
+    UPDATE chip_durable_events_instances SET seen_at = seen_at WHERE instance_id = {owner} RETURNING 1)
+"""
+CONFIRM_EVENTS = HotStatement(b"durable_emitter_confirm",
+                              _WAIT_FOR_THE_STANDBY.format(owner="$3").encode() + INSERT_EVENTS.sql
+                              + b"ON CONFLICT (id) DO NOTHING\n", INSERT_EVENTS.types)
 
 # How many of these ids have a row: a lost commit's rows are all there or none (one statement).
-COUNT_EVENTS = "SELECT count(*) FROM chip_durable_events WHERE id = ANY(%(ids)s)"
+# Answered once the synchronous standby has what was found (see CONFIRM_EVENTS).
+COUNT_EVENTS = _WAIT_FOR_THE_STANDBY.format(owner="%(owner)s") + \
+    "SELECT count(*) FROM chip_durable_events WHERE id = ANY(%(ids)s)"

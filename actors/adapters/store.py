@@ -230,9 +230,9 @@ class Store:
         return await self._db.run_hot(CONFIRM_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease,
                                                                           spilled=spilled, spill_hold=spill_hold))
 
-    async def count_events(self, ids: Sequence[str]) -> int:
-        """How many of ``ids`` have a row in the events table."""
-        return int(one_row(await self._db.run(COUNT_EVENTS, {"ids": list(ids)}, prepare=False))[0])
+    async def count_events(self, ids: Sequence[str], *, owner: str) -> int:
+        """How many of ``ids`` have a row in the events table, once the synchronous standby has them."""
+        return int(one_row(await self._db.run(COUNT_EVENTS, {"ids": list(ids), "owner": owner}, prepare=False))[0])
 
 
 def rolled_back(error: StoreUnavailable) -> bool:

@@ -207,13 +207,21 @@ def _commit_waiting_for_the_standby(primary: Node) -> list[int]:
                                             "AND query LIKE '%INSERT INTO chip_durable_events (%'")]
 
 
+def _question_waiting_for_the_standby(primary: Node) -> bool:
+    """Whether the lost commit's question (CONFIRM_EVENTS) waits for the synchronous standby."""
+    return bool(primary.query("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
+                              "AND query LIKE '%ON CONFLICT (id) DO NOTHING%'"))
+
+
 @pytest.mark.parametrize("path", ["direct", "through-pgbouncer"])
-async def test_a_session_ended_after_its_local_commit_is_answered_committed(
+async def test_a_session_ended_after_its_local_commit_is_answered_committed_once_the_standby_has_it(
         replicated: Replicated, start_chipmock, path) -> None:
     """The writer's session is terminated while its commit, written locally, waits for the synchronous
     standby (stopped here). Postgres itself warns and closes the connection (an error would say "rolled
     back"); PgBouncer in between answers its client with a FATAL error ("server conn crashed?"). Neither
-    means "not written": the emitter asks, finds the row, and returns its id."""
+    means "not written": the emitter asks and finds the row. But the row is on the primary alone (as
+    after a crash recovery replays the primary's WAL): a failover now would lose it. So the answer
+    waits until the standby has it too, then returns the id."""
     if path == "through-pgbouncer" and pgbouncer_binary() is None:
         pytest.skip("pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run installs it)")
     chip = start_chipmock(keep_payloads=True)
@@ -232,9 +240,12 @@ async def test_a_session_ended_after_its_local_commit_is_answered_committed(
                                      what="the INSERT's commit waiting for the standby")
                     (writer,) = _commit_waiting_for_the_standby(replicated.primary)
                     replicated.primary.query(f"SELECT pg_terminate_backend({writer})")
-            committed = {row[0] for row in replicated.primary.query(
-                f"SELECT id FROM chip_durable_events WHERE position('{marker.decode()}'::bytea IN payload) > 0")}
-            await trio.to_thread.run_sync(replicated.standby.start)
+                    await wait_until(lambda: _question_waiting_for_the_standby(replicated.primary),
+                                     what="the question's commit waiting for the standby")
+                    assert answers == []  # not told "committed" while the row is on the primary alone
+                    committed = {row[0] for row in replicated.primary.query(
+                        f"SELECT id FROM chip_durable_events WHERE position('{marker.decode()}'::bytea IN payload) > 0")}
+                    await trio.to_thread.run_sync(replicated.standby.start)
             (answer,) = answers
             assert len(committed) == 1  # the primary has the row: the commit happened
             assert answer in committed, f"told {answer!r} about a committed row"
