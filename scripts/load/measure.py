@@ -132,15 +132,20 @@ class Sampler:
         self.points: list[tuple[float, int, int, int]] = []  # (t, pending, emitted, delivered)
         self.rss: list[tuple[float, float]] = []  # (t, resident MB of this process)
         self.started = time.monotonic()
+        self.one_at_a_time = trio.Lock()  # the loop and measured()'s last sample share one connection
 
     async def run(self) -> None:
         while True:  # until measured() cancels it
-            pending = await pending_rows(self.store)
-            figures = self.emitter.statistics()
-            elapsed = round(time.monotonic() - self.started, 3)
-            self.points.append((elapsed, pending, figures.emitted, figures.delivered))
-            self.rss.append((elapsed, current_rss_mb()))
+            await self.sample()
             await trio.sleep(self.interval)
+
+    async def sample(self) -> None:
+        async with self.one_at_a_time:
+            pending = await pending_rows(self.store)
+        figures = self.emitter.statistics()
+        elapsed = round(time.monotonic() - self.started, 3)
+        self.points.append((elapsed, pending, figures.emitted, figures.delivered))
+        self.rss.append((elapsed, current_rss_mb()))
 
     def q_max(self, since: float = 0.0) -> int:
         return max((p for t, p, _, _ in self.points if t >= since), default=0)
@@ -171,6 +176,7 @@ async def measured(url: str, chip_args: list[str], **overrides) -> AsyncIterator
                     yield m
                     with trio.move_on_after(MAX_SECONDS_PER_PHASE):  # drain before the next phase
                         await emitter.flush(timeout=MAX_SECONDS_PER_PHASE)
+                    await sampler.sample()  # the drained moment, which the interval could step over
                     m.chip_figures = await trio.to_thread.run_sync(wait_for_unique, chip,
                                                                    emitter.statistics().emitted, 30.0)
                     nursery.cancel_scope.cancel()
