@@ -208,9 +208,12 @@ def _commit_waiting_for_the_standby(primary: Node) -> list[int]:
 
 
 def _question_waiting_for_the_standby(primary: Node) -> bool:
-    """Whether the lost commit's question (CONFIRM_EVENTS) waits for the synchronous standby."""
-    return bool(primary.query("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep' "
-                              "AND query LIKE '%ON CONFLICT (id) DO NOTHING%'"))
+    """Whether the lost commit's question (CONFIRM_EVENTS) waits for the synchronous standby: its own commit
+    does, or it waits for the writer's instance row, locked by a heartbeat whose commit does."""
+    return bool(primary.query(
+        "SELECT 1 FROM pg_stat_activity q WHERE q.query LIKE '%ON CONFLICT (id) DO NOTHING%' "
+        "AND (q.wait_event = 'SyncRep' OR EXISTS (SELECT 1 FROM pg_stat_activity h "
+        "WHERE h.pid = ANY(pg_blocking_pids(q.pid)) AND h.wait_event = 'SyncRep'))"))
 
 
 @pytest.mark.parametrize("path", ["direct", "through-pgbouncer"])
