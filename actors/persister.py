@@ -131,10 +131,10 @@ class _Writer:
         within ``commit_timeout``, a FATAL error) it asks, see :meth:`confirm`.
         """
         config, store = self.config, self.store
-        rows: dict[str, Any] = {"owner": config.instance_id, "lease": config.lease_duration, "spilled": spilled,
-                                "spill_hold": SPILL_HOLD}
+        hold = SPILL_HOLD if spilled else config.lease_duration  # the rows stay this writer's that long
+        rows: dict[str, Any] = {"owner": config.instance_id, "hold": hold}
         answered, self.answered, self.sent = self.answered, False, False
-        held_until = trio.current_time() + (SPILL_HOLD if spilled else config.lease_duration) / 2
+        held_until = trio.current_time() + hold / 2
         try:
             with trio.move_on_after(config.commit_timeout):
                 if not answered:

@@ -35,8 +35,7 @@ from scripts.args_and_databases import scratch_database, server_url
 
 def _insert(group: int, body: bytes) -> tuple[HotStatement, list[bytes]]:
     """The persister's INSERT of ``group`` rows, and its binary parameters."""
-    return insert_statement([new_event_id() for _ in range(group)], [body] * group, owner="bench", lease=60.0,
-                            spilled=False)
+    return insert_statement([new_event_id() for _ in range(group)], [body] * group, owner="bench", hold=60.0)
 
 
 def _commit_loop(url: str, group: int, body: bytes, stop_at: float, counts: list[int]) -> None:

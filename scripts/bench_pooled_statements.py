@@ -47,7 +47,7 @@ async def _round(url: str, pooled: bool, pairs: int) -> tuple[float, float, floa
         wall, cpu, server = time.perf_counter(), time.process_time(), _backend_cpu(pid)
         for _ in range(pairs):
             ids = [new_event_id() for _ in range(10)]
-            await store.insert_events(ids, body, owner="bench", lease=60.0, spilled=False)
+            await store.insert_events(ids, body, owner="bench", hold=60.0)
             await store.delete(ids, owner="bench")
         scale = 1e6 / pairs
         return ((time.perf_counter() - wall) * scale, (time.process_time() - cpu) * scale,

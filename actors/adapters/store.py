@@ -64,17 +64,16 @@ class StoredEvent:
     lease_token: int  # the claim's: a release must name it (queries.RELEASE_EVENTS)
 
 
-def _insert_parameters(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                       spilled: bool, spill_hold: float = 0.0) -> list[bytes]:
+def _insert_parameters(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, hold: float) -> list[bytes]:
     """INSERT_EVENTS' parameters, binary, in its order."""
     return [binary_array(list(map(str.encode, ids)), TEXT_OID), binary_array(payloads, BYTEA_OID),
-            owner.encode(), _FLOAT8(spill_hold if spilled else lease)]
+            owner.encode(), _FLOAT8(hold)]
 
 
-def insert_statement(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                     spilled: bool) -> tuple[HotStatement, list[bytes]]:
+def insert_statement(ids: Sequence[str], payloads: Sequence[bytes], *, owner: str,
+                     hold: float) -> tuple[HotStatement, list[bytes]]:
     """:meth:`Store.insert_events`' statement and its binary parameters, for a benchmark's own connection."""
-    return INSERT_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease, spilled=spilled)
+    return INSERT_EVENTS, _insert_parameters(ids, payloads, owner=owner, hold=hold)
 
 
 class Store:
@@ -94,12 +93,9 @@ class Store:
         behind a pooler in transaction mode, while the caller looks at what other connections see."""
         return self._db.transaction(rollback=True)
 
-    async def insert_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                            spilled: bool, spill_hold: float = 0.0) -> None:
-        """Commit the rows in one statement, held by ``owner`` for ``lease`` seconds; ``spilled`` rows
-        for ``spill_hold`` seconds (0: claimable at once)."""
-        await self._db.run_hot(INSERT_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease,
-                                                                 spilled=spilled, spill_hold=spill_hold))
+    async def insert_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, hold: float) -> None:
+        """Commit the rows in one statement, held by ``owner`` for ``hold`` seconds (0: claimable at once)."""
+        await self._db.run_hot(INSERT_EVENTS, _insert_parameters(ids, payloads, owner=owner, hold=hold))
 
     async def claim(self, *, owner: str, lease: float, limit: int, writer_only: bool, max_bytes: int = 2**31,
                     run_floor: int = 0, gone: Sequence[str] = ()) -> list[StoredEvent]:
@@ -220,15 +216,13 @@ class Store:
         cursor = await self._db.run(HAS_PENDING_BEFORE, {"before": before, "owner": owner}, prepare=False)
         return bool(one_row(cursor)[0])
 
-    async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, lease: float,
-                             spilled: bool, spill_hold: float = 0.0) -> int:
+    async def confirm_events(self, ids: Sequence[str], payloads: Sequence[bytes], *, owner: str, hold: float) -> int:
         """Make certain the rows of an insert whose answer was lost are committed; return how many it wrote.
 
         Rows the lost commit wrote are kept as they are; the others are written
         now, as :meth:`insert_events` would have. 0: the lost commit had written them.
         """
-        return await self._db.run_hot(CONFIRM_EVENTS, _insert_parameters(ids, payloads, owner=owner, lease=lease,
-                                                                          spilled=spilled, spill_hold=spill_hold))
+        return await self._db.run_hot(CONFIRM_EVENTS, _insert_parameters(ids, payloads, owner=owner, hold=hold))
 
     async def count_events(self, ids: Sequence[str], *, owner: str) -> int:
         """How many of ``ids`` have a row in the events table, once the synchronous standby has them."""

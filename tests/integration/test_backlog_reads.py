@@ -62,8 +62,7 @@ async def test_the_claim_of_a_gone_instances_rows_is_an_index_range_however_many
     store = Store(database_url, Session(application_name=f"durable-emitter {gone}"))
     await store.record_instance(gone, session_liveness=True, grace=60, lease=60)
     if gone == "small":  # the rest belongs to 'holder', which has no record: its rows wait for their lease
-        await store.insert_events([f"s{i}" for i in range(50)], [b"x"] * 50, owner="small", lease=3600,
-                                  spilled=False)
+        await store.insert_events([f"s{i}" for i in range(50)], [b"x"] * 50, owner="small", hold=3600)
     store.close()  # the gone instance's lock free, its connections ended
     _fill(database_url, "now() + interval '1 hour'")  # every lease live: only the judgement makes rows claimable
     operations = Operations(database_url)

@@ -29,7 +29,7 @@ async def _seed(database_url: str) -> None:
     store = Store(database_url, Session(application_name="durable-emitter node-a"))
     await store.record_instance("node-a", session_liveness=True, grace=60, lease=60)
     ids = ["p1", "p2", "d1", "d2"]
-    await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=False)
+    await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", hold=60)
     await store.dead_letter([Rejection("d1", "SCHEMA_MISSING", "no schema"), Rejection("d2", "EXPIRED", "too old")], owner="node-a")
     store.close()
 
@@ -98,7 +98,7 @@ async def test_drain_says_limited_while_chip_rate_limits_it(database_url, start_
     store = Store(database_url, Session(application_name="durable-emitter node-a"))
     await store.record_instance("node-a", session_liveness=True, grace=60, lease=60)
     ids = [f"r{i}" for i in range(1500)]
-    await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", lease=60, spilled=True)  # claimable
+    await store.insert_events(ids, [_event(i) for i in ids], owner="node-a", hold=0)  # claimable
     store.close()
     limited = start_chipmock(ChipModel(rate_limit=500))  # three seconds of rows, in batches of 100
     done = cli(database_url, "drain", "--timeout", "60s", CHIP_INGRESS_ENDPOINT=limited.endpoint,

@@ -60,7 +60,7 @@ async def _seed_rows(store: Store, owner: str, count: int = 3) -> list[str]:
     ids = [f"{owner}-{i}" for i in range(count)]
     for event_id in ids:  # one commit each: distinct created_at, so "oldest first" is observable
         event = ce.CloudEvent(id=event_id, source="wf", spec_version="1.0", type="tick").SerializeToString()
-        await store.insert_events([event_id], [event], owner=owner, lease=GRACE, spilled=False)
+        await store.insert_events([event_id], [event], owner=owner, hold=GRACE)
     return ids
 
 
@@ -327,7 +327,7 @@ async def test_an_instance_whose_lock_another_session_holds_claims_nothing_until
                 query(database_url, "UPDATE chip_durable_events SET lease_expires_at = now(), available_at = now()")
                 for marker in ("first", "second"):  # each swept by a later scan: the scans go on
                     old = ce.CloudEvent(id=marker, source="wf", spec_version="1.0", type="t").SerializeToString()
-                    await other.insert_events([marker], [old], owner="other-writer", lease=0, spilled=True)
+                    await other.insert_events([marker], [old], owner="other-writer", hold=0)
                     query(database_url, "UPDATE chip_durable_events SET created_at = now() - interval '2 days' "
                                         "WHERE id = %s", (marker,))
                     await wait_until(lambda m=marker: query(database_url, "SELECT count(*) FROM "

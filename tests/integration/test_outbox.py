@@ -316,12 +316,12 @@ async def test_outbox_rows_take_their_turn_beside_released_and_spilled_rows(orde
     store = Store(orders)
     try:
         released = [f"released-{i}" for i in range(3)]
-        await store.insert_events(released, events(3), owner="a", lease=60, spilled=False)
+        await store.insert_events(released, events(3), owner="a", hold=60)
         await store.release(released, owner="a", token=0, error="UNAVAILABLE", attempts=5, retry_after=0)
         with psycopg.connect(orders) as conn, conn.transaction():
             written = outbox.emit_many(conn, [b"o"] * 3, source="orders", type="created")
         spilled = [f"spilled-{i}" for i in range(3)]
-        await store.insert_events(spilled, events(3), owner="a", lease=60, spilled=True)
+        await store.insert_events(spilled, events(3), owner="a", hold=0)
 
         assert await store.claim(owner="w", lease=60, limit=10, writer_only=True) == []
         assert await store.free_owners(owner="b") == []  # the marker has no record: never judged gone

@@ -84,7 +84,7 @@ async def test_the_store_deletes_and_dead_letters_only_rows_the_owner_holds(data
     ids = [str(uuid.uuid4()) for _ in range(4)]
     store = Store(database_url)
     try:
-        await store.insert_events(ids, [b"payload"] * 4, owner="b", lease=60.0, spilled=False)
+        await store.insert_events(ids, [b"payload"] * 4, owner="b", hold=60.0)
         for lease in ("live", "lapsed"):  # whatever b's lease says, the rows are b's until someone claims them
             assert await store.delete(ids, owner="a") == 0, lease
             assert await store.dead_letter([Rejection(i, "SCHEMA_MISSING", "refused") for i in ids], owner="a") == []

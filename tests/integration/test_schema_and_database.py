@@ -21,7 +21,7 @@ def test_embedded_postgres_keeps_rows_across_a_restart(tmp_path) -> None:
         "async def main():\n"
         "    url = start_embedded(sys.argv[1]); schema.check(url, 'public', auto_migrate=True, writer=True)\n"
         "    s = Store(url)\n"
-        "    if sys.argv[2] == 'write': await s.insert_events(['kept'], [b'x'], owner='o', lease=60, spilled=False)\n"
+        "    if sys.argv[2] == 'write': await s.insert_events(['kept'], [b'x'], owner='o', hold=60)\n"
         "    print((await s.pending_stats()).rows); s.close()\n"
         "trio.run(main)\n"
     )
@@ -66,7 +66,7 @@ async def test_a_released_row_waits_longer_the_more_attempts_it_had(database_url
 
     store = Store(database_url)
     try:
-        await store.insert_events(["fresh", "tired", "exhausted"], [b"x"] * 3, owner="me", lease=60, spilled=False)
+        await store.insert_events(["fresh", "tired", "exhausted"], [b"x"] * 3, owner="me", hold=60)
         query(database_url, "UPDATE chip_durable_events SET attempts = CASE id WHEN 'tired' THEN 3 "
                             "WHEN 'exhausted' THEN 40 ELSE 0 END")
         await store.release(["fresh", "tired", "exhausted"], owner="me", token=0, error="UNAVAILABLE", attempts=5,

@@ -16,9 +16,9 @@ from tests.helpers import dead_letters, query
 async def test_a_write_the_table_refuses_is_a_poison_store_error_with_its_sqlstate(database_url) -> None:
     store = Store(database_url)
     try:
-        await store.insert_events(["twice"], [b"x"], owner="a", lease=60, spilled=False)
+        await store.insert_events(["twice"], [b"x"], owner="a", hold=60)
         with pytest.raises(StoreUnavailable) as info:
-            await store.insert_events(["twice"], [b"x"], owner="a", lease=60, spilled=False)
+            await store.insert_events(["twice"], [b"x"], owner="a", hold=60)
     finally:
         store.close()
     assert (info.value.sqlstate, info.value.kind) == ("23505", StoreFailure.POISON)
@@ -27,7 +27,7 @@ async def test_a_write_the_table_refuses_is_a_poison_store_error_with_its_sqlsta
 async def test_replaying_an_unknown_id_names_it_and_moves_nothing(database_url) -> None:
     store = Operations(database_url)
     try:
-        await store.insert_events(["known"], [b"x"], owner="a", lease=60, spilled=False)
+        await store.insert_events(["known"], [b"x"], owner="a", hold=60)
         await store.dead_letter([Rejection("known", "EXPIRED", "too old")], owner="a")
         with pytest.raises(UnknownDeadLetter) as info:
             await store.replay_dead_letters(["known", "nope", "nor-this"])
@@ -84,8 +84,8 @@ async def test_a_commit_refused_at_its_end_in_pooled_mode_is_an_error_and_the_co
     store = Store(database_url, Session(pooled=True))
     try:
         with pytest.raises(StoreUnavailable) as info:
-            await store.insert_events(["bad-1"], [b"x"], owner="a", lease=60, spilled=False)
-        await store.insert_events(["good-1"], [b"x"], owner="a", lease=60, spilled=False)  # answered, not hung
+            await store.insert_events(["bad-1"], [b"x"], owner="a", hold=60)
+        await store.insert_events(["good-1"], [b"x"], owner="a", hold=60)  # answered, not hung
     finally:
         store.close()
     assert info.value.sqlstate == "23514" and info.value.kind is StoreFailure.POISON
@@ -96,9 +96,9 @@ async def test_a_hot_statement_the_session_lost_is_prepared_again_and_run_once(d
     """26000: the session no longer has it (a pooler reset the session); nothing ran, so it runs again."""
     store = Store(database_url)
     try:
-        await store.insert_events(["one"], [b"x"], owner="a", lease=60, spilled=False)  # prepares it
+        await store.insert_events(["one"], [b"x"], owner="a", hold=60)  # prepares it
         await store._db.run("DEALLOCATE ALL")  # as a reset session would
-        await store.insert_events(["two"], [b"x"], owner="a", lease=60, spilled=False)
+        await store.insert_events(["two"], [b"x"], owner="a", hold=60)
         assert await store.delete(["one", "two"], owner="a") == 2
     finally:
         store.close()
