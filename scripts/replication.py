@@ -219,8 +219,11 @@ def add_standby(primary: Node, data_dir: Path, port: int, nodes: list[Node]) -> 
                       "-d", make_conninfo(host="127.0.0.1", port=str(primary.port), user="postgres"))
     # The copy may carry the primary's synchronous_standby_names (postgresql.auto.conf): harmless on a
     # standby, but a promoted one would wait for a standby of its own; the soak clears it at promotion.
+    # cluster_name: the walreceiver's application_name. wal_retrieve_retry_interval: after the
+    # primary restarts, every commit waits until the standby streams again, and it retries every
+    # 5 s by default (docs/deployments.md: the hour's soak saw writes paused 5.5 s for it).
     configure(standby, port=str(port), unix_socket_directories=str(data_dir),
-              cluster_name=STANDBY_NAME)  # the walreceiver's application_name
+              cluster_name=STANDBY_NAME, wal_retrieve_retry_interval="1s")
     standby.start()
     poll(lambda: primary.query(f"SELECT 1 FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}' "
                                "AND state = 'streaming'") != [], 60, "the standby to stream")
