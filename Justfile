@@ -36,7 +36,7 @@ soak *ARGS:
 
 # The fault suite, longer: more SIGKILL rounds and events (CHAOS_SCALE=N multiplies them)
 chaos *ARGS:
-    CHAOS_SCALE=${CHAOS_SCALE:-5} {{python}} -m pytest tests/faults -s -q {{ARGS}}
+    CHAOS_SCALE=${CHAOS_SCALE:-5} {{python}} -m pytest tests/faults -n 0 -s -q {{ARGS}}
 
 # Build the documentation site from docs/ into docs/_build/html (warnings as errors, as `just test` does)
 docs *ARGS:

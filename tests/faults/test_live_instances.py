@@ -27,7 +27,7 @@ from tests.fix_replication import Replicated
 from tests.helpers import postgres_socket
 
 RATE = "400"  # events/s offered by each host
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.xdist_group("fleets")]  # never two fleets at once
 
 
 def _hosts(start_workload, url: str, chip, url_b: str | None = None, seconds: int = 20) -> list[Workload]:

@@ -20,7 +20,7 @@ from scripts import ROOT
 SEED = 374  # its 75 s plan draws every kind of fault, failover included (tests/unit/test_soak.py keeps it so)
 SECONDS = 75
 DEADLINE = 240  # seconds for the whole run: set-up, 75 s of faults, the drain, the report
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEADLINE + 60)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEADLINE + 60), pytest.mark.xdist_group("fleets")]
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
