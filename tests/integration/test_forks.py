@@ -66,6 +66,7 @@ def test_a_blocking_emitter_opened_before_a_fork_is_refused_in_the_child_and_the
     assert pending_ids(database_url) == set()
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 async def test_a_trio_emitter_refuses_in_a_forked_child(chip, make_config) -> None:
     from actors import open_emitter
 
