@@ -28,7 +28,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import trio
 
@@ -131,8 +130,7 @@ class _Writer:
         within ``commit_timeout``, a FATAL error) it asks, see :meth:`confirm`.
         """
         config, store = self.config, self.store
-        hold = SPILL_HOLD if spilled else config.lease_duration  # the rows stay this writer's that long
-        rows: dict[str, Any] = {"owner": config.instance_id, "hold": hold}
+        owner, hold = config.instance_id, SPILL_HOLD if spilled else config.lease_duration  # this writer's that long
         answered, self.answered, self.sent = self.answered, False, False
         held_until = trio.current_time() + hold / 2
         try:
@@ -140,7 +138,7 @@ class _Writer:
                 if not answered:
                     await store.now()
                 self.sent = True
-                await store.insert_events(ids, payloads, **rows)
+                await store.insert_events(ids, payloads, owner=owner, hold=hold)
                 self.answered = True
                 return
             if not self.sent:
@@ -151,8 +149,8 @@ class _Writer:
             if not self.sent or rolled_back(exc):
                 raise
             lost = exc
-        await self.confirm(partial(store.confirm_events, ids, payloads, **rows), partial(store.count_events, ids, owner=config.instance_id),
-                           held_until, len(ids), lost)
+        await self.confirm(partial(store.confirm_events, ids, payloads, owner=owner, hold=hold),
+                           partial(store.count_events, ids, owner=owner), held_until, len(ids), lost)
 
     async def confirm(self, write_again: Callable[[], Awaitable[int]], count: Callable[[], Awaitable[int]],
                       held_until: float, events: int, lost: StoreUnavailable) -> None:
