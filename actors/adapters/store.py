@@ -27,6 +27,7 @@ from .driver import (
     one_row,
 )
 from .driver import Session as Session  # what tree.py and the scripts configure a Store with
+from .liveness_queries import FREE_OWNERS, HOLD_LIVENESS, RECORD_INSTANCE
 from .processes import this_process
 from .queries import (
     BACKEND_PID,
@@ -39,15 +40,12 @@ from .queries import (
     DEAD_LETTER_EVENTS,
     DELETE_EVENTS,
     EXPIRE_EVENTS,
-    FREE_OWNERS,
     HAS_PENDING_BEFORE,
-    HOLD_LIVENESS,
     INSERT_EVENTS,
     LAPSE_LEASES,
     LAPSE_ROWS,
     LEAVE,
     PENDING_STATS,
-    RECORD_INSTANCE,
     RELEASE_EVENTS,
 )
 from .table_report import EXACT_COUNT_BELOW_BYTES as EXACT_COUNT_BELOW_BYTES

@@ -47,7 +47,7 @@ class TableActivity:
 
 
 class OwnerLiveness(Enum):
-    """How an owner of rows is judged (queries.py ``judged``): the claims' judgement, for status."""
+    """How an owner of rows is judged (liveness_queries.py ``judged``): the claims' judgement, for status."""
 
     RUNNING = "running"  # holds its liveness lock
     GONE = "gone"  # lock free past its grace, or its death proven: its rows are claimed at once

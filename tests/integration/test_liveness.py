@@ -19,9 +19,9 @@ import trio
 
 from actors import open_emitter
 from actors.adapters import schema
+from actors.adapters.liveness_queries import LIVENESS_KEY
 from actors.adapters.operations import Operations, OwnerLiveness
 from actors.adapters.processes import gone, this_process
-from actors.adapters.queries import LIVENESS_KEY
 from actors.adapters.store import Session, Store
 from actors.errors import StoreUnavailable
 from chipmock import ChipModel
